@@ -1,0 +1,53 @@
+"""The ``rootedgan`` console script: one sub-command per module in :mod:`rootedgan.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors a user can fix (:class:`rootedgan.errors.UserError`) print one clear message and exit 2;
+they never show a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rootedgan.errors import UserError
+
+# name -> module under rootedgan.commands. `finetune` is dispatched to LightningCLI separately.
+COMMANDS = {
+    "generate": "generate",
+    "convert": "convert",
+    "doctor": "doctor",
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rootedgan",
+        description="Finetune pretrained StyleGAN2 networks with the rooted logistic objective.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"rootedgan.commands.{module_name}")
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "finetune":
+        from rootedgan.commands.finetune import run_finetune_cli
+
+        return run_finetune_cli(argv[1:])
+    args = _build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        print(f"rootedgan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Error types whose message is meant for the user: what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad file, bad option). The CLI prints only the message."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be loaded: unknown/corrupt/truncated format or refused content."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that references a global outside the allow-list (it would run code if unpickled)."""
+
+
+class DownloadError(UserError, OSError):
+    """A network file could not be fetched (offline, bad URL, checksum mismatch)."""

@@ -1,0 +1,39 @@
+"""Choosing between the CUDA kernels and the pure-PyTorch reference for one call.
+
+``impl=None`` defers to the environment variable ``STYLEGAN_OPS_IMPL`` (``auto``, ``cuda``, ``ref``;
+default ``auto``). CPU tensors always take the reference path: the kernels are CUDA-only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+IMPL_ENV_VAR = "STYLEGAN_OPS_IMPL"
+VALID_IMPLS = ("auto", "cuda", "ref")
+
+
+def requested_impl(impl: str | None = None) -> str:
+    """The implementation asked for: ``impl`` if given, else the environment variable, else ``auto``."""
+    name = impl if impl is not None else os.environ.get(IMPL_ENV_VAR, "auto")
+    name = name.strip().lower()
+    if name not in VALID_IMPLS:
+        source = "impl argument" if impl is not None else f"environment variable {IMPL_ENV_VAR}"
+        raise ValueError(f"{source} is {name!r}; expected one of {', '.join(VALID_IMPLS)}")
+    return name
+
+
+def resolve_impl(op: str, impl: str | None, x: torch.Tensor) -> str:
+    """Return ``'cuda'`` or ``'ref'`` for running ``op`` on ``x``.
+
+    ``auto`` uses the kernel for CUDA tensors when it builds (one warning and the reference
+    otherwise); ``cuda`` requires the kernel for CUDA tensors and raises if it cannot be built.
+    """
+    name = requested_impl(impl)
+    if name == "ref" or x.device.type != "cuda":
+        return "ref"
+    from stylegan_ops import build  # local import: building is only ever needed on a GPU
+
+    plugin = build.get_plugin(op, required=(name == "cuda"))
+    return "cuda" if plugin is not None else "ref"

@@ -1,0 +1,125 @@
+"""Fused bias + activation + gain + clamp: ``clamp(act(x + b) * gain, -clamp, clamp)``.
+
+The pure-PyTorch reference here is the specification; the CUDA kernel must match it, including
+first and second derivatives (R1 and path-length regularization differentiate twice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from stylegan_ops._impl import resolve_impl
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One activation: its function, StyleGAN's default alpha and gain, and its id in the kernel."""
+
+    func: Callable[[torch.Tensor, float], torch.Tensor]
+    def_alpha: float
+    def_gain: float
+    cuda_idx: int
+    uses_alpha: bool = False
+
+
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    "linear": ActivationSpec(lambda x, a: x, 0.0, 1.0, 1),
+    "relu": ActivationSpec(lambda x, a: F.relu(x), 0.0, math.sqrt(2), 2),
+    "lrelu": ActivationSpec(lambda x, a: F.leaky_relu(x, a), 0.2, math.sqrt(2), 3, uses_alpha=True),
+    "tanh": ActivationSpec(lambda x, a: torch.tanh(x), 0.0, 1.0, 4),
+    "sigmoid": ActivationSpec(lambda x, a: torch.sigmoid(x), 0.0, 1.0, 5),
+    "elu": ActivationSpec(lambda x, a: F.elu(x), 0.0, 1.0, 6),
+    "selu": ActivationSpec(lambda x, a: F.selu(x), 0.0, 1.0, 7),
+    "softplus": ActivationSpec(lambda x, a: F.softplus(x), 0.0, 1.0, 8),
+    "swish": ActivationSpec(lambda x, a: torch.sigmoid(x) * x, 0.0, math.sqrt(2), 9),
+}
+
+
+def resolve_bias_act_args(
+    act: str, alpha: float | None, gain: float | None, clamp: float | None
+) -> tuple[ActivationSpec, float, float, float]:
+    """Validate the arguments and fill in defaults. Returns ``(spec, alpha, gain, clamp)``;
+    ``clamp < 0`` means no clamping."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    spec = ACTIVATIONS[act]
+    if alpha is not None and not spec.uses_alpha:
+        raise ValueError(f"alpha is only used by 'lrelu', not by {act!r}")
+    alpha = float(alpha if alpha is not None else spec.def_alpha)
+    gain = float(gain if gain is not None else spec.def_gain)
+    clamp = float(clamp if clamp is not None else -1)
+    return spec, alpha, gain, clamp
+
+
+def _check_bias(x: torch.Tensor, b: torch.Tensor | None, dim: int) -> None:
+    if b is None:
+        return
+    if b.ndim != 1:
+        raise ValueError(f"bias must be 1-D, got shape {tuple(b.shape)}")
+    if not 0 <= dim < x.ndim:
+        raise ValueError(f"dim={dim} is out of range for a {x.ndim}-D input")
+    if b.shape[0] != x.shape[dim]:
+        raise ValueError(f"bias has {b.shape[0]} entries but x.shape[{dim}] = {x.shape[dim]}")
+
+
+def bias_act_ref(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: float | None = None,
+    gain: float | None = None,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """Reference implementation with plain PyTorch ops (differentiable to any order)."""
+    spec, alpha, gain, clamp = resolve_bias_act_args(act, alpha, gain, clamp)
+    _check_bias(x, b, dim)
+    if b is not None:
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        x = x + b.reshape(shape)
+    x = spec.func(x, alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def bias_act(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: float | None = None,
+    gain: float | None = None,
+    clamp: float | None = None,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Add bias ``b`` (1-D, broadcast along ``dim``), apply ``act``, scale by ``gain``, clamp.
+
+    Args:
+        x: input of any shape and float dtype.
+        b: bias with ``x.shape[dim]`` entries, or None.
+        dim: the axis of ``x`` the bias runs along.
+        act: linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus or swish.
+        alpha: negative slope of lrelu (default 0.2); only lrelu takes it.
+        gain: output scale (default sqrt(2) for relu, lrelu, swish; 1 otherwise).
+        clamp: clamp the output to [-clamp, clamp]; None for none.
+        impl: ``'cuda'``, ``'ref'``, ``'auto'`` or None (environment variable ``STYLEGAN_OPS_IMPL``).
+
+    Returns:
+        A tensor shaped and typed like ``x``.
+    """
+    if resolve_impl("bias_act", impl, x) == "cuda":
+        from stylegan_ops._bias_act_cuda import bias_act_cuda
+
+        spec, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
+        _check_bias(x, b, dim)
+        return bias_act_cuda(x, b, dim=dim, spec=spec, alpha=alpha_, gain=gain_, clamp=clamp_)
+    return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
