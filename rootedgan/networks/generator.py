@@ -1,0 +1,417 @@
+"""StyleGAN2 generator: mapping network + synthesis network, NVIDIA stylegan2-ada compatible.
+
+Constructor arguments, ``state_dict`` keys and call signatures follow NVIDIA's networks so that
+their pickles load into these modules and scripts written for theirs run on ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rootedgan.networks.layers import (
+    DEFAULT_RESAMPLE_KERNEL,
+    Conv2dLayer,
+    FullyConnectedLayer,
+    modulated_conv2d,
+    normalize_2nd_moment,
+)
+from stylegan_ops import ACTIVATIONS, bias_act, setup_filter, upsample2d
+
+NOISE_MODES = ("const", "random", "none")
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    """Feature maps at a resolution: ``min(channel_base // resolution, channel_max)``."""
+    return min(channel_base // resolution, channel_max)
+
+
+def fp16_start_resolution(img_resolution: int, num_fp16_res: int) -> int:
+    """Lowest resolution whose blocks run in fp16: the ``num_fp16_res`` highest, never below 8."""
+    return max(2 ** (int(np.log2(img_resolution)) + 1 - num_fp16_res), 8)
+
+
+class MappingNetwork(nn.Module):
+    """z (and label c) -> w, broadcast to ``num_ws`` copies, with ``w_avg`` tracking and truncation."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        num_ws: int | None,
+        num_layers: int = 8,
+        embed_features: int | None = None,
+        layer_features: int | None = None,
+        activation: str = "lrelu",
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float | None = 0.995,
+    ) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.num_ws = num_ws
+        self.num_layers = num_layers
+        self.w_avg_beta = w_avg_beta
+        if embed_features is None:
+            embed_features = w_dim
+        if c_dim == 0:
+            embed_features = 0
+        if layer_features is None:
+            layer_features = w_dim
+        widths = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_features)
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(
+                widths[idx], widths[idx + 1], activation=activation, lr_multiplier=lr_multiplier
+            )
+            setattr(self, f"fc{idx}", layer)
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(
+        self,
+        z: torch.Tensor | None,
+        c: torch.Tensor | None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        skip_w_avg_update: bool = False,
+        update_emas: bool | None = None,
+    ) -> torch.Tensor:
+        """``z [N, z_dim]``, ``c [N, c_dim]`` -> ``ws [N, num_ws, w_dim]`` (``[N, w_dim]`` if num_ws is None).
+
+        ``w_avg`` is updated in training mode unless ``skip_w_avg_update`` (stylegan2-ada's flag);
+        ``update_emas`` (stylegan3's flag) forces the choice when given.
+        """
+        parts = []
+        if self.z_dim > 0:
+            parts.append(normalize_2nd_moment(z.to(torch.float32)))
+        if self.c_dim > 0:
+            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+
+        update = (self.training and not skip_w_avg_update) if update_emas is None else update_emas
+        if update and self.w_avg_beta is not None and self.num_ws is not None:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+
+        if self.num_ws is not None:
+            x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+        if truncation_psi != 1:
+            if self.w_avg_beta is None or self.num_ws is None:
+                raise ValueError("truncation needs a mapping network that tracks w_avg")
+            if truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x = x.clone()
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally upsampling x2) + noise + bias + lrelu."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        kernel_size: int = 3,
+        up: int = 1,
+        use_noise: bool = True,
+        activation: str = "lrelu",
+        resample_filter: Sequence[int] = DEFAULT_RESAMPLE_KERNEL,
+        conv_clamp: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.resolution = resolution
+        self.up = up
+        self.use_noise = use_noise
+        self.activation = activation
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.padding = kernel_size // 2
+        self.act_gain = ACTIVATIONS[activation].def_gain
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.weight = nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
+        )
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        noise_mode: str = "random",
+        fused_modconv: bool = True,
+        gain: float = 1,
+    ) -> torch.Tensor:
+        """``x [N, in, H, W]``, ``w [N, w_dim]`` -> ``[N, out, H*up, W*up]``."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        styles = self.affine(w)
+        noise = None
+        if self.use_noise and noise_mode == "random":
+            size = self.resolution
+            noise = torch.randn([x.shape[0], 1, size, size], device=x.device) * self.noise_strength
+        elif self.use_noise and noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        x = modulated_conv2d(
+            x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+            resample_filter=self.resample_filter, flip_weight=(self.up == 1), fused_modconv=fused_modconv,
+        )
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"resolution={self.resolution}, up={self.up}"
+        )
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 conv without demodulation: features -> image channels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        kernel_size: int = 1,
+        conv_clamp: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.weight = nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
+        )
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        """``x [N, in, H, W]``, ``w [N, w_dim]`` -> ``[N, img_channels, H, W]``."""
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
+        return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the synthesis network: (const |) conv0 (up x2), conv1, torgb."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        is_last: bool,
+        architecture: str = "skip",
+        resample_filter: Sequence[int] = DEFAULT_RESAMPLE_KERNEL,
+        conv_clamp: float | None = None,
+        use_fp16: bool = False,
+        fp16_channels_last: bool = False,
+        **layer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if architecture not in ("orig", "skip", "resnet"):
+            raise ValueError(f"architecture must be orig, skip or resnet, got {architecture!r}")
+        self.in_channels = in_channels
+        self.resolution = resolution
+        self.is_last = is_last
+        self.architecture = architecture
+        self.use_fp16 = use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.num_conv = 0
+        self.num_torgb = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim, resolution, up=2, resample_filter=resample_filter,
+                conv_clamp=conv_clamp, channels_last=self.channels_last, **layer_kwargs,
+            )
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
+            channels_last=self.channels_last, **layer_kwargs,
+        )
+        self.num_conv += 1
+        if is_last or architecture == "skip":
+            self.torgb = ToRGBLayer(
+                out_channels, img_channels, w_dim, conv_clamp=conv_clamp, channels_last=self.channels_last
+            )
+            self.num_torgb += 1
+        if in_channels != 0 and architecture == "resnet":
+            self.skip = Conv2dLayer(
+                in_channels, out_channels, kernel_size=1, bias=False, up=2,
+                resample_filter=resample_filter, channels_last=self.channels_last,
+            )
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        force_fp32: bool = False,
+        fused_modconv: bool | None = None,
+        **layer_kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``ws [N, num_conv + num_torgb, w_dim]``; returns features and the running image (fp32)."""
+        w_iter = iter(ws.unbind(dim=1))
+        device = ws.device
+        use_fp16 = self.use_fp16 and not force_fp32 and device.type == "cuda"
+        dtype = torch.float16 if use_fp16 else torch.float32
+        memory_format = torch.channels_last if self.channels_last and use_fp16 else torch.contiguous_format
+        if fused_modconv is None:
+            fused_modconv = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
+
+        if self.in_channels == 0:
+            x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+        else:
+            x = x.to(dtype=dtype, memory_format=memory_format)
+            if self.architecture == "resnet":
+                y = self.skip(x, gain=math.sqrt(0.5))
+                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=math.sqrt(0.5), **layer_kwargs)
+                x = y + x
+            else:
+                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
+            img = img + y if img is not None else y
+        return x, img
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}"
+
+
+class SynthesisNetwork(nn.Module):
+    """ws ``[N, num_ws, w_dim]`` -> image ``[N, img_channels, R, R]`` in about [-1, 1]."""
+
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        num_fp16_res: int = 0,
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.block_resolutions = [2**i for i in range(2, int(np.log2(img_resolution)) + 1)]
+        fp16_resolution = fp16_start_resolution(img_resolution, num_fp16_res)
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_channels = channels_at(res // 2, channel_base, channel_max) if res > 4 else 0
+            out_channels = channels_at(res, channel_base, channel_max)
+            is_last = res == img_resolution
+            block = SynthesisBlock(
+                in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
+                is_last=is_last, use_fp16=(res >= fp16_resolution), **block_kwargs,
+            )
+            self.num_ws += block.num_conv
+            if is_last:
+                self.num_ws += block.num_torgb
+            setattr(self, f"b{res}", block)
+
+    def forward(self, ws: torch.Tensor, **block_kwargs: Any) -> torch.Tensor:
+        """``ws [N, num_ws, w_dim]`` -> ``[N, img_channels, R, R]`` float32. Keyword arguments
+        (``noise_mode``, ``force_fp32``, ``fused_modconv``) reach every block/layer."""
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        ws = ws.to(torch.float32)
+        x = img = None
+        w_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            w_idx += block.num_conv
+            x, img = block(x, img, block_ws, **block_kwargs)
+        return img
+
+    def extra_repr(self) -> str:
+        return f"w_dim={self.w_dim}, num_ws={self.num_ws}, img_resolution={self.img_resolution}"
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: ``G(z, c, truncation_psi, truncation_cutoff, noise_mode=...)``."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        mapping_kwargs: dict | None = None,
+        synthesis_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        mapping_kwargs = dict(mapping_kwargs or {})
+        synthesis_kwargs = dict(synthesis_kwargs or {})
+        self.init_kwargs = copy.deepcopy(
+            dict(
+                z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
+                img_channels=img_channels, mapping_kwargs=mapping_kwargs, synthesis_kwargs=synthesis_kwargs,
+            )
+        )
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, num_ws=self.num_ws, **mapping_kwargs)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor | None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        update_emas: bool | None = None,
+        **synthesis_kwargs: Any,
+    ) -> torch.Tensor:
+        """``z [N, z_dim]``, ``c [N, c_dim]`` -> images ``[N, img_channels, R, R]`` in about [-1, 1]."""
+        ws = self.mapping(
+            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
+        )
+        return self.synthesis(ws, **synthesis_kwargs)

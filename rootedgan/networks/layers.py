@@ -1,0 +1,291 @@
+"""Building blocks shared by the generator and discriminator (equalized learning rate throughout).
+
+Parameters are stored at unit scale and multiplied by their He-init gain at run time
+(``STYLEGAN2-SPEC.md``, "Equalized learning rate"). All tensors are NCHW.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stylegan_ops import ACTIVATIONS, bias_act, setup_filter, upfirdn2d
+from stylegan_ops.upfirdn2d import filter_size, parse_padding
+
+DEFAULT_RESAMPLE_KERNEL = (1, 3, 3, 1)
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """``x / sqrt(mean(x^2 over dim) + eps)``."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def _grouped_weight_for_transpose(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """conv2d weight ``[O, I/g, kh, kw]`` -> conv_transpose2d weight ``[I, O/g, kh, kw]``."""
+    out_ch, in_per_group, kh, kw = w.shape
+    w = w.reshape(groups, out_ch // groups, in_per_group, kh, kw).transpose(1, 2)
+    return w.reshape(groups * in_per_group, out_ch // groups, kh, kw)
+
+
+def conv2d_resample(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: int | Sequence[int] = 0,
+    groups: int = 1,
+    flip_weight: bool = True,
+    flip_filter: bool = False,
+) -> torch.Tensor:
+    """Convolution with FIR up/downsampling, as defined in ``STYLEGAN2-SPEC.md``.
+
+    Definition: pad (``padding`` plus the resampling pad), zero-insert and filter with ``f`` if
+    ``up > 1`` (gain ``up^2``), convolve with ``w`` without padding (``flip_weight=True``: correlation,
+    i.e. ``torch.conv2d``; False: true convolution), then filter with ``f`` and keep every
+    ``down``-th sample if ``down > 1``. The branches below are faster orderings of the same
+    linear operator (transposed conv for ``up``, strided conv for ``down``, 1x1 shortcuts).
+
+    Args:
+        x: ``[N, I, H, W]``.
+        w: ``[O, I / groups, kh, kw]``.
+        f: resampling filter from ``setup_filter`` (required when up or down > 1).
+    Returns:
+        ``[N, O, H', W']``.
+    """
+    if up > 1 and down > 1:
+        raise ValueError("conv2d_resample: up and down at once is not supported")
+    out_ch, _, kh, kw = w.shape
+    fw, fh = filter_size(f)
+    px0, px1, py0, py1 = parse_padding(padding)
+    if up > 1:
+        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
+        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
+    if down > 1:
+        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
+        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
+    pad = [px0, px1, py0, py1]
+
+    if kh == 1 and kw == 1 and (up > 1 or down > 1):  # a 1x1 conv commutes with spatial operations
+        if down > 1:
+            x = upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter)
+            return F.conv2d(x, w, groups=groups)
+        x = F.conv2d(x, w, groups=groups)
+        return upfirdn2d(x, f, up=up, padding=pad, gain=up * up, flip_filter=flip_filter)
+
+    if down > 1:  # pad + filter, then a strided conv (filtering commutes with the conv)
+        x = upfirdn2d(x, f, padding=pad, flip_filter=flip_filter)
+        w_corr = w if flip_weight else w.flip([2, 3])
+        return F.conv2d(x, w_corr, stride=down, groups=groups)
+
+    if up > 1:
+        # conv_transpose2d = zero insertion followed by a full *true* convolution with its weight.
+        # Its output is the full-support result; the FIR pass then crops it to the definition's window.
+        w_true = w.flip([2, 3]) if flip_weight else w
+        x = F.conv_transpose2d(x, _grouped_weight_for_transpose(w_true, groups), stride=up, groups=groups)
+        crop = [px0 - kw + 1, up + px1 - kw, py0 - kh + 1, up + py1 - kh]
+        return upfirdn2d(x, f, padding=crop, gain=up * up, flip_filter=flip_filter)
+
+    w_corr = w if flip_weight else w.flip([2, 3])
+    if px0 == px1 == py0 == py1 and px0 >= 0:
+        return F.conv2d(x, w_corr, padding=px0, groups=groups)
+    x = upfirdn2d(x, None, padding=pad)
+    return F.conv2d(x, w_corr, groups=groups)
+
+
+class FullyConnectedLayer(nn.Module):
+    """Equalized-lr linear layer: ``act(x @ (W * m / sqrt(in)).T + b * m)``.
+
+    ``weight`` ``[out, in]`` is stored as ``N(0, 1) / lr_multiplier``; ``bias`` ``[out]`` as ``bias_init``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, in] -> [N, out]``."""
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x.matmul(w.t()), b, act=self.activation)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+
+
+class Conv2dLayer(nn.Module):
+    """Equalized-lr convolution with optional FIR up/downsampling, bias, activation and clamp.
+
+    ``weight`` ``[out, in, k, k]`` ~ N(0, 1), used as ``weight / sqrt(in * k * k)``. When not
+    ``trainable`` (frozen D layers) weight and bias are buffers under the same names.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str = "linear",
+        up: int = 1,
+        down: int = 1,
+        resample_filter: Sequence[int] = DEFAULT_RESAMPLE_KERNEL,
+        conv_clamp: float | None = None,
+        channels_last: bool = False,
+        trainable: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.activation = activation
+        self.up = up
+        self.down = down
+        self.conv_clamp = conv_clamp
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.act_gain = ACTIVATIONS[activation].def_gain
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(
+            memory_format=memory_format
+        )
+        bias_value = torch.zeros([out_channels]) if bias else None
+        if trainable:
+            self.weight = nn.Parameter(weight)
+            self.bias = nn.Parameter(bias_value) if bias_value is not None else None
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias_value)
+
+    def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
+        """``[N, in, H, W] -> [N, out, H*up/down, W*up/down]``; ``gain`` scales output and clamp."""
+        w = self.weight * self.weight_gain
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        x = conv2d_resample(
+            x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
+            padding=self.padding, flip_weight=(self.up == 1),
+        )
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"activation={self.activation}, up={self.up}, down={self.down}"
+        )
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: int = 0,
+    resample_filter: torch.Tensor | None = None,
+    demodulate: bool = True,
+    flip_weight: bool = True,
+    fused_modconv: bool = True,
+) -> torch.Tensor:
+    """StyleGAN2's modulated (and optionally demodulated) convolution.
+
+    Per sample n: ``w' = weight * styles[n, in]``; demodulation divides each output filter by
+    ``sqrt(sum(w'^2) + 1e-8)``. ``fused_modconv`` runs one grouped conv with per-sample weights;
+    otherwise activations are scaled before and after a shared conv (same result).
+
+    Args:
+        x: ``[N, I, H, W]``; weight: ``[O, I, k, k]``; styles: ``[N, I]``;
+        noise: broadcastable to ``[N, O, H', W']`` or None.
+    Returns:
+        ``[N, O, H', W']``.
+    """
+    batch = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+
+    if x.dtype == torch.float16 and demodulate:
+        # Keep fp16 in range; both factors cancel out in the demodulation below.
+        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+
+    dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1)  # [N, O, I, k, k]
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+        if fused_modconv:
+            w = w * dcoefs.reshape(batch, out_ch, 1, 1, 1)
+
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)
+        x = conv2d_resample(
+            x, weight.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
+            flip_weight=flip_weight,
+        )
+        if dcoefs is not None:
+            x = x * dcoefs.to(x.dtype).reshape(batch, out_ch, 1, 1)
+        if noise is not None:
+            x = x + noise.to(x.dtype)
+        return x
+
+    x = x.reshape(1, batch * in_ch, *x.shape[2:])
+    w = w.reshape(batch * out_ch, in_ch, kh, kw).to(x.dtype)
+    x = conv2d_resample(
+        x, w, f=resample_filter, up=up, down=down, padding=padding, groups=batch, flip_weight=flip_weight
+    )
+    x = x.reshape(batch, out_ch, *x.shape[2:])
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    return x
+
+
+class MinibatchStdLayer(nn.Module):
+    """Appends the per-group standard deviation of the features as extra channels.
+
+    Groups are formed by stride: with ``n = N / G``, sample i belongs to group ``i % n``.
+    """
+
+    def __init__(self, group_size: int | None, num_channels: int = 1) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.num_channels = num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W] -> [N, C + num_channels, H, W]``."""
+        n, c, h, w = x.shape
+        size = min(self.group_size, n) if self.group_size is not None else n
+        if n % size != 0:
+            raise ValueError(f"minibatch-std: batch size {n} is not divisible by the group size {size}")
+        feats = self.num_channels
+        grouped = x.reshape(size, -1, feats, c // feats, h, w)  # [G, n, F, C/F, H, W]
+        var = (grouped - grouped.mean(dim=0)).square().mean(dim=0)  # population variance over members
+        std = (var + 1e-8).sqrt().mean(dim=[2, 3, 4])  # [n, F]
+        std = std.reshape(-1, feats, 1, 1).repeat(size, 1, h, w)  # back to [N, F, H, W]
+        return torch.cat([x, std], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}, num_channels={self.num_channels}"
