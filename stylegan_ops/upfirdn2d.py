@@ -90,9 +90,7 @@ def setup_filter(
     return f.to(device=device)
 
 
-def output_size(
-    in_size: int, up: int, down: int, pad0: int, pad1: int, taps: int
-) -> int:
+def output_size(in_size: int, up: int, down: int, pad0: int, pad1: int, taps: int) -> int:
     """Length of one axis after upfirdn2d: ``ceil((in*up + pad0 + pad1 - taps + 1) / down)``."""
     return (in_size * up + pad0 + pad1 - taps + down) // down
 
@@ -179,8 +177,13 @@ def upfirdn2d(
         if f is None:
             f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
         return upfirdn2d_cuda(
-            x, f, up=_pair(up, "up"), down=_pair(down, "down"), padding=parse_padding(padding),
-            flip_filter=flip_filter, gain=float(gain),
+            x,
+            f,
+            up=_pair(up, "up"),
+            down=_pair(down, "down"),
+            padding=parse_padding(padding),
+            flip_filter=flip_filter,
+            gain=float(gain),
         )
     return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 

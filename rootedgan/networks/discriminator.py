@@ -65,20 +65,41 @@ class DiscriminatorBlock(nn.Module):
         common = dict(conv_clamp=conv_clamp, channels_last=self.channels_last)
         if in_channels == 0 or architecture == "skip":
             self.fromrgb = Conv2dLayer(
-                img_channels, tmp_channels, kernel_size=1, activation=activation, trainable=next_trainable(),
+                img_channels,
+                tmp_channels,
+                kernel_size=1,
+                activation=activation,
+                trainable=next_trainable(),
                 **common,
             )
         self.conv0 = Conv2dLayer(
-            tmp_channels, tmp_channels, kernel_size=3, activation=activation, trainable=next_trainable(), **common
+            tmp_channels,
+            tmp_channels,
+            kernel_size=3,
+            activation=activation,
+            trainable=next_trainable(),
+            **common,
         )
         self.conv1 = Conv2dLayer(
-            tmp_channels, out_channels, kernel_size=3, activation=activation, down=2,
-            resample_filter=resample_filter, trainable=next_trainable(), **common,
+            tmp_channels,
+            out_channels,
+            kernel_size=3,
+            activation=activation,
+            down=2,
+            resample_filter=resample_filter,
+            trainable=next_trainable(),
+            **common,
         )
         if architecture == "resnet":
             self.skip = Conv2dLayer(
-                tmp_channels, out_channels, kernel_size=1, bias=False, down=2,
-                resample_filter=resample_filter, trainable=next_trainable(), channels_last=self.channels_last,
+                tmp_channels,
+                out_channels,
+                kernel_size=1,
+                bias=False,
+                down=2,
+                resample_filter=resample_filter,
+                trainable=next_trainable(),
+                channels_last=self.channels_last,
             )
 
     def forward(
@@ -131,9 +152,14 @@ class DiscriminatorEpilogue(nn.Module):
         self.architecture = architecture
         if architecture == "skip":
             self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
-        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
+        self.mbstd = (
+            MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
+        )
         self.conv = Conv2dLayer(
-            in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation,
+            in_channels + mbstd_num_channels,
+            in_channels,
+            kernel_size=3,
+            activation=activation,
             conv_clamp=conv_clamp,
         )
         self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation=activation)
@@ -182,10 +208,18 @@ class Discriminator(nn.Module):
         epilogue_kwargs = dict(epilogue_kwargs or {})
         self.init_kwargs = copy.deepcopy(
             dict(
-                c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels,
-                architecture=architecture, channel_base=channel_base, channel_max=channel_max,
-                num_fp16_res=num_fp16_res, conv_clamp=conv_clamp, cmap_dim=cmap_dim,
-                block_kwargs=block_kwargs, mapping_kwargs=mapping_kwargs, epilogue_kwargs=epilogue_kwargs,
+                c_dim=c_dim,
+                img_resolution=img_resolution,
+                img_channels=img_channels,
+                architecture=architecture,
+                channel_base=channel_base,
+                channel_max=channel_max,
+                num_fp16_res=num_fp16_res,
+                conv_clamp=conv_clamp,
+                cmap_dim=cmap_dim,
+                block_kwargs=block_kwargs,
+                mapping_kwargs=mapping_kwargs,
+                epilogue_kwargs=epilogue_kwargs,
             )
         )
         self.c_dim = c_dim
@@ -203,9 +237,14 @@ class Discriminator(nn.Module):
         for res in self.block_resolutions:
             in_channels = channels_at(res, channel_base, channel_max) if res < img_resolution else 0
             block = DiscriminatorBlock(
-                in_channels, channels_at(res, channel_base, channel_max),
-                channels_at(res // 2, channel_base, channel_max), resolution=res, first_layer_idx=layer_idx,
-                use_fp16=(res >= fp16_resolution), **block_kwargs, **common,
+                in_channels,
+                channels_at(res, channel_base, channel_max),
+                channels_at(res // 2, channel_base, channel_max),
+                resolution=res,
+                first_layer_idx=layer_idx,
+                use_fp16=(res >= fp16_resolution),
+                **block_kwargs,
+                **common,
             )
             setattr(self, f"b{res}", block)
             layer_idx += block.num_layers
@@ -214,7 +253,10 @@ class Discriminator(nn.Module):
                 z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None, **mapping_kwargs
             )
         self.b4 = DiscriminatorEpilogue(
-            channels_at(4, channel_base, channel_max), cmap_dim=cmap_dim, resolution=4, **epilogue_kwargs,
+            channels_at(4, channel_base, channel_max),
+            cmap_dim=cmap_dim,
+            resolution=4,
+            **epilogue_kwargs,
             **common,
         )
 

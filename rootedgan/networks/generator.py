@@ -177,11 +177,20 @@ class SynthesisLayer(nn.Module):
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
         x = modulated_conv2d(
-            x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-            resample_filter=self.resample_filter, flip_weight=(self.up == 1), fused_modconv=fused_modconv,
+            x,
+            self.weight,
+            styles,
+            noise=noise,
+            up=self.up,
+            padding=self.padding,
+            resample_filter=self.resample_filter,
+            flip_weight=(self.up == 1),
+            fused_modconv=fused_modconv,
         )
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+        return bias_act(
+            x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -253,13 +262,25 @@ class SynthesisBlock(nn.Module):
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
             self.conv0 = SynthesisLayer(
-                in_channels, out_channels, w_dim, resolution, up=2, resample_filter=resample_filter,
-                conv_clamp=conv_clamp, channels_last=self.channels_last, **layer_kwargs,
+                in_channels,
+                out_channels,
+                w_dim,
+                resolution,
+                up=2,
+                resample_filter=resample_filter,
+                conv_clamp=conv_clamp,
+                channels_last=self.channels_last,
+                **layer_kwargs,
             )
             self.num_conv += 1
         self.conv1 = SynthesisLayer(
-            out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
-            channels_last=self.channels_last, **layer_kwargs,
+            out_channels,
+            out_channels,
+            w_dim,
+            resolution,
+            conv_clamp=conv_clamp,
+            channels_last=self.channels_last,
+            **layer_kwargs,
         )
         self.num_conv += 1
         if is_last or architecture == "skip":
@@ -269,8 +290,13 @@ class SynthesisBlock(nn.Module):
             self.num_torgb += 1
         if in_channels != 0 and architecture == "resnet":
             self.skip = Conv2dLayer(
-                in_channels, out_channels, kernel_size=1, bias=False, up=2,
-                resample_filter=resample_filter, channels_last=self.channels_last,
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                bias=False,
+                up=2,
+                resample_filter=resample_filter,
+                channels_last=self.channels_last,
             )
 
     def forward(
@@ -292,14 +318,20 @@ class SynthesisBlock(nn.Module):
             fused_modconv = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = (
+                self.const.to(dtype=dtype, memory_format=memory_format)
+                .unsqueeze(0)
+                .repeat([ws.shape[0], 1, 1, 1])
+            )
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)
             if self.architecture == "resnet":
                 y = self.skip(x, gain=math.sqrt(0.5))
                 x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=math.sqrt(0.5), **layer_kwargs)
+                x = self.conv1(
+                    x, next(w_iter), fused_modconv=fused_modconv, gain=math.sqrt(0.5), **layer_kwargs
+                )
                 x = y + x
             else:
                 x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
@@ -343,8 +375,14 @@ class SynthesisNetwork(nn.Module):
             out_channels = channels_at(res, channel_base, channel_max)
             is_last = res == img_resolution
             block = SynthesisBlock(
-                in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
-                is_last=is_last, use_fp16=(res >= fp16_resolution), **block_kwargs,
+                in_channels,
+                out_channels,
+                w_dim=w_dim,
+                resolution=res,
+                img_channels=img_channels,
+                is_last=is_last,
+                use_fp16=(res >= fp16_resolution),
+                **block_kwargs,
             )
             self.num_ws += block.num_conv
             if is_last:
@@ -388,8 +426,13 @@ class Generator(nn.Module):
         synthesis_kwargs = dict(synthesis_kwargs or {})
         self.init_kwargs = copy.deepcopy(
             dict(
-                z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                img_channels=img_channels, mapping_kwargs=mapping_kwargs, synthesis_kwargs=synthesis_kwargs,
+                z_dim=z_dim,
+                c_dim=c_dim,
+                w_dim=w_dim,
+                img_resolution=img_resolution,
+                img_channels=img_channels,
+                mapping_kwargs=mapping_kwargs,
+                synthesis_kwargs=synthesis_kwargs,
             )
         )
         self.z_dim = z_dim

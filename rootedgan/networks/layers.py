@@ -134,7 +134,9 @@ class FullyConnectedLayer(nn.Module):
         return bias_act(x.matmul(w.t()), b, act=self.activation)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        )
 
 
 class Conv2dLayer(nn.Module):
@@ -186,8 +188,13 @@ class Conv2dLayer(nn.Module):
         w = self.weight * self.weight_gain
         b = self.bias.to(x.dtype) if self.bias is not None else None
         x = conv2d_resample(
-            x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
-            padding=self.padding, flip_weight=(self.up == 1),
+            x,
+            w.to(x.dtype),
+            f=self.resample_filter,
+            up=self.up,
+            down=self.down,
+            padding=self.padding,
+            flip_weight=(self.up == 1),
         )
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
@@ -229,7 +236,9 @@ def modulated_conv2d(
 
     if x.dtype == torch.float16 and demodulate:
         # Keep fp16 in range; both factors cancel out in the demodulation below.
-        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        weight = weight * (
+            1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+        )
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = None
@@ -243,7 +252,12 @@ def modulated_conv2d(
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)
         x = conv2d_resample(
-            x, weight.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
+            x,
+            weight.to(x.dtype),
+            f=resample_filter,
+            up=up,
+            down=down,
+            padding=padding,
             flip_weight=flip_weight,
         )
         if dcoefs is not None:
