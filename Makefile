@@ -1,0 +1,43 @@
+# rootedgan: `make demo` runs the embedded finetune demo, `make test` installs and runs the tests.
+# Both create a local virtualenv in .venv on first use.
+#
+# TORCH_SPEC picks the PyTorch build. The default takes PyPI's (CUDA) build; CPU-only machines can
+# point it at a CPU wheel, e.g. TORCH_SPEC="torch==2.13.0" where a local +cpu wheel is on pip's path.
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# pytest exits 5 when it collects no test: treat that as a failure, not a silent pass.
+test: lint
+	$(PY) -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+demo: install
+	$(VENV)/bin/rootedgan finetune --config configs/demo.yaml
+
+bench: install
+	$(PY) bench/ops.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""Image conventions shared by `generate`, sample grids and the data pipeline.
+
+Network images are NCHW float in [-1, 1]; files are uint8 HWC via NVIDIA's rule
+``clamp(img * 127.5 + 128, 0, 255)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rootedgan.errors import UserError
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[N, C, H, W]`` float in [-1, 1] -> ``[N, H, W, C]`` uint8 (NVIDIA's rounding rule)."""
+    arr = (img.detach().to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def parse_grid(spec: str, count: int) -> tuple[int, int]:
+    """``'ROWSxCOLS'`` -> (rows, cols); ``'auto'`` -> the squarest grid holding ``count`` images."""
+    if spec == "auto":
+        cols = max(1, math.ceil(math.sqrt(count)))
+        return max(1, math.ceil(count / cols)), cols
+    try:
+        rows, cols = (int(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--grid must look like 8x8 or be 'auto', got {spec!r}") from None
+    if rows < 1 or cols < 1:
+        raise UserError(f"--grid needs positive rows and columns, got {spec!r}")
+    return rows, cols
+
+
+def make_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Tile ``[N, H, W, C]`` uint8 images row-major into ``[rows*H, cols*W, C]`` (empty cells black)."""
+    n, h, w, c = images.shape
+    if n > rows * cols:
+        raise UserError(f"{n} images do not fit a {rows}x{cols} grid")
+    grid = np.zeros([rows * cols, h, w, c], dtype=images.dtype)
+    grid[:n] = images
+    return grid.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to output directory {path}: {err.strerror or err}") from None
+    return path
+
+
+def save_image_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an ``[H, W, C]`` (C = 1 or 3) uint8 image; the file appears complete or not at all."""
+    path = Path(path)
+    arr = array[..., 0] if array.shape[-1] == 1 else array
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(arr).save(
+                fh, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
