@@ -1,0 +1,659 @@
+"""Training images: a folder or zip of image files as uint8 tensors, and the LightningDataModule.
+
+Sources
+    ``path`` is a folder (searched recursively, symlinked files included, symlinked folders not
+    followed) or a zip file (recognised by its content, whatever its suffix). Files with the
+    suffixes png, jpg, jpeg, bmp, webp, tif, tiff and gif (case-insensitive) are images; for a
+    gif or an animated webp only the first frame is used. Any path component starting with ``.``
+    (hidden files and folders) and a zip's ``__MACOSX/`` folder are ignored. Images are ordered by
+    their relative path with forward slashes, so the order (and ``max_images``) is deterministic.
+
+Labels
+    NVIDIA's ``dataset.json`` at the top of the folder/zip: ``{"labels": [["rel/path.png", 3], ...]}``.
+    Integer class labels become one-hot float32 vectors of length ``max(label) + 1`` (taken over
+    all usable images, before ``max_images``); lists of numbers are used as-is (float32). Labels
+    are read only with ``use_labels=True``; otherwise every label is an empty ``[0]`` tensor.
+
+Geometry rule
+    Every image is first converted to the requested channels (below), then a non-square image is
+    center-cropped to its shorter side (NVIDIA ``dataset_tool --transform=center-crop`` offsets:
+    ``(size - short) // 2``), then resized to ``resolution x resolution`` with PIL LANCZOS if its
+    size differs (down or up). With ``resolution=None`` nothing is cropped or resized: the first
+    image's size is the resolution and every image must be square with that size.
+
+Channel rule
+    ``channels=3``: RGB as-is; grayscale (1, L, P with a gray palette, I;16, I, F) is replicated to
+    RGB; an alpha channel (RGBA, LA, PA, P with transparency) is **dropped**, i.e. the stored
+    colour values are kept unchanged (no compositing), as PIL's ``convert("RGB")`` and NVIDIA's
+    dataset tool do. ``channels=1``: converted to L with PIL (ITU-R 601-2 luma for colour images,
+    alpha dropped). 16-bit grayscale (I;16*, and I) is reduced to 8 bits by ``value >> 8`` (PIL's
+    own conversion would clip everything above 255 to white); F (float) is clipped to [0, 255].
+    EXIF orientation tags are not applied (as in NVIDIA's tools).
+
+Samples are ``(img, label)``: ``img`` uint8 ``[C, R, R]`` and ``label`` float32 ``[c_dim]``; the
+LightningModule maps images to the network range [-1, 1] with :func:`uint8_to_float`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+from rootedgan.errors import UserError
+
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "ImageDataModule", "ImageDataset", "uint8_to_float"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+_EXT_LIST = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+# Bumped whenever decoding/geometry changes, so that cached reference statistics are recomputed.
+_PREPROCESS_VERSION = "rootedgan-images-v1"
+_MAX_NAMES_SHOWN = 5
+
+
+class DatasetError(UserError):
+    """A training data set that cannot be used: missing path, no images, bad file, bad labels."""
+
+
+def uint8_to_float(img: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``[..., C, H, W]`` in [0, 255] -> float32 in [-1, 1] (``img / 127.5 - 1``)."""
+    return img.to(torch.float32) / 127.5 - 1
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 4 and n & (n - 1) == 0
+
+
+def _is_hidden(rel_name: str) -> bool:
+    parts = rel_name.split("/")
+    return any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX"
+
+
+def _is_image_name(rel_name: str) -> bool:
+    return os.path.splitext(rel_name)[1].lower() in IMAGE_EXTENSIONS and not _is_hidden(rel_name)
+
+
+def _shorten(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES_SHOWN])
+    return shown + (f", ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
+
+
+def _to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Convert a PIL image to mode ``RGB`` (channels=3) or ``L`` (channels=1); see the channel rule."""
+    mode = img.mode
+    if mode == "I" or mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.int64)
+        img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8))
+    elif mode in ("1", "LA", "La", "F"):
+        img = img.convert("L")
+    elif mode in ("P", "PA"):
+        # Through RGBA so that palette transparency is honoured (PIL warns otherwise), then drop alpha.
+        img = img.convert("RGBA").convert("RGB")
+    elif mode not in ("L", "RGB"):
+        img = img.convert("RGB")  # RGBA, RGBa, CMYK, YCbCr, LAB, HSV, ...
+    target = "RGB" if channels == 3 else "L"
+    return img if img.mode == target else img.convert(target)
+
+
+def _fit_square(img: Image.Image, resolution: int) -> Image.Image:
+    """Center-crop to the shorter side, then LANCZOS-resize to ``resolution`` if the size differs."""
+    w, h = img.size
+    if w != h:
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return img
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images from a folder or zip as ``(img uint8 [C, R, R], label float32 [c_dim])``.
+
+    Args:
+        path: folder (searched recursively) or zip file (detected by content) of images.
+        resolution: output size R (power of two >= 4); images are center-cropped and resized to it.
+            None: the first image's size, and every image must be square with that size.
+        channels: 3 (RGB) or 1 (grayscale); see the module's channel rule.
+        use_labels: read class/conditioning labels from ``dataset.json``.
+        xflip: double the data set with mirrored copies; index ``i >= N`` is index ``i - N`` mirrored.
+        max_images: keep a subset of this many images (NVIDIA's rule: shuffle the index list with
+            ``np.random.RandomState(seed)``, keep the first ``max_images``, sort again).
+        on_error: ``"raise"``: an unreadable image raises :class:`DatasetError` when it is loaded;
+            ``"skip"``: every image is decoded once here and bad ones are dropped (one warning).
+        seed: seed of the ``max_images`` subset.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        resolution: int | None = None,
+        channels: int = 3,
+        use_labels: bool = False,
+        xflip: bool = False,
+        max_images: int | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        seed: int = 0,
+    ) -> None:
+        if resolution is not None and not _is_power_of_two(int(resolution)):
+            raise DatasetError(f"resolution must be a power of two >= 4 (e.g. 256), got {resolution}")
+        if channels not in (1, 3):
+            raise DatasetError(f"channels must be 1 or 3, got {channels}")
+        if on_error not in ("raise", "skip"):
+            raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if max_images is not None and max_images < 1:
+            raise DatasetError(f"max_images must be a positive number or None, got {max_images}")
+
+        self.path = str(path)
+        self.channels = int(channels)
+        self.use_labels = bool(use_labels)
+        self.xflip = bool(xflip)
+        self.max_images = None if max_images is None else int(max_images)
+        self.on_error = on_error
+        self.seed = int(seed)
+        self.skipped: list[str] = []
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+
+        p = Path(self.path)
+        if not p.exists():
+            raise DatasetError(f"data path {self.path} does not exist")
+        if p.is_dir():
+            self.is_zip = False
+            all_names = self._list_folder(p)
+        elif zipfile.is_zipfile(p):
+            self.is_zip = True
+            try:
+                with zipfile.ZipFile(p) as zf:
+                    all_names = sorted(i.filename for i in zf.infolist() if not i.is_dir())
+            except (zipfile.BadZipFile, OSError) as err:
+                raise DatasetError(f"cannot read zip file {self.path}: {err}") from None
+        else:
+            raise DatasetError(f"data path {self.path} is neither a folder nor a zip file")
+
+        names = sorted(n for n in all_names if _is_image_name(n))
+        if not names:
+            raise DatasetError(f"no images ({_EXT_LIST}) found under {self.path}")
+
+        sizes: dict[str, tuple[int, int]] = {}
+        if on_error == "skip":
+            names, sizes = self._drop_unreadable(names)
+
+        labels = self._load_labels(names, all_names) if self.use_labels else np.zeros([len(names), 0])
+        self._labels = labels.astype(np.float32)
+        self.label_shape: tuple[int, ...] = (self._labels.shape[1],)
+
+        idx = np.arange(len(names))
+        if self.max_images is not None and idx.size > self.max_images:
+            np.random.RandomState(self.seed % (1 << 31)).shuffle(idx)
+            idx = np.sort(idx[: self.max_images])
+        self.names: list[str] = [names[i] for i in idx]
+        self._labels = self._labels[idx]
+
+        self.resolution: int = int(resolution) if resolution is not None else self._native_resolution(sizes)
+        self._check_sizes = resolution is None
+
+    # ----------------------------------------------------------------------------------------------
+    # Properties
+
+    @property
+    def num_images(self) -> int:
+        """Number of distinct images N (without the mirrored copies)."""
+        return len(self.names)
+
+    @property
+    def c_dim(self) -> int:
+        """Length of the label vector (0 without labels)."""
+        return self.label_shape[0]
+
+    @property
+    def has_labels(self) -> bool:
+        return self.c_dim > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, R, R)``."""
+        return (self.channels, self.resolution, self.resolution)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """float32 ``[N, c_dim]`` labels of the N distinct images."""
+        return self._labels
+
+    def __len__(self) -> int:
+        return self.num_images * (2 if self.xflip else 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(path={self.path!r}, images={self.num_images}, "
+            f"shape={list(self.image_shape)}, c_dim={self.c_dim}, xflip={self.xflip})"
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # File access
+
+    @staticmethod
+    def _list_folder(root: Path) -> list[str]:
+        names = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fname in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, fname), root).replace(os.sep, "/")
+                names.append(rel)
+        return sorted(names)
+
+    def _get_zip(self) -> zipfile.ZipFile:
+        # Opened lazily and per process: a handle inherited through fork shares its file offset with
+        # the parent, so a DataLoader worker opens its own.
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def close(self) -> None:
+        """Close the zip handle of this process (it is reopened on the next access)."""
+        if self._zip is not None and self._zip_pid == os.getpid():
+            self._zip.close()
+        self._zip = None
+        self._zip_pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_zip"] = None
+        state["_zip_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _read_bytes(self, name: str) -> bytes:
+        if self.is_zip:
+            return self._get_zip().read(name)
+        with open(os.path.join(self.path, name), "rb") as fh:
+            return fh.read()
+
+    def _describe(self, name: str) -> str:
+        return f"{name!r} in {self.path}"
+
+    def _bad_image(self, name: str, err: BaseException) -> DatasetError:
+        reason = str(err) or type(err).__name__
+        return DatasetError(f"cannot read image {self._describe(name)}: {reason}")
+
+    # ----------------------------------------------------------------------------------------------
+    # Construction helpers
+
+    def _drop_unreadable(self, names: list[str]) -> tuple[list[str], dict[str, tuple[int, int]]]:
+        """Decode every image once; drop the ones PIL cannot read. Returns (good names, sizes)."""
+        lock = threading.Lock()
+
+        def check(name: str) -> tuple[int, int] | None:
+            try:
+                with lock:  # one reader of the shared zip handle at a time; decoding runs in parallel
+                    data = self._read_bytes(name)
+                with Image.open(io.BytesIO(data)) as img:
+                    img.verify()
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+                    return img.size
+            except Exception:
+                return None
+
+        workers = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(check, names))
+        self.close()
+        good = [n for n, r in zip(names, results, strict=True) if r is not None]
+        self.skipped = [n for n, r in zip(names, results, strict=True) if r is None]
+        if not good:
+            raise DatasetError(
+                f"none of the {len(names)} images under {self.path} could be read "
+                f"(e.g. {_shorten(self.skipped)})"
+            )
+        if self.skipped:
+            warnings.warn(
+                f"skipped {len(self.skipped)} unreadable image(s) of {len(names)} under {self.path}: "
+                f"{_shorten(self.skipped)}",
+                UserWarning,
+                stacklevel=3,
+            )
+        sizes = {n: r for n, r in zip(names, results, strict=True) if r is not None}
+        return good, sizes
+
+    def _load_labels(self, names: list[str], all_names: list[str]) -> np.ndarray:
+        """Labels of ``names`` from dataset.json: float32 ``[len(names), c_dim]``."""
+        if "dataset.json" not in all_names:
+            raise DatasetError(
+                f"use_labels is set but {self.path} has no dataset.json "
+                '(expected {"labels": [["path/img.png", class_index], ...]} at its top level)'
+            )
+        where = f"dataset.json in {self.path}"
+        try:
+            meta = json.loads(self._read_bytes("dataset.json").decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DatasetError(f"cannot parse {where}: {err}") from None
+        finally:
+            self.close()
+        entries = meta.get("labels") if isinstance(meta, dict) else None
+        if entries is None:
+            raise DatasetError(f"{where} has no labels ('labels' is missing or null); set use_labels: false")
+        try:
+            table = {str(k).replace("\\", "/"): v for k, v in entries}
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: 'labels' must be a list of [file name, label] pairs") from None
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise DatasetError(f"{where} has no label for {len(missing)} image(s): {_shorten(missing)}")
+        values = [table[n] for n in names]
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_vector(v: Any) -> bool:
+            return isinstance(v, list) and all(is_int(x) or isinstance(x, float) for x in v)
+
+        if all(is_int(v) for v in values):
+            classes = np.asarray(values, dtype=np.int64)
+            if classes.min() < 0:
+                bad = names[int(np.argmin(classes))]
+                raise DatasetError(f"{where}: class labels must be >= 0, got {classes.min()} for {bad!r}")
+            onehot = np.zeros([len(names), int(classes.max()) + 1], dtype=np.float32)
+            onehot[np.arange(len(names)), classes] = 1
+            return onehot
+        if all(is_vector(v) for v in values):
+            lengths = {len(v) for v in values}
+            if len(lengths) == 1:
+                return np.asarray(values, dtype=np.float32).reshape(len(names), -1)
+            raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)}")
+        kind = is_int if is_int(values[0]) else is_vector
+        bad = next((n for n, v in zip(names, values, strict=True) if not kind(v)), names[0])
+        raise DatasetError(
+            f"{where}: labels must be all class indices (ints) or all lists of numbers; "
+            f"got {table[bad]!r} for {bad!r} (first label: {values[0]!r} for {names[0]!r})"
+        )
+
+    def _image_size(self, name: str) -> tuple[int, int]:
+        try:
+            with Image.open(io.BytesIO(self._read_bytes(name))) as img:
+                return img.size
+        except Exception as err:
+            raise self._bad_image(name, err) from None
+
+    def _native_resolution(self, sizes: dict[str, tuple[int, int]]) -> int:
+        """resolution=None: the first image's size; every image must be square with that size."""
+        try:
+            first = self.names[0]
+            w, h = sizes.get(first) or self._image_size(first)
+            if w != h or not _is_power_of_two(w):
+                raise DatasetError(
+                    f"image {self._describe(first)} is {w}x{h}; without a resolution every image must be "
+                    "square with a power-of-two size. Set the resolution (data.resolution) to "
+                    "center-crop and resize the images"
+                )
+            for name in self.names[1:]:
+                size = sizes.get(name) or self._image_size(name)
+                if size != (w, w):
+                    raise DatasetError(
+                        f"image {self._describe(name)} is {size[0]}x{size[1]} but the first image "
+                        f"{first!r} is {w}x{w}; without a resolution every image must have the same "
+                        "square size. Set the resolution (data.resolution) to center-crop and resize them"
+                    )
+            return w
+        finally:
+            self.close()
+
+    # ----------------------------------------------------------------------------------------------
+    # Loading
+
+    def load_image(self, raw_index: int) -> np.ndarray:
+        """Decode image ``raw_index`` (0 <= raw_index < N) as uint8 ``[R, R, C]`` (not mirrored)."""
+        name = self.names[raw_index]
+        try:
+            data = self._read_bytes(name)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                if self._check_sizes and img.size != (self.resolution, self.resolution):
+                    raise DatasetError(
+                        f"image {self._describe(name)} is {img.size[0]}x{img.size[1]}, expected "
+                        f"{self.resolution}x{self.resolution}; set data.resolution to resize images"
+                    )
+                out = _fit_square(_to_channels(img, self.channels), self.resolution)
+                arr = np.array(out, dtype=np.uint8)  # a writable copy (torch wants writable arrays)
+        except DatasetError:
+            raise
+        except Exception as err:
+            raise self._bad_image(name, err) from err
+        return arr[:, :, None] if arr.ndim == 2 else arr
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ``(img uint8 [C, R, R], label float32 [c_dim])``; ``index >= N`` is mirrored."""
+        n = self.num_images
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a data set of length {len(self)}")
+        raw, flip = (index - n, True) if index >= n else (index, False)
+        arr = self.load_image(raw)
+        if flip:
+            arr = arr[:, ::-1]
+        img = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return img, torch.from_numpy(self._labels[raw].copy())
+
+    # ----------------------------------------------------------------------------------------------
+    # Identity
+
+    def content_key(self, progress: Callable[[int, int], None] | None = None) -> str:
+        """sha256 hex digest identifying the images this data set yields (for caching statistics).
+
+        Covers the relative names, sizes and bytes of the selected image files (in order), the
+        resolution, channels, xflip, max_images and the preprocessing version; labels are not
+        included. Reads every file once. ``progress(done, total)`` is called after each file if given.
+        """
+        h = hashlib.sha256()
+        config = {
+            "version": _PREPROCESS_VERSION,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "xflip": self.xflip,
+            "max_images": self.max_images,
+            "count": self.num_images,
+        }
+        h.update(json.dumps(config, sort_keys=True).encode() + b"\0")
+        try:
+            for i, name in enumerate(self.names):
+                try:
+                    data = self._read_bytes(name)
+                except (OSError, KeyError, zipfile.BadZipFile) as err:
+                    raise self._bad_image(name, err) from None
+                h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
+                h.update(data)
+                if progress is not None:
+                    progress(i + 1, self.num_images)
+        finally:
+            self.close()
+        return h.hexdigest()
+
+
+class ResumableShuffleSampler(torch.utils.data.Sampler[int]):
+    """Endless shuffled indices for one rank, resumable at any position.
+
+    The global stream is a fresh permutation of ``range(size)`` per pass, seeded by ``(seed, pass)``;
+    rank ``r`` of ``world`` takes global positions ``r, r + world, r + 2*world, ...``. Position ``p`` of
+    the stream is a pure function of ``(seed, p)``, so a run resumed after ``start`` samples per rank
+    sees exactly the batches the uninterrupted run would have seen.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        if size < 1:
+            raise ValueError("cannot sample from an empty data set")
+        self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator()
+        generator.manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self):  # noqa: ANN204 - an endless iterator of ints
+        position = self.start * self.world + self.rank
+        epoch, perm = -1, None
+        while True:
+            if position // self.size != epoch:
+                epoch = position // self.size
+                perm = self._permutation(epoch)
+            yield int(perm[position % self.size])
+            position += self.world
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Training images for finetuning, configured from YAML (``data:``) by LightningCLI.
+
+    When the trainer's LightningModule declares ``img_resolution`` / ``img_channels`` / ``c_dim``,
+    ``setup`` takes the resolution and channels from it and checks the labels against ``c_dim``.
+
+    Args:
+        path: Folder (searched recursively) or zip file of training images (png, jpg, jpeg, bmp,
+            webp, tif, tiff, gif).
+        resolution: Training resolution (power of two >= 4); images are center-cropped to a square
+            and resized (LANCZOS) to it. None: the model's img_resolution, or without a model the
+            size of the first image (then every image must be square with that size).
+        batch_size: Images per training batch (per device).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        xflip: Add horizontally mirrored copies of every image (doubles the data set).
+        max_images: Use only this many images, chosen with NVIDIA's seeded rule (None = all).
+        use_labels: Read class labels from dataset.json (needed for conditional models).
+        on_error: What to do with unreadable images: 'raise' (error when loaded) or 'skip'
+            (check every image before training and leave out the bad ones, with a warning).
+        seed: Seed of the max_images subset and of the shuffling order.
+        channels: 3 (RGB) or 1 (grayscale); the model's img_channels wins when it declares one.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        resolution: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        xflip: bool = False,
+        max_images: int | None = None,
+        use_labels: bool = False,
+        on_error: Literal["raise", "skip"] = "raise",
+        seed: int = 0,
+        channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise DatasetError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise DatasetError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.path = path
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.xflip = xflip
+        self.max_images = max_images
+        self.use_labels = use_labels
+        self.on_error = on_error
+        self.seed = seed
+        self.channels = channels
+        self.dataset: ImageDataset | None = None
+
+    def _model(self) -> Any:
+        trainer = getattr(self, "trainer", None)
+        return getattr(trainer, "lightning_module", None) if trainer is not None else None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the data set (once) and check it against the model's resolution, channels and c_dim."""
+        if self.dataset is not None:
+            return
+        model = self._model()
+        resolution, channels = self.resolution, self.channels
+        model_res = getattr(model, "img_resolution", None)
+        model_ch = getattr(model, "img_channels", None)
+        model_c = getattr(model, "c_dim", None)
+        if model_res is not None:
+            if resolution is None:
+                resolution = int(model_res)
+            elif int(resolution) != int(model_res):
+                raise DatasetError(
+                    f"data.resolution is {resolution} but the model generates {model_res}x{model_res} "
+                    f"images; set data.resolution to {model_res} or leave it unset"
+                )
+        if model_ch is not None and int(model_ch) != channels:
+            warnings.warn(
+                f"data.channels is {channels} but the model has {model_ch} image channel(s); "
+                f"loading images with {model_ch} channel(s)",
+                UserWarning,
+                stacklevel=2,
+            )
+            channels = int(model_ch)
+
+        dataset = ImageDataset(
+            self.path,
+            resolution=resolution,
+            channels=channels,
+            use_labels=self.use_labels,
+            xflip=self.xflip,
+            max_images=self.max_images,
+            on_error=self.on_error,
+            seed=self.seed,
+        )
+        if model_c is not None:
+            model_c = int(model_c)
+            if model_c > 0 and not dataset.has_labels:
+                raise DatasetError(
+                    f"the model is conditional (c_dim={model_c}) but the data set has no labels; set "
+                    "`data.use_labels: true` and provide a dataset.json with a label for every image"
+                )
+            if dataset.has_labels and dataset.c_dim != model_c:
+                raise DatasetError(
+                    f"the data set's labels have c_dim={dataset.c_dim} but the model expects "
+                    f"c_dim={model_c}"
+                    + ("; set `data.use_labels: false` for an unconditional model" if model_c == 0 else "")
+                )
+        self.dataset = dataset
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Shuffled (seeded) batches of ``(img uint8 [B, C, R, R], label float32 [B, c_dim])``."""
+        if self.dataset is None:
+            self.setup("fit")
+        assert self.dataset is not None
+        n = len(self.dataset)
+        if n < self.batch_size:
+            flip = f" ({self.dataset.num_images} images x2 with xflip)" if self.xflip else ""
+            raise DatasetError(
+                f"the data set has only {n} training image(s){flip} under {self.path}, fewer than "
+                f"data.batch_size={self.batch_size}; set data.batch_size to at most {n} "
+                "(or add images / enable data.xflip)"
+            )
+        # Endless and resumable: a finetune is measured in images (kimg), not epochs. The start
+        # position comes from the model's image counter, restored before the loader is built.
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        consumed = int(getattr(self._model(), "cur_nimg", 0)) // world
+        sampler = ResumableShuffleSampler(n, seed=self.seed, rank=rank, world=world, start=consumed)
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
