@@ -1,0 +1,219 @@
+"""One loader for StyleGAN2 networks: NVIDIA ``.pkl``, rosinality ``.pt`` and our ``.safetensors``.
+
+``load_network(path_or_url)`` detects the format from the file's first bytes (never its name), never
+executes code from the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our
+``Generator``/``Discriminator`` modules (eval mode; a missing network is ``None``). ``meta`` always has
+``format`` (``'nvidia-pkl'``, ``'rosinality-pt'`` or ``'native'``), ``source`` and ``init_kwargs``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rootedgan.checkpoints import download as _download
+from rootedgan.checkpoints._build import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
+from rootedgan.checkpoints.native import save_network, save_records
+from rootedgan.errors import CheckpointError
+
+__all__ = [
+    "convert_network",
+    "detect_format",
+    "load_network",
+    "output_format",
+    "read_records",
+    "resolve_source",
+    "save_network",
+]
+
+# torch's legacy (pre-zip) serialisation starts with a pickled magic number (protocol 2, LONG1).
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """``'nvidia-pkl'``, ``'torch-zip'``, ``'torch-legacy'``, ``'safetensors'`` or None, from the content."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        size = os.fstat(f.fileno()).st_size
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "torch-legacy"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "nvidia-pkl"
+    if len(head) >= 9:
+        header_len = int.from_bytes(head[:8], "little")
+        if 2 <= header_len <= min(_SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def resolve_source(path_or_url: str | os.PathLike[str], progress: bool = True) -> Path:
+    """A local file for a path, URL or NVIDIA shortcut name (downloading into the cache if needed)."""
+    if isinstance(path_or_url, str) and _download.is_url(path_or_url):
+        known = _download.resolve(path_or_url)
+        return _download.download(path_or_url, known.sha256 if known else None, progress=progress)
+    path = Path(path_or_url).expanduser()
+    if not path.exists() and isinstance(path_or_url, str) and path_or_url in _download.NVIDIA_NETWORKS:
+        return _download.fetch(path_or_url, progress=progress)
+    if not path.exists():
+        names = ", ".join(sorted(_download.NVIDIA_NETWORKS))
+        raise CheckpointError(
+            f"{path} does not exist. Give a checkpoint file (.pkl, .pt or .safetensors), an http(s):// "
+            f"URL, or a known network name ({names})."
+        )
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it")
+    return path
+
+
+def read_records(path: str | os.PathLike[str]) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
+    """Read any supported checkpoint into (format, records, extra meta) without building networks.
+
+    Every failure is a :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) naming the file.
+    """
+    path = Path(path)
+    try:
+        return _read_records(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a malformed file that got past the format checks: never a raw stack trace
+        raise CheckpointError(
+            f"{path} is corrupt or malformed ({type(err).__name__}: {str(err).strip()[:300]})"
+        ) from err
+
+
+def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
+    from rootedgan.checkpoints import native, nvidia, rosinality
+
+    try:
+        kind = detect_format(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
+    if kind == "nvidia-pkl":
+        records, extra = nvidia.read_nvidia_pickle(path)
+        return nvidia.FORMAT, records, extra
+    if kind in ("torch-zip", "torch-legacy"):
+        ckpt = rosinality.torch_load(path)
+        if not rosinality.is_rosinality(ckpt):
+            found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise CheckpointError(
+                f"{path} is a torch.save file but not a rosinality StyleGAN2 checkpoint: expected the keys "
+                f"g, d, g_ema (state dicts with style.*, input.input, convs.*), found {found}"
+            )
+        records, extra = rosinality.read_rosinality(ckpt, str(path))
+        return rosinality.FORMAT, records, extra
+    if kind == "safetensors":
+        records, extra = native.read_native(path)
+        return native.FORMAT, records, extra
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
+    raise CheckpointError(
+        f"{path} has an unknown format: it is not an NVIDIA network pickle, a torch.save (rosinality) "
+        "checkpoint or a rootedgan .safetensors file (it may also be truncated or corrupt)"
+    )
+
+
+def load_network(path_or_url: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a StyleGAN2 checkpoint: ``dict(G=..., D=..., G_ema=..., meta=...)``.
+
+    Accepts a path, an http(s)/file URL or an NVIDIA shortcut name (see
+    :data:`rootedgan.checkpoints.download.NVIDIA_NETWORKS`); the format is detected from the content.
+    Networks are in eval mode on ``device`` (gradients left enabled, for finetuning). A network the file
+    does not hold is ``None``.
+    """
+    path = resolve_source(path_or_url)
+    fmt, records, extra = read_records(path)
+    nets = build_all(records, device, source=str(path))
+    meta = {
+        **extra,
+        "format": fmt,
+        "source": str(path_or_url),
+        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
+    }
+    if str(path_or_url) != str(path):
+        meta["local_path"] = str(path)
+    return {**nets, "meta": meta}
+
+
+def output_format(dst: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The output format for ``dst``: ``fmt`` if given, else from the suffix (.safetensors / .pt)."""
+    suffix = Path(dst).suffix.lower()
+    if (fmt is None and suffix == ".pkl") or fmt in ("pkl", "nvidia", "nvidia-pkl"):
+        raise CheckpointError(
+            "writing NVIDIA .pkl files is not offered: an NVIDIA network pickle has to embed NVIDIA's "
+            "source code, which is under a non-commercial licence. Write .safetensors (rootedgan) or "
+            ".pt (rosinality) instead; rootedgan and most tools load both."
+        )
+    if fmt is None:
+        if suffix == ".safetensors":
+            return "native"
+        if suffix == ".pt":
+            return "rosinality"
+        raise CheckpointError(
+            f"cannot tell the output format from the name {Path(dst).name!r}: use a .safetensors (rootedgan) "
+            "or .pt (rosinality) file name, or pass the format explicitly (--format native|rosinality)"
+        )
+    if fmt not in ("native", "rosinality"):
+        raise CheckpointError(f"unknown output format {fmt!r}: choose 'native' or 'rosinality'")
+    return fmt
+
+
+def _merge_adapters(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold orthogonal-finetuning adapters into plain weights (via rootedgan.orthogonal, when present)."""
+    try:
+        from rootedgan import orthogonal
+    except ImportError as err:
+        raise CheckpointError("--merge needs rootedgan.orthogonal, which is not available") from err
+    merge = getattr(orthogonal, "merge", None) or getattr(orthogonal, "merge_orthogonal", None)
+    if merge is None:
+        raise CheckpointError("--merge: rootedgan.orthogonal offers no merge function")
+    merged = merge(module)
+    return module if merged is None else merged
+
+
+def convert_network(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    fmt: str | None = None,
+    merge: bool = False,
+) -> dict[str, Any]:
+    """Convert a checkpoint to ``fmt`` (``'native'`` .safetensors or ``'rosinality'`` .pt).
+
+    ``fmt=None`` picks the format from ``dst``'s suffix. ``merge=True`` folds orthogonal-finetuning
+    adapters into plain weights first. The networks are built and loaded strictly on the way, so a
+    broken conversion fails here, not later. Returns ``dict(path, format, source_format, networks, notes)``.
+    """
+    from rootedgan.checkpoints import rosinality
+
+    fmt = output_format(dst, fmt)
+    loaded = load_network(src)
+    notes: list[str] = list(loaded["meta"].get("notes") or [])
+    records: dict[str, NetworkRecord | None] = {}
+    for name in NETWORK_NAMES:
+        net = loaded.get(name)
+        if net is not None and merge:
+            net = _merge_adapters(net)
+        records[name] = None if net is None else module_record(net)
+    src_meta = loaded["meta"]
+    if fmt == "native":
+        meta = {
+            k: v for k, v in src_meta.items() if k not in ("format", "source", "init_kwargs", "local_path")
+        }
+        meta["converted_from"] = {"format": src_meta["format"], "source": src_meta["source"]}
+        path = save_records(dst, records, meta)
+    else:
+        notes += rosinality.save_rosinality(dst, records, src_meta)
+        path = Path(dst)
+    return {
+        "path": path,
+        "format": fmt,
+        "source_format": src_meta["format"],
+        "networks": [name for name in NETWORK_NAMES if records[name] is not None],
+        "notes": notes,
+    }

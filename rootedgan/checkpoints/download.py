@@ -1,0 +1,258 @@
+"""Fetch network files by URL (or NVIDIA shortcut name) into a local cache, resumably.
+
+Files land in ``$ROOTEDGAN_CACHE/networks/`` (default ``~/.cache/rootedgan/networks/``) under the URL's
+file name. A download goes to ``NAME.part`` first and is renamed when complete (and its sha256 checked,
+when known); an interrupted ``.part`` is resumed with an HTTP ``Range`` request where the server allows.
+A file already in the cache is used without any network access. Any failure raises
+:class:`~rootedgan.errors.DownloadError` naming the URL and the exact cache path where the file can be
+placed by hand (for machines without internet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rootedgan.errors import DownloadError
+
+CACHE_ENV = "ROOTEDGAN_CACHE"
+DEFAULT_CACHE = "~/.cache/rootedgan"
+_CHUNK = 1 << 20
+_URL_RX = re.compile(r"^(https?|file)://", re.IGNORECASE)
+
+_ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained"
+_TL = f"{_ADA}/transfer-learning-source-nets"
+_SG2 = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files"
+
+
+class KnownNetwork(NamedTuple):
+    """A public NVIDIA network: where it lives and (when known) its sha256."""
+
+    url: str
+    sha256: str | None = None
+    description: str = ""
+
+
+# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. sha256 left None where not verified.
+NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
+    "ffhq256": KnownNetwork(
+        f"{_TL}/ffhq-res256-mirror-paper256-noaug.pkl", None, "FFHQ 256, paper256 config"
+    ),
+    "ffhq512": KnownNetwork(f"{_TL}/ffhq-res512-mirror-stylegan2-noaug.pkl", None, "FFHQ 512, config F"),
+    "ffhq1024": KnownNetwork(f"{_TL}/ffhq-res1024-mirror-stylegan2-noaug.pkl", None, "FFHQ 1024, config F"),
+    "celebahq256": KnownNetwork(
+        f"{_TL}/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl", None, "CelebA-HQ 256"
+    ),
+    "lsundog256": KnownNetwork(f"{_TL}/lsundog-res256-paper256-kimg100000-noaug.pkl", None, "LSUN Dog 256"),
+    "ffhq": KnownNetwork(f"{_ADA}/ffhq.pkl", None, "FFHQ 1024 trained with ADA"),
+    "metfaces": KnownNetwork(f"{_ADA}/metfaces.pkl", None, "MetFaces 1024 (ADA, from FFHQ)"),
+    "afhqcat": KnownNetwork(f"{_ADA}/afhqcat.pkl", None, "AFHQ Cat 512 (ADA)"),
+    "afhqdog": KnownNetwork(f"{_ADA}/afhqdog.pkl", None, "AFHQ Dog 512 (ADA)"),
+    "afhqwild": KnownNetwork(f"{_ADA}/afhqwild.pkl", None, "AFHQ Wild 512 (ADA)"),
+    "brecahad": KnownNetwork(f"{_ADA}/brecahad.pkl", None, "BreCaHAD 512 (ADA)"),
+    "cifar10": KnownNetwork(f"{_ADA}/cifar10.pkl", None, "CIFAR-10 32, conditional (ADA)"),
+    "stylegan2-ffhq-256": KnownNetwork(f"{_SG2}/stylegan2-ffhq-256x256.pkl", None, "StyleGAN2 FFHQ 256"),
+    "stylegan2-ffhq-512": KnownNetwork(f"{_SG2}/stylegan2-ffhq-512x512.pkl", None, "StyleGAN2 FFHQ 512"),
+    "stylegan2-ffhq-1024": KnownNetwork(f"{_SG2}/stylegan2-ffhq-1024x1024.pkl", None, "StyleGAN2 FFHQ 1024"),
+    "stylegan2-metfaces-1024": KnownNetwork(
+        f"{_SG2}/stylegan2-metfaces-1024x1024.pkl", None, "StyleGAN2 MetFaces 1024"
+    ),
+    "stylegan2-afhqv2-512": KnownNetwork(
+        f"{_SG2}/stylegan2-afhqv2-512x512.pkl", None, "StyleGAN2 AFHQv2 512"
+    ),
+    "stylegan2-celebahq-256": KnownNetwork(
+        f"{_SG2}/stylegan2-celebahq-256x256.pkl", None, "StyleGAN2 CelebA-HQ 256"
+    ),
+    "stylegan2-lsundog-256": KnownNetwork(
+        f"{_SG2}/stylegan2-lsundog-256x256.pkl", None, "StyleGAN2 LSUN Dog"
+    ),
+}
+
+
+def is_url(text: str | os.PathLike[str]) -> bool:
+    """Whether ``text`` is an http(s):// or file:// URL."""
+    return isinstance(text, str) and bool(_URL_RX.match(text))
+
+
+def cache_dir() -> Path:
+    """The folder downloaded networks are kept in: ``$ROOTEDGAN_CACHE/networks`` (default under ~/.cache)."""
+    root = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
+    return Path(root).expanduser() / "networks"
+
+
+def cache_path(url: str, cache: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``url`` is (or will be) cached: the cache folder plus the URL's file name."""
+    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    if not name:
+        name = "network-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+    return (Path(cache).expanduser() if cache is not None else cache_dir()) / name
+
+
+def resolve(name_or_url: str) -> KnownNetwork | None:
+    """The known network for a shortcut name (``ffhq256``, ...) or URL, else None."""
+    if name_or_url in NVIDIA_NETWORKS:
+        return NVIDIA_NETWORKS[name_or_url]
+    if is_url(name_or_url):
+        for known in NVIDIA_NETWORKS.values():
+            if known.url == name_or_url:
+                return known
+        return KnownNetwork(name_or_url)
+    return None
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _error(url: str, dest: Path, reason: str) -> DownloadError:
+    return DownloadError(
+        f"could not download {url}: {reason}. If this machine is offline, fetch the file elsewhere and "
+        f"place it at {dest} (the network cache; set {CACHE_ENV} to move it), then run again."
+    )
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    if isinstance(reason, socket.gaierror):
+        return f"the host name does not resolve (offline? {reason.strerror or reason})"
+    if isinstance(reason, ConnectionError | TimeoutError | socket.timeout):
+        return f"cannot connect ({reason.strerror or reason})" if isinstance(reason, OSError) else str(reason)
+    if isinstance(reason, OSError):
+        return reason.strerror or str(reason)
+    return f"{type(err).__name__}: {err}" if reason is err else str(reason)
+
+
+def _open(url: str, offset: int, timeout: float) -> tuple[Any, int]:
+    """Open ``url`` asking for bytes from ``offset``; returns (response, offset the body starts at)."""
+    headers = {"User-Agent": "rootedgan"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # range not satisfiable: start over
+            err.close()
+            return _open(url, 0, timeout)
+        raise
+    status = getattr(resp, "status", None) or 200
+    if offset and status == 206:
+        match = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+        if match and int(match.group(1)) == offset:
+            return resp, offset
+        resp.close()
+        return _open(url, 0, timeout)  # an unexpected range: start over
+    return resp, 0
+
+
+def download(
+    url: str,
+    sha256: str | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """Download ``url`` into the cache (unless already there) and return the cached path.
+
+    Resumes ``NAME.part`` with a Range request when possible; verifies ``sha256`` when given (a mismatch
+    deletes the partial file). Raises :class:`DownloadError` naming the URL and the cache path.
+    """
+    from filelock import FileLock
+
+    dest = cache_path(url, cache)
+    if dest.is_file():
+        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _error(
+            url, dest, f"cannot create the cache folder {dest.parent} ({err.strerror or err})"
+        ) from None
+    part = dest.with_name(dest.name + ".part")
+    lock = FileLock(str(dest.with_name(dest.name + ".lock")))
+    try:
+        lock.acquire()
+    except OSError as err:
+        raise _error(url, dest, f"cannot write in the cache folder {dest.parent} ({err})") from None
+    try:
+        if dest.is_file():  # another process finished it while we waited
+            return dest
+        _transfer(url, dest, part, sha256, progress, timeout)
+    finally:
+        lock.release()
+    return dest
+
+
+def _transfer(url: str, dest: Path, part: Path, sha256: str | None, progress: bool, timeout: float) -> None:
+    """Fetch ``url`` into ``part`` (resuming it), check it, and rename it to ``dest``."""
+    from tqdm.auto import tqdm
+
+    offset = part.stat().st_size if part.is_file() else 0
+    try:
+        resp, offset = _open(url, offset, timeout)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+        raise _error(url, dest, _reason(err)) from None
+    with contextlib.closing(resp):
+        length = resp.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        try:
+            f = open(part, "ab" if offset else "wb")
+        except OSError as err:
+            raise _error(url, dest, f"cannot write {part} ({err.strerror or err})") from None
+        try:
+            with (
+                f,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+            ):
+                while block := resp.read(_CHUNK):
+                    f.write(block)
+                    bar.update(len(block))
+        except (OSError, http.client.HTTPException) as err:
+            raise _error(
+                url, dest, f"the transfer was interrupted ({_reason(err)}); run again to resume from {part}"
+            ) from None
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise _error(url, dest, f"the transfer ended after {size} of {total} bytes; run again to resume")
+    if sha256 is not None:
+        got = sha256_of(part)
+        if got.lower() != sha256.lower():
+            part.unlink(missing_ok=True)
+            raise _error(
+                url, dest, f"checksum mismatch (sha256 {got}, expected {sha256}); the file was deleted"
+            )
+    os.replace(part, dest)
+
+
+def fetch(name_or_url: str, cache: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
+    """Download a shortcut name or URL (with its known checksum) and return the cached path."""
+    known = resolve(name_or_url)
+    if known is None:
+        names = ", ".join(sorted(NVIDIA_NETWORKS))
+        raise DownloadError(f"{name_or_url!r} is neither a URL nor a known network name ({names})")
+    return download(known.url, known.sha256, cache=cache, progress=progress)

@@ -1,0 +1,40 @@
+"""``rootedgan convert IN OUT``: rewrite a network checkpoint as rootedgan .safetensors or rosinality .pt."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Convert a network checkpoint (NVIDIA .pkl, rosinality .pt, .safetensors) to .safetensors or .pt."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", metavar="IN", help="checkpoint to read: a path, an http(s) URL or a known network name"
+    )
+    parser.add_argument("output", metavar="OUT", help="file to write (.safetensors or .pt)")
+    parser.add_argument(
+        "--format",
+        choices=("native", "rosinality"),
+        default=None,
+        help="output format (default: from OUT's suffix: .safetensors -> native, .pt -> rosinality). "
+        "NVIDIA .pkl output is not offered (it would embed NVIDIA's non-commercial source code).",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="fold orthogonal-finetuning adapters into plain weights before writing",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rootedgan.checkpoints import convert_network
+
+    result = convert_network(args.input, args.output, fmt=args.format, merge=args.merge)
+    nets = ", ".join(result["networks"])
+    print(
+        f"wrote {result['path']} ({result['format']} format: {nets}) "
+        f"from {args.input} ({result['source_format']})"
+    )
+    for note in result["notes"]:
+        print(f"note: {note}")
+    return 0
