@@ -177,10 +177,14 @@ def path_length(img: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
 
 
 def path_length_penalty(
-    lengths: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01
+    lengths: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01, batch_mean: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(penalty [N], new pl_mean)``: ``(|J^T y| - a)^2`` with ``a`` the running mean (decay 0.01)."""
-    new_mean = pl_mean.lerp(lengths.detach().mean(), decay)
+    """``(penalty [N], new pl_mean)``: ``(|J^T y| - a)^2`` with ``a`` the running mean (decay 0.01).
+
+    ``batch_mean`` overrides ``lengths.mean()`` (e.g. averaged over all ranks)."""
+    if batch_mean is None:
+        batch_mean = lengths.detach().mean()
+    new_mean = pl_mean.lerp(batch_mean, decay)
     return (lengths - new_mean).square(), new_mean
 
 

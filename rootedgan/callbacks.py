@@ -1,0 +1,124 @@
+"""Lightning callbacks of a finetune run: snapshots, sample grids and resume checkpoints every ``snap_kimg``.
+
+Every ``snap_kimg`` thousand images (and at the end):
+
+* ``network-snapshot-KKKKKK.safetensors``: native checkpoint (G, D, G_ema + provenance), loadable by
+  ``load_network`` / ``rootedgan generate``; written atomically on rank 0;
+* ``fakesKKKKKK.png``: NVIDIA-style grid of G_ema on fixed seeds (``fakes_init.png`` before training,
+  ``reals.png`` once);
+* ``checkpoints/last.ckpt`` (and ``checkpoints/kimgKKKKKK.ckpt`` with ``keep_checkpoints``): a Lightning
+  checkpoint to resume from with ``--ckpt_path``.
+
+Progress is counted in images, not Lightning steps: with several optimizers Lightning's ``global_step``
+advances 2 to 4 times per batch, which makes ``ModelCheckpoint(every_n_train_steps=...)`` erratic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from rootedgan.imaging import make_grid, parse_grid, save_image_atomic, to_uint8
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """Where a run's artifacts go: the logger's version directory, else ``default_root_dir``.
+
+    Collective under DDP (``trainer.log_dir`` broadcasts from rank 0): call it on every rank.
+    """
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class NetworkSnapshot(L.Callback):
+    """Snapshot, sample grid and resume checkpoint every ``snap_kimg`` thousand images (module docstring)."""
+
+    def __init__(
+        self,
+        snap_kimg: float = 50.0,
+        grid_seeds: int = 32,
+        grid: str = "auto",
+        truncation_psi: float = 1.0,
+        save_final: bool = True,
+        keep_checkpoints: bool = False,
+    ) -> None:
+        """
+        Args:
+            snap_kimg: interval between snapshots in thousands of real images (0: only at the end).
+            grid_seeds: number of fixed latents (seeds 0..N-1, NVIDIA's convention) in each grid.
+            grid: ``ROWSxCOLS`` or ``auto``.
+            truncation_psi: truncation for the grids.
+            save_final: also snapshot when training ends.
+            keep_checkpoints: keep a Lightning checkpoint per snapshot, not only ``last.ckpt``.
+        """
+        super().__init__()
+        self.snap_kimg = snap_kimg
+        self.grid_seeds = grid_seeds
+        self.grid = grid
+        self.truncation_psi = truncation_psi
+        self.save_final = save_final
+        self.keep_checkpoints = keep_checkpoints
+        self._next_kimg: float | None = None
+        self._out: Path | None = None
+        self._last_snapshot_nimg: int | None = None  # same on every rank: decides collective saves
+        self.written: list[Path] = []
+
+    def _grid(self, module: Any) -> np.ndarray:
+        from rootedgan.commands.generate import class_labels, seed_latents
+
+        G = module.G_ema
+        z = torch.from_numpy(seed_latents(range(self.grid_seeds), G.z_dim)).to(module.device)
+        c = class_labels(G.c_dim, 0 if G.c_dim else None, len(z)).to(module.device)
+        with torch.no_grad():
+            images = [
+                G(z[i : i + 8], c[i : i + 8], truncation_psi=self.truncation_psi, noise_mode="const")
+                for i in range(0, len(z), 8)
+            ]
+        rows, cols = parse_grid(self.grid, self.grid_seeds)
+        return make_grid(to_uint8(torch.cat(images)), rows, cols)
+
+    def _snapshot(self, trainer: L.Trainer, module: Any, tag: str) -> None:
+        self._last_snapshot_nimg = int(module.cur_nimg)
+        out = self._out or run_dir(trainer)
+        # Lightning checkpoints are collective: every rank calls, rank 0 writes.
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+        if self.keep_checkpoints:
+            trainer.save_checkpoint(out / "checkpoints" / f"kimg{tag}.ckpt", weights_only=False)
+        if not trainer.is_global_zero:
+            return
+        from rootedgan.checkpoints import save_network
+
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"network-snapshot-{tag}.safetensors"
+        save_network(path, G=module.G, D=module.D, G_ema=module.G_ema, meta=module.provenance())
+        save_image_atomic(self._grid(module), out / f"fakes{tag}.png")
+        self.written.append(path)
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        self._next_kimg = (
+            (int(module.cur_kimg / self.snap_kimg) + 1) * self.snap_kimg if self.snap_kimg else None
+        )
+        out = self._out = run_dir(trainer)  # on every rank: it is a collective
+        if trainer.is_global_zero and module.cur_nimg == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_image_atomic(self._grid(module), out / "fakes_init.png")
+            dataset = getattr(trainer.train_dataloader, "dataset", None)
+            if dataset is not None and len(dataset) > 0:
+                count = min(len(dataset), self.grid_seeds)
+                reals = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(count)])
+                rows, cols = parse_grid(self.grid, count)
+                images = reals.permute(0, 2, 3, 1).cpu().numpy()
+                save_image_atomic(make_grid(images, rows, cols), out / "reals.png")
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        if self._next_kimg is not None and module.cur_kimg >= self._next_kimg:
+            self._snapshot(trainer, module, f"{int(module.cur_nimg) // 1000:06d}")
+            while self._next_kimg <= module.cur_kimg:
+                self._next_kimg += self.snap_kimg
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.save_final and self._last_snapshot_nimg != int(module.cur_nimg):
+            self._snapshot(trainer, module, f"{int(module.cur_nimg) // 1000:06d}")
