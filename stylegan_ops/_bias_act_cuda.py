@@ -1,0 +1,171 @@
+"""Autograd wrapper of the bias_act CUDA kernel, differentiable twice.
+
+With ``z = x + b``, ``m`` the clamp mask (1 where the unclamped output lies in ``[-clamp, clamp]``)
+and the kernel modes of ``csrc/bias_act_math.h``:
+
+* forward:   ``y = clamp(gain * act(z))``                 (mode 0)
+* backward:  ``dx = dy * gain * act'(z) * m``              (mode 1), ``db = sum of dx over non-dim axes``
+* double:    ``d(dx)/d(dy) = gain * act'(z) * m`` (mode 1 again) and
+             ``d(dx)/dz = dy * gain * act''(z) * m``         (mode 2)
+
+Third-order derivatives with respect to ``x``/``b`` are not implemented (they raise); the reference
+implementation supports any order.
+
+The kernel module (``plugin``) is normally the compiled CUDA extension from
+:func:`stylegan_ops.build.get_plugin`; the tests pass the CPU emulation instead, which has the same
+``bias_act(x, b, dy, mode, act, alpha, gain, clamp, dim)`` function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stylegan_ops.bias_act import ActivationSpec
+
+MODE_FORWARD = 0
+MODE_GRAD = 1
+MODE_GRAD2 = 2
+
+#: Activations whose second derivative is zero almost everywhere (mode 2 would return zeros).
+_PIECEWISE_LINEAR = {1, 2, 3}  # linear, relu, lrelu
+
+
+@dataclass(frozen=True)
+class _Config:
+    plugin: Any
+    dim: int
+    act: int
+    alpha: float
+    gain: float
+    clamp: float
+
+    def run(
+        self, mode: int, x: torch.Tensor, b: torch.Tensor | None, dy: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self.plugin.bias_act(x, b, dy, mode, self.act, self.alpha, self.gain, self.clamp, self.dim)
+
+
+def _sum_to_bias(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum ``t`` over every axis but ``dim``: ``[..., C (at dim), ...] -> [C]``."""
+    axes = [d for d in range(t.ndim) if d != dim]
+    return t.sum(dim=axes) if axes else t
+
+
+class _BiasActGrad2(torch.autograd.Function):
+    """``w * gain * act''(z) * m`` (mode 2); differentiable once more only with respect to ``w``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, w: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, cfg: _Config
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, b)
+        ctx.cfg = cfg
+        return cfg.run(MODE_GRAD2, x, b, w.contiguous())
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        x, b = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            raise NotImplementedError(
+                "bias_act CUDA kernel: third-order derivatives with respect to x or b are not implemented; "
+                "use impl='ref' (or STYLEGAN_OPS_IMPL=ref) for them"
+            )
+        gw = _BiasActGrad2.apply(g, x, b, cfg) if ctx.needs_input_grad[0] else None
+        return gw, None, None, None
+
+
+class _BiasActGrad(torch.autograd.Function):
+    """``dx = dy * gain * act'(z) * m`` (mode 1), differentiable with respect to dy, x and b."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, dy: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, cfg: _Config
+    ) -> torch.Tensor:
+        dy = dy.contiguous()
+        ctx.save_for_backward(dy, x, b)
+        ctx.cfg = cfg
+        return cfg.run(MODE_GRAD, x, b, dy)
+
+    @staticmethod
+    def backward(
+        ctx: Any, ddx: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+        dy, x, b = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        ddx = ddx.contiguous()
+        g_dy = g_x = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_dy = _BiasActGrad.apply(ddx, x, b, cfg)
+        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and cfg.act not in _PIECEWISE_LINEAR:
+            g_z = _BiasActGrad2.apply(ddx * dy, x, b, cfg)
+            g_x = g_z if ctx.needs_input_grad[1] else None
+            g_b = _sum_to_bias(g_z, cfg.dim) if ctx.needs_input_grad[2] else None
+        return g_dy, g_x, g_b, None
+
+
+class _BiasAct(torch.autograd.Function):
+    """``y = clamp(gain * act(x + b))`` (mode 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, b: torch.Tensor | None, cfg: _Config) -> torch.Tensor:
+        ctx.save_for_backward(x, b)
+        ctx.cfg = cfg
+        return cfg.run(MODE_FORWARD, x, b, None)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, b = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None
+        dx = _BiasActGrad.apply(dy, x, b, cfg)
+        db = _sum_to_bias(dx, cfg.dim) if ctx.needs_input_grad[1] else None
+        return (dx if ctx.needs_input_grad[0] else None), db, None
+
+
+def bias_act_cuda(
+    x: torch.Tensor,
+    b: torch.Tensor | None,
+    *,
+    dim: int,
+    spec: ActivationSpec,
+    alpha: float,
+    gain: float,
+    clamp: float,
+    plugin: Any = None,
+) -> torch.Tensor:
+    """``clamp(act(x + b) * gain, -clamp, clamp)`` with the compiled kernel (arguments already resolved).
+
+    Args:
+        x: input of any shape; float32, float64, float16 or bfloat16 (half types compute in float32).
+        b: ``[x.shape[dim]]`` bias or None; cast to ``x.dtype``.
+        dim: the axis of ``x`` the bias runs along.
+        spec: the activation (its ``cuda_idx`` selects the kernel's branch).
+        alpha, gain: resolved floats; clamp: ``< 0`` for none.
+        plugin: kernel module; default: the CUDA extension from :func:`stylegan_ops.build.get_plugin`.
+
+    Returns:
+        A contiguous tensor shaped and typed like ``x``, differentiable twice with respect to ``x`` and ``b``.
+    """
+    if b is None and spec.cuda_idx == 1 and gain == 1 and clamp < 0:
+        return x  # identity, as in the reference
+    if plugin is None:
+        from stylegan_ops.build import get_plugin
+
+        plugin = get_plugin("bias_act", required=True)
+    x = x.contiguous()
+    if b is not None:
+        b = b.to(dtype=x.dtype).contiguous()
+    cfg = _Config(
+        plugin=plugin,
+        dim=int(dim),
+        act=int(spec.cuda_idx),
+        alpha=float(alpha),
+        gain=float(gain),
+        clamp=float(clamp),
+    )
+    return _BiasAct.apply(x, b, cfg)

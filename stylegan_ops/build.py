@@ -1,0 +1,521 @@
+"""Load-time compilation of the CUDA kernels (``torch.utils.cpp_extension.load`` + ninja), with a
+cache that survives processes, a build lock that cannot hang forever, and one clear fallback warning.
+
+* **Cache.** Each op builds into ``<cache root>/<op>-<key>/`` where the key hashes the op's source
+  files, the torch version, torch's CUDA version, the GPU architectures, the Python version and
+  ``TORCH_CUDA_ARCH_LIST``. A finished build leaves a marker file; later processes import the built
+  module straight from it (no compiler, no ninja). The cache root is ``$STYLEGAN_OPS_CACHE``, else
+  ``$ROOTEDGAN_CACHE/ops``, else ``~/.cache/rootedgan/ops``.
+* **Lock.** Builds of one op/key are serialized by a file lock ``<cache root>/<op>-<key>.lock`` held
+  at most ``$STYLEGAN_OPS_LOCK_TIMEOUT`` seconds (default 600); a timeout names the lock file and says
+  how to remove it. While the lock is held, a leftover ``lock`` baton of torch's own (left by a killed
+  build; torch would wait on it forever) is removed from the build directory.
+* **Failure.** A build that fails warns once per op per process (:class:`PluginBuildWarning`) that the
+  slower reference implementation is used, and keeps the compiler output for :func:`build_status`
+  (``rootedgan doctor``). With ``required=True`` (``STYLEGAN_OPS_IMPL=cuda``) it raises
+  :class:`PluginBuildError` with the tail of the compiler output instead.
+
+The compile step is the module-level function :func:`_compile`, so tests can replace it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+CSRC_DIR = Path(__file__).resolve().parent / "csrc"
+
+CACHE_ENV_VAR = "STYLEGAN_OPS_CACHE"
+ROOT_CACHE_ENV_VAR = "ROOTEDGAN_CACHE"
+LOCK_TIMEOUT_ENV_VAR = "STYLEGAN_OPS_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+#: Bump when the build layout or flags change in a way the source hash does not capture.
+BUILD_FORMAT = 1
+MARKER_NAME = "rootedgan_build.json"
+#: torch.utils.cpp_extension's own lock file ("baton") inside a build directory.
+TORCH_BATON_NAME = "lock"
+
+EXTRA_CFLAGS = ["-O3"]
+EXTRA_CUDA_CFLAGS = ["-O3"]
+
+
+@dataclass(frozen=True)
+class OpSources:
+    """The files of one op: ``compiled`` go to the compiler, ``headers`` are only hashed."""
+
+    compiled: tuple[str, ...]
+    headers: tuple[str, ...]
+
+    def all_files(self) -> tuple[str, ...]:
+        return self.compiled + self.headers
+
+
+OPS: dict[str, OpSources] = {
+    "bias_act": OpSources(
+        compiled=("bias_act_bindings.cpp", "bias_act_kernel.cu"),
+        headers=("sg_common.h", "bias_act_math.h", "bias_act_launch.h"),
+    ),
+    "upfirdn2d": OpSources(
+        compiled=("upfirdn2d_bindings.cpp", "upfirdn2d_kernel.cu"),
+        headers=("sg_common.h", "upfirdn2d_math.h", "upfirdn2d_launch.h"),
+    ),
+}
+
+
+class PluginBuildError(RuntimeError):
+    """A CUDA kernel could not be built or loaded (the message says why and what to do)."""
+
+
+class PluginBuildWarning(RuntimeWarning):
+    """A CUDA kernel could not be built; the (slower) reference implementation is used instead."""
+
+
+@dataclass
+class OpStatus:
+    """What happened to one op's kernel in this process (see :func:`build_status`)."""
+
+    name: str
+    attempted: bool = False
+    ok: bool = False
+    cached: bool = False  # loaded from an earlier build without compiling
+    reason: str | None = None  # one line: why it is unavailable
+    error: str | None = None  # full error text (compiler output) of a failed build
+    build_dir: str | None = None
+    lock_file: str | None = None
+    seconds: float | None = None  # time spent loading or building
+
+
+_STATE_LOCK = threading.RLock()
+_PLUGINS: dict[str, ModuleType] = {}
+_STATUS: dict[str, OpStatus] = {}
+_WARNED: set[str] = set()
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration and environment
+
+
+def cache_root() -> Path:
+    """Root of the build cache: ``$STYLEGAN_OPS_CACHE``, else ``$ROOTEDGAN_CACHE/ops``, else
+    ``~/.cache/rootedgan/ops``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    if os.environ.get(ROOT_CACHE_ENV_VAR):
+        return Path(os.environ[ROOT_CACHE_ENV_VAR]).expanduser() / "ops"
+    return Path.home() / ".cache" / "rootedgan" / "ops"
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for another process's build: ``$STYLEGAN_OPS_LOCK_TIMEOUT`` or 600."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV_VAR, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(
+            f"environment variable {LOCK_TIMEOUT_ENV_VAR} is {raw!r}; expected a number of seconds > 0"
+        )
+    return value
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the kernels cannot run in this process, or None when they can (CUDA torch and a GPU)."""
+    if getattr(torch.version, "hip", None):
+        return f"torch {torch.__version__} is a ROCm build; the CUDA kernels support NVIDIA GPUs only"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    return None
+
+
+def gpu_archs() -> str:
+    """Compute capabilities of the visible GPUs, e.g. ``sm_80+sm_90`` (part of the cache key)."""
+    caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    return "+".join(f"sm_{major}{minor}" for major, minor in sorted(caps)) or "none"
+
+
+def _check_name(name: str) -> OpSources:
+    if name not in OPS:
+        raise ValueError(f"unknown stylegan_ops plugin {name!r}; expected one of {', '.join(OPS)}")
+    return OPS[name]
+
+
+def build_key(name: str) -> str:
+    """Hex digest identifying one build of ``name`` (sources, torch, CUDA, GPU arch, Python)."""
+    sources = _check_name(name)
+    h = hashlib.sha256()
+    for fname in sorted(set(sources.all_files())):
+        h.update(fname.encode())
+        h.update(b"\0")
+        h.update((CSRC_DIR / fname).read_bytes())
+        h.update(b"\0")
+    parts = [
+        f"format={BUILD_FORMAT}",
+        f"torch={torch.__version__}",
+        f"cuda={torch.version.cuda}",
+        f"arch={gpu_archs()}",
+        f"python={platform.python_version()}",
+        f"arch_list={os.environ.get('TORCH_CUDA_ARCH_LIST', '')}",
+        f"cflags={' '.join(EXTRA_CFLAGS)}",
+        f"cuda_cflags={' '.join(EXTRA_CUDA_CFLAGS)}",
+    ]
+    h.update("\n".join(parts).encode())
+    return h.hexdigest()[:16]
+
+
+def build_dir(name: str) -> Path:
+    """Build directory of ``name`` for this torch / CUDA / GPU / Python combination."""
+    return cache_root() / f"{name}-{build_key(name)}"
+
+
+def lock_path(name: str) -> Path:
+    """File lock guarding the build of ``name`` (next to, not inside, its build directory)."""
+    bdir = build_dir(name)
+    return bdir.parent / f"{bdir.name}.lock"
+
+
+def module_name(name: str) -> str:
+    """Python module name of the compiled extension of ``name``."""
+    return f"stylegan_ops_{name}_plugin"
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiling and loading
+
+
+def _is_cuda_root(path: str | Path) -> bool:
+    return Path(path, "bin", "nvcc").exists() and Path(path, "include", "cuda_runtime_api.h").exists()
+
+
+def find_cuda_home() -> str | None:
+    """CUDA toolkit root: ``$CUDA_HOME`` / ``$CUDA_PATH`` as given; else the toolkit of ``nvcc`` on PATH
+    (when it has ``include/``; a wrapper script's directory does not count); else ``/usr/local/cuda``."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        root = Path(os.path.realpath(nvcc)).parent.parent
+        if _is_cuda_root(root):
+            return str(root)
+    if _is_cuda_root("/usr/local/cuda"):
+        return "/usr/local/cuda"
+    return str(Path(nvcc).parent.parent) if nvcc else None
+
+
+def _preflight() -> None:
+    """Fail early, with advice, when a build cannot work (no nvcc, no ninja, no C++ compiler)."""
+    cuda_home = find_cuda_home()
+    nvcc = Path(cuda_home, "bin", "nvcc") if cuda_home else None
+    if nvcc is None or not nvcc.exists():
+        raise PluginBuildError(
+            f"nvcc not found: install the CUDA toolkit matching torch.version.cuda {torch.version.cuda} "
+            "or set CUDA_HOME to its root"
+        )
+    if shutil.which("ninja") is None:
+        raise PluginBuildError("ninja not found: `pip install ninja` in this environment")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise PluginBuildError(f"C++ compiler {cxx!r} not found: install g++ (build-essential) or set CXX")
+
+
+def _compile(name: str, sources: list[Path], build_directory: Path, *, verbose: bool = False) -> ModuleType:
+    """Compile and import one op's extension (the step tests replace). Returns the module."""
+    _preflight()
+    import torch.utils.cpp_extension as cpp_extension
+
+    cuda_home = find_cuda_home()
+    if cuda_home and not (cpp_extension.CUDA_HOME and _is_cuda_root(cpp_extension.CUDA_HOME)):
+        # torch guesses the toolkit from `which nvcc` once at import; a wrapper script misleads it.
+        cpp_extension.CUDA_HOME = cuda_home
+    return cpp_extension.load(
+        name=module_name(name),
+        sources=[str(s) for s in sources],
+        extra_include_paths=[str(CSRC_DIR)],
+        extra_cflags=list(EXTRA_CFLAGS),
+        extra_cuda_cflags=list(EXTRA_CUDA_CFLAGS),
+        build_directory=str(build_directory),
+        verbose=verbose,
+    )
+
+
+def _import_path(mod_name: str, path: str) -> ModuleType:
+    """Import a module (extension ``.so`` or ``.py``) from a file path."""
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {mod_name} from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_cached(name: str, bdir: Path) -> ModuleType | None:
+    """The module of a finished earlier build in ``bdir``, or None (no marker, or it fails to load)."""
+    marker = bdir / MARKER_NAME
+    try:
+        info = json.loads(marker.read_text())
+        path = info["path"]
+        if not Path(path).is_file():
+            return None
+        return _import_path(info["module"], path)
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
+
+
+def _write_marker(name: str, bdir: Path, module: ModuleType) -> None:
+    path = getattr(module, "__file__", None)
+    if not path:
+        return
+    info = {
+        "op": name,
+        "module": module.__name__,
+        "path": str(Path(path).resolve()),
+        "key": bdir.name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    tmp = bdir / f".{MARKER_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, bdir / MARKER_NAME)
+
+
+def _remove_stale_torch_baton(bdir: Path) -> bool:
+    """Remove torch's ``lock`` baton from ``bdir``. Call only while holding our build lock: then no
+    build of ours is running in ``bdir``, so a baton there was left by a killed build and would make
+    torch wait forever. Returns whether one was removed."""
+    baton = bdir / TORCH_BATON_NAME
+    if not baton.exists():
+        return False
+    age = time.time() - baton.stat().st_mtime
+    print(
+        f"stylegan_ops: removing stale torch build lock {baton} (left by an interrupted build "
+        f"{age:.0f}s ago)",
+        file=sys.stderr,
+    )
+    baton.unlink(missing_ok=True)
+    return True
+
+
+def _lock_timeout_message(name: str, lock_file: Path, timeout: float) -> str:
+    return (
+        f"timed out after {timeout:g}s waiting for the build lock {lock_file} of the '{name}' CUDA kernel. "
+        "Another process may still be compiling it (wait for it to finish), or a build hung. If no other "
+        f"rootedgan/stylegan_ops process is running, delete the lock file (rm '{lock_file}') and retry; set "
+        f"{LOCK_TIMEOUT_ENV_VAR} to wait longer, or STYLEGAN_OPS_IMPL=ref to skip the kernels."
+    )
+
+
+def _acquire(lock_file: Path, timeout: float, name: str) -> Any:
+    """Acquire the inter-process build lock (an OS file lock, released by the OS if the holder dies)."""
+    import filelock
+
+    lock = filelock.FileLock(str(lock_file), timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise PluginBuildError(_lock_timeout_message(name, lock_file, timeout)) from err
+    except NotImplementedError:
+        # The filesystem has no flock: use an existence lock; one older than the timeout is stale.
+        lock = filelock.SoftFileLock(str(lock_file), timeout=timeout)
+        try:
+            if lock_file.exists() and time.time() - lock_file.stat().st_mtime > timeout:
+                lock_file.unlink(missing_ok=True)
+            lock.acquire()
+        except filelock.Timeout as err:
+            raise PluginBuildError(_lock_timeout_message(name, lock_file, timeout)) from err
+    return lock
+
+
+def _load_or_build(name: str, status: OpStatus, *, verbose: bool = False) -> ModuleType:
+    """Load ``name`` from the cache or build it; fills ``status``. Raises PluginBuildError."""
+    sources = _check_name(name)
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        status.reason = reason
+        raise PluginBuildError(f"the '{name}' CUDA kernel is unavailable: {reason}")
+    bdir = build_dir(name)
+    lock_file = bdir.parent / f"{bdir.name}.lock"
+    status.build_dir = str(bdir)
+    status.lock_file = str(lock_file)
+    start = time.perf_counter()
+    module = _load_cached(name, bdir)
+    if module is not None:
+        status.cached = True
+        status.seconds = time.perf_counter() - start
+        return module
+    try:
+        bdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        status.reason = f"cannot create the build directory {bdir}: {err}"
+        raise PluginBuildError(f"{status.reason}; set {CACHE_ENV_VAR} to a writable directory") from err
+    lock = _acquire(lock_file, lock_timeout(), name)
+    try:
+        module = _load_cached(name, bdir)  # another process may have built it while we waited
+        if module is not None:
+            status.cached = True
+        else:
+            _remove_stale_torch_baton(bdir)
+            print(
+                f"stylegan_ops: compiling the '{name}' CUDA kernel into {bdir} "
+                "(first use with this torch/GPU only; about a minute)...",
+                file=sys.stderr,
+                flush=True,
+            )
+            module = _compile(name, [CSRC_DIR / f for f in sources.compiled], bdir, verbose=verbose)
+            _write_marker(name, bdir, module)
+            print(
+                f"stylegan_ops: compiled the '{name}' CUDA kernel in {time.perf_counter() - start:.0f}s",
+                file=sys.stderr,
+            )
+    finally:
+        lock.release()
+    status.seconds = time.perf_counter() - start
+    return module
+
+
+def _short_reason(err: BaseException) -> str:
+    """One line for a warning: the first compiler error line, else the exception's first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    for line in lines[1:]:
+        if "error" in line.lower():
+            return line[:300]
+    return lines[0][:300]
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _attempt(name: str, *, verbose: bool = False) -> tuple[ModuleType | None, OpStatus]:
+    """One load/build attempt; records the outcome in the module state. Never warns."""
+    status = OpStatus(name=name, attempted=True)
+    try:
+        module = _load_or_build(name, status, verbose=verbose)
+    except Exception as err:  # any failure means "fall back", with the text kept
+        status.ok = False
+        status.error = f"{type(err).__name__}: {err}" if not isinstance(err, PluginBuildError) else str(err)
+        if status.reason is None:
+            status.reason = _short_reason(err)
+        _STATUS[name] = status
+        return None, status
+    status.ok = True
+    _STATUS[name] = status
+    _PLUGINS[name] = module
+    return module, status
+
+
+def _error_for(status: OpStatus) -> PluginBuildError:
+    msg = f"stylegan_ops: the '{status.name}' CUDA kernel could not be loaded: {status.reason}"
+    if status.build_dir:
+        msg += f"\nbuild directory: {status.build_dir}"
+    if status.error and status.error.strip() != (status.reason or "").strip():
+        msg += f"\n--- error output (last lines) ---\n{_tail(status.error)}\n---"
+    msg += (
+        "\nSet STYLEGAN_OPS_IMPL=auto to fall back to the (slower) reference implementation, or run "
+        "`rootedgan doctor` to diagnose the toolchain."
+    )
+    return PluginBuildError(msg)
+
+
+def get_plugin(name: str, *, required: bool) -> ModuleType | None:
+    """The compiled kernel module of ``name`` (``bias_act`` or ``upfirdn2d``), building it on first use.
+
+    Returns None when it cannot be had (CPU-only torch, no GPU, build failure), after one
+    :class:`PluginBuildWarning` per op per process for a failed build. With ``required=True`` raises
+    :class:`PluginBuildError` instead, with the reason and the compiler output's tail.
+    """
+    module = _PLUGINS.get(name)
+    if module is not None:
+        return module
+    _check_name(name)
+    with _STATE_LOCK:
+        module = _PLUGINS.get(name)
+        if module is not None:
+            return module
+        status = _STATUS.get(name)
+        if status is None or not status.attempted:
+            module, status = _attempt(name)
+            if module is not None:
+                return module
+        if required:
+            raise _error_for(status)
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(
+                f"stylegan_ops: the '{name}' CUDA kernel is unavailable ({status.reason}); falling back to "
+                "the slower pure-PyTorch reference implementation. Run `rootedgan doctor` for details, or "
+                "set STYLEGAN_OPS_IMPL=ref to skip the build attempt.",
+                PluginBuildWarning,
+                stacklevel=3,
+            )
+        return None
+
+
+def try_build(name: str, *, verbose: bool = False) -> dict[str, Any]:
+    """Load or build ``name`` now, also after an earlier failure in this process (for the doctor).
+    Returns its status as a dict (see :func:`build_status`). Never warns or raises for a failed build."""
+    _check_name(name)
+    with _STATE_LOCK:
+        if name in _PLUGINS:
+            return asdict(_STATUS.get(name) or OpStatus(name=name, attempted=True, ok=True))
+        _, status = _attempt(name, verbose=verbose)
+        return asdict(status)
+
+
+def build_status() -> dict[str, Any]:
+    """State of the kernels in this process, for ``rootedgan doctor``: the cache root, why CUDA is
+    unavailable (or None) and, per op, whether a build was attempted and worked, the error text and
+    the build directory."""
+    reason = cuda_unavailable_reason()
+    ops: dict[str, Any] = {}
+    for name in OPS:
+        status = _STATUS.get(name)
+        if status is None:
+            status = OpStatus(name=name, reason=reason)
+            if reason is None:
+                try:
+                    status.build_dir = str(build_dir(name))
+                except Exception:  # informational only
+                    pass
+        ops[name] = asdict(status)
+    try:
+        timeout: float | str = lock_timeout()
+    except ValueError as err:
+        timeout = str(err)
+    return {
+        "cache_root": str(cache_root()),
+        "lock_timeout_s": timeout,
+        "cuda_unavailable_reason": reason,
+        "ops": ops,
+    }
+
+
+def reset() -> None:
+    """Forget this process's loaded plugins, failures and warnings (tests; a retry after fixing things)."""
+    with _STATE_LOCK:
+        _PLUGINS.clear()
+        _STATUS.clear()
+        _WARNED.clear()

@@ -1,0 +1,65 @@
+// CPU emulation of the upfirdn2d CUDA kernel, for tests: the same per-output-sample function
+// (sgops::upfirdn2d_linear_element from upfirdn2d_math.h) in a plain loop over CPU tensors, with the
+// same call signature as the CUDA binding in upfirdn2d_bindings.cpp. Registered as
+// torch.ops.sgops_emulation.upfirdn2d.
+#include <torch/library.h>
+
+#include "emulation_common.h"  // must precede the math header: c10 half/bfloat16 loads and stores
+
+#include "upfirdn2d_math.h"
+
+namespace {
+
+at::Tensor upfirdn2d_emulation(const at::Tensor& x_in, const at::Tensor& f_in, int64_t upx, int64_t upy,
+                               int64_t downx, int64_t downy, int64_t padx0, int64_t padx1, int64_t pady0,
+                               int64_t pady1, bool flip, double gain) {
+  TORCH_CHECK(x_in.device().is_cpu(), "upfirdn2d emulation: x must be a CPU tensor");
+  TORCH_CHECK(x_in.dim() == 4, "upfirdn2d emulation: x must be NCHW");
+  TORCH_CHECK(f_in.dim() == 2 && f_in.numel() > 0, "upfirdn2d emulation: f must be a non-empty [fh, fw]");
+  TORCH_CHECK(upx >= 1 && upy >= 1 && downx >= 1 && downy >= 1, "upfirdn2d emulation: up/down must be >= 1");
+  const auto f_dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(f_in.scalar_type() == f_dtype, "upfirdn2d emulation: f must be ", f_dtype);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor f = f_in.contiguous();
+  const int64_t in_h = x.size(2), in_w = x.size(3), fh = f.size(0), fw = f.size(1);
+  const int64_t out_w = (in_w * upx + padx0 + padx1 - fw + downx) / downx;
+  const int64_t out_h = (in_h * upy + pady0 + pady1 - fh + downy) / downy;
+  TORCH_CHECK(out_w >= 1 && out_h >= 1, "upfirdn2d emulation: the parameters leave no output");
+  at::Tensor out = at::empty({x.size(0), x.size(1), out_h, out_w}, x.options());
+  sgops::UpFirDn2dParams p;
+  p.nc = x.size(0) * x.size(1);
+  p.in_h = int(in_h);
+  p.in_w = int(in_w);
+  p.out_h = int(out_h);
+  p.out_w = int(out_w);
+  p.fh = int(fh);
+  p.fw = int(fw);
+  p.upx = int(upx);
+  p.upy = int(upy);
+  p.downx = int(downx);
+  p.downy = int(downy);
+  p.padx0 = int(padx0);
+  p.pady0 = int(pady0);
+  p.flip = flip;
+  const int64_t n = out.numel();
+  sgops::dispatch_storage_type(x, "upfirdn2d emulation", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = typename sgops::AccType<scalar_t>::type;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const acc_t* fp = f.data_ptr<acc_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      sgops::upfirdn2d_linear_element<scalar_t, acc_t>(i, p, o, xp, fp, acc_t(gain));
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(sgops_emulation, m) {
+  m.def(
+      "upfirdn2d(Tensor x, Tensor f, int upx, int upy, int downx, int downy, int padx0, int padx1, "
+      "int pady0, int pady1, bool flip, float gain) -> Tensor",
+      &upfirdn2d_emulation);
+}
