@@ -9,6 +9,7 @@ is saved as ``config.yaml`` in the run directory. Several devices select the ``g
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -71,6 +72,9 @@ def run_finetune_cli(argv: list[str]) -> int:
     from rootedgan.data import ImageDataModule
     from rootedgan.module import FinetuneModule
 
+    # sys.argv must stay as it is (Lightning's DDP launcher re-runs it for the other ranks), so
+    # LightningCLI's warning about `args` next to sys.argv does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         RootedganCLI(
             FinetuneModule,

@@ -1,0 +1,219 @@
+"""The finetune application end to end on CPU: CLI smoke run, exact resume, phase counts, the
+non-finite guard, FreezeD, the EMA rule, two-process DDP (gloo) and readable config errors."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from rootedgan.callbacks import NetworkSnapshot
+from rootedgan.checkpoints import load_network
+from rootedgan.cli import main as cli_main
+from rootedgan.data import ImageDataModule
+from rootedgan.losses import AdversarialLoss
+from rootedgan.module import FinetuneModule, NonFiniteTrainingError, d_layers_from_input
+from rootedgan.synthetic_data import make_shapes_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
+
+
+@pytest.fixture(scope="module")
+def tiny32(nvidia_fixture_dir) -> str:
+    return str(nvidia_fixture_dir / "tiny32.pkl")
+
+
+def fit(root: Path, data: Path, ckpt: str | None = None, callbacks=None, **model_kwargs) -> tuple:
+    kwargs = dict(r1_interval=2, pl_interval=2, ema_kimg=0.01, seed=1)
+    kwargs.update(model_kwargs)
+    module = FinetuneModule(**kwargs)
+    datamodule = ImageDataModule(str(data), batch_size=4, num_workers=0)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
+        default_root_dir=str(root), callbacks=callbacks or [],
+    )  # fmt: skip
+    trainer.fit(module, datamodule, ckpt_path=ckpt)
+    return module, trainer
+
+
+def test_cli_smoke_finetune_writes_snapshots_logs_and_resume_checkpoint(tmp_path, shapes, tiny32):
+    code = cli_main(
+        ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", tiny32,
+         "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
+         "--trainer.enable_progress_bar", "false"]
+    )  # fmt: skip
+    assert code == 0
+    run = next(tmp_path.glob("lightning_logs/version_*"))
+    for name in ["config.yaml", "fakes_init.png", "reals.png", "checkpoints/last.ckpt", "metrics.csv"]:
+        assert (run / name).exists(), name
+    snapshots = sorted(run.glob("network-snapshot-*.safetensors"))
+    assert snapshots
+    nets = load_network(str(snapshots[-1]))
+    assert nets["meta"]["format"] == "native"
+    provenance = nets["meta"].get("meta", nets["meta"])
+    assert "rooted:2" in json.dumps(provenance)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    losses = [float(r["Loss/G/loss"]) for r in rows if r.get("Loss/G/loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert float(rows[-1]["kimg"]) >= 0.064
+    # the snapshot drives `generate`
+    out = tmp_path / "gen"
+    assert (
+        cli_main(["generate", "--network", str(snapshots[-1]), "--seeds", "0-3", "--outdir", str(out)]) == 0
+    )
+    assert len(list(out.glob("seed*.png"))) == 4
+
+
+def test_resume_is_exact(tmp_path, shapes, tiny32):
+    """2 + 2 steps from a checkpoint == 4 steps straight: weights, G_ema, pl_mean, counters, optimizers."""
+    snap = dict(snap_kimg=0, grid_seeds=4)
+    full, full_trainer = fit(tmp_path / "a", shapes, network=tiny32, total_kimg=0.016,
+                             callbacks=[NetworkSnapshot(**snap)])  # fmt: skip
+    fit(tmp_path / "b", shapes, network=tiny32, total_kimg=0.008, callbacks=[NetworkSnapshot(**snap)])
+    ckpt = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    resumed, resumed_trainer = fit(tmp_path / "c", shapes, ckpt=str(ckpt), network=tiny32, total_kimg=0.016,
+                                   callbacks=[NetworkSnapshot(**snap)])  # fmt: skip
+    assert int(full.step_idx) == int(resumed.step_idx) == 4
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for opt_a, opt_b in zip(full_trainer.optimizers, resumed_trainer.optimizers, strict=True):
+        for sa, sb in zip(
+            opt_a.state_dict()["state"].values(), opt_b.state_dict()["state"].values(), strict=True
+        ):
+            assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert full.phase_counts == resumed.phase_counts
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (dict(pl_interval=2, r1_interval=4), dict(Gmain=8, Greg=4, Dmain=8, Dreg=2)),
+        (dict(pl_weight=0.0, r1_gamma=0.0), dict(Gmain=8, Greg=0, Dmain=8, Dreg=0)),
+    ],
+)
+def test_phase_counts(tmp_path, shapes, tiny32, overrides, expected):
+    module, _ = fit(tmp_path, shapes, network=tiny32, total_kimg=0.032, **overrides)
+    assert module.phase_counts == expected
+    assert int(module.cur_nimg) == 32
+
+
+class NaNGeneratorLoss(AdversarialLoss):
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return super().generator(fake_logits) * float("nan")
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path, shapes, tiny32):
+    module = FinetuneModule(network=tiny32, pl_weight=0.0, max_bad_steps=3, total_kimg=10.0)
+    module.adv_loss = NaNGeneratorLoss("rooted", k=2.0)
+    g_before = copy.deepcopy(module.G.state_dict())
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(NonFiniteTrainingError, match="3 consecutive") as err:
+        trainer.fit(module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
+    assert "network-lastgood.safetensors" in str(err.value)
+    assert int(module.bad_phases) == 3 and int(module.step_idx) == 3
+    for key, value in module.G.state_dict().items():  # no bad update reached G
+        if key.endswith("w_avg"):
+            continue
+        assert torch.equal(value, g_before[key]), key
+    saved = load_network(str(tmp_path / "network-lastgood.safetensors"))
+    assert torch.equal(
+        saved["G"].state_dict()["synthesis.b32.conv1.weight"], g_before["synthesis.b32.conv1.weight"]
+    )
+
+
+def test_freeze_d_keeps_input_side_layers(tmp_path, shapes, tiny32):
+    module = FinetuneModule(network=tiny32, freeze_d=3, total_kimg=0.008)
+    frozen_layers = d_layers_from_input(module.D)[:3]
+    before = {id(p): p.detach().clone() for layer in frozen_layers for p in layer.parameters()}
+    trained_before = module.D.b4.fc.weight.detach().clone()
+    fit_module = module
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(fit_module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
+    for layer in frozen_layers:
+        for p in layer.parameters():
+            assert torch.equal(p, before[id(p)])
+    assert not torch.equal(module.D.b4.fc.weight, trained_before)
+    assert len(module.d_frozen) == sum(len(list(layer.parameters())) for layer in frozen_layers)
+
+
+def test_ema_rule(tiny32):
+    module = FinetuneModule(network=tiny32, ema_kimg=0.1, ema_rampup=None)
+    with torch.no_grad():
+        for p in module.G.parameters():
+            p.fill_(1.0)
+        for p in module.G_ema.parameters():
+            p.fill_(0.0)
+    module._update_ema(global_batch=50)
+    beta = 0.5 ** (50 / 100)  # half-life of ema_kimg * 1000 images
+    p = next(module.G_ema.parameters())
+    torch.testing.assert_close(p, torch.full_like(p, 1 - beta))
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path, shapes, tiny32):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", str(REPO / "configs" / "smoke.yaml"),
+        "--network", tiny32, "--data.path", str(shapes), "--data.batch_size", "4",
+        "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(next(tmp_path.glob("lightning_logs/version_*/ddp_consistency.json")).read_text())
+    assert record["world_size"] == 2 and record["step"] == 8
+    assert record["checksums"][0] == record["checksums"][1]
+    # and training moved the weights away from the pretrained ones
+    start = FinetuneModule(network=tiny32)
+    start_sum = sum(float(t.double().sum() + t.double().abs().sum()) for t in start.state_dict().values())
+    assert record["checksums"][0] != pytest.approx(start_sum, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--model.k", "1"], "k > 1"),
+        (["--model.loss", "hinge"], "unknown loss"),
+        (["--data.path", "/nonexistent/images"], "/nonexistent/images"),
+        (["--data.batch_size", "1000"], "batch_size"),
+        (["--model.freeze_d", "99"], "freeze_d"),
+    ],
+)
+def test_cli_rejects_bad_settings_with_a_readable_error(tmp_path, shapes, tiny32, capsys, override, message):
+    args = ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", tiny32,
+            "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path), *override]  # fmt: skip
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_rejects_unknown_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(
+            ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.no_such_option", "3"]
+        )
+    assert exc.value.code == 2
+    assert "no_such_option" in capsys.readouterr().err
