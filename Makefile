@@ -34,6 +34,7 @@ test: lint
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 demo: install
+	$(PY) -m rootedgan.synthetic_data runs/demo/shapes32 --count 256
 	$(VENV)/bin/rootedgan finetune --config configs/demo.yaml
 
 bench: install

@@ -83,6 +83,7 @@ def run_finetune_cli(argv: list[str]) -> int:
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"max_epochs": -1, "log_every_n_steps": 10, "use_distributed_sampler": False},
             auto_configure_optimizers=False,
+            seed_everything_default=False,  # model.seed drives all training randomness
         )
     except UserError as err:
         print(f"rootedgan finetune: error: {err}", file=sys.stderr)
