@@ -25,9 +25,12 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def parse_grid(spec: str, count: int) -> tuple[int, int]:
-    """``'ROWSxCOLS'`` -> (rows, cols); ``'auto'`` -> the squarest grid holding ``count`` images."""
+    """``'ROWSxCOLS'`` -> (rows, cols); ``'auto'`` -> a near-square grid holding ``count`` images,
+    exactly filled when ``count`` has a factor up to twice its square root (32 -> 4x8), else with a
+    partial last row."""
     if spec == "auto":
-        cols = max(1, math.ceil(math.sqrt(count)))
+        side = max(1, math.ceil(math.sqrt(count)))
+        cols = next((c for c in range(side, 2 * side + 1) if count % c == 0), side)
         return max(1, math.ceil(count / cols)), cols
     try:
         rows, cols = (int(v) for v in spec.lower().split("x"))

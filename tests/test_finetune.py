@@ -217,3 +217,17 @@ def test_cli_rejects_unknown_options(tmp_path, capsys):
         )
     assert exc.value.code == 2
     assert "no_such_option" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision_runs_finite(tmp_path, shapes, tiny32):
+    module = FinetuneModule(network=tiny32, total_kimg=0.008, r1_interval=1, pl_interval=1)
+    trainer = L.Trainer(
+        accelerator="cpu", precision="bf16-mixed", max_epochs=-1, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
+    assert int(module.bad_phases) == 0 and module.phase_counts == dict(Gmain=2, Greg=2, Dmain=2, Dreg=2)
+    metrics = {k: float(v) for k, v in trainer.logged_metrics.items()}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in module.G.parameters())  # master weights stay fp32

@@ -50,7 +50,10 @@ def test_grid_has_the_right_size_and_tiles(tmp_path, nvidia_fixture_dir):
 
 def test_seed_parsing_and_grid_helpers():
     assert parse_seeds("0-3,10, 7") == [0, 1, 2, 3, 10, 7]
-    assert parse_grid("auto", 10) == (3, 4)
+    assert parse_grid("auto", 10) == (2, 5)
+    assert parse_grid("auto", 32) == (4, 8)
+    assert parse_grid("auto", 16) == (4, 4)
+    assert parse_grid("auto", 7) == (3, 3)  # prime: partial last row
     assert parse_grid("2x5", 10) == (2, 5)
     tiles = np.arange(2 * 2 * 2 * 1).reshape(2, 2, 2, 1).astype(np.uint8)
     assert make_grid(tiles, 1, 3).shape == (2, 6, 1)

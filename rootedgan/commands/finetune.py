@@ -75,6 +75,8 @@ def run_finetune_cli(argv: list[str]) -> int:
     # sys.argv must stay as it is (Lightning's DDP launcher re-runs it for the other ranks), so
     # LightningCLI's warning about `args` next to sys.argv does not apply.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # G_ema is kept in eval mode on purpose (it is never trained); Lightning counts its modules.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:
         RootedganCLI(
             FinetuneModule,
