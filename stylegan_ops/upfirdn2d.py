@@ -188,6 +188,19 @@ def upfirdn2d(
     return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
+def _centered_padding(f: torch.Tensor, padding: Padding, factor: tuple[int, int], up: bool) -> list[int]:
+    """``padding`` plus the filter padding that keeps a resampled grid centred, per axis with ``taps``
+    filter taps and resampling ``factor``: upsampling adds ``(taps + factor - 1) // 2`` before and
+    ``(taps - factor) // 2`` after; downsampling ``(taps - factor + 1) // 2`` and ``(taps - factor) // 2``."""
+
+    def before(taps: int, k: int) -> int:
+        return (taps + k - 1) // 2 if up else (taps - k + 1) // 2
+
+    (fw, fh), (kx, ky) = filter_size(f), factor
+    px0, px1, py0, py1 = parse_padding(padding)
+    return [px0 + before(fw, kx), px1 + (fw - kx) // 2, py0 + before(fh, ky), py1 + (fh - ky) // 2]
+
+
 def filter2d(
     x: torch.Tensor,
     f: torch.Tensor,
@@ -214,14 +227,7 @@ def upsample2d(
 ) -> torch.Tensor:
     """Upsample by ``up`` with the interpolation filter ``f``: ``[N,C,H,W] -> [N,C,H*up,W*up]``."""
     upx, upy = _pair(up, "up")
-    fw, fh = filter_size(f)
-    px0, px1, py0, py1 = parse_padding(padding)
-    pad = [
-        px0 + (fw + upx - 1) // 2,
-        px1 + (fw - upx) // 2,
-        py0 + (fh + upy - 1) // 2,
-        py1 + (fh - upy) // 2,
-    ]
+    pad = _centered_padding(f, padding, (upx, upy), up=True)
     return upfirdn2d(
         x, f, up=(upx, upy), padding=pad, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl
     )
@@ -238,12 +244,5 @@ def downsample2d(
 ) -> torch.Tensor:
     """Low-pass with ``f`` and downsample by ``down``: ``[N,C,H,W] -> [N,C,H/down,W/down]``."""
     downx, downy = _pair(down, "down")
-    fw, fh = filter_size(f)
-    px0, px1, py0, py1 = parse_padding(padding)
-    pad = [
-        px0 + (fw - downx + 1) // 2,
-        px1 + (fw - downx) // 2,
-        py0 + (fh - downy + 1) // 2,
-        py1 + (fh - downy) // 2,
-    ]
+    pad = _centered_padding(f, padding, (downx, downy), up=False)
     return upfirdn2d(x, f, down=(downx, downy), padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)

@@ -229,3 +229,20 @@ def test_bias_act_gradcheck_and_gradgradcheck(act):
 
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+@pytest.mark.parametrize("taps", [3, 4, 5, 6])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_resample_helpers_follow_the_spec_padding_rule(taps, factor):
+    """upsample2d / downsample2d == upfirdn2d with the spec's padding, for odd and even filters."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 7, 9, dtype=torch.float64)
+    f = so.setup_filter(torch.rand(taps) + 0.1).double()
+    up_pad = [(taps + factor - 1) // 2, (taps - factor) // 2] * 2
+    expected_up = so.upfirdn2d(
+        x, f, up=factor, padding=[up_pad[0], up_pad[1], up_pad[0], up_pad[1]], gain=factor**2
+    )
+    torch.testing.assert_close(so.upsample2d(x, f, up=factor), expected_up)
+    down_pad = [(taps - factor + 1) // 2, (taps - factor) // 2]
+    expected_down = so.upfirdn2d(x, f, down=factor, padding=[*down_pad, *down_pad])
+    torch.testing.assert_close(so.downsample2d(x, f, down=factor), expected_down)

@@ -169,6 +169,25 @@ def build_all(
     return nets
 
 
+def load_result(
+    records: Mapping[str, NetworkRecord | None],
+    extra_meta: Mapping[str, Any],
+    fmt: str,
+    source: str,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """What every loader returns: the built networks plus ``meta`` (``extra_meta`` from the file, then
+    ``format``, ``source`` and each network's ``init_kwargs``)."""
+    nets = build_all(records, device, source=source)
+    meta = {
+        **extra_meta,
+        "format": fmt,
+        "source": source,
+        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
+    }
+    return {**nets, "meta": meta}
+
+
 def module_record(module: torch.nn.Module, kind: str | None = None) -> NetworkRecord:
     """The record of a built module (its ``init_kwargs`` and a detached CPU copy of its state dict)."""
     init_kwargs = getattr(module, "init_kwargs", None)

@@ -22,8 +22,8 @@ from rootedgan.checkpoints._build import (
     NETWORK_NAMES,
     NetworkRecord,
     atomic_write,
-    build_all,
     jsonable,
+    load_result,
     module_record,
     write_chunks,
 )
@@ -154,11 +154,4 @@ def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord |
 def load_native(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a native checkpoint into our networks: ``dict(G=..., D=..., G_ema=..., meta=...)``."""
     records, stored = read_native(path)
-    nets = build_all(records, device, source=str(path))
-    meta = {
-        **stored,
-        "format": FORMAT,
-        "source": str(path),
-        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
-    }
-    return {**nets, "meta": meta}
+    return load_result(records, stored, FORMAT, str(path), device)

@@ -29,8 +29,8 @@ from rootedgan.checkpoints._build import (
     GENERATOR,
     NETWORK_NAMES,
     NetworkRecord,
-    build_all,
     jsonable,
+    load_result,
     plain,
 )
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError
@@ -442,11 +442,4 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkR
 def load_nvidia_pickle(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an NVIDIA pickle into our networks: ``dict(G=..., D=..., G_ema=..., meta=...)``."""
     records, extra = read_nvidia_pickle(path)
-    nets = build_all(records, device, source=str(path))
-    meta = {
-        **extra,
-        "format": FORMAT,
-        "source": str(path),
-        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
-    }
-    return {**nets, "meta": meta}
+    return load_result(records, extra, FORMAT, str(path), device)

@@ -29,9 +29,9 @@ from rootedgan.checkpoints._build import (
     GENERATOR,
     NetworkRecord,
     atomic_write,
-    build_all,
     default_resample_filter,
     jsonable,
+    load_result,
     write_chunks,
 )
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError
@@ -407,14 +407,7 @@ def load_rosinality(
     if ckpt is None:
         ckpt = torch_load(path)
     records, extra = read_rosinality(ckpt, source)
-    nets = build_all(records, device, source)
-    meta = {
-        **extra,
-        "format": FORMAT,
-        "source": source,
-        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
-    }
-    return {**nets, "meta": meta}
+    return load_result(records, extra, FORMAT, source, device)
 
 
 # ----------------------------------------------------------------------------------------------------------
