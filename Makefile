@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	# clean-fid without its dependencies: it needs torchvision only for its legacy Inception model, and a
+	# torchvision that does not match the installed torch (e.g. any torchvision next to a CPU torch)
+	# makes `import torchmetrics`, and so `import lightning`, fail. rootedgan.metrics shims that import.
+	$(PY) -m pip install --quiet --no-deps "clean-fid>=0.1.35"
 	touch $(STAMP)
 
 install: $(STAMP)
