@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": "generate",
     "convert": "convert",
     "doctor": "doctor",
+    "fid": "fid",
 }
 
 

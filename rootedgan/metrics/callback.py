@@ -1,0 +1,261 @@
+"""``FIDCallback``: FID of G_ema every ``every_kimg`` thousand images while finetuning.
+
+Add it in YAML under ``trainer.callbacks``::
+
+    trainer:
+      callbacks:
+        - class_path: rootedgan.metrics.FIDCallback
+          init_args: {every_kimg: 50, num_gen: 50000}
+        - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+          init_args: {monitor: metrics/fid50k_full, mode: min, save_top_k: 1, every_n_train_steps: 1,
+                      filename: best-fid}
+
+Each evaluation writes ``metrics/fid50k_full`` (the name follows ``num_gen``: ``fid10k_full``,
+``fid1k_full``, ...; ``metrics/kid50k_full`` too with ``kid=True``) to the loggers and appends
+NVIDIA-style lines to ``metric-fid50k_full.jsonl`` in the run directory. Evaluations inside the loop
+are also ``LightningModule.log``-ged (float64, the same value on every rank, not re-sent to the
+loggers), so ``ModelCheckpoint(monitor=...)`` keeps the best snapshot; the evaluations before
+training (``at_start``) and at the end (``at_end``) are outside the loop, where Lightning allows no
+``log``.
+
+The reference set is the datamodule's data set (its resolution, channels and xflip; ``mirror``
+overrides xflip) or ``data_path``; its statistics are computed once and cached on disk
+(:mod:`rootedgan.metrics.cache`). Under DDP every rank generates ``num_gen / world`` images and the
+statistics are summed over ranks; training's random state is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from rootedgan.metrics.evaluator import Evaluator, dist_rank_world, format_time, metric_name
+from rootedgan.metrics.stats import GaussianStats
+
+__all__ = ["FIDCallback"]
+
+
+class FIDCallback(L.Callback):
+    """FID (and optionally KID) of ``G_ema`` every ``every_kimg`` thousand images (module docstring)."""
+
+    def __init__(
+        self,
+        every_kimg: float = 50.0,
+        num_gen: int = 50000,
+        kid: bool = False,
+        at_start: bool = True,
+        at_end: bool = True,
+        data_path: str | None = None,
+        mirror: bool | None = None,
+        inception: str | None = None,
+        download_inception: bool = True,
+        mode: Literal["clean", "fast"] = "clean",
+        bf16: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        seed: int = 0,
+        truncation_psi: float = 1.0,
+        noise_mode: Literal["random", "const", "none"] = "random",
+        progress: bool = False,
+    ) -> None:
+        """
+        Args:
+            every_kimg: interval in thousands of real images (0: only at the start and the end).
+            num_gen: generated images per evaluation (50000 gives ``fid50k_full``).
+            kid: also compute KID on the same images (keeps the features in memory).
+            at_start: evaluate the starting network before the first step (fresh runs only).
+            at_end: evaluate when training ends (unless that point was just evaluated).
+            data_path: reference images (folder or zip); default: the datamodule's data set.
+            mirror: reference with x-flipped copies; default: the data set's own xflip setting.
+            inception: NVIDIA's Inception torchscript file (default: ``$ROOTEDGAN_INCEPTION``, the caches).
+            download_inception: download the Inception file when it is not found locally.
+            mode: ``clean`` (exact clean-fid protocol) or ``fast`` (resize on the GPU; not exact).
+            bf16: run Inception in bf16 (``fast`` mode only).
+            batch_size: images per generator / Inception batch.
+            num_workers: CPU workers for decoding and resizing.
+            seed: seed of the generated latents (the same images at every evaluation) and KID subsets.
+            truncation_psi: truncation of the generated images (1: none, as for reported FIDs).
+            noise_mode: G's noise inputs (NVIDIA's metrics use ``random``, seeded here).
+            progress: show progress bars (rank 0).
+        """
+        super().__init__()
+        if num_gen < 2:
+            raise ValueError(f"FIDCallback: num_gen must be >= 2, got {num_gen}")
+        if every_kimg < 0:
+            raise ValueError(f"FIDCallback: every_kimg must be >= 0, got {every_kimg}")
+        self.every_kimg = every_kimg
+        self.num_gen = num_gen
+        self.kid = kid
+        self.at_start = at_start
+        self.at_end = at_end
+        self.data_path = data_path
+        self.mirror = mirror
+        self.inception = inception
+        self.download_inception = download_inception
+        self.mode = mode
+        self.bf16 = bf16
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.truncation_psi = truncation_psi
+        self.noise_mode = noise_mode
+        self.progress = progress
+        self.fid_name = metric_name("fid", num_gen)
+        self.kid_name = metric_name("kid", num_gen)
+        self.history: list[dict[str, Any]] = []
+        self._next_kimg: float | None = None
+        self._last_nimg: int | None = None
+        self._out: Path | None = None
+        self._evaluator: Evaluator | None = None
+        self._reference: GaussianStats | None = None
+        self._labels: Any = None
+        self._reference_path: str | None = None
+
+    @property
+    def monitor(self) -> str:
+        """The logged key, for ``ModelCheckpoint(monitor=...)``: ``metrics/fid50k_full`` etc."""
+        return f"metrics/{self.fid_name}"
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def _dataset(self, trainer: L.Trainer, module: Any) -> Any:
+        from rootedgan.data import ImageDataset
+
+        if self.data_path is not None:
+            return ImageDataset(
+                self.data_path,
+                resolution=module.img_resolution,
+                channels=module.img_channels,
+                xflip=bool(self.mirror),
+                use_labels=module.c_dim > 0,
+            )
+        dataset = getattr(getattr(trainer, "datamodule", None), "dataset", None)
+        if dataset is None:
+            loader = trainer.train_dataloader
+            dataset = getattr(loader, "dataset", None)
+        if dataset is None or not hasattr(dataset, "content_key"):
+            raise ValueError(
+                "FIDCallback needs the reference images: use rootedgan's ImageDataModule or set data_path"
+            )
+        if self.mirror is not None and bool(self.mirror) != bool(dataset.xflip):
+            dataset = copy.copy(dataset)
+            dataset.xflip = bool(self.mirror)
+            dataset._zip = None
+            dataset._zip_pid = None
+        return dataset
+
+    def _setup(self, trainer: L.Trainer, module: Any) -> None:
+        from rootedgan.metrics.features import DatasetImages
+
+        if self._evaluator is None:
+            self._evaluator = Evaluator(
+                inception=self.inception,
+                device=module.device,
+                mode=self.mode,
+                dtype=torch.bfloat16 if self.bf16 else torch.float32,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                progress=self.progress,
+                download=self.download_inception,
+            )
+        if self._reference is None:
+            dataset = self._dataset(trainer, module)
+            self._reference = self._evaluator.reference_stats(DatasetImages(dataset), keep_features=self.kid)
+            self._labels = dataset.labels if getattr(dataset, "has_labels", False) else None
+            self._reference_path = str(dataset.path)
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
+        """Compute the metrics of ``module.G_ema`` now (every rank must call); returns ``{name: value}``."""
+        start = time.time()
+        device = module.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            self._setup(trainer, module)
+            assert self._evaluator is not None and self._reference is not None
+            G = module.G_ema
+            gen = self._evaluator.generator_stats(
+                G,
+                self.num_gen,
+                keep_features=self.kid,
+                seed=self.seed,
+                labels=self._labels,
+                truncation_psi=self.truncation_psi,
+                noise_mode=self.noise_mode,
+            )
+            results = {self.fid_name: self._evaluator.fid(self._reference, gen)}
+            if self.kid:
+                results[self.kid_name] = self._evaluator.kid(self._reference, gen, seed=self.seed)
+        self._last_nimg = int(module.cur_nimg)
+        self._record(trainer, module, results, time.time() - start)
+        return results
+
+    def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
+        _, world = dist_rank_world()
+        kimg = float(module.cur_nimg) / 1000
+        out = self._out or Path(trainer.default_root_dir)
+        snapshot = out / f"network-snapshot-{int(module.cur_nimg) // 1000:06d}.safetensors"
+        for name, value in results.items():
+            record = {
+                "results": {name: value},
+                "metric": name,
+                "total_time": seconds,
+                "total_time_str": format_time(seconds),
+                "num_gpus": world,
+                "snapshot_pkl": snapshot.name if snapshot.exists() else None,
+                "timestamp": time.time(),
+                "kimg": kimg,
+                "num_gen": self.num_gen,
+                "reference": self._reference_path,
+                "mode": self.mode,
+            }
+            self.history.append(record)
+            if trainer.is_global_zero:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(out / f"metric-{name}.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+
+    def _log_direct(self, trainer: L.Trainer, results: dict[str, float]) -> None:
+        """Write to the loggers now (Lightning would pass in-loop values on only every
+        ``log_every_n_steps``-th step, and ``LightningModule.log`` is not allowed outside the loop)."""
+        if trainer.is_global_zero:
+            # the step Lightning's own logging uses (batches), so the curves line up
+            step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
+            step = trainer.global_step if step is None else int(step)
+            for logger in trainer.loggers:
+                logger.log_metrics({f"metrics/{k}": v for k, v in results.items()}, step=step)
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        from rootedgan.callbacks import run_dir
+
+        self._out = run_dir(trainer)  # a collective under DDP: resolved on every rank
+        cur_kimg = float(module.cur_nimg) / 1000
+        self._next_kimg = (int(cur_kimg / self.every_kimg) + 1) * self.every_kimg if self.every_kimg else None
+        if self.at_start and int(module.cur_nimg) == 0:
+            self._log_direct(trainer, self.evaluate(trainer, module))
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        cur_kimg = float(module.cur_nimg) / 1000
+        if self._next_kimg is None or cur_kimg < self._next_kimg:
+            return
+        results = self.evaluate(trainer, module)
+        self._log_direct(trainer, results)
+        for name, value in results.items():  # for callback_metrics (ModelCheckpoint): same on every rank
+            value64 = torch.tensor(value, dtype=torch.float64)
+            module.log(
+                f"metrics/{name}", value64, on_step=True, on_epoch=False, sync_dist=False, logger=False
+            )
+        while self._next_kimg <= cur_kimg:
+            self._next_kimg += self.every_kimg
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.at_end and self._last_nimg != int(module.cur_nimg):
+            self._log_direct(trainer, self.evaluate(trainer, module))

@@ -1,0 +1,458 @@
+"""Inception features of image sets and generators: the exact "clean" path and the fast GPU path.
+
+Exact path (``mode="clean"``, the default for reported numbers)
+    clean-fid's own resize function (``cleanfid.resize.build_resizer("clean")``: PIL bicubic on each
+    channel in float mode to 299x299, clipped to [0, 255]) on every uint8 image, then the Inception
+    torchscript as clean-fid calls it. Features equal clean-fid's by construction. The resize runs on
+    the CPU: in DataLoader workers for image sets, in a thread pool for generated images.
+
+Fast path (``mode="fast"``)
+    Everything on ``device``: generation, the uint8 rounding, the resize (``F.interpolate(bicubic,
+    antialias=True)``, the same filter as PIL's, computed in float32) and Inception, optionally in
+    bf16 (``dtype``). Its deviation from the exact path is measured by ``bench/fid.py`` (float32:
+    about 1e-7 relative in FID with the stand-in network; bf16: about 1e-4); it is not the default
+    for reported numbers.
+
+Generated images are rounded to uint8 as if saved to PNG (NVIDIA's rule ``clamp(x * 127.5 + 128)``),
+so a generator scores what its saved images would score. Grayscale images are repeated to RGB.
+
+Latents of generated sample ``i`` depend only on ``(seed, i)``: sample ``i`` belongs to chunk
+``i // LATENT_CHUNK``, whose latents are ``randn([LATENT_CHUNK, z_dim])`` from a generator seeded with
+``(seed, chunk)``. Under several ranks, rank ``r`` of ``W`` takes chunks ``r, r + W, ...``, so the
+generated set does not depend on the number of ranks. ``noise_mode="random"`` (NVIDIA's metric
+setting) draws the noise from a torch generator seeded per chunk and batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from rootedgan.errors import UserError
+from rootedgan.metrics.inception import INPUT_SIZE, InceptionFeatures
+from rootedgan.metrics.stats import FeatureStats
+
+__all__ = [
+    "LATENT_CHUNK",
+    "DatasetImages",
+    "FeatureExtractor",
+    "FolderImages",
+    "ImageSource",
+    "chunk_latents",
+    "clean_resize",
+    "fast_resize",
+]
+
+LATENT_CHUNK = 256
+Mode = Literal["clean", "fast"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Resizing
+
+
+@functools.cache
+def _clean_resizer() -> Callable[[np.ndarray], np.ndarray]:
+    from rootedgan.metrics._cleanfid_import import import_cleanfid
+
+    import_cleanfid()
+    from cleanfid.resize import build_resizer
+
+    return build_resizer("clean")
+
+
+def clean_resize(image: np.ndarray) -> np.ndarray:
+    """clean-fid's "clean" resize: ``[H, W, 3]`` uint8 (or float in [0, 255]) -> ``[299, 299, 3]`` float32."""
+    return _clean_resizer()(image)
+
+
+def fast_resize(images: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` values in [0, 255] -> ``[N, 3, 299, 299]`` float32: antialiased bicubic, clipped."""
+    x = images.to(torch.float32)
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = F.interpolate(
+            x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", align_corners=False, antialias=True
+        )
+    return x.clamp(0, 255)
+
+
+def _rgb(images: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` with C = 1 or 3 -> 3 channels."""
+    return images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
+
+
+def to_uint8_nchw(images: torch.Tensor) -> torch.Tensor:
+    """Network images ``[N, C, H, W]`` in [-1, 1] -> uint8 on the same device (NVIDIA's rounding)."""
+    return (images.detach().to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image sets
+
+
+class ImageSource:
+    """An indexable set of uint8 RGB images ``[H, W, 3]`` with a content key for caching."""
+
+    path: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 ``[H, W, 3]``."""
+        raise NotImplementedError
+
+    def content_key(self) -> str:
+        """A digest of everything that determines the images (names, bytes, processing)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{len(self)} images in {self.path}"
+
+
+class DatasetImages(ImageSource):
+    """A :class:`rootedgan.data.ImageDataset` (its crop/resize/channel rules and xflip) as RGB images."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.path = str(dataset.path)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def image(self, index: int) -> np.ndarray:
+        img = self.dataset[index][0].numpy().transpose(1, 2, 0)
+        return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else np.ascontiguousarray(img)
+
+    def content_key(self) -> str:
+        return "dataset:" + self.dataset.content_key()
+
+    def describe(self) -> str:
+        d = self.dataset
+        flip = " x2 mirrored" if d.xflip else ""
+        return f"{d.num_images} images{flip} at {d.resolution}x{d.resolution} in {self.path}"
+
+
+class FolderImages(ImageSource):
+    """Every image file under a folder or in a zip, any size, decoded as clean-fid does (``convert("RGB")``).
+
+    Files are ordered by relative path; hidden files and folders are skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from rootedgan.data import IMAGE_EXTENSIONS
+
+        self.path = str(path)
+        p = Path(self.path)
+        if not p.exists():
+            raise UserError(f"image path {self.path} does not exist")
+        self.is_zip = p.is_file() and zipfile.is_zipfile(p)
+        if p.is_dir():
+            names = []
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for fname in filenames:
+                    names.append(os.path.relpath(os.path.join(dirpath, fname), p).replace(os.sep, "/"))
+        elif self.is_zip:
+            with zipfile.ZipFile(p) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        else:
+            raise UserError(f"image path {self.path} is neither a folder nor a zip file")
+
+        def usable(name: str) -> bool:
+            parts = name.split("/")
+            hidden = any(s.startswith(".") for s in parts) or parts[0] == "__MACOSX"
+            return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not hidden
+
+        self.names = sorted(n for n in names if usable(n))
+        if not self.names:
+            raise UserError(f"no images found under {self.path}")
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_zip": None, "_zip_pid": None}
+
+    def _read(self, name: str) -> bytes:
+        if self.is_zip:
+            if self._zip is None or self._zip_pid != os.getpid():
+                self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
+            return self._zip.read(name)
+        with open(os.path.join(self.path, name), "rb") as fh:
+            return fh.read()
+
+    def image(self, index: int) -> np.ndarray:
+        name = self.names[index]
+        try:
+            with Image.open(io.BytesIO(self._read(name))) as img:
+                return np.array(img.convert("RGB"))
+        except Exception as err:
+            raise UserError(f"cannot read image {name!r} in {self.path}: {err}") from None
+
+    def content_key(self) -> str:
+        h = hashlib.sha256(b"folder-images-v1\0")
+        for name in self.names:
+            data = self._read(name)
+            h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+        return "folder:" + h.hexdigest()
+
+
+class _Resized(torch.utils.data.Dataset):
+    """Images ``indices`` of a source, as ``[3, 299, 299]`` float32 (clean resize) or ``[3, H, W]`` uint8."""
+
+    def __init__(self, source: ImageSource, indices: Sequence[int], resize: bool) -> None:
+        self.source, self.indices, self.resize = source, list(indices), resize
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = self.source.image(self.indices[i])
+        if self.resize:
+            return torch.from_numpy(np.ascontiguousarray(clean_resize(img).transpose(2, 0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def _collate_list(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------
+# Latents
+
+
+def chunk_latents(seed: int, chunk: int, z_dim: int) -> torch.Tensor:
+    """Latents ``[LATENT_CHUNK, z_dim]`` of chunk ``chunk`` (samples ``chunk * LATENT_CHUNK ...``)."""
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(chunk)) % (2**63 - 1))
+    return torch.randn([LATENT_CHUNK, z_dim], generator=gen)
+
+
+def _chunk_labels(labels: np.ndarray | None, seed: int, chunk: int, c_dim: int) -> torch.Tensor:
+    if c_dim == 0:
+        return torch.zeros([LATENT_CHUNK, 0])
+    if labels is None or len(labels) == 0:
+        raise UserError(
+            f"the generator is conditional (c_dim={c_dim}): FID needs the data set's labels to draw "
+            "classes from (a dataset.json; use_labels)"
+        )
+    rng = np.random.RandomState((int(seed) * 1_000_003 + int(chunk)) % (2**32))
+    return torch.from_numpy(np.asarray(labels, np.float32)[rng.randint(len(labels), size=LATENT_CHUNK)])
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction
+
+
+class FeatureExtractor:
+    """Inception features of image sets and generators into :class:`FeatureStats`.
+
+    Args:
+        inception: the loaded network (:func:`rootedgan.metrics.inception.load_inception`).
+        mode: ``"clean"`` (exact, clean-fid's resize on the CPU) or ``"fast"`` (all on ``device``).
+        batch_size: images per Inception (and generator) batch.
+        num_workers: DataLoader workers for image sets; threads for resizing generated images
+            (0: resize in the calling thread).
+        progress: show progress bars (on rank 0 only).
+    """
+
+    def __init__(
+        self,
+        inception: InceptionFeatures,
+        mode: Mode = "clean",
+        batch_size: int = 64,
+        num_workers: int = 4,
+        progress: bool = True,
+    ) -> None:
+        if mode not in ("clean", "fast"):
+            raise UserError(f"FID mode must be 'clean' or 'fast', got {mode!r}")
+        if batch_size < 1:
+            raise UserError(f"the FID batch size must be >= 1, got {batch_size}")
+        self.inception = inception
+        self.mode: Mode = mode
+        self.batch_size = int(batch_size)
+        self.num_workers = max(0, int(num_workers))
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.inception.parameters()).device
+
+    def _bar(self, total: int, desc: str, rank: int) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="img", disable=not self.progress or rank != 0, leave=False)
+
+    def _pool(self) -> ThreadPoolExecutor | _NoPool:
+        return ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else _NoPool()
+
+    # -- image sets ----------------------------------------------------------------------------
+
+    def images_stats(
+        self,
+        source: ImageSource,
+        stats: FeatureStats,
+        rank: int = 0,
+        world: int = 1,
+        desc: str = "features",
+        max_images: int | None = None,
+    ) -> FeatureStats:
+        """Add the features of rank ``rank``'s share (``i % world == rank``) of ``source`` to ``stats``."""
+        count = len(source) if max_images is None else min(len(source), max_images)
+        indices = range(rank, count, world)
+        data = _Resized(source, indices, resize=self.mode == "clean")
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=None if self.mode == "clean" else _collate_list,
+        )
+        bar = self._bar(count, desc, rank)
+        for batch in loader:
+            if self.mode == "clean":
+                feats = self.inception(batch.to(self.device))
+            else:
+                feats = torch.cat(
+                    [self.inception(fast_resize(group)) for group in _same_size_groups(batch, self.device)]
+                )
+            stats.update(feats)
+            bar.update(len(feats) * world)
+        bar.close()
+        return stats
+
+    # -- generators ----------------------------------------------------------------------------
+
+    def _generated_uint8(
+        self,
+        G: torch.nn.Module,
+        num_gen: int,
+        seed: int,
+        rank: int,
+        world: int,
+        labels: np.ndarray | None,
+        truncation_psi: float,
+        noise_mode: str,
+        latents: torch.Tensor | None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield uint8 RGB batches ``[B, 3, H, W]`` (on G's device) of rank ``rank``'s generated share."""
+        device = next(G.parameters()).device
+        num_chunks = (num_gen + LATENT_CHUNK - 1) // LATENT_CHUNK
+        for chunk in range(rank, num_chunks, world):
+            start = chunk * LATENT_CHUNK
+            size = min(LATENT_CHUNK, num_gen - start)
+            if latents is not None:
+                z_chunk = latents[start : start + size].to(torch.float32)
+            else:
+                z_chunk = chunk_latents(seed, chunk, G.z_dim)[:size]
+            c_chunk = _chunk_labels(labels, seed, chunk, G.c_dim)[:size]
+            for offset in range(0, size, self.batch_size):
+                z = z_chunk[offset : offset + self.batch_size].to(device)
+                c = c_chunk[offset : offset + self.batch_size].to(device)
+                noise_seed = (int(seed) * 7_919 + chunk * 65_537 + offset) % (2**63 - 1)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.default_generator.manual_seed(noise_seed)
+                    if device.type == "cuda":
+                        with torch.cuda.device(device):
+                            torch.cuda.manual_seed(noise_seed)
+                    img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
+                yield _rgb(to_uint8_nchw(img))
+
+    @torch.no_grad()
+    def generator_stats(
+        self,
+        G: torch.nn.Module,
+        num_gen: int,
+        stats: FeatureStats,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        labels: np.ndarray | None = None,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "random",
+        latents: torch.Tensor | None = None,
+        desc: str = "generate",
+    ) -> FeatureStats:
+        """Add the features of rank ``rank``'s share of ``num_gen`` samples of ``G`` to ``stats``.
+
+        ``latents [num_gen, z_dim]`` replaces the seeded latents (e.g. to match another tool's draw).
+        ``labels [L, c_dim]``: the classes of a conditional ``G`` are drawn from these rows.
+        """
+        if num_gen < 1:
+            raise UserError(f"the number of generated images must be >= 1, got {num_gen}")
+        if latents is not None and len(latents) < num_gen:
+            raise ValueError(f"{len(latents)} latents given for {num_gen} images")
+        was_training = G.training
+        G.eval()
+        bar = self._bar(num_gen, desc, rank)
+        try:
+            batches = self._generated_uint8(
+                G, num_gen, seed, rank, world, labels, truncation_psi, noise_mode, latents
+            )
+            if self.mode == "fast":
+                for images in batches:
+                    feats = self.inception(fast_resize(images.to(self.device)))
+                    stats.update(feats)
+                    bar.update(len(feats) * world)
+                return stats
+            # clean: resize batch i in the pool while G produces batch i + 1 (a one-batch pipeline)
+            with self._pool() as pool:
+                pending: list[Any] | None = None
+
+                def finish(resized: list[Any]) -> None:
+                    arrays = [r.result() for r in resized] if pool is not None else resized
+                    x = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2))
+                    feats = self.inception(x.to(self.device))
+                    stats.update(feats)
+                    bar.update(len(feats) * world)
+
+                for images in batches:
+                    arr = images.permute(0, 2, 3, 1).cpu().numpy()
+                    if pool is None:
+                        finish([clean_resize(a) for a in arr])
+                        continue
+                    submitted = [pool.submit(clean_resize, a) for a in arr]
+                    if pending is not None:
+                        finish(pending)
+                    pending = submitted
+                if pending is not None:
+                    finish(pending)
+        finally:
+            bar.close()
+            G.train(was_training)
+        return stats
+
+
+class _NoPool:
+    """Stands in for a thread pool when resizing runs in the calling thread."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _same_size_groups(batch: list[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    """Stack consecutive same-size ``[3, H, W]`` images into batches on ``device``."""
+    group: list[torch.Tensor] = []
+    for img in batch:
+        if group and img.shape != group[0].shape:
+            yield torch.stack(group).to(device)
+            group = []
+        group.append(img)
+    if group:
+        yield torch.stack(group).to(device)

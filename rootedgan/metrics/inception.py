@@ -1,0 +1,227 @@
+"""NVIDIA's Inception torchscript (the network clean-fid's "clean" FID uses): finding, loading, calling.
+
+Where the file is looked for, in order:
+
+1. an explicit path (``--inception PATH``, ``FIDCallback(inception=...)``);
+2. ``$ROOTEDGAN_INCEPTION``;
+3. ``$ROOTEDGAN_CACHE/networks/inception-2015-12-05.pt`` (default ``~/.cache/rootedgan/networks/``),
+   where rootedgan downloads it;
+4. ``/tmp/inception-2015-12-05.pt``, where clean-fid caches it.
+
+When none exists it is downloaded into 3. (unless downloading is switched off); a machine without
+internet gets a :class:`UserError` naming the URL and the places to put the file, never a traceback.
+
+:class:`InceptionFeatures` calls the file as clean-fid's ``InceptionV3W`` does in "clean" mode:
+images already resized to 299x299, in [0, 255], are mapped with ``(x - 128) / 128`` and passed to
+``model.layers``; the output is viewed as ``[N, 2048]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from rootedgan.errors import DownloadError, UserError
+
+__all__ = [
+    "INCEPTION_ENV",
+    "INCEPTION_FILENAME",
+    "INCEPTION_URL",
+    "InceptionFeatures",
+    "file_digest",
+    "inception_candidates",
+    "load_inception",
+    "make_standin_inception",
+    "resolve_inception",
+]
+
+INCEPTION_URL = (
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+)
+INCEPTION_FILENAME = "inception-2015-12-05.pt"
+INCEPTION_ENV = "ROOTEDGAN_INCEPTION"
+CLEANFID_INCEPTION_PATH = Path("/tmp") / INCEPTION_FILENAME
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _cache_location() -> Path:
+    from rootedgan.checkpoints.download import cache_path
+
+    return cache_path(INCEPTION_URL)
+
+
+def inception_candidates() -> list[Path]:
+    """Where the file is looked for when no path is given (env var, rootedgan cache, clean-fid's /tmp)."""
+    places = []
+    env = os.environ.get(INCEPTION_ENV)
+    if env:
+        places.append(Path(env).expanduser())
+    places += [_cache_location(), CLEANFID_INCEPTION_PATH]
+    return places
+
+
+def _missing_message(reason: str) -> str:
+    return (
+        f"{reason}. FID uses NVIDIA's Inception torchscript ({INCEPTION_FILENAME}, 95 MB). On a machine "
+        f"without internet, download it elsewhere from {INCEPTION_URL} and either pass --inception PATH "
+        f"(FIDCallback(inception=PATH)), set {INCEPTION_ENV}=PATH, or put it at {_cache_location()} "
+        f"(rootedgan's cache) or {CLEANFID_INCEPTION_PATH} (clean-fid's cache)"
+    )
+
+
+def resolve_inception(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """The local Inception torchscript file: ``path``, else the first existing candidate, else download.
+
+    Raises :class:`UserError` (never a urllib traceback) when there is none and it cannot be fetched.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(_missing_message(f"the Inception file {p} does not exist"))
+        return p
+    env = os.environ.get(INCEPTION_ENV)
+    if env and not Path(env).expanduser().is_file():
+        raise UserError(_missing_message(f"{INCEPTION_ENV}={env} does not exist"))
+    for candidate in inception_candidates():
+        if candidate.is_file():
+            return candidate
+    if not download:
+        raise UserError(_missing_message("the Inception network was not found and downloading is off"))
+    from rootedgan.checkpoints.download import download as fetch
+
+    try:
+        return fetch(INCEPTION_URL)
+    except DownloadError as err:
+        raise UserError(_missing_message(f"the Inception network could not be downloaded ({err})")) from None
+    except Exception as err:  # anything else urllib/http may raise: still no traceback
+        raise UserError(_missing_message(f"the Inception network could not be downloaded ({err})")) from None
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+class InceptionFeatures(torch.nn.Module):
+    """clean-fid's "clean" call of the torchscript: ``[N, 3, 299, 299]`` float in [0, 255] -> ``[N, 2048]``.
+
+    ``dtype`` other than float32 (bf16 for the fast path) casts the network and its input; features
+    are returned as float32.
+    """
+
+    def __init__(
+        self, script: torch.jit.ScriptModule, digest: str, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.base = script
+        self.layers = script.layers
+        self.digest = digest
+        self.dtype = dtype
+        if dtype != torch.float32:
+            self.base.to(dtype)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"expected [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] inputs, got {list(x.shape)}")
+        x1 = x - 128  # the same two operations as clean-fid's InceptionV3W
+        x2 = x1 / 128
+        if self.dtype == torch.float32:
+            return self.layers.forward(x2).view((n, FEATURE_DIM))
+        try:
+            return self.layers.forward(x2.to(self.dtype)).view((n, FEATURE_DIM)).float()
+        except RuntimeError as err:
+            raise UserError(
+                f"the Inception network does not run in {self.dtype} here ({err}); use float32 (no --bf16)"
+            ) from None
+
+
+def load_inception(
+    path: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> InceptionFeatures:
+    """Find (see :func:`resolve_inception`), load and wrap the Inception torchscript on ``device``."""
+    file = resolve_inception(path, download=download)
+    try:
+        with warnings.catch_warnings():  # NVIDIA's file is TorchScript, whatever torch thinks of it
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+            script = torch.jit.load(str(file), map_location=torch.device(device)).eval()
+    except Exception as err:
+        raise UserError(
+            f"cannot load the Inception torchscript {file}: {err}. It should be {INCEPTION_FILENAME} "
+            f"from {INCEPTION_URL}; delete a damaged copy and fetch it again"
+        ) from None
+    if not hasattr(script, "layers"):
+        raise UserError(f"{file} is not NVIDIA's Inception torchscript (it has no `layers` sub-network)")
+    return InceptionFeatures(script, file_digest(file), dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# A small stand-in with the same interface, for tests and benchmarks on machines without the file.
+
+
+class _StandInLayers(torch.nn.Module):
+    """Strided convolutions + ReLU + average pooling to 32 x 8 x 8 = 2048 non-negative features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, kernel_size=7, stride=4, padding=3)
+        self.conv2 = torch.nn.Conv2d(16, 32, kernel_size=5, stride=3, padding=2)
+        self.pool = torch.nn.AdaptiveAvgPool2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.pool(x).flatten(1) * 10  # about the scale of Inception's pool features
+
+
+class _StandIn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = _StandInLayers()
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        # NVIDIA's file also resizes inside forward() (clean-fid's legacy_tensorflow mode); the stand-in
+        # expects 299x299 inputs there too.
+        return self.layers((x - 128) / 128)
+
+
+def make_standin_inception(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a deterministic small torchscript with the Inception file's interface to ``path``.
+
+    ``torch.jit.load(path).layers(x)`` maps ``[N, 3, 299, 299]`` inputs in [-1, 1] to ``[N, 2048]``
+    features, like NVIDIA's file. For tests and benchmarks only: its FIDs mean nothing.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = _StandIn()
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = 0.1 if p.ndim == 1 else 0.5 / p[0].numel() ** 0.5  # biases / weights (by fan-in)
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
+        torch.jit.script(model.eval()).save(str(tmp))
+    os.replace(tmp, path)
+    return path
