@@ -17,8 +17,6 @@ small shapes, and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import machine_info, write_json  # noqa: E402
 from stylegan_ops import bias_act, downsample2d, filter2d, setup_filter, upsample2d  # noqa: E402
 
 BATCH = 32
@@ -151,24 +150,6 @@ def _print_table(rows: list[dict[str, Any]], impls: list[str]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        info["gpu"] = torch.cuda.get_device_name()
-        info["capability"] = f"{major}.{minor}"
-    else:
-        info["gpu"] = None
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -189,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"dtype": "float32", **_bench_case(case, ["ref"], _time_cpu, 1, 3)})
         _print_table(rows, ["ref"])
         if args.out is not None:
-            _write(args.out, {"machine": info, "results": rows, "note": "no GPU: reference on CPU only"})
+            write_json(args.out, {"machine": info, "results": rows, "note": "no GPU: reference on CPU only"})
         return 0
 
     from stylegan_ops import build
@@ -206,16 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"dtype": str(dtype).replace("torch.", ""), **row})
             torch.cuda.empty_cache()
     _print_table(rows, ["ref", "cuda"])
-    _write(args.out or DEFAULT_OUT, {"machine": info, "batch": BATCH, "iters": args.iters, "results": rows})
+    record = {"machine": info, "batch": BATCH, "iters": args.iters, "results": rows}
+    write_json(args.out or DEFAULT_OUT, record)
     return 0
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,588 @@
+"""Training throughput (images/s) and peak memory of FinetuneModule, rooted vs logistic loss.
+
+    python bench/train.py [--device auto|cpu|cuda] [--preset all|smoke|paper256] [--steps N]
+                          [--warmup N] [--batch N] [--precision 32|bf16-mixed|16-mixed]
+                          [--nvidia-sec-per-kimg X] [--out bench/results/train.json]
+
+Presets (networks built from scratch with random weights; nothing is downloaded):
+
+* ``paper256`` (GPU only): NVIDIA stylegan2-ada's ``--cfg=paper256``: 256x256, 8 mapping layers,
+  channel_base 16384 (fmaps 0.5), channel_max 512, 4 fp16 resolutions, conv_clamp 256, D minibatch-std
+  group 8 (or the largest divisor of the batch below it), gamma 1, lr 0.0025, G_ema half-life 20 kimg,
+  R1 every 16 steps, path length every 4 (weight 2). NVIDIA's global batch is 64 on 8 GPUs; here the
+  batch is what one GPU runs per step: ``--batch`` (default 32).
+* ``smoke`` (the CPU one): 32x32, channel_base 1024, channel_max 64, 2 mapping layers, z_dim = w_dim =
+  64, batch 8, the hyperparameters of ``configs/smoke.yaml`` (R1 every 4 steps, path length every 2).
+
+Each (preset, loss) runs in a fresh subprocess (clean peak-memory counters, one failure does not end the
+rest) that drives ``FinetuneModule.training_step`` through a real ``lightning.Trainer`` on an in-memory
+uint8 batch stream, with a callback timing every step (CUDA-synchronised). Throughput is the wall time
+from the start of the first step after ``--warmup`` to the end of the last, over ``--steps`` steps
+rounded up to a whole number of R1/path-length cycles, so every measurement holds the same share of
+regularization steps as a long run. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU and the
+process's peak RSS (``getrusage``; it includes the torch/Lightning runtime) on the CPU. The cost per
+phase (Gmain, Greg, Dmain, Dmain+Dreg, EMA+logging, and the loop between steps) is printed as well; timing
+it adds no synchronisation on a GPU, since the module reads every phase's loss back to the host anyway.
+
+Comparing with NVIDIA's implementation (stylegan2-ada-pytorch; it cannot run here and its code is not in
+this repository). On the same GPU, in NVIDIA's checkout and environment (it targets PyTorch 1.7-1.9; a
+newer PyTorch, as an H100 needs, runs it with a ``conv2d_gradfix ... Falling back`` warning)::
+
+    python -m rootedgan.synthetic_data /tmp/shapes256 --count 2000 --resolution 256   # any 256x256 images
+    python train.py --outdir=/tmp/nv-runs --data=/tmp/shapes256 --gpus=1 --cfg=paper256 --batch=32 \\
+        --kimg=40 --aug=noaug --metrics=none --snap=1000
+
+``--batch`` must match ours (NVIDIA's per-GPU batch is ``--batch / --gpus``), ``--aug=noaug`` because
+this module runs no augmentation (NVIDIA's default is ADA), ``--metrics=none`` so no FID runs between
+ticks. NVIDIA prints one line per tick (every 4 kimg: 10 ticks for ``--kimg=40``), e.g.
+``tick 3  kimg 12.0  time ...  sec/tick ...  sec/kimg 7.51  maintenance ...  gpumem ...``; tick 0 is
+the first step alone (with the CUDA warm-up), so take the median ``sec/kimg`` of ticks 1 and later (also
+the ``Timing/sec_per_kimg`` entries of ``stats.jsonl`` in the run directory). Then
+
+    python bench/train.py --device cuda --preset paper256 --batch 32 --nvidia-sec-per-kimg 7.51 \\
+        --nvidia-flags
+
+adds the throughput ratio ours/NVIDIA (> 1: ours is faster) to the paper256 rows. ``--nvidia-flags``
+sets what NVIDIA's training loop sets (``cudnn.benchmark = True``, TF32 off for matmul and cuDNN);
+without it the benchmark runs with PyTorch's defaults, as ``rootedgan finetune`` does. NVIDIA's
+``gpumem`` column is its peak ``max_memory_allocated`` in GiB, comparable to ours
+(``--nvidia-gpumem-gb`` adds it to the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench.common import machine_info, write_json  # noqa: E402
+
+DEFAULT_OUT = REPO / "bench" / "results" / "train.json"
+LOSSES = ("rooted", "logistic")
+PHASES = ("Gmain", "Greg", "Dmain", "Dmain+Dreg", "ema+log", "loop")
+
+
+def _mbstd_group(batch: int, preferred: int) -> int:
+    """The largest minibatch-std group size <= ``preferred`` that divides ``batch``."""
+    return max(g for g in range(1, min(preferred, batch) + 1) if batch % g == 0)
+
+
+def preset_config(name: str, batch: int | None) -> dict[str, Any]:
+    """Network and module arguments, batch and default step counts of a preset."""
+    if name == "paper256":
+        batch = batch or 32
+        res, base, cmax, fp16, clamp = 256, 16384, 512, 4, 256
+        g_mapping, z_dim = dict(num_layers=8), 512
+        mbstd = _mbstd_group(batch, 8)
+        hparams = dict(g_lr=0.0025, d_lr=0.0025, r1_gamma=1.0, r1_interval=16, pl_interval=4, ema_kimg=20.0)
+        steps, warmup = 64, 16
+    elif name == "smoke":
+        batch = batch or 8
+        res, base, cmax, fp16, clamp = 32, 1024, 64, 0, 256
+        g_mapping, z_dim = dict(num_layers=2), 64
+        mbstd = _mbstd_group(batch, 4)
+        hparams = dict(g_lr=0.002, d_lr=0.002, r1_gamma=1.0, r1_interval=4, pl_interval=2, ema_kimg=0.01)
+        steps, warmup = 16, 4
+    else:
+        raise ValueError(f"unknown preset {name!r}")
+    g_kwargs = dict(
+        z_dim=z_dim,
+        c_dim=0,
+        w_dim=z_dim,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=g_mapping,
+        synthesis_kwargs=dict(channel_base=base, channel_max=cmax, num_fp16_res=fp16, conv_clamp=clamp),
+    )
+    d_kwargs = dict(
+        c_dim=0,
+        img_resolution=res,
+        img_channels=3,
+        architecture="resnet",
+        channel_base=base,
+        channel_max=cmax,
+        num_fp16_res=fp16,
+        conv_clamp=clamp,
+        epilogue_kwargs=dict(mbstd_group_size=mbstd),
+    )
+    hparams.update(pl_weight=2.0, pl_batch_shrink=2, style_mixing_prob=0.9, betas=(0.0, 0.99), k=2.0)
+    return dict(
+        g_kwargs=g_kwargs, d_kwargs=d_kwargs, hparams=hparams, batch=batch, steps=steps, warmup=warmup
+    )
+
+
+# -- worker: one (preset, loss) measurement in its own process ---------------------------------------
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall s, CPU s busy on the whole machine incl. steal, CPU s of this process); None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields[i] for i in (0, 1, 2, 5, 6, 7) if i < len(fields))  # user nice system irq softirq steal
+    t = os.times()
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
+def _other_cpu_cores(start, end) -> float | None:
+    """Cores kept busy by other processes (and the hypervisor's steal) between two snapshots."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return max(((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), 0.0)
+
+
+def _vm_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the module, train ``warmup + steps`` steps through a Trainer, return the measurements."""
+    import lightning as L
+
+    from rootedgan.module import FinetuneModule
+
+    device = spec["device"]
+    cuda = device == "cuda"
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec["nvidia_flags"]:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    ops_impl: dict[str, str] = {}
+    if cuda:
+        from stylegan_ops import build
+        from stylegan_ops._impl import requested_impl
+
+        wanted = requested_impl()
+        for op in build.OPS:  # build (or load) the kernels now, outside the timings
+            if wanted == "ref":
+                ops_impl[op] = "ref (STYLEGAN_OPS_IMPL=ref)"
+            else:
+                status = build.try_build(op)
+                ops_impl[op] = "cuda" if status.get("ok") else f"ref ({status.get('reason')})"
+                if status.get("ok"):
+                    build.get_plugin(op, required=True)
+    rss_before = _vm_rss_mib()
+
+    cfg = spec["config"]
+    batch, total = cfg["batch"], spec["warmup"] + spec["steps"]
+    torch.manual_seed(0)
+    module = FinetuneModule(
+        network=None,
+        g_kwargs=cfg["g_kwargs"],
+        d_kwargs=cfg["d_kwargs"],
+        loss=spec["loss"],
+        total_kimg=1e9,
+        **cfg["hparams"],
+    )
+    hp = module.hparams
+    res = cfg["g_kwargs"]["img_resolution"]
+
+    class Batches(torch.utils.data.IterableDataset):
+        """``total`` batches cycling over a few pre-made random uint8 ones (no decoding cost)."""
+
+        def __init__(self) -> None:
+            gen = torch.Generator().manual_seed(1)
+            self.pool = []
+            for _ in range(4):
+                img = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, generator=gen)
+                labels = torch.zeros(batch, 0)
+                self.pool.append((img.pin_memory(), labels.pin_memory()) if cuda else (img, labels))
+
+        def __len__(self) -> int:
+            return total
+
+        def __iter__(self):
+            for i in range(total):
+                yield self.pool[i % len(self.pool)]
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    steps: list[dict[str, Any]] = []
+    cpu: dict[str, Any] = {}
+
+    class Timer(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            original = pl_module._finish_phase
+
+            def timed_phase(name, loss, params, opt):
+                out = original(name, loss, params, opt)
+                sync()
+                step = steps[-1]
+                if name == "Dmain" and step["r1"]:
+                    name = "Dmain+Dreg"
+                step["marks"].append((name, time.perf_counter()))
+                return out
+
+            pl_module._finish_phase = timed_phase  # instance attribute shadows the method
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            idx = int(pl_module.step_idx)
+            do_pl = hp.pl_weight > 0 and idx % max(hp.pl_interval, 1) == 0
+            do_r1 = hp.r1_gamma > 0 and idx % max(hp.r1_interval, 1) == 0
+            sync()
+            if len(steps) == spec["warmup"]:
+                cpu["start"] = _cpu_snapshot()
+            steps.append({"pl": do_pl, "r1": do_r1, "marks": [], "start": time.perf_counter()})
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            sync()
+            steps[-1]["end"] = time.perf_counter()
+            if len(steps) == total:
+                cpu["end"] = _cpu_snapshot()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory(prefix="rootedgan-bench-") as root:
+        trainer = L.Trainer(
+            accelerator=device,
+            devices=1,
+            precision=spec["precision"],
+            max_epochs=1,
+            limit_train_batches=total,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
+            callbacks=[Timer()],
+        )
+        loader = torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=0)
+        trainer.fit(module, loader)
+    if len(steps) != total or "end" not in steps[-1]:
+        raise RuntimeError(f"ran {len(steps)} of {total} steps")
+
+    window = steps[spec["warmup"] :]
+    wall = window[-1]["end"] - window[0]["start"]
+    phases: dict[str, list[float]] = {name: [] for name in PHASES}
+    for i, step in enumerate(window):
+        prev = step["start"]
+        for name, t in step["marks"]:
+            phases[name].append((t - prev) * 1e3)
+            prev = t
+        phases["ema+log"].append((step["end"] - prev) * 1e3)
+        if i + 1 < len(window):
+            phases["loop"].append((window[i + 1]["start"] - step["end"]) * 1e3)
+    step_ms = [(s["end"] - s["start"]) * 1e3 for s in window]
+    cycle = spec["cycle"]
+    cycle_ms = [sum(step_ms[i : i + cycle]) for i in range(0, len(step_ms) - cycle + 1, cycle)]
+    result: dict[str, Any] = {
+        "img_per_s": batch * len(window) / wall,
+        "ms_per_step": wall * 1e3 / len(window),
+        "img_per_s_best_cycle": batch * cycle / (min(cycle_ms) / 1e3),
+        "measured_steps": len(window),
+        "phases_ms": {
+            name: {
+                "count": len(v),
+                "mean": statistics.fmean(v) if v else None,
+                "share": sum(v) / (wall * 1e3),
+            }
+            for name, v in phases.items()
+        },
+        "step_ms": [round(v, 3) for v in step_ms],
+        "step_kind": ["".join(k for k, on in (("P", s["pl"]), ("R", s["r1"])) if on) or "-" for s in window],
+        "phase_counts": dict(module.phase_counts),
+        "nonfinite_phases": int(module.bad_phases),
+        "g_params": sum(p.numel() for p in module.G.parameters()),
+        "d_params": sum(p.numel() for p in module.D.parameters()),
+        "torch_threads": torch.get_num_threads(),
+        "other_cpu_cores": _other_cpu_cores(cpu.get("start"), cpu.get("end")),
+        "backend_flags": {
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        },
+    }
+    if cuda:
+        result["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        result["ops_impl"] = ops_impl
+    result["peak_rss_mib"] = _peak_rss_mib()
+    result["rss_before_model_mib"] = rss_before
+    return result
+
+
+# -- parent: plan, run workers, report --------------------------------------------------------------
+
+
+def _measure(spec: dict[str, Any], verbose: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="rootedgan-bench-") as tmp:
+        spec_path, result_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
+        spec_path.write_text(json.dumps(spec))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO,
+            stdout=None if verbose else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0 or not result_path.exists():
+            tail = "\n".join((proc.stdout or "").splitlines()[-25:])
+            return {"error": f"worker exited with status {proc.returncode}", "log_tail": tail}
+        result = json.loads(result_path.read_text())
+    result["process_s"] = elapsed
+    return result
+
+
+def _fmt_mem(row: dict[str, Any]) -> str:
+    if "peak_gpu_mem_gib" in row:
+        return f"{row['peak_gpu_mem_gib']:.2f} GiB gpu"
+    if "peak_rss_mib" in row:
+        return f"{row['peak_rss_mib']:.0f} MiB rss"
+    return "-"
+
+
+def _print_table(header: list[str], lines: list[list[str]], left: int) -> None:
+    table = [header, *lines]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for i, line in enumerate(table):
+        cells = [
+            c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        print("  ".join(cells))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _report(rows: list[dict[str, Any]], nvidia_img_s: float | None) -> None:
+    header = ["preset", "device", "loss", "batch", "precision", "img/s", "ms/step", "peak mem"]
+    if nvidia_img_s is not None:
+        header.append("ours/NVIDIA")
+    lines = []
+    for r in rows:
+        ok = "error" not in r
+        line = [r["preset"], r["device"], r["loss"], str(r["batch"]), r["precision"]]
+        line += (
+            [f"{r['img_per_s']:.1f}", f"{r['ms_per_step']:.1f}", _fmt_mem(r)] if ok else ["failed", "-", "-"]
+        )
+        if nvidia_img_s is not None:
+            ratio = ok and r["preset"] == "paper256" and r["device"] == "cuda"
+            line.append(f"{r['img_per_s'] / nvidia_img_s:.2f}x" if ratio else "-")
+        lines.append(line)
+    _print_table(header, lines, left=5)
+
+    done = [r for r in rows if "error" not in r]
+    if done:
+        print("\nmean ms per occurrence of each phase in the measured steps (share of the wall time):")
+        header = ["preset", "loss", *PHASES]
+        lines = []
+        for r in done:
+            cells = []
+            for name in PHASES:
+                p = r["phases_ms"][name]
+                cells.append("-" if p["mean"] is None else f"{p['mean']:.1f} ({100 * p['share']:.0f}%)")
+            lines.append([r["preset"], r["loss"], *cells])
+        _print_table(header, lines, left=2)
+    for r in rows:
+        if "error" in r:
+            print(f"\n{r['preset']}/{r['loss']} on {r['device']} failed: {r['error']}\n{r['log_tail']}")
+        elif any(not v.startswith("cuda") for v in r.get("ops_impl", {}).values()):
+            print(f"\nnote: {r['preset']}/{r['loss']} ran the reference ops: {r['ops_impl']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: paper256 on the GPU (skipped without one), smoke on the CPU",
+    )
+    parser.add_argument("--preset", choices=["all", "smoke", "paper256"], default="all")
+    parser.add_argument("--loss", default=",".join(LOSSES), help="comma-separated: rooted, logistic")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="measured steps (default: smoke 16, paper256 64; rounded up to whole R1/path-length cycles)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default: smoke 4, paper256 16)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="per-device batch (default: smoke 8, paper256 32)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["32", "bf16-mixed", "16-mixed"],
+        default="32",
+        help="Lightning precision (32 keeps the networks' own fp16 layers, as NVIDIA)",
+    )
+    parser.add_argument(
+        "--nvidia-flags",
+        action="store_true",
+        help="cudnn.benchmark on, TF32 off (what NVIDIA's training loop sets)",
+    )
+    parser.add_argument(
+        "--nvidia-sec-per-kimg",
+        type=float,
+        default=None,
+        help="NVIDIA train.py's sec/kimg for the same preset and batch on the same GPU: "
+        "adds the ratio ours/NVIDIA to the paper256 rows",
+    )
+    parser.add_argument("--nvidia-gpumem-gb", type=float, default=None, help="NVIDIA's gpumem, for the JSON")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads in the workers (default: torch's own)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the workers' Lightning output")
+    parser.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(Path(args.worker[0]).read_text())
+        Path(args.worker[1]).write_text(json.dumps(run_worker(spec)))
+        return 0
+
+    for name in ("steps", "warmup", "batch", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            parser.error(f"--{name} must be >= {0 if name == 'warmup' else 1}, got {value}")
+    if args.nvidia_sec_per_kimg is not None and args.nvidia_sec_per_kimg <= 0:
+        parser.error("--nvidia-sec-per-kimg must be > 0")
+    losses = [x.strip() for x in args.loss.split(",") if x.strip()]
+    if not losses or any(x not in LOSSES for x in losses):
+        parser.error(f"--loss must list some of {', '.join(LOSSES)}, got {args.loss!r}")
+    has_cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not has_cuda:
+        print("no GPU: --device cuda needs a CUDA build of torch and a GPU", file=sys.stderr)
+        return 2
+
+    info = machine_info()
+    try:
+        import lightning
+
+        info["lightning"] = lightning.__version__
+    except ImportError:
+        pass
+    print(f"CPU: {info['cpu']} ({info['cpu_cores_usable']} cores), torch {info['torch']}", end="")
+    print(f", GPU: {info['gpu']} (CUDA {info['cuda']})" if info["gpu"] else ", no GPU")
+
+    presets = ["smoke", "paper256"] if args.preset == "all" else [args.preset]
+    plan, skipped = [], []
+    for preset in presets:
+        device = args.device
+        if preset == "paper256":
+            if not has_cuda:
+                skipped.append({"preset": preset, "reason": "no GPU: paper256 not measured"})
+                continue
+            if device == "cpu":
+                skipped.append(
+                    {"preset": preset, "reason": "paper256 is GPU-only: not measured with --device cpu"}
+                )
+                continue
+            device = "cuda"
+        elif device == "auto":
+            device = "cpu"
+        cfg = preset_config(preset, args.batch)
+        hp = cfg["hparams"]
+        cycle = math.lcm(max(hp["r1_interval"], 1), max(hp["pl_interval"], 1))
+        steps = args.steps if args.steps is not None else cfg["steps"]
+        steps = -(-steps // cycle) * cycle
+        warmup = args.warmup if args.warmup is not None else cfg["warmup"]
+        for loss in losses:
+            spec = dict(
+                preset=preset,
+                device=device,
+                loss=loss,
+                precision=args.precision,
+                steps=steps,
+                warmup=warmup,
+                cycle=cycle,
+                config=cfg,
+                nvidia_flags=args.nvidia_flags,
+                threads=args.threads,
+            )
+            plan.append(spec)
+    for s in skipped:
+        print(s["reason"])
+    if not plan:
+        print("nothing to measure: no JSON written")
+        return 0
+    rows = []
+    for spec in plan:
+        cfg = spec["config"]
+        print(
+            f"measuring {spec['preset']} / {spec['loss']} on {spec['device']}: batch {cfg['batch']}, "
+            f"{spec['warmup']} warm-up + {spec['steps']} steps ...",
+            flush=True,
+        )
+        load = os.getloadavg()
+        result = _measure(spec, args.verbose)
+        result["loadavg_before"] = [round(x, 2) for x in load]
+        rows.append(
+            {k: spec[k] for k in ("preset", "device", "loss", "precision", "steps", "warmup")}
+            | {"batch": cfg["batch"], **result, "config": cfg}
+        )
+    print()
+    nvidia_img_s = 1000 / args.nvidia_sec_per_kimg if args.nvidia_sec_per_kimg else None
+    _report(rows, nvidia_img_s)
+    for r in rows:  # another load on the CPU, or whole cycles of very different length
+        if "error" in r:
+            continue
+        others, best, overall = r.get("other_cpu_cores"), r["img_per_s_best_cycle"], r["img_per_s"]
+        if (others is not None and others > 0.25) or best > 1.5 * overall:
+            busy = f"other processes kept {others:.1f} cores busy, " if others is not None else ""
+            hint = "; on a shared CPU --threads 1 is steadier" if r["torch_threads"] > 1 else ""
+            print(
+                f"\nnote: {r['preset']}/{r['loss']} was disturbed ({busy}best cycle {best:.1f} img/s vs "
+                f"{overall:.1f} overall): rerun on a quiet machine{hint}"
+            )
+    nvidia = None
+    if args.nvidia_sec_per_kimg is not None or args.nvidia_gpumem_gb is not None:
+        nvidia = {
+            "sec_per_kimg": args.nvidia_sec_per_kimg,
+            "img_per_s": nvidia_img_s,
+            "gpumem_gib": args.nvidia_gpumem_gb,
+        }
+        for r in rows:
+            if "error" not in r and r["preset"] == "paper256" and nvidia_img_s:
+                r["ratio_vs_nvidia"] = r["img_per_s"] / nvidia_img_s
+    record = {
+        "machine": info,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
+        "env": {k: os.environ[k] for k in ("STYLEGAN_OPS_IMPL", "OMP_NUM_THREADS") if k in os.environ},
+        "results": rows,
+        "skipped": skipped,
+        "nvidia": nvidia,
+    }
+    write_json(args.out, record)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
