@@ -68,11 +68,11 @@ class OpSources:
 OPS: dict[str, OpSources] = {
     "bias_act": OpSources(
         compiled=("bias_act_bindings.cpp", "bias_act_kernel.cu"),
-        headers=("sg_common.h", "bias_act_math.h", "bias_act_launch.h"),
+        headers=("sg_common.h", "binding_common.h", "bias_act_math.h", "bias_act_launch.h"),
     ),
     "upfirdn2d": OpSources(
         compiled=("upfirdn2d_bindings.cpp", "upfirdn2d_kernel.cu"),
-        headers=("sg_common.h", "upfirdn2d_math.h", "upfirdn2d_launch.h"),
+        headers=("sg_common.h", "binding_common.h", "upfirdn2d_math.h", "upfirdn2d_launch.h"),
     ),
 }
 

@@ -4,26 +4,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include "binding_common.h"
 #include "bias_act_launch.h"
 
 namespace {
-
-int dtype_code(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32:
-      return sgops::kFloat32;
-    case torch::kFloat64:
-      return sgops::kFloat64;
-    case torch::kFloat16:
-      return sgops::kFloat16;
-    case torch::kBFloat16:
-      return sgops::kBFloat16;
-    default:
-      TORCH_CHECK(false, "bias_act: unsupported dtype ", t.scalar_type(),
-                  " (expected float32, float64, float16 or bfloat16)");
-  }
-  return -1;
-}
 
 void check_like(const torch::Tensor& t, const torch::Tensor& x, const char* name) {
   TORCH_CHECK(t.device() == x.device(), "bias_act: ", name, " is on ", t.device(), " but x is on ", x.device());
@@ -44,7 +28,7 @@ torch::Tensor bias_act(const torch::Tensor& x, const std::optional<torch::Tensor
   TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
   TORCH_CHECK(mode >= 0 && mode <= 2, "bias_act: mode must be 0, 1 or 2, got ", mode);
   TORCH_CHECK(act >= 1 && act <= 9, "bias_act: unknown activation id ", act);
-  const int dtype = dtype_code(x);
+  const int dtype = sgops::dtype_code(x, "bias_act");
   int64_t b_inner = 1;
   int64_t b_size = 0;
   const void* b_ptr = nullptr;

@@ -4,26 +4,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include "binding_common.h"
 #include "upfirdn2d_launch.h"
 
 namespace {
-
-int dtype_code(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32:
-      return sgops::kFloat32;
-    case torch::kFloat64:
-      return sgops::kFloat64;
-    case torch::kFloat16:
-      return sgops::kFloat16;
-    case torch::kBFloat16:
-      return sgops::kBFloat16;
-    default:
-      TORCH_CHECK(false, "upfirdn2d: unsupported dtype ", t.scalar_type(),
-                  " (expected float32, float64, float16 or bfloat16)");
-  }
-  return -1;
-}
 
 }  // namespace
 
@@ -35,7 +19,7 @@ torch::Tensor upfirdn2d(const torch::Tensor& x, const torch::Tensor& f, int64_t 
   TORCH_CHECK(x.is_cuda(), "upfirdn2d: x must be a CUDA tensor");
   TORCH_CHECK(x.dim() == 4, "upfirdn2d: x must be NCHW, got ", x.dim(), " dims");
   TORCH_CHECK(x.is_contiguous(), "upfirdn2d: x must be contiguous");
-  const int dtype = dtype_code(x);
+  const int dtype = sgops::dtype_code(x, "upfirdn2d");
   const auto f_dtype = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   TORCH_CHECK(f.device() == x.device(), "upfirdn2d: f is on ", f.device(), " but x is on ", x.device());
   TORCH_CHECK(f.scalar_type() == f_dtype, "upfirdn2d: f must be ", f_dtype, " for ", x.scalar_type(),
@@ -54,21 +38,8 @@ torch::Tensor upfirdn2d(const torch::Tensor& x, const torch::Tensor& f, int64_t 
   const c10::cuda::CUDAGuard guard(x.device());
   torch::Tensor out = torch::empty({x.size(0), x.size(1), out_h, out_w}, x.options());
   if (out.numel() == 0) return out;
-  sgops::UpFirDn2dParams p;
-  p.nc = x.size(0) * x.size(1);
-  p.in_h = int(in_h);
-  p.in_w = int(in_w);
-  p.out_h = int(out_h);
-  p.out_w = int(out_w);
-  p.fh = int(fh);
-  p.fw = int(fw);
-  p.upx = int(upx);
-  p.upy = int(upy);
-  p.downx = int(downx);
-  p.downy = int(downy);
-  p.padx0 = int(padx0);
-  p.pady0 = int(pady0);
-  p.flip = flip;
+  const sgops::UpFirDn2dParams p = sgops::make_upfirdn2d_params(
+      x.size(0) * x.size(1), in_h, in_w, out_h, out_w, fh, fw, upx, upy, downx, downy, padx0, pady0, flip);
   const char* err = sgops::launch_upfirdn2d(dtype, out.data_ptr(), x.data_ptr(), f.data_ptr(), p, gain,
                                             c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
   TORCH_CHECK(err == nullptr, "upfirdn2d: CUDA kernel launch failed: ", err);

@@ -26,21 +26,8 @@ at::Tensor upfirdn2d_emulation(const at::Tensor& x_in, const at::Tensor& f_in, i
   const int64_t out_h = (in_h * upy + pady0 + pady1 - fh + downy) / downy;
   TORCH_CHECK(out_w >= 1 && out_h >= 1, "upfirdn2d emulation: the parameters leave no output");
   at::Tensor out = at::empty({x.size(0), x.size(1), out_h, out_w}, x.options());
-  sgops::UpFirDn2dParams p;
-  p.nc = x.size(0) * x.size(1);
-  p.in_h = int(in_h);
-  p.in_w = int(in_w);
-  p.out_h = int(out_h);
-  p.out_w = int(out_w);
-  p.fh = int(fh);
-  p.fw = int(fw);
-  p.upx = int(upx);
-  p.upy = int(upy);
-  p.downx = int(downx);
-  p.downy = int(downy);
-  p.padx0 = int(padx0);
-  p.pady0 = int(pady0);
-  p.flip = flip;
+  const sgops::UpFirDn2dParams p = sgops::make_upfirdn2d_params(
+      x.size(0) * x.size(1), in_h, in_w, out_h, out_w, fh, fw, upx, upy, downx, downy, padx0, pady0, flip);
   const int64_t n = out.numel();
   sgops::dispatch_storage_type(x, "upfirdn2d emulation", [&](auto tag) {
     using scalar_t = decltype(tag);

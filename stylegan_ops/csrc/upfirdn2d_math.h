@@ -31,6 +31,29 @@ struct UpFirDn2dParams {
   bool flip;  // true: correlation (no filter flip); false: true convolution
 };
 
+// Parameters of one launch from the op's arguments (host code: bindings and CPU emulation).
+inline UpFirDn2dParams make_upfirdn2d_params(int64_t nc, int64_t in_h, int64_t in_w, int64_t out_h,
+                                             int64_t out_w, int64_t fh, int64_t fw, int64_t upx, int64_t upy,
+                                             int64_t downx, int64_t downy, int64_t padx0, int64_t pady0,
+                                             bool flip) {
+  UpFirDn2dParams p;
+  p.nc = nc;
+  p.in_h = int(in_h);
+  p.in_w = int(in_w);
+  p.out_h = int(out_h);
+  p.out_w = int(out_w);
+  p.fh = int(fh);
+  p.fw = int(fw);
+  p.upx = int(upx);
+  p.upy = int(upy);
+  p.downx = int(downx);
+  p.downy = int(downy);
+  p.padx0 = int(padx0);
+  p.pady0 = int(pady0);
+  p.flip = flip;
+  return p;
+}
+
 // Tap range [t_begin, t_end) (stepping by `up`) of output position `o` along one axis.
 struct TapRange {
   int begin;
