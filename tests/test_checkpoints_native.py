@@ -20,15 +20,6 @@ NV_PKL = FIXTURES / "nvidia" / "tiny32.pkl"
 ROS_PT = FIXTURES / "rosinality" / "tiny32.pt"
 
 
-def _networks_available() -> bool:
-    try:
-        import rootedgan.networks  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_networks = pytest.mark.skipif(not _networks_available(), reason="rootedgan.networks is not there yet")
 needs_nv = pytest.mark.skipif(not NV_PKL.exists(), reason=f"NVIDIA fixture not found at {NV_PKL}")
 needs_ros = pytest.mark.skipif(not ROS_PT.exists(), reason=f"rosinality fixture not found at {ROS_PT}")
 
@@ -65,7 +56,6 @@ def assert_same_module(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert a.init_kwargs == b.init_kwargs
 
 
-@needs_networks
 def test_save_load_round_trip(tmp_path):
     G, D, G_ema = small_nets()
     path = save_network(tmp_path / "net.safetensors", G=G, D=D, G_ema=G_ema, meta=META)
@@ -240,7 +230,6 @@ def cli_main(argv: list[str]) -> int:
         cli.COMMANDS.update(saved)
 
 
-@needs_networks
 @needs_nv
 def test_convert_cli_nvidia_to_native_and_rosinality(tmp_path, capsys):
     original = load_network(NV_PKL)
@@ -264,7 +253,6 @@ def test_convert_cli_nvidia_to_native_and_rosinality(tmp_path, capsys):
             assert torch.equal(a[key], b[key]), f"{name}.{key}"
 
 
-@needs_networks
 @needs_ros
 def test_convert_rosinality_round_trip(tmp_path):
     original = load_network(ROS_PT)
@@ -296,10 +284,9 @@ def test_convert_cli_refuses_pkl_output(tmp_path, capsys):
 def test_convert_cli_unknown_suffix_and_explicit_format(tmp_path, capsys):
     assert cli_main(["convert", str(NV_PKL), str(tmp_path / "out.bin")]) == 2
     assert "--format" in capsys.readouterr().err
-    if _networks_available():
-        out = tmp_path / "out.bin"
-        assert cli_main(["convert", str(NV_PKL), str(out), "--format", "native"]) == 0
-        assert detect_format(out) == "safetensors"
+    out = tmp_path / "out.bin"
+    assert cli_main(["convert", str(NV_PKL), str(out), "--format", "native"]) == 0
+    assert detect_format(out) == "safetensors"
 
 
 def test_convert_cli_missing_input(tmp_path, capsys):

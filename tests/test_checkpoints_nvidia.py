@@ -22,17 +22,6 @@ KEYS = FIXTURES / "KEYS.txt"
 pytestmark = pytest.mark.skipif(not PKL.exists(), reason=f"NVIDIA fixture not found at {PKL}")
 
 
-def _networks_available() -> bool:
-    try:
-        from rootedgan.networks import Discriminator, Generator  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_networks = pytest.mark.skipif(not _networks_available(), reason="rootedgan.networks is not there yet")
-
-
 def parse_keys() -> dict[str, tuple[dict, dict[str, tuple[int, ...]]]]:
     """KEYS.txt -> {"G": (init_kwargs, {key: shape}), "D": ...}."""
     out: dict[str, tuple[dict, dict[str, tuple[int, ...]]]] = {}
@@ -56,8 +45,6 @@ def records():
 
 @pytest.fixture(scope="module")
 def loaded():
-    if not _networks_available():
-        pytest.skip("rootedgan.networks is not there yet")
     return load_network(PKL)
 
 
@@ -105,7 +92,6 @@ def test_resample_filters_are_standard(records):
                 torch.testing.assert_close(value, f)
 
 
-@needs_networks
 def test_loaded_networks(loaded):
     from rootedgan.networks import Discriminator, Generator
 
@@ -130,7 +116,6 @@ def _close(actual: torch.Tensor, expected: np.ndarray) -> None:
     torch.testing.assert_close(actual, torch.from_numpy(expected).float(), rtol=0, atol=1e-4)
 
 
-@needs_networks
 @torch.no_grad()
 def test_reproduces_nvidia_outputs(loaded, ref):
     z = torch.from_numpy(ref["z"]).float()
@@ -145,7 +130,6 @@ def test_reproduces_nvidia_outputs(loaded, ref):
     _close(D(torch.from_numpy(ref["real"]).float(), c), ref["D_logits_on_real"])
 
 
-@needs_networks
 def test_device_argument(loaded):
     again = load_network(PKL, device="cpu")
     assert next(again["G"].parameters()).device.type == "cpu"

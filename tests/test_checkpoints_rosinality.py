@@ -23,17 +23,6 @@ NV_PKL = FIXTURES / "nvidia" / "tiny32.pkl"
 pytestmark = pytest.mark.skipif(not PT.exists(), reason=f"rosinality fixture not found at {PT}")
 
 
-def _networks_available() -> bool:
-    try:
-        import rootedgan.networks  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_networks = pytest.mark.skipif(not _networks_available(), reason="rootedgan.networks is not there yet")
-
-
 @pytest.fixture(scope="module")
 def ckpt():
     return ros.torch_load(PT)
@@ -46,8 +35,6 @@ def records(ckpt):
 
 @pytest.fixture(scope="module")
 def loaded():
-    if not _networks_available():
-        pytest.skip("rootedgan.networks is not there yet")
     return load_network(PT)
 
 
@@ -108,7 +95,6 @@ def _close(actual: torch.Tensor, expected: np.ndarray) -> None:
     torch.testing.assert_close(actual, torch.from_numpy(expected).float(), rtol=0, atol=1e-4)
 
 
-@needs_networks
 @torch.no_grad()
 def test_reproduces_rosinality_outputs(loaded, ref):
     z = torch.from_numpy(ref["z"]).float()
@@ -192,7 +178,6 @@ def test_legacy_torch_save_format(ckpt, tmp_path):
     assert recs["G_ema"] is not None
 
 
-@needs_networks
 def test_g_ema_only_without_latent_avg_estimates_w_avg(ckpt, tmp_path):
     path = tmp_path / "gema.pt"
     torch.save({"g_ema": ckpt["g_ema"], "args": ckpt["args"]}, path)

@@ -28,14 +28,6 @@ needs_nv = pytest.mark.skipif(not NV_PKL.exists(), reason=f"NVIDIA fixture not f
 needs_ros = pytest.mark.skipif(not ROS_PT.exists(), reason=f"rosinality fixture not found at {ROS_PT}")
 
 
-def _networks_available() -> bool:
-    try:
-        import rootedgan.networks  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Payloads.
 
@@ -172,8 +164,7 @@ def test_module_src_is_never_executed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recs, _ = read_nvidia_pickle(path)
     assert recs["G"] is not None
-    if _networks_available():
-        load_network(path)
+    load_network(path)
     assert not (tmp_path / sentinel_name).exists()
     assert not (tmp_path / f"{sentinel_name}2").exists()
 
