@@ -311,7 +311,8 @@ class FinetuneModule(L.LightningModule):
         step = int(self.step_idx)
         do_pl = hp.pl_weight > 0 and step % max(hp.pl_interval, 1) == 0
         do_r1 = hp.r1_gamma > 0 and step % max(hp.r1_interval, 1) == 0
-        logs: dict[str, float] = {}
+        # Tensors, not floats: converting each one would stall the GPU; Lightning reads them when it logs.
+        logs: dict[str, torch.Tensor | float] = {}
         all_finite = True
         devices = [real.device] if real.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -326,9 +327,9 @@ class FinetuneModule(L.LightningModule):
             fake_logits = self.D(self._augment(fake), gen_c)
             loss_g = self.adv_loss.generator(fake_logits).mean()
             all_finite &= self._finish_phase("Gmain", loss_g, self.g_params(), opt_g)
-            logs["Loss/G/loss"] = float(loss_g.detach())
-            logs["Loss/scores/fake"] = float(fake_logits.detach().mean())
-            logs["Loss/rooted_capped_frac"] = float(self.adv_loss.capped(-fake_logits))
+            logs["Loss/G/loss"] = loss_g.detach()
+            logs["Loss/scores/fake"] = fake_logits.detach().mean()
+            logs["Loss/rooted_capped_frac"] = self.adv_loss.capped(-fake_logits)
 
             # Greg: path length on a shrunk batch
             if do_pl:
@@ -342,7 +343,7 @@ class FinetuneModule(L.LightningModule):
                 self.pl_mean.copy_(new_mean.detach())
                 loss_pl = penalty.mean() * hp.pl_weight * max(hp.pl_interval, 1)
                 all_finite &= self._finish_phase("Greg", loss_pl, self.g_params(), opt_g)
-                logs["Loss/pl_penalty"] = float(penalty.detach().mean())
+                logs["Loss/pl_penalty"] = penalty.detach().mean()
 
             # Dmain (+ R1 on the same real forward when due)
             self.G.requires_grad_(False)
@@ -360,12 +361,12 @@ class FinetuneModule(L.LightningModule):
             if do_r1:
                 r1 = r1_penalty(real_in, real_logits)
                 loss_d = loss_d + (r1 * (hp.r1_gamma / 2) * max(hp.r1_interval, 1)).mean()
-                logs["Loss/r1_penalty"] = float(r1.detach().mean())
+                logs["Loss/r1_penalty"] = r1.detach().mean()
                 self.phase_counts["Dreg"] += 1
             all_finite &= self._finish_phase("Dmain", loss_d, self.d_params(), opt_d)
             self.G.requires_grad_(True)
-            logs["Loss/D/loss"] = float(loss_d.detach())
-            logs["Loss/scores/real"] = float(real_logits.detach().mean())
+            logs["Loss/D/loss"] = loss_d.detach()
+            logs["Loss/scores/real"] = real_logits.detach().mean()
 
         if world > 1:  # keep running statistics identical on every rank
             self.G.mapping.w_avg.copy_(self._rank_mean(self.G.mapping.w_avg))
@@ -382,8 +383,8 @@ class FinetuneModule(L.LightningModule):
         self._last_step_time = now
         if real.device.type == "cuda":
             logs["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(real.device) / 2**30
-        logs["Progress/nonfinite_frac"] = float(self.bad_phases) / max(float(self.total_phases), 1.0)
-        logs["Loss/pl_mean"] = float(self.pl_mean)
+        logs["Progress/nonfinite_frac"] = self.bad_phases.double() / self.total_phases.clamp(min=1).double()
+        logs["Loss/pl_mean"] = self.pl_mean.detach().clone()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log("kimg", self.cur_kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
         if self.cur_kimg >= hp.total_kimg:
