@@ -200,9 +200,13 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, shapes, tiny32):
         (["--data.path", "/nonexistent/images"], "/nonexistent/images"),
         (["--data.batch_size", "1000"], "batch_size"),
         (["--model.freeze_d", "99"], "freeze_d"),
+        (["--trainer.default_root_dir", "{blocked}/runs"], "cannot write to output directory"),
     ],
 )
 def test_cli_rejects_bad_settings_with_a_readable_error(tmp_path, shapes, tiny32, capsys, override, message):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    override = [arg.format(blocked=blocked) for arg in override]
     args = ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", tiny32,
             "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path), *override]  # fmt: skip
     assert cli_main(args) == 2

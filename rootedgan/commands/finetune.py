@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from rootedgan.callbacks import NetworkSnapshot
 from rootedgan.errors import UserError
+from rootedgan.imaging import ensure_writable_dir
 
 SUBCOMMANDS = ("fit", "validate")
 
@@ -45,6 +46,9 @@ class RootedganCLI(LightningCLI):
         trainer = config.get("trainer")
         if trainer is None:
             return
+        root = trainer.get("default_root_dir")
+        if root and self.subcommand == "fit":
+            ensure_writable_dir(root)  # fail before loading networks, not after hours of training
         if trainer.get("strategy", "auto") == "auto" and _wants_several_devices(
             trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
         ):
