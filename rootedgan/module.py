@@ -274,13 +274,19 @@ class FinetuneModule(L.LightningModule):
         dist.all_reduce(value)
         return value / world
 
+    def _grad_scaler(self) -> Any:
+        """The GradScaler of ``16-mixed`` precision, else None."""
+        if self._trainer is None:
+            return None
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
     def _finish_phase(self, name: str, loss: torch.Tensor, params: list[nn.Parameter], opt: Any) -> bool:
         """All-reduce the phase's gradients across ranks, then step only if loss and grads are finite."""
         self.manual_backward(loss)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flag = (~torch.isfinite(loss.detach())).float().reshape(1)
         _, world = dist_world()
-        if world > 1:
+        if world > 1:  # same gradients, and so the same decision, on every rank
             flat = torch.cat([g.flatten() for g in grads] + [flag])
             dist.all_reduce(flat)
             flat /= world
@@ -288,15 +294,24 @@ class FinetuneModule(L.LightningModule):
             for p, g in zip(params, grads, strict=True):
                 p.grad = flat[offset : offset + g.numel()].view_as(p)
                 offset += g.numel()
-            finite = bool(torch.isfinite(flat).all()) and float(flat[-1]) == 0
+            loss_ok = float(flat[-1]) == 0
+            grads_ok = bool(torch.isfinite(flat).all())
         else:
-            norms = torch._foreach_norm(grads) if grads else []
-            finite = bool(torch.isfinite(torch.stack([*norms, flag[0]])).all()) and float(flag[0]) == 0
+            loss_ok = float(flag[0]) == 0
+            grads_ok = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
         self.total_phases += 1
         self.phase_counts[name] += 1
-        if finite:
+        if self._grad_scaler() is not None:
+            # fp16 loss scaling: inf gradients are expected while the scale is searched. The scaler
+            # skips those steps and lowers the scale itself (opt.step() must run for that), so only a
+            # non-finite loss counts as a bad step here.
+            finite = loss_ok
             opt.step()
         else:
+            finite = loss_ok and grads_ok
+            if finite:
+                opt.step()
+        if not finite:
             self.bad_phases += 1
         opt.zero_grad(set_to_none=True)
         return finite

@@ -235,3 +235,37 @@ def test_bf16_mixed_precision_runs_finite(tmp_path, shapes, tiny32):
     metrics = {k: float(v) for k, v in trainer.logged_metrics.items()}
     assert all(math.isfinite(v) for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in module.G.parameters())  # master weights stay fp32
+
+
+class _RecordingOptimizer:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+@pytest.mark.parametrize("with_scaler", [False, True])
+@pytest.mark.parametrize("bad", ["grad", "loss"])
+def test_finish_phase_with_and_without_a_grad_scaler(tiny32, monkeypatch, with_scaler, bad):
+    """Without a scaler, an inf gradient or NaN loss skips the step and counts as bad. With fp16 loss
+    scaling the scaler owns inf gradients (it must see opt.step() to lower its scale): only a bad loss
+    counts, and the step call is always made."""
+    module = FinetuneModule(network=tiny32)
+    monkeypatch.setattr(module, "manual_backward", lambda loss: loss.backward())
+    monkeypatch.setattr(module, "_grad_scaler", lambda: object() if with_scaler else None)
+    param = torch.nn.Parameter(torch.ones(3))
+    if bad == "grad":
+        param.register_hook(lambda g: g * float("inf"))  # finite loss, infinite gradient
+        loss = param.sum()
+    else:
+        loss = param.sum() * float("nan")
+    opt = _RecordingOptimizer()
+    finite = module._finish_phase("Gmain", loss, [param], opt)
+    expect_bad = bad == "loss" or not with_scaler
+    assert finite is not expect_bad
+    assert int(module.bad_phases) == int(expect_bad)
+    assert opt.steps == (1 if with_scaler or not expect_bad else 0)
