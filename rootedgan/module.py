@@ -33,11 +33,11 @@ from rootedgan.errors import UserError
 from rootedgan.losses import (
     DEFAULT_MAX_GRAD,
     AdversarialLoss,
-    lazy_regularization,
     path_length,
     path_length_penalty,
     r1_penalty,
 )
+from rootedgan.optim import OPTIMIZERS, build_optimizer, describe
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -76,6 +76,8 @@ class FinetuneModule(L.LightningModule):
         g_lr: float = 0.002,
         d_lr: float = 0.002,
         betas: tuple[float, float] = (0.0, 0.99),
+        g_optimizer: str = "adam",
+        d_optimizer: str = "adam",
         r1_gamma: float = 10.0,
         r1_interval: int = 16,
         pl_weight: float = 2.0,
@@ -103,6 +105,8 @@ class FinetuneModule(L.LightningModule):
             g_lr: generator learning rate (Adam).
             d_lr: discriminator learning rate (Adam).
             betas: Adam betas.
+            g_optimizer: ``adam`` (StyleGAN's) or ``golden`` (golden-ratio SGD preset, rootedgan.optim).
+            d_optimizer: ``adam`` or ``golden`` for D.
             r1_gamma: R1 weight gamma (0 disables R1).
             r1_interval: lazy R1 interval in steps (0 = every step).
             pl_weight: path-length regularization weight (0 disables it).
@@ -131,6 +135,11 @@ class FinetuneModule(L.LightningModule):
         self.D.train()
         self.G_ema.requires_grad_(False)
         self.d_frozen = self._freeze_d_layers(freeze_d)
+        for which in ("g_optimizer", "d_optimizer"):
+            if self.hparams[which] not in OPTIMIZERS:
+                raise UserError(
+                    f"model.{which} must be one of {', '.join(OPTIMIZERS)}, got {self.hparams[which]!r}"
+                )
         minimums = dict(r1_interval=0, pl_interval=0, pl_batch_shrink=1, max_bad_steps=1)
         for name, minimum in minimums.items():
             if self.hparams[name] < minimum:
@@ -223,14 +232,10 @@ class FinetuneModule(L.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
-        g_lr, g_betas = lazy_regularization(
-            hp.g_lr, tuple(hp.betas), hp.pl_interval if hp.pl_weight > 0 else 0
-        )
-        d_lr, d_betas = lazy_regularization(
-            hp.d_lr, tuple(hp.betas), hp.r1_interval if hp.r1_gamma > 0 else 0
-        )
-        opt_g = torch.optim.Adam(self.g_params(), lr=g_lr, betas=g_betas, eps=1e-8)
-        opt_d = torch.optim.Adam(self.d_params(), lr=d_lr, betas=d_betas, eps=1e-8)
+        g_interval = hp.pl_interval if hp.pl_weight > 0 else 0
+        d_interval = hp.r1_interval if hp.r1_gamma > 0 else 0
+        opt_g = build_optimizer(hp.g_optimizer, self.g_params(), hp.g_lr, tuple(hp.betas), g_interval)
+        opt_d = build_optimizer(hp.d_optimizer, self.d_params(), hp.d_lr, tuple(hp.betas), d_interval)
         return [opt_g, opt_d]
 
     def setup(self, stage: str) -> None:
@@ -435,6 +440,9 @@ class FinetuneModule(L.LightningModule):
         )
 
     def on_train_start(self) -> None:
+        if self.logger is not None:
+            opt_g, opt_d = self.trainer.optimizers
+            self.logger.log_hyperparams({"optimizer/G": describe(opt_g), "optimizer/D": describe(opt_d)})
         # trainer.log_dir is a collective under DDP: resolve it on every rank now, not on rank 0 later.
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
 

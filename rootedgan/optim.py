@@ -1,0 +1,55 @@
+"""Optimizer presets: StyleGAN's Adam (the default) and the golden-ratio SGD preset.
+
+Golden-ratio SGD: Jaeger derives SGD hyperparameters from the golden ratio ``phi = (1 + sqrt 5) / 2``
+(arXiv 2006.04751; follow-up arXiv 2605.20009, whose values are used here):
+
+* momentum ``m = sqrt(2) / phi = 0.87403...``
+* learning rate ``lr = (1 - sqrt(2) / phi)^2 = 0.01587...``
+
+StyleGAN's default stays Adam with betas (0, 0.99). Lazy regularization (interval I, ``c = I/(I+1)``)
+rescales Adam as ``lr * c``, ``beta ** c``; the golden preset is rescaled the same way (``lr * c``,
+``momentum ** c``), so that both keep StyleGAN's per-image update statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from rootedgan.losses import lazy_regularization
+
+PHI = (1 + math.sqrt(5)) / 2
+GOLDEN_MOMENTUM = math.sqrt(2) / PHI
+GOLDEN_LR = (1 - math.sqrt(2) / PHI) ** 2
+GOLDEN_SOURCE = "Jaeger, arXiv 2006.04751 and arXiv 2605.20009 (golden-ratio SGD hyperparameters)"
+
+OPTIMIZERS = ("adam", "golden")
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    betas: tuple[float, float] = (0.0, 0.99),
+    reg_interval: int = 0,
+) -> torch.optim.Optimizer:
+    """``adam``: Adam(lr, betas, eps=1e-8). ``golden``: SGD with the golden-ratio lr and momentum
+    (``lr`` and ``betas`` are ignored). Both rescaled for lazy regularization every ``reg_interval``
+    steps (0: none)."""
+    if name == "adam":
+        lr, betas = lazy_regularization(lr, betas, reg_interval)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
+    if name == "golden":  # momentum plays beta1's role in the rescaling
+        lr, (momentum, _) = lazy_regularization(GOLDEN_LR, (GOLDEN_MOMENTUM, 0.0), reg_interval)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+def describe(optimizer: torch.optim.Optimizer) -> dict[str, float | str]:
+    """Name and settings of an optimizer built here, for logging."""
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.SGD):
+        return {"name": "golden", "lr": group["lr"], "momentum": group["momentum"], "source": GOLDEN_SOURCE}
+    return {"name": "adam", "lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1]}
