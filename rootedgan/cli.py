@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": "convert",
     "doctor": "doctor",
     "fid": "fid",
+    "landscape": "landscape",
 }
 
 
