@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from rootedgan.errors import UserError
+from rootedgan.fileio import atomic_open
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -67,13 +68,5 @@ def save_image_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write an ``[H, W, C]`` (C = 1 or 3) uint8 image; the file appears complete or not at all."""
     path = Path(path)
     arr = array[..., 0] if array.shape[-1] == 1 else array
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(arr).save(
-                fh, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(arr).save(fh, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")

@@ -8,10 +8,8 @@ dict strictly so that a reader that drops, renames or reshapes a tensor fails lo
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from rootedgan.errors import CheckpointError
+from rootedgan.fileio import atomic_open
 
 NETWORK_NAMES = ("G", "D", "G_ema")
 GENERATOR = "Generator"
@@ -216,30 +215,13 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], None
     """
     path = Path(path).expanduser()
     parent = path.parent if str(path.parent) else Path(".")
-    tmp_name: str | None = None
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-            dir_fd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
     except OSError as err:
         reason = err.strerror or str(err)
         raise CheckpointError(
             f"cannot write {path}: {reason}. Check that the folder {parent} exists, is a folder, "
             "is writable and has free space."
         ) from err
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
     return path

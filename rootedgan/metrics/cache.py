@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rootedgan.fileio import atomic_open
 from rootedgan.metrics.stats import GaussianStats
 
 __all__ = ["cache_key", "load_stats", "save_stats", "stats_cache_dir"]
@@ -80,12 +81,7 @@ def save_stats(key: str, stats: GaussianStats, meta: dict[str, Any], folder: Pat
     stats_path, feats_path = _paths(key, folder)
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     if stats.features is not None:
-        tmp = feats_path.with_name(f".{feats_path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.asarray(stats.features, np.float32))
-            os.replace(tmp, feats_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(feats_path, "wb") as fh:
+            np.save(fh, np.asarray(stats.features, np.float32))
     GaussianStats(stats.mu, stats.sigma, stats.count).save(stats_path, meta=json.dumps(meta, sort_keys=True))
     return stats_path

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+from rootedgan.fileio import atomic_open
 
 __all__ = ["FeatureStats", "GaussianStats", "frechet_distance", "kernel_inception_distance"]
 
@@ -53,18 +54,11 @@ class GaussianStats:
 
     def save(self, path: str | os.PathLike[str], meta: str = "") -> None:
         """Write an ``.npz`` (``mu``, ``sigma``, ``count``, ``meta``; ``features`` when kept) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         arrays = dict(mu=self.mu, sigma=self.sigma, count=np.int64(self.count), meta=np.array(meta))
         if self.features is not None:
             arrays["features"] = self.features
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GaussianStats:
