@@ -3,7 +3,9 @@
 Every ``snap_kimg`` thousand images (and at the end):
 
 * ``network-snapshot-KKKKKK.safetensors``: native checkpoint (G, D, G_ema + provenance), loadable by
-  ``load_network`` / ``rootedgan generate``; written atomically on rank 0;
+  ``load_network`` / ``rootedgan generate``; written atomically on rank 0 (orthogonal mode: merged plain
+  weights, plus ``network-snapshot-KKKKKK.adapter.safetensors`` with only the rotations and a reference to
+  the base checkpoint, see :mod:`rootedgan.checkpoints.adapter`);
 * ``fakesKKKKKK.png``: NVIDIA-style grid of G_ema on fixed seeds (``fakes_init.png`` before training,
   ``reals.png`` once);
 * ``checkpoints/last.ckpt`` (and ``checkpoints/kimgKKKKKK.ckpt`` with ``keep_checkpoints``): a Lightning
@@ -93,7 +95,11 @@ class NetworkSnapshot(L.Callback):
 
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"network-snapshot-{tag}.safetensors"
-        save_network(path, G=module.G, D=module.D, G_ema=module.G_ema, meta=module.provenance())
+        export = getattr(module, "export_networks", None)  # orthogonal mode: merged plain weights
+        nets = export() if export is not None else {"G": module.G, "D": module.D, "G_ema": module.G_ema}
+        save_network(path, **nets, meta=module.provenance())
+        if getattr(module, "save_adapter", None) is not None:  # orthogonal mode: the small deltas alone
+            module.save_adapter(out / f"network-snapshot-{tag}.adapter.safetensors")
         save_image_atomic(self._grid(module), out / f"fakes{tag}.png")
         self.written.append(path)
 

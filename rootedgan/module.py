@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rootedgan.augment import build_augment
 from rootedgan.errors import UserError
 from rootedgan.losses import (
     DEFAULT_MAX_GRAD,
@@ -38,6 +39,7 @@ from rootedgan.losses import (
     r1_penalty,
 )
 from rootedgan.optim import OPTIMIZERS, build_optimizer, describe
+from rootedgan.orthogonal import OrthogonalConfig, OrthogonalFinetune
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -88,9 +90,18 @@ class FinetuneModule(L.LightningModule):
         ema_kimg: float = 10.0,
         ema_rampup: float | None = None,
         freeze_d: int = 0,
+        augment: str = "none",
+        augment_p: float = 0.0,
+        augment_preset: str = "bgc",
+        ada_target: float = 0.6,
+        ada_interval: int = 4,
+        ada_kimg: float = 500.0,
+        diffaugment_policy: str = "color,translation,cutout",
         total_kimg: float = 1000.0,
         max_bad_steps: int = 10,
         seed: int = 0,
+        mode: str = "full",
+        orthogonal: OrthogonalConfig | None = None,
     ) -> None:
         """
         Args:
@@ -117,9 +128,23 @@ class FinetuneModule(L.LightningModule):
             ema_kimg: half-life of G_ema in thousands of images.
             ema_rampup: ramp the EMA half-life up to ema_kimg over ``ema_rampup * cur_nimg`` (None: off).
             freeze_d: freeze the first N layers of D from the input side (FreezeD).
+            augment: what D sees (reals and fakes, R1 included), see :mod:`rootedgan.augment`: ``none``,
+                ``ada`` (ADA pipeline, p adapted), ``fixed`` (ADA pipeline at constant ``augment_p``) or
+                ``diffaugment``.
+            augment_p: initial (``ada``) or constant (``fixed``) probability p of each transform, in [0, 1).
+            augment_preset: ADA transforms: ``bgc`` (blit, geometry, colour), ``bg``, ``bgcf``, ``bgcfn``,
+                ``bgcfnc``, or a comma-separated list of transform names.
+            ada_target: ADA's target for ``E[sign(D(real))]`` (NVIDIA: 0.6).
+            ada_interval: adjust p every this many D steps.
+            ada_kimg: thousands of images for p to move by 1 (NVIDIA: 500; 100 is customary when finetuning).
+            diffaugment_policy: DiffAugment transforms, a comma-separated subset of color,translation,cutout.
             total_kimg: stop after this many thousand real images.
             max_bad_steps: stop after this many consecutive steps with a non-finite loss or gradient.
             seed: seed for latents and noise (each rank and step derives its own).
+            mode: ``full`` (every G parameter trains) or ``orthogonal`` (OFT: G's selected weights are frozen
+                and rotated by learned block-diagonal orthogonal matrices; see :mod:`rootedgan.orthogonal`).
+            orthogonal: settings of orthogonal mode (layers, block_size, shared, parameterization, eps, ...);
+                None: the defaults. Ignored in full mode.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -134,6 +159,7 @@ class FinetuneModule(L.LightningModule):
         self.G.train()
         self.D.train()
         self.G_ema.requires_grad_(False)
+        self.orth = self._setup_orthogonal(mode, orthogonal, network)
         self.d_frozen = self._freeze_d_layers(freeze_d)
         for which in ("g_optimizer", "d_optimizer"):
             if self.hparams[which] not in OPTIMIZERS:
@@ -151,7 +177,9 @@ class FinetuneModule(L.LightningModule):
         self.register_buffer("total_phases", torch.zeros([], dtype=torch.long))
         self.register_buffer("bad_streak", torch.zeros([], dtype=torch.long))
         self.phase_counts: dict[str, int] = {"Gmain": 0, "Greg": 0, "Dmain": 0, "Dreg": 0}
-        self.augment_pipe: nn.Module | None = None  # identity until augmentation is configured
+        self.augment_pipe, self.ada = build_augment(  # (None, None) for augment: none
+            augment, augment_p, augment_preset, diffaugment_policy, ada_target, ada_interval, ada_kimg
+        )
         self._last_step_time: float | None = None
         self._run_dir: Path | None = None
 
@@ -224,8 +252,44 @@ class FinetuneModule(L.LightningModule):
         self.G_ema.eval()  # G_ema is never trained; keeps its w_avg out of training-mode updates
         return self
 
+    def _setup_orthogonal(
+        self, mode: str, orthogonal: OrthogonalConfig | dict | None, network: str | None
+    ) -> OrthogonalFinetune | None:
+        if mode not in ("full", "orthogonal"):
+            raise UserError(f"model.mode must be full or orthogonal, got {mode!r}")
+        wanted = orthogonal is not None or mode == "orthogonal"
+        cfg = OrthogonalConfig.from_any(orthogonal) if wanted else None
+        if cfg is not None:  # a plain dict: Lightning checkpoints are read back with weights_only=True
+            self.hparams["orthogonal"] = cfg.to_dict()
+            if hasattr(self, "_hparams_initial"):
+                self._hparams_initial["orthogonal"] = cfg.to_dict()
+        if mode == "full":
+            return None
+        return OrthogonalFinetune(cfg, self.G, self.G_ema, network)
+
     def g_params(self) -> list[nn.Parameter]:
+        if self.orth is not None:  # the rotations (+ magnitudes, train_extra); the base stays frozen
+            return self.orth.parameters(self.G)
         return list(self.G.parameters())
+
+    def _g_requires_grad(self, flag: bool) -> None:
+        if self.orth is not None:
+            self.orth.set_requires_grad(self.G, flag)
+        else:
+            self.G.requires_grad_(flag)
+
+    def export_networks(self) -> dict[str, nn.Module]:
+        """G, D, G_ema as plain networks for ``save_network`` (orthogonal mode: merged copies)."""
+        if self.orth is not None:
+            return self.orth.export(self.G, self.D, self.G_ema)
+        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
+
+    def save_adapter(self, path: str | Path) -> Path | None:
+        """Orthogonal mode with a pretrained base: write the adapter file (rotations of G and G_ema and a
+        reference to the base checkpoint) and return its path; otherwise None."""
+        if self.orth is None:
+            return None
+        return self.orth.save_adapter(path, self.G, self.G_ema, meta=self.provenance())
 
     def d_params(self) -> list[nn.Parameter]:
         return [p for n, p in self.D.named_parameters() if n not in self.d_frozen]
@@ -236,6 +300,8 @@ class FinetuneModule(L.LightningModule):
         d_interval = hp.r1_interval if hp.r1_gamma > 0 else 0
         opt_g = build_optimizer(hp.g_optimizer, self.g_params(), hp.g_lr, tuple(hp.betas), g_interval)
         opt_d = build_optimizer(hp.d_optimizer, self.d_params(), hp.d_lr, tuple(hp.betas), d_interval)
+        if self.orth is not None and self.orth.cfg.eps is not None:  # COFT: project after every G step
+            opt_g.register_step_post_hook(lambda *_: self.orth.project_(self.G))
         return [opt_g, opt_d]
 
     def setup(self, stage: str) -> None:
@@ -340,7 +406,7 @@ class FinetuneModule(L.LightningModule):
             gen_c = real_c[torch.randperm(batch_size, device=real_c.device)] if self.c_dim > 0 else real_c
 
             # Gmain
-            self.G.requires_grad_(True)
+            self._g_requires_grad(True)
             self.D.requires_grad_(False)
             z = torch.randn([batch_size, self.G.z_dim], device=self.device)
             fake = self.G.synthesis(self._sample_ws(z, gen_c))
@@ -355,6 +421,8 @@ class FinetuneModule(L.LightningModule):
             if do_pl:
                 n = max(batch_size // hp.pl_batch_shrink, 1)
                 ws = self._sample_ws(torch.randn([n, self.G.z_dim], device=self.device), gen_c[:n])
+                if not ws.requires_grad:  # frozen mapping (orthogonal mode): the penalty needs d img / d ws
+                    ws.requires_grad_(True)
                 img = self.G.synthesis(ws)
                 lengths = path_length(img, ws)
                 penalty, new_mean = path_length_penalty(
@@ -366,7 +434,7 @@ class FinetuneModule(L.LightningModule):
                 logs["Loss/pl_penalty"] = penalty.detach().mean()
 
             # Dmain (+ R1 on the same real forward when due)
-            self.G.requires_grad_(False)
+            self._g_requires_grad(False)
             for name, p in self.D.named_parameters():
                 p.requires_grad_(name not in self.d_frozen)
             with torch.no_grad():
@@ -375,6 +443,8 @@ class FinetuneModule(L.LightningModule):
             fake_logits = self.D(self._augment(fake), gen_c)
             real_in = real.detach().requires_grad_(do_r1)
             real_logits = self.D(self._augment(real_in), real_c)
+            if self.ada is not None:  # ADA's overfitting statistic, sign(D(real))
+                self.ada.observe(real_logits)
             loss_d_fake = self.adv_loss.discriminator_fake(fake_logits)
             loss_d_real = self.adv_loss.discriminator_real(real_logits)
             loss_d = (loss_d_fake + loss_d_real).mean()
@@ -384,7 +454,7 @@ class FinetuneModule(L.LightningModule):
                 logs["Loss/r1_penalty"] = r1.detach().mean()
                 self.phase_counts["Dreg"] += 1
             all_finite &= self._finish_phase("Dmain", loss_d, self.d_params(), opt_d)
-            self.G.requires_grad_(True)
+            self._g_requires_grad(True)
             logs["Loss/D/loss"] = loss_d.detach()
             logs["Loss/scores/real"] = real_logits.detach().mean()
 
@@ -405,6 +475,10 @@ class FinetuneModule(L.LightningModule):
             logs["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(real.device) / 2**30
         logs["Progress/nonfinite_frac"] = self.bad_phases.double() / self.total_phases.clamp(min=1).double()
         logs["Loss/pl_mean"] = self.pl_mean.detach().clone()
+        if self.ada is not None:  # ADA: move p every ada_interval D steps (all-reduced: same p on every rank)
+            logs.update(self.ada.update(self.augment_pipe, batch_size * world, self._rank_mean))
+        if self.orth is not None:
+            logs.update(self.orth.logs(self.G, step))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log("kimg", self.cur_kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
         if self.cur_kimg >= hp.total_kimg:
@@ -417,7 +491,11 @@ class FinetuneModule(L.LightningModule):
         if hp.ema_rampup is not None:
             ema_nimg = min(ema_nimg, float(self.cur_nimg) * hp.ema_rampup)
         beta = 0.5 ** (global_batch / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+        if self.orth is not None:  # only what trains; both bases stay as loaded
+            pairs = self.orth.ema_pairs(self.G, self.G_ema)
+        else:
+            pairs = zip(self.G_ema.parameters(), self.G.parameters(), strict=True)
+        for p_ema, p in pairs:
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             b_ema.copy_(b)
@@ -430,7 +508,7 @@ class FinetuneModule(L.LightningModule):
 
             path = (self._run_dir or Path(self.trainer.default_root_dir)) / "network-lastgood.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_network(path, G=self.G, D=self.D, G_ema=self.G_ema, meta=self.provenance())
+            save_network(path, **self.export_networks(), meta=self.provenance())
             saved = f" The last good weights (no bad update was applied) are in {path}."
         raise NonFiniteTrainingError(
             f"{int(self.bad_streak)} consecutive training steps had a non-finite loss or gradient (at kimg "
@@ -481,6 +559,7 @@ class FinetuneModule(L.LightningModule):
             "source_format": self.source_meta.get("format"),
             "loss": self.adv_loss.label,
             "kimg": round(self.cur_kimg, 3),
+            "augment_p": getattr(self.augment_pipe, "p_value", None),  # ADA's p at this point (None: no ADA)
             "hparams": {k: v for k, v in dict(self.hparams).items() if k not in ("g_kwargs", "d_kwargs")},
         }
 

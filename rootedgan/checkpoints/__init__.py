@@ -108,6 +108,13 @@ def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dic
         records, extra = rosinality.read_rosinality(ckpt, str(path))
         return rosinality.FORMAT, records, extra
     if kind == "safetensors":
+        from rootedgan.checkpoints.adapter import is_adapter
+
+        if is_adapter(path):
+            raise CheckpointError(
+                f"{path} is an orthogonal-finetuning adapter (rotations only): load it with load_network, "
+                "which applies it to its base checkpoint"
+            )
         records, extra = native.read_native(path)
         return native.FORMAT, records, extra
     size = path.stat().st_size
@@ -119,15 +126,27 @@ def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dic
     )
 
 
-def load_network(path_or_url: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
+def load_network(
+    path_or_url: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    base: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Load a StyleGAN2 checkpoint: ``dict(G=..., D=..., G_ema=..., meta=...)``.
 
     Accepts a path, an http(s)/file URL or an NVIDIA shortcut name (see
     :data:`rootedgan.checkpoints.download.NVIDIA_NETWORKS`); the format is detected from the content.
     Networks are in eval mode on ``device`` (gradients left enabled, for finetuning). A network the file
-    does not hold is ``None``.
+    does not hold is ``None``. An orthogonal-finetuning adapter (:mod:`rootedgan.checkpoints.adapter`) is
+    applied to its base checkpoint (found next to the adapter, as recorded, or ``base``; checked by sha256)
+    and comes back as merged plain G and G_ema (``D`` None, ``meta["format"] == "adapter"``).
     """
+    from rootedgan.checkpoints import adapter
+
     path = resolve_source(path_or_url)
+    if adapter.is_adapter(path):
+        return adapter.load_adapter(path, base=base, device=device, source=str(path_or_url))
+    if base is not None:
+        raise CheckpointError(f"base= is only for orthogonal-finetuning adapters; {path} is a full one")
     fmt, records, extra = read_records(path)
     nets = build_all(records, device, source=str(path))
     meta = {
@@ -182,17 +201,26 @@ def convert_network(
     dst: str | os.PathLike[str],
     fmt: str | None = None,
     merge: bool = False,
+    base: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Convert a checkpoint to ``fmt`` (``'native'`` .safetensors or ``'rosinality'`` .pt).
 
     ``fmt=None`` picks the format from ``dst``'s suffix. ``merge=True`` folds orthogonal-finetuning
-    adapters into plain weights first. The networks are built and loaded strictly on the way, so a
-    broken conversion fails here, not later. Returns ``dict(path, format, source_format, networks, notes)``.
+    adapters into plain weights first; it is required for an adapter file, whose base checkpoint is found
+    as :func:`load_network` does (or given as ``base``). The networks are built and loaded strictly on the
+    way, so a broken conversion fails here, not later.
+    Returns ``dict(path, format, source_format, networks, notes)``.
     """
     from rootedgan.checkpoints import rosinality
 
     fmt = output_format(dst, fmt)
-    loaded = load_network(src)
+    loaded = load_network(src, base=base)
+    if loaded["meta"]["format"] == "adapter" and not merge:
+        base_source = loaded["meta"]["adapter"]["base"].get("source")
+        raise CheckpointError(
+            f"{src} is an orthogonal-finetuning adapter (rotations on top of {base_source}): add --merge to "
+            "write the merged plain weights"
+        )
     notes: list[str] = list(loaded["meta"].get("notes") or [])
     records: dict[str, NetworkRecord | None] = {}
     for name in NETWORK_NAMES:

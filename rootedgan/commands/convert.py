@@ -22,14 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="fold orthogonal-finetuning adapters into plain weights before writing",
+        help="fold orthogonal-finetuning rotations into plain weights before writing; required to convert an "
+        "adapter file (network-snapshot-*.adapter.safetensors), which is applied to its base checkpoint",
+    )
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="base checkpoint of an adapter (default: the one it records, looked up next to the adapter "
+        "first; checked by sha256)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from rootedgan.checkpoints import convert_network
 
-    result = convert_network(args.input, args.output, fmt=args.format, merge=args.merge)
+    result = convert_network(args.input, args.output, fmt=args.format, merge=args.merge, base=args.base)
     nets = ", ".join(result["networks"])
     print(
         f"wrote {result['path']} ({result['format']} format: {nets}) "
