@@ -20,6 +20,7 @@ COMMANDS = {
     "doctor": "doctor",
     "fid": "fid",
     "landscape": "landscape",
+    "compare": "compare",
 }
 
 

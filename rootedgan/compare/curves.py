@@ -1,0 +1,194 @@
+"""Curves (a logged quantity against kimg) read back from a finetune run's logs.
+
+Sources, per run:
+
+* Lightning's CSV log ``lightning_logs/version_*/metrics.csv``: one column per logged key, rows sparse
+  (a key is empty on rows where it was not logged). ``kimg`` is logged with every training row; a row
+  without it (e.g. an FID value written straight to the logger) is placed by its ``step``, linearly
+  interpolated between the rows that have both (extrapolated with the least-squares slope beyond them).
+* ``metric-*.jsonl`` files of the evaluation callbacks (one record per evaluation with its exact
+  ``kimg``; see :func:`read_metric_jsonl`): their ``metrics/*`` curves replace the CSV's, since their
+  kimg is exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rootedgan.errors import UserError
+
+RUN_RECORD = "run.json"  # written by rootedgan.compare.runner next to a finished run's logs
+_NOT_CURVES = ("step", "epoch", "kimg")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One quantity against training progress: ``kimg [T]`` strictly increasing, ``value [T]`` (float64)."""
+
+    kimg: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def from_points(cls, points: Iterable[tuple[float, float]]) -> Curve:
+        """Sorted by kimg; of several points at the same kimg the last one given wins."""
+        by_kimg: dict[float, float] = {}
+        for k, v in points:
+            if math.isfinite(float(k)):
+                by_kimg[float(k)] = float(v)
+        kimg = np.array(sorted(by_kimg), dtype=np.float64)
+        return cls(kimg, np.array([by_kimg[k] for k in kimg], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.kimg)
+
+    def to_json(self) -> dict[str, list[float | None]]:
+        """``{"kimg": [...], "value": [...]}``; non-finite values become ``null`` (valid JSON)."""
+        return {
+            "kimg": [float(k) for k in self.kimg],
+            "value": [float(v) if math.isfinite(v) else None for v in self.value],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Curve:
+        values = [math.nan if v is None else v for v in data["value"]]
+        return cls.from_points(zip(data["kimg"], values, strict=True))
+
+
+def _float(cell: str | None) -> float | None:
+    if cell is None or cell.strip() == "":
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _step_to_kimg(steps: np.ndarray, kimgs: np.ndarray) -> Any:
+    """A function step -> kimg from rows that logged both (None when no row did)."""
+    if len(steps) == 0:
+        return None
+    order = np.argsort(steps, kind="stable")
+    steps, kimgs = steps[order], kimgs[order]
+    unique_steps, first = np.unique(steps, return_index=True)
+    unique_kimg = kimgs[first]
+    if len(unique_steps) == 1:
+        only_step, only_kimg = unique_steps[0], unique_kimg[0]
+        return lambda s: only_kimg if s == only_step else None
+    slope, intercept = np.polyfit(unique_steps, unique_kimg, 1)
+
+    def kimg_of(step: float) -> float:
+        if unique_steps[0] <= step <= unique_steps[-1]:
+            return float(np.interp(step, unique_steps, unique_kimg))
+        return float(slope * step + intercept)
+
+    return kimg_of
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, Curve]:
+    """Every logged key of a Lightning ``metrics.csv`` as a curve against kimg (module docstring)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    pairs = [(_float(r.get("step")), _float(r.get("kimg"))) for r in rows]
+    known = [(s, k) for s, k in pairs if s is not None and k is not None]
+    kimg_of = _step_to_kimg(np.array([s for s, _ in known]), np.array([k for _, k in known]))
+    points: dict[str, list[tuple[float, float]]] = {}
+    for row, (step, kimg) in zip(rows, pairs, strict=True):
+        if kimg is None and step is not None and kimg_of is not None:
+            kimg = kimg_of(step)
+        if kimg is None:
+            continue
+        for key, cell in row.items():
+            if key is None or key in _NOT_CURVES:
+                continue
+            value = _float(cell)
+            if value is not None:
+                points.setdefault(key, []).append((kimg, value))
+    return {key: Curve.from_points(p) for key, p in points.items()}
+
+
+def read_metric_jsonl(path: str | Path) -> dict[str, Curve]:
+    """A ``metric-*.jsonl`` file (one evaluation a line, each with its ``kimg``) as ``{key: Curve}``.
+
+    Two record shapes: NVIDIA's ``{"results": {"fid50k_full": v}, "kimg": k, ...}`` (FIDCallback,
+    ``rootedgan fid``) gives ``metrics/fid50k_full``; a flat ``{"kimg": k, "metrics/<name>": v, ...}``
+    (e.g. the digits quality callback) gives its ``metrics/*`` keys as they are. A truncated last line
+    (a run killed while writing) is skipped.
+    """
+    points: dict[str, list[tuple[float, float]]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+            kimg = float(record["kimg"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(record.get("results"), dict):
+            values = {f"metrics/{name}": v for name, v in record["results"].items()}
+        else:
+            values = {k: v for k, v in record.items() if k.startswith("metrics/")}
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                points.setdefault(key, []).append((kimg, float(value)))
+    return {key: Curve.from_points(p) for key, p in points.items()}
+
+
+def _version_number(path: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def log_dirs(run_dir: str | Path) -> list[Path]:
+    """The folders holding a run's logs, oldest first: ``run_dir`` itself when it has a ``metrics.csv``
+    or ``metric-*.jsonl``, else its ``lightning_logs/version_*`` folders."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.csv").is_file() or any(run_dir.glob("metric-*.jsonl")):
+        return [run_dir]
+    versions = [p for p in (run_dir / "lightning_logs").glob("version_*") if p.is_dir()]
+    return sorted(versions, key=_version_number)
+
+
+def run_log_dir(run_dir: str | Path) -> Path:
+    """The log folder of a run: the one its ``run.json`` names, else the newest one with logs."""
+    run_dir = Path(run_dir)
+    record_path = run_dir / RUN_RECORD
+    if record_path.is_file():
+        try:
+            named = json.loads(record_path.read_text()).get("log_dir")
+        except ValueError:
+            named = None
+        if named and (run_dir / named).is_dir():
+            return run_dir / named
+    candidates = [
+        d for d in log_dirs(run_dir) if (d / "metrics.csv").is_file() or any(d.glob("metric-*.jsonl"))
+    ]
+    if not candidates:
+        raise UserError(
+            f"no logs in {run_dir}: expected lightning_logs/version_*/metrics.csv (Lightning's CSV logger) "
+            "or metric-*.jsonl files from rootedgan.metrics.FIDCallback"
+        )
+    return candidates[-1]
+
+
+def collect_run(run_dir: str | Path) -> dict[str, Curve]:
+    """All curves of one run: ``{logged key: Curve}``, the FID callback's jsonl values taking precedence.
+
+    ``run_dir`` is a run's ``trainer.default_root_dir`` (its ``lightning_logs/version_*`` is found;
+    see :func:`run_log_dir`) or a version folder itself.
+    """
+    log_dir = run_log_dir(run_dir)
+    curves: dict[str, Curve] = {}
+    if (log_dir / "metrics.csv").is_file():
+        curves.update(read_metrics_csv(log_dir / "metrics.csv"))
+    for jsonl in sorted(log_dir.glob("metric-*.jsonl")):
+        curves.update(read_metric_jsonl(jsonl))
+    return curves
