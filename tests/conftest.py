@@ -30,6 +30,20 @@ def nvidia_fixture_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny32(nvidia_fixture_dir: Path) -> str:
+    """NVIDIA's tiny 32x32 network pickle (path as a string)."""
+    return str(nvidia_fixture_dir / "tiny32.pkl")
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32-image, 32x32 generated shapes data set (read-only for the tests that share it)."""
+    from rootedgan.synthetic_data import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
+
+
+@pytest.fixture(scope="session")
 def rosinality_fixture_dir() -> Path:
     path = SHARED_FIXTURES / "rosinality"
     if not (path / "tiny32.pt").exists():

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_finetune import fit, shapes, tiny32  # noqa: F401  (the fit helper and its fixtures)
+from test_finetune import fit  # the fit helper
 
 from rootedgan.augment import (
     BRIGHTNESS_STD,

@@ -28,7 +28,6 @@ from rootedgan.compare import runner as runner_mod
 from rootedgan.compare.runner import RunResult, finished_record, parse_losses, plan_runs, run_all
 from rootedgan.errors import UserError
 from rootedgan.metrics import make_standin_inception
-from rootedgan.synthetic_data import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -160,11 +159,6 @@ def test_csv_rows_without_kimg_are_placed_by_step_and_jsonl_takes_precedence(tmp
 
 
 # -- the command end to end ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
 
 
 def compare_argv(out: Path, shapes: Path, tiny32: Path, losses: str, *options: str) -> list[str]:

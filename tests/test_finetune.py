@@ -22,19 +22,8 @@ from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataModule
 from rootedgan.losses import AdversarialLoss
 from rootedgan.module import FinetuneModule, NonFiniteTrainingError, d_layers_from_input
-from rootedgan.synthetic_data import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
-
-
-@pytest.fixture(scope="module")
-def tiny32(nvidia_fixture_dir) -> str:
-    return str(nvidia_fixture_dir / "tiny32.pkl")
 
 
 def fit(root: Path, data: Path, ckpt: str | None = None, callbacks=None, **model_kwargs) -> tuple:

@@ -19,7 +19,6 @@ from lightning.pytorch.loggers import CSVLogger
 from rootedgan.data import ImageDataModule
 from rootedgan.metrics import FIDCallback, make_standin_inception
 from rootedgan.module import FinetuneModule
-from rootedgan.synthetic_data import make_shapes_dataset
 
 pytest.importorskip("cleanfid", reason="FID needs clean-fid (pip install clean-fid)")
 REPO = Path(__file__).resolve().parents[1]
@@ -28,11 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> Path:
     return make_standin_inception(tmp_path_factory.mktemp("inception") / "standin.pt")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
 
 
 @pytest.mark.filterwarnings("ignore:Using ModelCheckpoint with manual optimization")

@@ -34,19 +34,8 @@ from rootedgan.orthogonal import (
     rotations,
     skew_from_triu,
 )
-from rootedgan.synthetic_data import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
-
-
-@pytest.fixture(scope="module")
-def tiny32(nvidia_fixture_dir) -> str:
-    return str(nvidia_fixture_dir / "tiny32.pkl")
 
 
 def latents(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
