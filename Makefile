@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo demo-baseline bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,11 +38,15 @@ test: lint
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 demo: install
-	$(PY) -m rootedgan.synthetic_data runs/demo/shapes32 --count 256
-	$(VENV)/bin/rootedgan finetune --config configs/demo.yaml
+	$(VENV)/bin/rootedgan demo
 
+# the same finetune with the rooted and the logistic loss (same seed and budget), compared
+demo-baseline: install
+	$(VENV)/bin/rootedgan demo --baseline
+
+# all benchmarks on this machine (cuda when available), JSON in bench/results, tables into README.md
 bench: install
-	$(PY) bench/ops.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

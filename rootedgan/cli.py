@@ -21,6 +21,7 @@ COMMANDS = {
     "fid": "fid",
     "landscape": "landscape",
     "compare": "compare",
+    "demo": "demo",
 }
 
 

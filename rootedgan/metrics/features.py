@@ -259,6 +259,45 @@ def _chunk_labels(labels: np.ndarray | None, seed: int, chunk: int, c_dim: int) 
 # Extraction
 
 
+def generated_uint8(
+    G: torch.nn.Module,
+    num_gen: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    rank: int = 0,
+    world: int = 1,
+    labels: np.ndarray | None = None,
+    truncation_psi: float = 1.0,
+    noise_mode: str = "random",
+    latents: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield uint8 RGB batches ``[B, 3, H, W]`` (on G's device) of rank ``rank``'s share of ``num_gen``
+    seeded samples: latents in chunks of ``LATENT_CHUNK`` (:func:`chunk_latents`), chunk ``i`` on rank
+    ``i % world``, noise seeded per batch, so the images do not depend on the batch size or world size
+    (up to the noise draw) and every evaluation sees the same latents."""
+    device = next(G.parameters()).device
+    num_chunks = (num_gen + LATENT_CHUNK - 1) // LATENT_CHUNK
+    for chunk in range(rank, num_chunks, world):
+        start = chunk * LATENT_CHUNK
+        size = min(LATENT_CHUNK, num_gen - start)
+        if latents is not None:
+            z_chunk = latents[start : start + size].to(torch.float32)
+        else:
+            z_chunk = chunk_latents(seed, chunk, G.z_dim)[:size]
+        c_chunk = _chunk_labels(labels, seed, chunk, G.c_dim)[:size]
+        for offset in range(0, size, batch_size):
+            z = z_chunk[offset : offset + batch_size].to(device)
+            c = c_chunk[offset : offset + batch_size].to(device)
+            noise_seed = (int(seed) * 7_919 + chunk * 65_537 + offset) % (2**63 - 1)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.default_generator.manual_seed(noise_seed)
+                if device.type == "cuda":
+                    with torch.cuda.device(device):
+                        torch.cuda.manual_seed(noise_seed)
+                img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
+            yield _rgb(to_uint8_nchw(img))
+
+
 class FeatureExtractor:
     """Inception features of image sets and generators into :class:`FeatureStats`.
 
@@ -336,41 +375,6 @@ class FeatureExtractor:
 
     # -- generators ----------------------------------------------------------------------------
 
-    def _generated_uint8(
-        self,
-        G: torch.nn.Module,
-        num_gen: int,
-        seed: int,
-        rank: int,
-        world: int,
-        labels: np.ndarray | None,
-        truncation_psi: float,
-        noise_mode: str,
-        latents: torch.Tensor | None,
-    ) -> Iterator[torch.Tensor]:
-        """Yield uint8 RGB batches ``[B, 3, H, W]`` (on G's device) of rank ``rank``'s generated share."""
-        device = next(G.parameters()).device
-        num_chunks = (num_gen + LATENT_CHUNK - 1) // LATENT_CHUNK
-        for chunk in range(rank, num_chunks, world):
-            start = chunk * LATENT_CHUNK
-            size = min(LATENT_CHUNK, num_gen - start)
-            if latents is not None:
-                z_chunk = latents[start : start + size].to(torch.float32)
-            else:
-                z_chunk = chunk_latents(seed, chunk, G.z_dim)[:size]
-            c_chunk = _chunk_labels(labels, seed, chunk, G.c_dim)[:size]
-            for offset in range(0, size, self.batch_size):
-                z = z_chunk[offset : offset + self.batch_size].to(device)
-                c = c_chunk[offset : offset + self.batch_size].to(device)
-                noise_seed = (int(seed) * 7_919 + chunk * 65_537 + offset) % (2**63 - 1)
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.default_generator.manual_seed(noise_seed)
-                    if device.type == "cuda":
-                        with torch.cuda.device(device):
-                            torch.cuda.manual_seed(noise_seed)
-                    img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
-                yield _rgb(to_uint8_nchw(img))
-
     @torch.no_grad()
     def generator_stats(
         self,
@@ -399,8 +403,8 @@ class FeatureExtractor:
         G.eval()
         bar = self._bar(num_gen, desc, rank)
         try:
-            batches = self._generated_uint8(
-                G, num_gen, seed, rank, world, labels, truncation_psi, noise_mode, latents
+            batches = generated_uint8(
+                G, num_gen, seed, self.batch_size, rank, world, labels, truncation_psi, noise_mode, latents
             )
             if self.mode == "fast":
                 for images in batches:

@@ -1,0 +1,290 @@
+"""The digits FID: a domain FID in the feature space of our digits classifier, while training.
+
+``DigitsQualityCallback`` evaluates ``G_ema`` every ``every_kimg`` thousand images on ``num_gen``
+seeded samples (the same latents every time) and logs
+
+* ``metrics/fid{N}_digits``: the Frechet distance between Gaussians fitted to the classifier's 128-d
+  penultimate features of the samples and of the reference images (the training set by default).
+  It is **not** comparable with Inception FIDs (``metrics/fid{N}_full``): another feature space;
+* ``metrics/target_frac{N}``: the share of samples the classifier assigns to a class present in the
+  reference set (e.g. digits 5-9 when finetuning from 0-4 to 5-9).
+
+With NVIDIA's Inception weights on disk (``inception`` left at ``None`` = use them when found
+locally, never downloaded), the real FID on the same samples is logged too, as ``metrics/fid{N}_full``.
+Everything is written to ``metric-digits.jsonl``, and at the end to ``quality.json`` and ``report.png``
+(quality and losses against kimg) in the run directory. The digits evaluation is cheap (1,000
+samples at 32x32 take about a second on a CPU), so every rank computes it identically, without a
+collective; the Inception part is collective (every rank calls it, as with FIDCallback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from rootedgan.digits.classifier import DigitsClassifier, load_classifier
+from rootedgan.fileio import atomic_open
+from rootedgan.metrics.features import generated_uint8
+from rootedgan.metrics.stats import GaussianStats, frechet_distance
+
+__all__ = ["DigitsQualityCallback", "digits_fid", "reference_features"]
+
+FEATURE_SPACE = "digits-classifier (rootedgan.digits, 128-d penultimate layer), not Inception"
+_LOSS_KEYS = ("Loss/G/loss", "Loss/D/loss")
+
+
+@torch.no_grad()
+def reference_features(classifier: DigitsClassifier, dataset: Any, batch_size: int = 256) -> tuple:
+    """Features ``[N, 128]`` (float64 numpy) and class ids ``[N]`` of every image of ``dataset``."""
+    device = next(classifier.parameters()).device
+    feats, classes = [], []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
+        images = images.to(device)
+        f = classifier.features(images)
+        feats.append(f.double().cpu())
+        classes.append(classifier.head(f).argmax(dim=1).cpu())
+    return torch.cat(feats).numpy(), torch.cat(classes).numpy()
+
+
+@torch.no_grad()
+def digits_fid(
+    G: torch.nn.Module,
+    reference: GaussianStats,
+    classifier: DigitsClassifier,
+    num_gen: int = 1000,
+    seed: int = 0,
+    target_classes: set[int] | None = None,
+    batch_size: int = 250,
+) -> dict[str, float]:
+    """Digits FID of ``G`` against ``reference`` and the share of samples in ``target_classes``."""
+    was_training = G.training
+    G.eval()
+    feats, hits = [], 0
+    try:
+        for images in generated_uint8(G, num_gen, seed=seed, batch_size=batch_size):
+            f = classifier.features(images.to(next(classifier.parameters()).device))
+            feats.append(f.double().cpu())
+            if target_classes is not None:
+                pred = classifier.head(f).argmax(dim=1).cpu().tolist()
+                hits += sum(int(p) in target_classes for p in pred)
+    finally:
+        G.train(was_training)
+    gen = GaussianStats.from_features(torch.cat(feats).numpy())
+    out = {"fid": frechet_distance(reference.mu, reference.sigma, gen.mu, gen.sigma)}
+    if target_classes is not None:
+        out["target_frac"] = hits / num_gen
+    return out
+
+
+class DigitsQualityCallback(L.Callback):
+    """Digits FID and target-class share of ``G_ema`` every ``every_kimg`` (module docstring).
+
+    Args:
+        every_kimg: interval in thousands of real images (0: only at the start and the end).
+        num_gen: samples per evaluation.
+        data_path: reference images (default: the datamodule's data set).
+        classifier: classifier file (default: the shipped ``assets/digits-classifier.safetensors``).
+        seed: seed of the evaluation latents.
+        plot: write ``report.png`` at the end.
+        inception: also compute the Inception FID: ``None`` when the weights are found locally (no
+            download), ``True`` always (download if needed), ``False`` never.
+    """
+
+    def __init__(
+        self,
+        every_kimg: float = 0.5,
+        num_gen: int = 1000,
+        data_path: str | None = None,
+        classifier: str | None = None,
+        seed: int = 0,
+        plot: bool = True,
+        inception: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if num_gen < 2:
+            raise ValueError(f"DigitsQualityCallback: num_gen must be >= 2, got {num_gen}")
+        self.every_kimg = every_kimg
+        self.num_gen = num_gen
+        self.data_path = data_path
+        self.classifier_path = classifier
+        self.seed = seed
+        self.plot = plot
+        self.inception = inception
+        tag = f"{num_gen // 1000}k" if num_gen % 1000 == 0 else str(num_gen)
+        self.fid_key = f"metrics/fid{tag}_digits"
+        self.frac_key = f"metrics/target_frac{tag}"
+        self.inception_key = f"metrics/fid{tag}_full"
+        self._evaluator: Any = None
+        self._inception_reference: GaussianStats | None = None
+        self.history: list[dict[str, float]] = []
+        self.losses: list[dict[str, Any]] = []
+        self._classifier: DigitsClassifier | None = None
+        self._reference: GaussianStats | None = None
+        self._targets: set[int] = set()
+        self._next_kimg: float | None = None
+        self._last_nimg: int | None = None
+        self._out: Path | None = None
+
+    def _setup(self, trainer: L.Trainer, module: Any) -> None:
+        if self._reference is not None:
+            return
+        from rootedgan.data import ImageDataset
+
+        self._classifier = load_classifier(self.classifier_path, device=module.device)
+        if self.data_path is not None:
+            dataset = ImageDataset(
+                self.data_path, resolution=module.img_resolution, channels=module.img_channels
+            )
+        else:
+            dataset = getattr(getattr(trainer, "datamodule", None), "dataset", None)
+            if dataset is None:
+                raise ValueError("DigitsQualityCallback needs reference images: set data_path")
+            if getattr(dataset, "xflip", False):  # reference = the images themselves, not mirrored copies
+                from copy import copy
+
+                dataset = copy(dataset)
+                dataset.xflip = False
+        self._setup_inception(module, dataset)
+        feats, classes = reference_features(self._classifier, dataset)
+        self._reference = GaussianStats.from_features(feats)
+        # classes the classifier sees in the reference set (>= 2 % of it, so stray errors don't count)
+        counts = np.bincount(classes, minlength=10)
+        self._targets = {int(c) for c in np.nonzero(counts >= 0.02 * len(classes))[0]}
+
+    def _setup_inception(self, module: Any, dataset: Any) -> None:
+        from rootedgan.errors import UserError
+        from rootedgan.metrics import Evaluator
+        from rootedgan.metrics.features import DatasetImages
+        from rootedgan.metrics.inception import resolve_inception
+
+        if self.inception is False:
+            return
+        try:
+            path = resolve_inception(download=bool(self.inception))
+        except UserError:
+            if self.inception:
+                raise
+            return  # auto: no local Inception weights, digits FID only
+        self._evaluator = Evaluator(path, device=module.device, num_workers=0, progress=False, download=False)
+        self._inception_reference = self._evaluator.reference_stats(DatasetImages(dataset))
+
+    def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
+        start = time.time()
+        with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
+            self._setup(trainer, module)
+            assert self._classifier is not None and self._reference is not None
+            res = digits_fid(
+                module.G_ema, self._reference, self._classifier, self.num_gen, self.seed, self._targets
+            )
+            if self._evaluator is not None:
+                gen = self._evaluator.generator_stats(module.G_ema, self.num_gen, seed=self.seed)
+                res["inception_fid"] = self._evaluator.fid(self._inception_reference, gen)
+        self._last_nimg = int(module.cur_nimg)
+        record = {
+            "kimg": float(module.cur_nimg) / 1000,
+            self.fid_key: res["fid"],
+            self.frac_key: res["target_frac"],
+            "seconds": time.time() - start,
+            "feature_space": FEATURE_SPACE,
+            "target_classes": sorted(self._targets),
+        }
+        if "inception_fid" in res:
+            record[self.inception_key] = res["inception_fid"]
+        self.history.append(record)
+        if trainer.is_global_zero:
+            out = self._out or Path(trainer.default_root_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "metric-digits.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
+            values = {k: v for k, v in record.items() if k.startswith("metrics/")}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step if step is None else int(step))
+        return res
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        from rootedgan.callbacks import run_dir
+
+        self._out = run_dir(trainer)
+        kimg = float(module.cur_nimg) / 1000
+        self._next_kimg = (
+            (math.floor(kimg / self.every_kimg + 1e-9) + 1) * self.every_kimg if self.every_kimg else None
+        )
+        if int(module.cur_nimg) == 0:
+            self.evaluate(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        kimg = float(module.cur_nimg) / 1000
+        metrics = trainer.callback_metrics
+        if all(k in metrics for k in _LOSS_KEYS):  # tensors: converted when plotted, so no GPU sync here
+            self.losses.append({"kimg": kimg, **{k: metrics[k].detach().clone() for k in _LOSS_KEYS}})
+        if self._next_kimg is not None and kimg >= self._next_kimg - 1e-9:
+            self.evaluate(trainer, module)
+            while self._next_kimg <= kimg + 1e-9:
+                self._next_kimg += self.every_kimg
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self._last_nimg != int(module.cur_nimg):
+            self.evaluate(trainer, module)
+        if not trainer.is_global_zero or not self.history:
+            return
+        out = self._out or Path(trainer.default_root_dir)
+        first, last = self.history[0], self.history[-1]
+        summary = {
+            "feature_space": FEATURE_SPACE,
+            "metric": self.fid_key,
+            "start": {"kimg": first["kimg"], "fid": first[self.fid_key], "target_frac": first[self.frac_key]},
+            "end": {"kimg": last["kimg"], "fid": last[self.fid_key], "target_frac": last[self.frac_key]},
+            "loss": module.adv_loss.label,
+            "history": self.history,
+        }
+        with atomic_open(out / "quality.json", "w") as fh:
+            json.dump(summary, fh, indent=2)
+        if self.plot:
+            self.write_report(out / "report.png", title=f"loss {module.adv_loss.label}")
+        print(
+            f"digits FID ({FEATURE_SPACE}): {first[self.fid_key]:.2f} at kimg {first['kimg']:.2f} -> "
+            f"{last[self.fid_key]:.2f} at kimg {last['kimg']:.2f}; samples classified as the target digits "
+            f"{sorted(self._targets)}: {100 * first[self.frac_key]:.1f}% -> {100 * last[self.frac_key]:.1f}%"
+        )
+        if self.inception_key in last:
+            print(
+                f"FID (Inception, {self.inception_key}): {first[self.inception_key]:.2f} -> "
+                f"{last[self.inception_key]:.2f}"
+            )
+
+    def write_report(self, path: Path, title: str = "") -> None:
+        """Quality (digits FID, target share) and the G/D losses against kimg, as one PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        kimg = [h["kimg"] for h in self.history]
+        axes[0].plot(kimg, [h[self.fid_key] for h in self.history], marker="o")
+        axes[0].set(xlabel="kimg", ylabel=f"{self.fid_key}\n(digits-classifier features)", title="digits FID")
+        axes[1].plot(kimg, [100 * h[self.frac_key] for h in self.history], marker="o", color="tab:green")
+        axes[1].set(xlabel="kimg", ylabel="% of samples", title=f"classified as {sorted(self._targets)}")
+        axes[1].set_ylim(0, 100)
+        if self.losses:
+            lk = [r["kimg"] for r in self.losses]
+            for key in _LOSS_KEYS:
+                axes[2].plot(lk, [float(r[key]) for r in self.losses], label=key, linewidth=1)
+            axes[2].legend()
+        axes[2].set(xlabel="kimg", title="losses")
+        fig.suptitle(title)
+        fig.tight_layout()
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+        plt.close(fig)
