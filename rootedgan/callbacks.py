@@ -11,6 +11,10 @@ Every ``snap_kimg`` thousand images (and at the end):
 * ``checkpoints/last.ckpt`` (and ``checkpoints/kimgKKKKKK.ckpt`` with ``keep_checkpoints``): a Lightning
   checkpoint to resume from with ``--ckpt_path``.
 
+``KKKKKK`` is the whole kimg as in NVIDIA's runs; with a ``snap_kimg`` that is not a whole number it is
+``KKKKKK.III`` (kimg and the remaining images), so snapshots less than 1 kimg apart do not overwrite
+each other.
+
 Progress is counted in images, not Lightning steps: with several optimizers Lightning's ``global_step``
 advances 2 to 4 times per batch, which makes ``ModelCheckpoint(every_n_train_steps=...)`` erratic.
 """
@@ -33,6 +37,26 @@ def run_dir(trainer: L.Trainer) -> Path:
     Collective under DDP (``trainer.log_dir`` broadcasts from rank 0): call it on every rank.
     """
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def snapshot_tag(cur_nimg: int, snap_kimg: float) -> str:
+    """The ``KKKKKK`` in snapshot and grid names: NVIDIA's whole kimg (``000012``), or, when the interval
+    is not a whole number of kimg, the kimg with its remaining images (``000000.250``) so that two
+    snapshots within one kimg never overwrite each other (names still sort in training order)."""
+    kimg, rest = divmod(int(cur_nimg), 1000)
+    if float(snap_kimg).is_integer():
+        return f"{kimg:06d}"
+    return f"{kimg:06d}.{rest:03d}"
+
+
+def snapshot_path(out: Path, cur_nimg: int) -> Path | None:
+    """The snapshot written at ``cur_nimg`` in ``out`` under either naming, or None."""
+    kimg, rest = divmod(int(cur_nimg), 1000)
+    for tag in (f"{kimg:06d}.{rest:03d}", f"{kimg:06d}"):
+        path = out / f"network-snapshot-{tag}.safetensors"
+        if path.exists():
+            return path
+    return None
 
 
 class NetworkSnapshot(L.Callback):
@@ -121,10 +145,10 @@ class NetworkSnapshot(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
         if self._next_kimg is not None and module.cur_kimg >= self._next_kimg:
-            self._snapshot(trainer, module, f"{int(module.cur_nimg) // 1000:06d}")
+            self._snapshot(trainer, module, snapshot_tag(int(module.cur_nimg), self.snap_kimg))
             while self._next_kimg <= module.cur_kimg:
                 self._next_kimg += self.snap_kimg
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.save_final and self._last_snapshot_nimg != int(module.cur_nimg):
-            self._snapshot(trainer, module, f"{int(module.cur_nimg) // 1000:06d}")
+            self._snapshot(trainer, module, snapshot_tag(int(module.cur_nimg), self.snap_kimg))

@@ -10,17 +10,26 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file next to ``path`` for writing; on success it is fsynced and replaces ``path``.
 
     On any error the temp file is removed and ``path`` is untouched. Missing parent folders are created.
+    The file gets the permissions a plain ``open`` would give it (0666 minus the umask), not the
+    owner-only 0600 of a temp file.
     """
     path = Path(path).expanduser()
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

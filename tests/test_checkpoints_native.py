@@ -293,3 +293,17 @@ def test_convert_cli_missing_input(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "missing.pkl"), str(tmp_path / "o.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_atomic_writes_get_plain_file_permissions(tmp_path):
+    import os
+
+    from rootedgan.fileio import atomic_open
+
+    old = os.umask(0o027)
+    try:
+        with atomic_open(tmp_path / "a.bin") as fh:
+            fh.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640  # 0666 minus the umask, not mkstemp's 0600

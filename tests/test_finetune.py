@@ -258,3 +258,31 @@ def test_finish_phase_with_and_without_a_grad_scaler(tiny32, monkeypatch, with_s
     assert finite is not expect_bad
     assert int(module.bad_phases) == int(expect_bad)
     assert opt.steps == (1 if with_scaler or not expect_bad else 0)
+
+
+def test_snapshot_tags_do_not_collide_below_one_kimg():
+    from rootedgan.callbacks import snapshot_tag
+
+    assert snapshot_tag(12_000, 50) == "000012" and snapshot_tag(12_480, 1.0) == "000012"  # NVIDIA's names
+    tags = [snapshot_tag(n, 0.25) for n in (250, 500, 750, 1000, 1250)]
+    assert tags == ["000000.250", "000000.500", "000000.750", "000001.000", "000001.250"]
+    assert tags == sorted(tags)  # file names sort in training order
+    assert snapshot_tag(3_008, 0) == "000003"  # only the final snapshot
+
+
+def test_fractional_snap_kimg_keeps_every_snapshot(tmp_path, shapes, tiny32):
+    from rootedgan.callbacks import snapshot_path
+
+    run = tmp_path / "r"
+    fit(
+        run,
+        shapes,
+        network=tiny32,
+        total_kimg=0.016,
+        callbacks=[NetworkSnapshot(snap_kimg=0.004, grid_seeds=4)],
+    )
+    names = sorted(p.name for p in run.glob("network-snapshot-*.safetensors"))
+    assert names == [f"network-snapshot-000000.{n:03d}.safetensors" for n in (4, 8, 12, 16)]
+    assert len(list(run.glob("fakes000000.*.png"))) == 4
+    assert snapshot_path(run, 8).name == "network-snapshot-000000.008.safetensors"
+    assert snapshot_path(run, 9) is None

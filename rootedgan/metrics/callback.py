@@ -197,10 +197,12 @@ class FIDCallback(L.Callback):
         return results
 
     def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
+        from rootedgan.callbacks import snapshot_path
+
         _, world = dist_rank_world()
         kimg = float(module.cur_nimg) / 1000
         out = self._out or Path(trainer.default_root_dir)
-        snapshot = out / f"network-snapshot-{int(module.cur_nimg) // 1000:06d}.safetensors"
+        snapshot = snapshot_path(out, int(module.cur_nimg))
         for name, value in results.items():
             record = {
                 "results": {name: value},
@@ -208,7 +210,7 @@ class FIDCallback(L.Callback):
                 "total_time": seconds,
                 "total_time_str": format_time(seconds),
                 "num_gpus": world,
-                "snapshot_pkl": snapshot.name if snapshot.exists() else None,
+                "snapshot_pkl": snapshot.name if snapshot is not None else None,
                 "timestamp": time.time(),
                 "kimg": kimg,
                 "num_gen": self.num_gen,
