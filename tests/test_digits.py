@@ -193,28 +193,18 @@ def test_pretrain_is_reproducible(tmp_path):
 # -- the demo -------------------------------------------------------------------------------------
 
 
-def test_demo_reduced(tmp_path, capsys):
+def _demo(out: Path, *args: str, num_gen: int) -> int:
+    """``rootedgan demo`` at a reduced size (batch 8, evaluations every 0.016 kimg of ``num_gen`` samples)."""
     from rootedgan.cli import main
 
+    small = ["--data.batch_size", "8", "--trainer.callbacks.init_args.every_kimg", "0.016"]
+    small += ["--trainer.callbacks.init_args.num_gen", str(num_gen), "--trainer.enable_progress_bar", "false"]
+    return main(["demo", *args, "--out", str(out), "--", *small])
+
+
+def test_demo_reduced(tmp_path, capsys):
     out = tmp_path / "demo"
-    status = main(
-        [
-            "demo",
-            "--kimg",
-            "0.032",
-            "--out",
-            str(out),
-            "--",
-            "--data.batch_size",
-            "8",
-            "--trainer.callbacks.init_args.every_kimg",
-            "0.016",
-            "--trainer.callbacks.init_args.num_gen",
-            "200",
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+    status = _demo(out, "--kimg", "0.032", num_gen=200)
     assert status == 0
     run = next(out.glob("lightning_logs/version_*"))
     quality = json.loads((run / "quality.json").read_text())
@@ -232,26 +222,8 @@ def test_demo_reduced(tmp_path, capsys):
 
 
 def test_demo_baseline_runs_both_losses(tmp_path):
-    from rootedgan.cli import main
-
     out = tmp_path / "demo"
-    status = main(
-        [
-            "demo",
-            "--baseline",
-            "--kimg",
-            "0.016",
-            "--out",
-            str(out),
-            "--",
-            "--data.batch_size",
-            "8",
-            "--trainer.callbacks.init_args.every_kimg",
-            "0.016",
-            "--trainer.callbacks.init_args.num_gen",
-            "100",
-        ]
-    )
+    status = _demo(out, "--baseline", "--kimg", "0.016", num_gen=100)
     assert status == 0
     report = json.loads((out / "compare" / "compare.json").read_text())
     assert report["metric"] == "metrics/fid100_digits"
