@@ -136,22 +136,13 @@ class DigitsQualityCallback(L.Callback):
     def _setup(self, trainer: L.Trainer, module: Any) -> None:
         if self._reference is not None:
             return
-        from rootedgan.data import ImageDataset
+        from rootedgan.metrics.callback import reference_dataset
 
         self._classifier = load_classifier(self.classifier_path, device=module.device)
-        if self.data_path is not None:
-            dataset = ImageDataset(
-                self.data_path, resolution=module.img_resolution, channels=module.img_channels
-            )
-        else:
-            dataset = getattr(getattr(trainer, "datamodule", None), "dataset", None)
-            if dataset is None:
-                raise ValueError("DigitsQualityCallback needs reference images: set data_path")
-            if getattr(dataset, "xflip", False):  # reference = the images themselves, not mirrored copies
-                from copy import copy
-
-                dataset = copy(dataset)
-                dataset.xflip = False
+        # the images themselves, not mirrored copies
+        dataset = reference_dataset(
+            trainer, module, self.data_path, mirror=False, who="DigitsQualityCallback"
+        )
         self._setup_inception(module, dataset)
         feats, classes = reference_features(self._classifier, dataset)
         self._reference = GaussianStats.from_features(feats)

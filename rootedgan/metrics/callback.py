@@ -38,7 +38,39 @@ import torch
 from rootedgan.metrics.evaluator import Evaluator, dist_rank_world, format_time, metric_name
 from rootedgan.metrics.stats import GaussianStats
 
-__all__ = ["FIDCallback"]
+__all__ = ["FIDCallback", "reference_dataset"]
+
+
+def reference_dataset(
+    trainer: L.Trainer, module: Any, data_path: str | None = None, mirror: bool | None = None, who: str = ""
+) -> Any:
+    """The reference images of a metric callback: ``data_path`` (at the module's resolution and
+    channels), else the datamodule's training set; ``mirror`` (None: the data set's own xflip) sets
+    whether x-flipped copies are included. The training set itself is never modified (a copy is)."""
+    from rootedgan.data import ImageDataset
+
+    if data_path is not None:
+        return ImageDataset(
+            data_path,
+            resolution=module.img_resolution,
+            channels=module.img_channels,
+            xflip=bool(mirror),
+            use_labels=module.c_dim > 0,
+        )
+    dataset = getattr(getattr(trainer, "datamodule", None), "dataset", None)
+    if dataset is None:
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+    if dataset is None or not hasattr(dataset, "content_key"):
+        raise ValueError(
+            f"{who} needs the reference images: use rootedgan's ImageDataModule or set data_path"
+        )
+    if mirror is not None and bool(mirror) != bool(dataset.xflip):
+        dataset = copy.copy(dataset)
+        dataset.xflip = bool(mirror)
+        dataset._zip = None
+        dataset._zip_pid = None
+    return dataset
 
 
 class FIDCallback(L.Callback):
@@ -125,30 +157,7 @@ class FIDCallback(L.Callback):
     # -- set-up ------------------------------------------------------------------------------------
 
     def _dataset(self, trainer: L.Trainer, module: Any) -> Any:
-        from rootedgan.data import ImageDataset
-
-        if self.data_path is not None:
-            return ImageDataset(
-                self.data_path,
-                resolution=module.img_resolution,
-                channels=module.img_channels,
-                xflip=bool(self.mirror),
-                use_labels=module.c_dim > 0,
-            )
-        dataset = getattr(getattr(trainer, "datamodule", None), "dataset", None)
-        if dataset is None:
-            loader = trainer.train_dataloader
-            dataset = getattr(loader, "dataset", None)
-        if dataset is None or not hasattr(dataset, "content_key"):
-            raise ValueError(
-                "FIDCallback needs the reference images: use rootedgan's ImageDataModule or set data_path"
-            )
-        if self.mirror is not None and bool(self.mirror) != bool(dataset.xflip):
-            dataset = copy.copy(dataset)
-            dataset.xflip = bool(self.mirror)
-            dataset._zip = None
-            dataset._zip_pid = None
-        return dataset
+        return reference_dataset(trainer, module, self.data_path, self.mirror, "FIDCallback")
 
     def _setup(self, trainer: L.Trainer, module: Any) -> None:
         from rootedgan.metrics.features import DatasetImages
