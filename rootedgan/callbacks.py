@@ -21,6 +21,7 @@ advances 2 to 4 times per batch, which makes ``ModelCheckpoint(every_n_train_ste
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,32 @@ def run_dir(trainer: L.Trainer) -> Path:
     Collective under DDP (``trainer.log_dir`` broadcasts from rank 0): call it on every rank.
     """
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class KimgSchedule:
+    """Fires at every multiple of ``every_kimg`` thousand images (``0``: never), at most once per call.
+
+    The next multiple is kept as an integer count, so long runs with a fractional interval do not drift;
+    a tolerance of 1e-9 kimg absorbs the rounding of ``nimg / 1000``.
+    """
+
+    def __init__(self, every_kimg: float) -> None:
+        self.every_kimg = float(every_kimg)
+        self._next: int | None = None  # index of the next multiple of every_kimg
+
+    def _index(self, cur_kimg: float) -> int:
+        return math.floor(cur_kimg / self.every_kimg + 1e-9) + 1
+
+    def start(self, cur_kimg: float) -> None:
+        """Arm the schedule at the first multiple after ``cur_kimg`` (a fresh run or a resume)."""
+        self._next = self._index(cur_kimg) if self.every_kimg else None
+
+    def due(self, cur_kimg: float) -> bool:
+        """True once ``cur_kimg`` has reached the next multiple; then arms the one after ``cur_kimg``."""
+        if self._next is None or cur_kimg < self._next * self.every_kimg - 1e-9:
+            return False
+        self._next = self._index(cur_kimg)
+        return True
 
 
 def snapshot_tag(cur_nimg: int, snap_kimg: float) -> str:
@@ -87,7 +114,7 @@ class NetworkSnapshot(L.Callback):
         self.truncation_psi = truncation_psi
         self.save_final = save_final
         self.keep_checkpoints = keep_checkpoints
-        self._next_kimg: float | None = None
+        self._schedule = KimgSchedule(snap_kimg)
         self._out: Path | None = None
         self._last_snapshot_nimg: int | None = None  # same on every rank: decides collective saves
         self.written: list[Path] = []
@@ -128,9 +155,7 @@ class NetworkSnapshot(L.Callback):
         self.written.append(path)
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
-        self._next_kimg = (
-            (int(module.cur_kimg / self.snap_kimg) + 1) * self.snap_kimg if self.snap_kimg else None
-        )
+        self._schedule.start(module.cur_kimg)
         out = self._out = run_dir(trainer)  # on every rank: it is a collective
         if trainer.is_global_zero and module.cur_nimg == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -144,10 +169,8 @@ class NetworkSnapshot(L.Callback):
                 save_image_atomic(make_grid(images, rows, cols), out / "reals.png")
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
-        if self._next_kimg is not None and module.cur_kimg >= self._next_kimg:
+        if self._schedule.due(module.cur_kimg):
             self._snapshot(trainer, module, snapshot_tag(int(module.cur_nimg), self.snap_kimg))
-            while self._next_kimg <= module.cur_kimg:
-                self._next_kimg += self.snap_kimg
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.save_final and self._last_snapshot_nimg != int(module.cur_nimg):

@@ -286,3 +286,18 @@ def test_fractional_snap_kimg_keeps_every_snapshot(tmp_path, shapes, tiny32):
     assert len(list(run.glob("fakes000000.*.png"))) == 4
     assert snapshot_path(run, 8).name == "network-snapshot-000000.008.safetensors"
     assert snapshot_path(run, 9) is None
+
+
+def test_kimg_schedule_fires_once_per_multiple_without_drift():
+    from rootedgan.callbacks import KimgSchedule
+
+    sched = KimgSchedule(0.004)
+    sched.start(0.0)
+    fired = [n for n in range(1, 40_001) if sched.due(n / 1000)]  # one image per step, 40 kimg
+    assert fired == list(range(4, 40_001, 4))  # every multiple exactly, even after 10,000 intervals
+    sched = KimgSchedule(1.0)
+    sched.start(2.5)  # a resume in the middle of an interval: next at 3
+    assert [k for k in (2.9, 3.0, 3.2, 5.7, 5.9, 6.0) if sched.due(k)] == [3.0, 5.7, 6.0]
+    never = KimgSchedule(0)
+    never.start(0.0)
+    assert not any(never.due(k) for k in (1.0, 100.0))

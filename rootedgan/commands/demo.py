@@ -56,7 +56,9 @@ def _finetune_args(args: argparse.Namespace) -> list[str]:
 
 def latest_run(root: Path) -> Path:
     """The newest ``lightning_logs/version_*`` folder under ``root``."""
-    runs = sorted(root.glob("lightning_logs/version_*"), key=lambda p: p.stat().st_mtime)
+    from rootedgan.compare.curves import log_dirs
+
+    runs = log_dirs(root)
     if not runs:
         raise UserError(f"no run found under {root}/lightning_logs")
     return runs[-1]

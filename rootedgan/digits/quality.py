@@ -20,7 +20,6 @@ collective; the Inception part is collective (every rank calls it, as with FIDCa
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from rootedgan.callbacks import KimgSchedule
 from rootedgan.digits.classifier import DigitsClassifier, load_classifier
 from rootedgan.fileio import atomic_open
 from rootedgan.metrics.features import generated_uint8
@@ -129,7 +129,7 @@ class DigitsQualityCallback(L.Callback):
         self._classifier: DigitsClassifier | None = None
         self._reference: GaussianStats | None = None
         self._targets: set[int] = set()
-        self._next_kimg: float | None = None
+        self._schedule = KimgSchedule(every_kimg)
         self._last_nimg: int | None = None
         self._out: Path | None = None
 
@@ -207,10 +207,7 @@ class DigitsQualityCallback(L.Callback):
         from rootedgan.callbacks import run_dir
 
         self._out = run_dir(trainer)
-        kimg = float(module.cur_nimg) / 1000
-        self._next_kimg = (
-            (math.floor(kimg / self.every_kimg + 1e-9) + 1) * self.every_kimg if self.every_kimg else None
-        )
+        self._schedule.start(float(module.cur_nimg) / 1000)
         if int(module.cur_nimg) == 0:
             self.evaluate(trainer, module)
 
@@ -219,10 +216,8 @@ class DigitsQualityCallback(L.Callback):
         metrics = trainer.callback_metrics
         if all(k in metrics for k in _LOSS_KEYS):  # tensors: converted when plotted, so no GPU sync here
             self.losses.append({"kimg": kimg, **{k: metrics[k].detach().clone() for k in _LOSS_KEYS}})
-        if self._next_kimg is not None and kimg >= self._next_kimg - 1e-9:
+        if self._schedule.due(kimg):
             self.evaluate(trainer, module)
-            while self._next_kimg <= kimg + 1e-9:
-                self._next_kimg += self.every_kimg
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self._last_nimg != int(module.cur_nimg):

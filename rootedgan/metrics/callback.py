@@ -35,6 +35,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from rootedgan.callbacks import KimgSchedule
 from rootedgan.metrics.evaluator import Evaluator, dist_rank_world, format_time, metric_name
 from rootedgan.metrics.stats import GaussianStats
 
@@ -141,7 +142,7 @@ class FIDCallback(L.Callback):
         self.fid_name = metric_name("fid", num_gen)
         self.kid_name = metric_name("kid", num_gen)
         self.history: list[dict[str, Any]] = []
-        self._next_kimg: float | None = None
+        self._schedule = KimgSchedule(every_kimg)
         self._last_nimg: int | None = None
         self._out: Path | None = None
         self._evaluator: Evaluator | None = None
@@ -248,14 +249,12 @@ class FIDCallback(L.Callback):
         from rootedgan.callbacks import run_dir
 
         self._out = run_dir(trainer)  # a collective under DDP: resolved on every rank
-        cur_kimg = float(module.cur_nimg) / 1000
-        self._next_kimg = (int(cur_kimg / self.every_kimg) + 1) * self.every_kimg if self.every_kimg else None
+        self._schedule.start(float(module.cur_nimg) / 1000)
         if self.at_start and int(module.cur_nimg) == 0:
             self._log_direct(trainer, self.evaluate(trainer, module))
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
-        cur_kimg = float(module.cur_nimg) / 1000
-        if self._next_kimg is None or cur_kimg < self._next_kimg:
+        if not self._schedule.due(float(module.cur_nimg) / 1000):
             return
         results = self.evaluate(trainer, module)
         self._log_direct(trainer, results)
@@ -264,8 +263,6 @@ class FIDCallback(L.Callback):
             module.log(
                 f"metrics/{name}", value64, on_step=True, on_epoch=False, sync_dist=False, logger=False
             )
-        while self._next_kimg <= cur_kimg:
-            self._next_kimg += self.every_kimg
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.at_end and self._last_nimg != int(module.cur_nimg):
