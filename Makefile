@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo demo-baseline bench clean
+.PHONY: install test lint format demo demo-baseline bench gpu-wheels gpu-check gpu-rehearsal clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,26 @@ demo-baseline: install
 # all benchmarks on this machine (cuda when available), JSON in bench/results, tables into README.md
 bench: install
 	$(PY) bench/run_all.py
+
+# The GPU check (bench/gpu_check.py, README "GPU check"). A lent device machine has torch, lightning,
+# torchmetrics, torchvision, scipy, ... but not these pure-Python packages: download them here into the
+# ignored .whl/ (pure-Python wheels, so any platform matches), then carry .whl to the device.
+GPU_WHEELS := jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 clean-fid==0.1.35
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	ls .whl
+
+# On the GPU machine (`python3` there holds torch): installs .whl, builds the ops, runs pytest -m gpu,
+# the training/FID/ops benchmarks and NVIDIA's train.py (when .ref/stylegan3 is there), into $(GPU_OUT).
+GPU_OUT ?= $(if $(OUT),$(OUT),bench/results/gpu-check)
+gpu-check:
+	python3 bench/gpu_check.py --out $(GPU_OUT)
+
+# The same script on this CPU: every step's code path on tiny sizes (CI runs it through the tests).
+gpu-rehearsal: install
+	$(PY) bench/gpu_check.py --cpu-rehearsal --out bench/results/gpu-rehearsal
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -47,10 +47,11 @@ from bench.common import machine_info, usable_cores, write_json  # noqa: E402
 from rootedgan.metrics import Evaluator, FolderImages, make_standin_inception  # noqa: E402
 from rootedgan.metrics._cleanfid_import import import_cleanfid  # noqa: E402
 from rootedgan.metrics.features import to_uint8_nchw  # noqa: E402
+from rootedgan.metrics.inception import make_random_inception_v3  # noqa: E402
 from rootedgan.metrics.stats import FeatureStats, frechet_distance  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "fid.json"
-FIXTURE = REPO.parent / "shared" / "fixtures" / "nvidia" / "tiny32.pkl"
+FIXTURE = REPO / "tests" / "fixtures" / "nvidia" / "tiny32.pkl"
 
 
 class Upsampled(torch.nn.Module):
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=usable_cores(), help="resize threads for ours")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
     parser.add_argument(
-        "--inception", default=None, help="NVIDIA's inception-2015-12-05.pt (default: stand-in)"
+        "--inception",
+        default=None,
+        help="NVIDIA's inception-2015-12-05.pt; 'random-v3': Inception-v3 of the real architecture with "
+        "random weights (torchvision; real timings, meaningless values); default: a small stand-in",
     )
     parser.add_argument("--bf16-on-cpu", action="store_true", help="also run fast-bf16 on the CPU (slow)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -140,10 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     num_gen = args.num_gen or (4096 if gpu else 512)
     batch = args.batch or (128 if gpu else 32)
     tmp = Path(tempfile.mkdtemp(prefix="rootedgan-bench-fid-"))
-    inception = (
-        Path(args.inception) if args.inception else make_standin_inception(tmp / "inception-2015-12-05.pt")
-    )
-    standin = args.inception is None
+    standin = "stand-in (a small network, not Inception)"
+    if args.inception == "random-v3":
+        try:
+            inception = make_random_inception_v3(tmp / "inception-2015-12-05.pt")
+            standin = "Inception-v3 architecture with random weights (real timings, meaningless FIDs)"
+        except ImportError as err:
+            print(f"random-v3: torchvision not importable ({err}); using the small stand-in instead")
+            inception = make_standin_inception(tmp / "inception-2015-12-05.pt")
+    elif args.inception:
+        inception, standin = Path(args.inception), None
+    else:
+        inception = make_standin_inception(tmp / "inception-2015-12-05.pt")
 
     cleanfid = import_cleanfid()
     from cleanfid.inception_torchscript import InceptionV3W
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         cf_model = InceptionV3W(str(inception.parent), download=False).to(device).eval()
     G = build_generator(preset, args.network, device)
     print(f"{preset if args.network is None else args.network}: {G.img_resolution}px, {num_gen} images, "
-          f"batch {batch}, {device}, {'stand-in' if standin else 'NVIDIA'} Inception")  # fmt: skip
+          f"batch {batch}, {device}, Inception: {standin or inception}")  # fmt: skip
 
     def gen(z: torch.Tensor) -> torch.Tensor:
         img = G(z.to(device), torch.zeros([len(z), G.c_dim], device=device), noise_mode="const")
@@ -273,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch": batch,
                 "workers": args.workers,
                 "device": str(device),
-                "inception": "stand-in (not NVIDIA's network)" if standin else str(inception),
+                "inception": standin or str(inception),
             },  # fmt: skip
             "throughput": rows,
             "frechet_distance": distance,

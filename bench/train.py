@@ -21,7 +21,7 @@ from the start of the first step after ``--warmup`` to the end of the last, over
 rounded up to a whole number of R1/path-length cycles, so every measurement holds the same share of
 regularization steps as a long run. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU and the
 process's peak RSS (``getrusage``; it includes the torch/Lightning runtime) on the CPU. The cost per
-phase (Gmain, Greg, Dmain, Dmain+Dreg, EMA+logging, and the loop between steps) is printed as well; timing
+phase (Gmain, Greg, Dmain, Dreg, EMA+logging, and the loop between steps) is printed as well; timing
 it adds no synchronisation on a GPU, since the module reads every phase's loss back to the host anyway.
 
 Comparing with NVIDIA's implementation (stylegan2-ada-pytorch; it cannot run here and its code is not in
@@ -73,7 +73,18 @@ from bench.common import machine_info, write_json  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "train.json"
 LOSSES = ("rooted", "logistic")
-PHASES = ("Gmain", "Greg", "Dmain", "Dmain+Dreg", "ema+log", "loop")
+PHASES = ("Gmain", "Greg", "Dmain", "Dreg", "ema+log", "loop")
+#: Speed levers (module options and backend flags), each measured alone on top of the baseline.
+LEVERS: dict[str, dict[str, Any]] = {
+    "channels_last": {"channels_last": True},
+    "tf32": {"tf32": True},
+    "no_tf32": {"tf32": False},
+    "fused_optimizer": {"fused_optimizer": True},
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+    "compile": {"torch_compile": "inductor"},
+    "nvidia_flags": {"cudnn_benchmark": True, "tf32": False},
+}
+MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer", "torch_compile")
 
 
 def _mbstd_group(batch: int, preferred: int) -> int:
@@ -81,8 +92,12 @@ def _mbstd_group(batch: int, preferred: int) -> int:
     return max(g for g in range(1, min(preferred, batch) + 1) if batch % g == 0)
 
 
-def preset_config(name: str, batch: int | None) -> dict[str, Any]:
-    """Network and module arguments, batch and default step counts of a preset."""
+VARIANTS = ("fp16", "fp32")
+
+
+def preset_config(name: str, batch: int | None, variant: str = "fp16") -> dict[str, Any]:
+    """Network and module arguments, batch and default step counts of a preset. ``variant`` ``fp32``
+    turns the preset's fp16 layers (NVIDIA's ``num_fp16_res``) off."""
     if name == "paper256":
         batch = batch or 32
         res, base, cmax, fp16, clamp = 256, 16384, 512, 4, 256
@@ -99,6 +114,10 @@ def preset_config(name: str, batch: int | None) -> dict[str, Any]:
         steps, warmup = 16, 4
     else:
         raise ValueError(f"unknown preset {name!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}")
+    if variant == "fp32":
+        fp16 = 0
     g_kwargs = dict(
         z_dim=z_dim,
         c_dim=0,
@@ -173,10 +192,22 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device == "cuda"
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    if spec["nvidia_flags"]:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    levers = dict(spec.get("levers") or {})
+    if spec.get("nvidia_flags"):
+        levers.update(LEVERS["nvidia_flags"])
+    saved_flags = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    torch.backends.cudnn.benchmark = bool(levers.pop("cudnn_benchmark", False))
+    if levers.get("tf32") is not None:  # the module applies it at fit start; set here for the record too
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(levers["tf32"])
+    if levers.get("torch_compile") and spec.get("compile_backend"):
+        levers["torch_compile"] = spec["compile_backend"]
+    unknown = set(levers) - set(MODULE_LEVERS)
+    if unknown:
+        raise ValueError(f"unknown levers {sorted(unknown)}")
     ops_impl: dict[str, str] = {}
     if cuda:
         from stylegan_ops import build
@@ -203,6 +234,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         loss=spec["loss"],
         total_kimg=1e9,
         **cfg["hparams"],
+        **levers,
     )
     hp = module.hparams
     res = cfg["g_kwargs"]["img_resolution"]
@@ -237,8 +269,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 out = original(name, loss, params, opt)
                 sync()
                 step = steps[-1]
-                if name == "Dmain" and step["r1"]:
-                    name = "Dmain+Dreg"
                 step["marks"].append((name, time.perf_counter()))
                 return out
 
@@ -266,8 +296,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             accelerator=device,
             devices=1,
             precision=spec["precision"],
+            benchmark=torch.backends.cudnn.benchmark,
             max_epochs=1,
             limit_train_batches=total,
+            log_every_n_steps=spec.get("log_every", 50),
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -328,32 +360,70 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         result["ops_impl"] = ops_impl
     result["peak_rss_mib"] = _peak_rss_mib()
     result["rss_before_model_mib"] = rss_before
+    result["module_levers"] = levers
+    (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    ) = saved_flags
+    del module, trainer
+    if cuda:
+        torch.cuda.empty_cache()
     return result
+
+
+def run_worker_specs(specs: list[dict[str, Any]], result_path: Path) -> None:
+    """Several measurements in one process (saves the start-up of a process per row); each result is
+    written as soon as it exists, and a failing spec is recorded without ending the others."""
+    results: list[dict[str, Any]] = []
+    for spec in specs:
+        try:
+            results.append(run_worker(spec))
+        except Exception as err:  # recorded in the table; the other rows still run
+            import traceback
+
+            results.append(
+                {"error": f"{type(err).__name__}: {err}", "log_tail": traceback.format_exc()[-3000:]}
+            )
+        result_path.write_text(json.dumps(results))
 
 
 # -- parent: plan, run workers, report --------------------------------------------------------------
 
 
-def _measure(spec: dict[str, Any], verbose: bool) -> dict[str, Any]:
+def _measure_group(specs: list[dict[str, Any]], verbose: bool, timeout: float | None) -> list[dict[str, Any]]:
+    """Run ``specs`` in one worker process; a row it did not finish gets an ``error``."""
     with tempfile.TemporaryDirectory(prefix="rootedgan-bench-") as tmp:
         spec_path, result_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
-        spec_path.write_text(json.dumps(spec))
+        spec_path.write_text(json.dumps(specs))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            cmd,
-            cwd=REPO,
-            stdout=None if verbose else subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        status, output = None, ""
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO,
+                stdout=None if verbose else subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
+            status, output = proc.returncode, proc.stdout or ""
+        except subprocess.TimeoutExpired as err:
+            output = (
+                err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+            )
+            status = f"stopped after {timeout:.0f} s (time budget)"
         elapsed = time.perf_counter() - t0
-        if proc.returncode != 0 or not result_path.exists():
-            tail = "\n".join((proc.stdout or "").splitlines()[-25:])
-            return {"error": f"worker exited with status {proc.returncode}", "log_tail": tail}
-        result = json.loads(result_path.read_text())
-    result["process_s"] = elapsed
-    return result
+        done = json.loads(result_path.read_text()) if result_path.exists() else []
+    tail = "\n".join(output.splitlines()[-25:])
+    results = []
+    for i, _ in enumerate(specs):
+        if i < len(done):
+            results.append(done[i] | {"process_s": elapsed})
+        else:
+            results.append({"error": f"worker exited ({status}) before this row", "log_tail": tail})
+    return results
 
 
 def _fmt_mem(row: dict[str, Any]) -> str:
@@ -376,40 +446,132 @@ def _print_table(header: list[str], lines: list[list[str]], left: int) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def row_label(r: dict[str, Any]) -> str:
+    """``preset/variant/loss[+lever]`` of a result row."""
+    label = f"{r['preset']}/{r.get('variant', 'fp16')}/{r['loss']}"
+    return label + (f"+{r['lever']}" if r.get("lever") else "")
+
+
+def _baseline_of(r: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for b in rows:
+        same = all(b.get(k) == r.get(k) for k in ("preset", "variant", "loss", "device", "precision"))
+        if same and not b.get("lever") and "error" not in b:
+            return b
+    return None
+
+
 def _report(rows: list[dict[str, Any]], nvidia_img_s: float | None) -> None:
-    header = ["preset", "device", "loss", "batch", "precision", "img/s", "ms/step", "peak mem"]
+    header = ["run", "device", "batch", "precision", "img/s", "ms/step", "peak mem", "vs base"]
     if nvidia_img_s is not None:
         header.append("ours/NVIDIA")
     lines = []
     for r in rows:
         ok = "error" not in r
-        line = [r["preset"], r["device"], r["loss"], str(r["batch"]), r["precision"]]
+        line = [row_label(r), r["device"], str(r["batch"]), r["precision"]]
         line += (
             [f"{r['img_per_s']:.1f}", f"{r['ms_per_step']:.1f}", _fmt_mem(r)] if ok else ["failed", "-", "-"]
         )
+        base = _baseline_of(r, rows) if r.get("lever") else None
+        line.append(f"{r['img_per_s'] / base['img_per_s']:.3f}x" if ok and base else "-")
         if nvidia_img_s is not None:
             ratio = ok and r["preset"] == "paper256" and r["device"] == "cuda"
             line.append(f"{r['img_per_s'] / nvidia_img_s:.2f}x" if ratio else "-")
         lines.append(line)
-    _print_table(header, lines, left=5)
+    _print_table(header, lines, left=4)
 
     done = [r for r in rows if "error" not in r]
     if done:
         print("\nmean ms per occurrence of each phase in the measured steps (share of the wall time):")
-        header = ["preset", "loss", *PHASES]
+        header = ["run", *PHASES]
         lines = []
         for r in done:
             cells = []
             for name in PHASES:
-                p = r["phases_ms"][name]
+                p = r["phases_ms"].get(name) or {"mean": None}
                 cells.append("-" if p["mean"] is None else f"{p['mean']:.1f} ({100 * p['share']:.0f}%)")
-            lines.append([r["preset"], r["loss"], *cells])
-        _print_table(header, lines, left=2)
+            lines.append([row_label(r), *cells])
+        _print_table(header, lines, left=1)
     for r in rows:
         if "error" in r:
-            print(f"\n{r['preset']}/{r['loss']} on {r['device']} failed: {r['error']}\n{r['log_tail']}")
+            print(f"\n{row_label(r)} on {r['device']} failed: {r['error']}\n{r.get('log_tail', '')}")
         elif any(not v.startswith("cuda") for v in r.get("ops_impl", {}).values()):
-            print(f"\nnote: {r['preset']}/{r['loss']} ran the reference ops: {r['ops_impl']}")
+            print(f"\nnote: {row_label(r)} ran the reference ops: {r['ops_impl']}")
+
+
+def _parse_list(
+    value: str, allowed: tuple[str, ...] | dict, what: str, parser: argparse.ArgumentParser
+) -> list:
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad:
+        parser.error(f"--{what}: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return items
+
+
+def plan_runs(args: argparse.Namespace, has_cuda: bool, parser: argparse.ArgumentParser) -> tuple[list, list]:
+    """The rows to measure: every (preset, variant, loss), then each lever on the first (variant, loss)."""
+    losses = _parse_list(args.loss, LOSSES, "loss", parser)
+    variants = _parse_list(args.variants, VARIANTS, "variants", parser)
+    levers = _parse_list(args.levers, LEVERS, "levers", parser) if args.levers else []
+    if not losses or not variants:
+        parser.error("--loss and --variants need at least one entry each")
+    presets = ["smoke", "paper256"] if args.preset == "all" else [args.preset]
+    plan, skipped = [], []
+    for preset in presets:
+        device = args.device
+        if preset == "paper256":
+            if not has_cuda:
+                skipped.append({"preset": preset, "reason": "no GPU: paper256 not measured"})
+                continue
+            if device == "cpu":
+                skipped.append(
+                    {"preset": preset, "reason": "paper256 is GPU-only: not measured with --device cpu"}
+                )
+                continue
+            device = "cuda"
+        elif device == "auto":
+            device = "cpu"
+        for variant in variants:
+            cfg = preset_config(preset, args.batch, variant)
+            hp = cfg["hparams"]
+            cycle = math.lcm(max(hp["r1_interval"], 1), max(hp["pl_interval"], 1))
+            steps = args.steps if args.steps is not None else cfg["steps"]
+            steps = -(-steps // cycle) * cycle
+            warmup = args.warmup if args.warmup is not None else cfg["warmup"]
+            runs = [(loss, None) for loss in losses]
+            if variant == variants[0]:
+                runs += [(losses[0], lever) for lever in levers]
+            for loss, lever in runs:
+                plan.append(
+                    dict(
+                        preset=preset,
+                        variant=variant,
+                        device=device,
+                        loss=loss,
+                        lever=lever,
+                        levers=dict(LEVERS[lever]) if lever else {},
+                        compile_backend=args.compile_backend,
+                        precision=args.precision,
+                        steps=steps,
+                        warmup=warmup,
+                        cycle=cycle,
+                        config=cfg,
+                        nvidia_flags=args.nvidia_flags,
+                        threads=args.threads,
+                    )
+                )
+    return plan, skipped
+
+
+def _groups(plan: list[dict[str, Any]], one_process: bool = False) -> list[list[dict[str, Any]]]:
+    """Worker processes: on a GPU all rows but the compiled ones share one (peak memory is reset per row);
+    on the CPU every row gets its own (peak RSS cannot be reset), as does every compiled row.
+    ``one_process``: all rows but the compiled ones in one process (CPU peak RSS then accumulates)."""
+    shared = [
+        s for s in plan if (one_process or s["device"] == "cuda") and not s["levers"].get("torch_compile")
+    ]
+    alone = [[s] for s in plan if s not in shared]
+    return ([shared] if shared else []) + alone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,6 +586,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", choices=["all", "smoke", "paper256"], default="all")
     parser.add_argument("--loss", default=",".join(LOSSES), help="comma-separated: rooted, logistic")
+    parser.add_argument(
+        "--variants",
+        default="fp16",
+        help="comma-separated: fp16 (the preset's fp16 layers, as NVIDIA's networks), fp32 (no fp16 layers)",
+    )
+    parser.add_argument(
+        "--levers",
+        default="",
+        help="comma-separated speed levers, each measured alone on the first loss and variant: "
+        + ", ".join(LEVERS),
+    )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend of the compile lever"
+    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -445,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nvidia-flags",
         action="store_true",
-        help="cudnn.benchmark on, TF32 off (what NVIDIA's training loop sets)",
+        help="cudnn.benchmark on, TF32 off (what NVIDIA's training loop sets) for every row",
     )
     parser.add_argument(
         "--nvidia-sec-per-kimg",
@@ -455,17 +631,27 @@ def main(argv: list[str] | None = None) -> int:
         "adds the ratio ours/NVIDIA to the paper256 rows",
     )
     parser.add_argument("--nvidia-gpumem-gb", type=float, default=None, help="NVIDIA's gpumem, for the JSON")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop measuring after this many seconds (rows left: errors)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads in the workers (default: torch's own)"
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="measure the CPU rows in one process too (faster; the peak RSS column then accumulates)",
     )
     parser.add_argument("--verbose", action="store_true", help="show the workers' Lightning output")
     parser.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        spec = json.loads(Path(args.worker[0]).read_text())
-        Path(args.worker[1]).write_text(json.dumps(run_worker(spec)))
+        run_worker_specs(json.loads(Path(args.worker[0]).read_text()), Path(args.worker[1]))
         return 0
 
     for name in ("steps", "warmup", "batch", "threads"):
@@ -474,9 +660,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= {0 if name == 'warmup' else 1}, got {value}")
     if args.nvidia_sec_per_kimg is not None and args.nvidia_sec_per_kimg <= 0:
         parser.error("--nvidia-sec-per-kimg must be > 0")
-    losses = [x.strip() for x in args.loss.split(",") if x.strip()]
-    if not losses or any(x not in LOSSES for x in losses):
-        parser.error(f"--loss must list some of {', '.join(LOSSES)}, got {args.loss!r}")
     has_cuda = torch.cuda.is_available()
     if args.device == "cuda" and not has_cuda:
         print("no GPU: --device cuda needs a CUDA build of torch and a GPU", file=sys.stderr)
@@ -492,62 +675,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {info['cpu']} ({info['cpu_cores_usable']} cores), torch {info['torch']}", end="")
     print(f", GPU: {info['gpu']} (CUDA {info['cuda']})" if info["gpu"] else ", no GPU")
 
-    presets = ["smoke", "paper256"] if args.preset == "all" else [args.preset]
-    plan, skipped = [], []
-    for preset in presets:
-        device = args.device
-        if preset == "paper256":
-            if not has_cuda:
-                skipped.append({"preset": preset, "reason": "no GPU: paper256 not measured"})
-                continue
-            if device == "cpu":
-                skipped.append(
-                    {"preset": preset, "reason": "paper256 is GPU-only: not measured with --device cpu"}
-                )
-                continue
-            device = "cuda"
-        elif device == "auto":
-            device = "cpu"
-        cfg = preset_config(preset, args.batch)
-        hp = cfg["hparams"]
-        cycle = math.lcm(max(hp["r1_interval"], 1), max(hp["pl_interval"], 1))
-        steps = args.steps if args.steps is not None else cfg["steps"]
-        steps = -(-steps // cycle) * cycle
-        warmup = args.warmup if args.warmup is not None else cfg["warmup"]
-        for loss in losses:
-            spec = dict(
-                preset=preset,
-                device=device,
-                loss=loss,
-                precision=args.precision,
-                steps=steps,
-                warmup=warmup,
-                cycle=cycle,
-                config=cfg,
-                nvidia_flags=args.nvidia_flags,
-                threads=args.threads,
-            )
-            plan.append(spec)
+    plan, skipped = plan_runs(args, has_cuda, parser)
     for s in skipped:
         print(s["reason"])
     if not plan:
         print("nothing to measure: no JSON written")
         return 0
+    start = time.perf_counter()
     rows = []
-    for spec in plan:
-        cfg = spec["config"]
-        print(
-            f"measuring {spec['preset']} / {spec['loss']} on {spec['device']}: batch {cfg['batch']}, "
-            f"{spec['warmup']} warm-up + {spec['steps']} steps ...",
-            flush=True,
-        )
+    for group in _groups(plan, args.one_process):
+        timeout = None
+        if args.budget_s is not None:
+            timeout = args.budget_s - (time.perf_counter() - start)
+        for spec in group:
+            cfg = spec["config"]
+            print(
+                f"measuring {row_label(spec)} on {spec['device']}: batch {cfg['batch']}, "
+                f"{spec['warmup']} warm-up + {spec['steps']} steps ...",
+                flush=True,
+            )
         load = os.getloadavg()
-        result = _measure(spec, args.verbose)
-        result["loadavg_before"] = [round(x, 2) for x in load]
-        rows.append(
-            {k: spec[k] for k in ("preset", "device", "loss", "precision", "steps", "warmup")}
-            | {"batch": cfg["batch"], **result, "config": cfg}
-        )
+        if timeout is not None and timeout <= 5:
+            results = [{"error": "not measured: time budget spent"} for _ in group]
+        else:
+            results = _measure_group(group, args.verbose, timeout)
+        for spec, result in zip(group, results, strict=True):
+            result["loadavg_before"] = [round(x, 2) for x in load]
+            keys = ("preset", "variant", "device", "loss", "lever", "levers", "precision", "steps", "warmup")
+            rows.append({k: spec[k] for k in keys} | {"batch": spec["config"]["batch"], **result})
+            rows[-1]["config"] = spec["config"]
     print()
     nvidia_img_s = 1000 / args.nvidia_sec_per_kimg if args.nvidia_sec_per_kimg else None
     _report(rows, nvidia_img_s)
@@ -559,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             busy = f"other processes kept {others:.1f} cores busy, " if others is not None else ""
             hint = "; on a shared CPU --threads 1 is steadier" if r["torch_threads"] > 1 else ""
             print(
-                f"\nnote: {r['preset']}/{r['loss']} was disturbed ({busy}best cycle {best:.1f} img/s vs "
+                f"\nnote: {row_label(r)} was disturbed ({busy}best cycle {best:.1f} img/s vs "
                 f"{overall:.1f} overall): rerun on a quiet machine{hint}"
             )
     nvidia = None

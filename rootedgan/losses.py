@@ -17,6 +17,7 @@ continuous, still convex and increasing) above it. The capped fraction is report
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,10 +41,12 @@ def _validate_root(k: float) -> float:
     return k
 
 
+@functools.lru_cache(maxsize=64)
 def rooted_cap(k: float, max_grad: float | None) -> float:
     """The logit above which :func:`rooted` continues linearly: where its slope reaches ``max_grad``.
 
-    Solves ``exp(softplus(u)/k) * sigmoid(u) = max_grad`` by bisection in float64 (monotone in u).
+    Solves ``exp(softplus(u)/k) * sigmoid(u) = max_grad`` by bisection in float64 (monotone in u);
+    cached per ``(k, max_grad)`` (a training step asks for it several times).
     """
     if max_grad is None:
         return math.inf
@@ -169,9 +172,11 @@ def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor) -> torch.Tenso
     return grad.square().flatten(1).sum(dim=1)
 
 
-def path_length(img: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
-    """Per-sample Jacobian norm estimate ``|J_w^T y|`` ``[N]`` with ``y ~ N(0, I) / sqrt(H*W)``."""
-    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+def path_length(img: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample Jacobian norm estimate ``|J_w^T y|`` ``[N]`` with the probe ``y ~ N(0, I) / sqrt(H*W)``
+    (``noise``, shaped like ``img``; drawn here when None)."""
+    if noise is None:
+        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
     (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True, only_inputs=True)
     return grad.square().sum(dim=2).mean(dim=1).sqrt()
 
@@ -179,12 +184,15 @@ def path_length(img: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
 def path_length_penalty(
     lengths: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01, batch_mean: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(penalty [N], new pl_mean)``: ``(|J^T y| - a)^2`` with ``a`` the running mean (decay 0.01).
+    """``(penalty [N], new pl_mean)``: ``(|J^T y| - a)^2`` with ``a = lerp(pl_mean, mean(lengths), decay)``.
 
-    ``batch_mean`` overrides ``lengths.mean()`` (e.g. averaged over all ranks)."""
-    if batch_mean is None:
-        batch_mean = lengths.detach().mean()
-    new_mean = pl_mean.lerp(batch_mean, decay)
+    As in NVIDIA's loss, ``a`` is not detached: the penalty's gradient also flows through the batch mean.
+    ``batch_mean`` replaces the *value* of ``mean(lengths)`` (e.g. averaged over all ranks, detached);
+    the gradient still flows through this rank's ``lengths.mean()``."""
+    local = lengths.mean()
+    if batch_mean is not None:
+        local = local + (batch_mean.detach() - local.detach())
+    new_mean = pl_mean.lerp(local, decay)
     return (lengths - new_mean).square(), new_mean
 
 

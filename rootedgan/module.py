@@ -1,20 +1,27 @@
 """The finetuning LightningModule: StyleGAN2's training step with a pluggable adversarial loss.
 
-One training step (one real batch) runs NVIDIA's phases with manual optimization:
+One training step (one real batch) runs NVIDIA's phases (stylegan2-ada-pytorch), each with its own
+``zero_grad``, backward (weighted by the phase's interval) and optimizer step (manual optimization):
 
 * ``Gmain``: G minimises ``phi(-D(G(z)))`` (style mixing with probability ``style_mixing_prob``);
 * ``Greg``: path-length regularization every ``pl_interval`` steps on ``batch / pl_batch_shrink`` samples;
-* ``Dmain``: D minimises ``phi(D(G(z))) + phi(-D(x))``; every ``r1_interval`` steps R1 is added on the
-  same real forward (``Dmain+Dreg``), weighted ``gamma / 2 * interval``;
+* ``Dmain``: D minimises ``phi(D(G(z))) + phi(-D(x))``;
+* ``Dreg``: R1, ``gamma / 2 * ||grad_x D(x)||^2``, every ``r1_interval`` steps.
 
-then G_ema follows G with StyleGAN's ``ema_kimg`` half-life (``ema_rampup`` optional). Progress is
-counted in images like NVIDIA's (``cur_nimg``, kimg). A phase whose loss or gradient is not finite is
-skipped (weights untouched) and counted; ``max_bad_steps`` consecutive bad steps stop training with a
-clear error after saving the (still good) weights. Gradients of each phase are all-reduced by the module
-itself under the ``gan_ddp`` strategy (see :mod:`rootedgan.strategy`).
+So after N steps G's Adam has taken ``N + N / pl_interval`` steps and D's ``N + N / r1_interval``, which is
+what the lazy-regularization rescale of both optimizers (lr * c, betas ** c, c = I / (I + 1)) assumes.
+Then G_ema follows G with StyleGAN's ``ema_kimg`` half-life (``ema_rampup`` optional). Progress is counted
+in images like NVIDIA's (``cur_nimg``, kimg). ``tests/test_nvidia_iterations.py`` checks this step against
+NVIDIA's own training iterations.
 
-All randomness of a step (latents, mixing, noise inputs, path-length probes) is drawn inside
-``fork_rng`` seeded from ``(seed, rank, step)``, so resuming from a checkpoint reproduces the run exactly.
+A phase whose loss or gradient is not finite is skipped (weights and optimizer state untouched) and
+counted; ``max_bad_steps`` consecutive bad steps stop training with a clear error after saving the (still
+good) weights. Gradients of each phase are all-reduced by the module itself under the ``gan_ddp``
+strategy (see :mod:`rootedgan.strategy`).
+
+Every random draw of a step (latents, labels, style mixing, the path-length probe, the synthesis noise
+mode) comes from ``self.randomness`` (:mod:`rootedgan.randomness`); the default source is seeded from
+``(seed, rank, step)``, so resuming from a checkpoint reproduces the run exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from rootedgan.losses import (
 )
 from rootedgan.optim import OPTIMIZERS, build_optimizer, describe
 from rootedgan.orthogonal import OrthogonalConfig, OrthogonalFinetune
+from rootedgan.randomness import SeededRandomness, StepRandomness
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -61,6 +69,18 @@ def d_layers_from_input(D: nn.Module) -> list[nn.Module]:
         block = getattr(D, f"b{res}")
         layers += [getattr(block, n) for n in ("fromrgb", "conv0", "conv1", "skip") if hasattr(block, n)]
     return layers
+
+
+def use_channels_last(*nets: nn.Module) -> None:
+    """Switch the fp16 blocks of StyleGAN networks to channels-last memory format (weights and the
+    activations they compute), as NVIDIA's ``fp16_channels_last=True`` does at construction."""
+    for net in nets:
+        for block in net.modules():
+            if getattr(block, "use_fp16", False) and hasattr(block, "channels_last"):
+                block.channels_last = True
+                for p in block.parameters():
+                    if p.ndim == 4:
+                        p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
 class FinetuneModule(L.LightningModule):
@@ -102,6 +122,10 @@ class FinetuneModule(L.LightningModule):
         seed: int = 0,
         mode: str = "full",
         orthogonal: OrthogonalConfig | None = None,
+        channels_last: bool = False,
+        tf32: bool | None = None,
+        fused_optimizer: bool = False,
+        torch_compile: str | None = None,
     ) -> None:
         """
         Args:
@@ -145,6 +169,14 @@ class FinetuneModule(L.LightningModule):
                 and rotated by learned block-diagonal orthogonal matrices; see :mod:`rootedgan.orthogonal`).
             orthogonal: settings of orthogonal mode (layers, block_size, shared, parameterization, eps, ...);
                 None: the defaults. Ignored in full mode.
+            channels_last: speed lever: the fp16 blocks of G and D compute in channels-last memory format
+                (NVIDIA's ``fp16_channels_last``). Same results up to rounding.
+            tf32: speed lever: allow TF32 in fp32 matrix products and convolutions (True), forbid it (False,
+                as NVIDIA's training loop does), or leave PyTorch's setting (None).
+            fused_optimizer: speed lever: the fused implementation of Adam/SGD (one kernel for all
+                parameters) instead of PyTorch's default.
+            torch_compile: speed lever: ``torch.compile`` backend (e.g. ``inductor``) for G.synthesis and D
+                in the phases without double backward (Gmain, Dmain); None: eager everywhere.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +193,12 @@ class FinetuneModule(L.LightningModule):
         self.G_ema.requires_grad_(False)
         self.orth = self._setup_orthogonal(mode, orthogonal, network)
         self.d_frozen = self._freeze_d_layers(freeze_d)
+        if channels_last:
+            use_channels_last(self.G, self.D, self.G_ema)
+        if torch_compile is not None and not isinstance(torch_compile, str):
+            raise UserError(
+                f"model.torch_compile must be a backend name such as inductor, got {torch_compile!r}"
+            )
         for which in ("g_optimizer", "d_optimizer"):
             if self.hparams[which] not in OPTIMIZERS:
                 raise UserError(
@@ -180,6 +218,14 @@ class FinetuneModule(L.LightningModule):
         self.augment_pipe, self.ada = build_augment(  # (None, None) for augment: none
             augment, augment_p, augment_preset, diffaugment_policy, ada_target, ada_interval, ada_kimg
         )
+        self.randomness: StepRandomness = SeededRandomness(seed, rank=0)
+        self._host_counters: tuple[int, int] | None = None  # (step, cur_nimg), see _counters
+        self._bad_streak = 0
+        self._grad_state: tuple[bool, bool] | None = None  # (G, D) requires_grad, see _requires_grad
+        self._compiled_modules: dict[str, nn.Module] = {}
+        self._opt_g: Any = None
+        self._opt_d: Any = None
+        self._real_c: torch.Tensor | None = None
         self._last_step_time: float | None = None
         self._run_dir: Path | None = None
 
@@ -245,7 +291,8 @@ class FinetuneModule(L.LightningModule):
 
     @property
     def cur_kimg(self) -> float:
-        return float(self.cur_nimg) / 1000
+        """Thousands of real images shown so far (all ranks)."""
+        return self._counters()[1] / 1000
 
     def train(self, mode: bool = True) -> FinetuneModule:
         super().train(mode)
@@ -298,8 +345,9 @@ class FinetuneModule(L.LightningModule):
         hp = self.hparams
         g_interval = hp.pl_interval if hp.pl_weight > 0 else 0
         d_interval = hp.r1_interval if hp.r1_gamma > 0 else 0
-        opt_g = build_optimizer(hp.g_optimizer, self.g_params(), hp.g_lr, tuple(hp.betas), g_interval)
-        opt_d = build_optimizer(hp.d_optimizer, self.d_params(), hp.d_lr, tuple(hp.betas), d_interval)
+        fused = hp.fused_optimizer
+        opt_g = build_optimizer(hp.g_optimizer, self.g_params(), hp.g_lr, tuple(hp.betas), g_interval, fused)
+        opt_d = build_optimizer(hp.d_optimizer, self.d_params(), hp.d_lr, tuple(hp.betas), d_interval, fused)
         if self.orth is not None and self.orth.cfg.eps is not None:  # COFT: project after every G step
             opt_g.register_step_post_hook(lambda *_: self.orth.project_(self.G))
         return [opt_g, opt_d]
@@ -318,22 +366,58 @@ class FinetuneModule(L.LightningModule):
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def _step_seed(self) -> int:
-        rank, _ = dist_world()
-        return (int(self.hparams.seed) * 1_000_003 + rank * 7_919 + int(self.step_idx)) % (2**63 - 1)
+    def _counters(self) -> tuple[int, int]:
+        """``(step, cur_nimg)`` as Python ints, read from the buffers once (after a start or a resume) and
+        then kept on the host: reading the buffers every step would synchronise with the GPU."""
+        if self._host_counters is None:
+            self._host_counters = (int(self.step_idx), int(self.cur_nimg))
+            self._bad_streak = int(self.bad_streak)
+        return self._host_counters
 
     def _augment(self, img: torch.Tensor) -> torch.Tensor:
         return self.augment_pipe(img) if self.augment_pipe is not None else img
 
-    def _sample_ws(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Mapping with style mixing: past a random cutoff, ws come from a second latent."""
+    def _real_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (the data module's) to float32 in [-1, 1]; float images are taken as they are."""
+        img, c = batch
+        img = img.to(torch.float32) / 127.5 - 1 if img.dtype == torch.uint8 else img.to(torch.float32)
+        return img, c
+
+    def _requires_grad(self, g: bool, d: bool) -> None:
+        """Which network's parameters take gradients (G: the trainable ones; D: all but the frozen)."""
+        if self._grad_state == (g, d):
+            return
+        self._g_requires_grad(g)
+        for name, p in self.D.named_parameters():
+            p.requires_grad_(d and name not in self.d_frozen)
+        self._grad_state = (g, d)
+
+    def _run_G(self, phase: str, n: int, c: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, ...]:
+        """Generate ``n`` images for a phase: mapping, style mixing past a random cutoff, synthesis.
+        Returns ``(img, ws)``."""
+        rnd = self.randomness
+        z = rnd.latents(phase, n, self.G.z_dim, self.device)
         ws = self.G.mapping(z, c)
-        if self.hparams.style_mixing_prob > 0 and ws.shape[1] > 1:
-            if float(torch.rand([])) < self.hparams.style_mixing_prob:
-                cutoff = int(torch.randint(1, ws.shape[1], []))
-                mixed = self.G.mapping(torch.randn_like(z), c, skip_w_avg_update=True)
-                ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
-        return ws
+        cutoff = rnd.mixing_cutoff(phase, ws.shape[1], self.hparams.style_mixing_prob)
+        if cutoff is not None:
+            mixed = self.G.mapping(rnd.mixing_latents(phase, z), c, skip_w_avg_update=True)
+            ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
+        if self._grad_state == (True, False) and not ws.requires_grad:
+            ws.requires_grad_(True)  # frozen mapping (orthogonal mode): path length needs d img / d ws
+        synthesis = self._compiled("synthesis") if compiled else self.G.synthesis
+        return synthesis(ws, noise_mode=rnd.noise_mode), ws
+
+    def _run_D(self, img: torch.Tensor, c: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        D = self._compiled("D") if compiled else self.D
+        return D(self._augment(img), c)
+
+    def _compiled(self, which: str) -> nn.Module:
+        """``torch.compile`` of G.synthesis or D (``torch_compile``), built on first use; it shares the
+        eager module's parameters. Used only where no double backward is needed (Gmain, Dmain)."""
+        if which not in self._compiled_modules:
+            module = self.G.synthesis if which == "synthesis" else self.D
+            self._compiled_modules[which] = torch.compile(module, backend=self.hparams.torch_compile)
+        return self._compiled_modules[which]
 
     @staticmethod
     def _rank_mean(value: torch.Tensor) -> torch.Tensor:
@@ -352,24 +436,32 @@ class FinetuneModule(L.LightningModule):
         return getattr(self.trainer.precision_plugin, "scaler", None)
 
     def _finish_phase(self, name: str, loss: torch.Tensor, params: list[nn.Parameter], opt: Any) -> bool:
-        """All-reduce the phase's gradients across ranks, then step only if loss and grads are finite."""
+        """Backward, all-reduce the phase's gradients across ranks, then step only if loss and gradients
+        are finite (one host synchronisation per phase: the decision)."""
+        opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flag = (~torch.isfinite(loss.detach())).float().reshape(1)
+        loss_bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         _, world = dist_world()
         if world > 1:  # same gradients, and so the same decision, on every rank
-            flat = torch.cat([g.flatten() for g in grads] + [flag])
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.flatten() for g in grads] + [loss_bad])
             dist.all_reduce(flat)
             flat /= world
             offset = 0
             for p, g in zip(params, grads, strict=True):
                 p.grad = flat[offset : offset + g.numel()].view_as(p)
                 offset += g.numel()
-            loss_ok = float(flat[-1]) == 0
-            grads_ok = bool(torch.isfinite(flat).all())
+            flags = torch.stack([flat[-1], (~torch.isfinite(flat).all()).float()])
         else:
-            loss_ok = float(flag[0]) == 0
-            grads_ok = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+            grads = [p.grad for p in params if p.grad is not None]
+            grads_bad = torch.zeros_like(loss_bad)
+            if grads:
+                grads_bad = (
+                    (~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())).float().reshape(1)
+                )
+            flags = torch.cat([loss_bad, grads_bad])
+        loss_flag, grads_flag = flags.tolist()  # the phase's one host synchronisation
+        loss_ok, grads_ok = loss_flag == 0, grads_flag == 0
         self.total_phases += 1
         self.phase_counts[name] += 1
         if self._grad_scaler() is not None:
@@ -387,118 +479,153 @@ class FinetuneModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         return finite
 
+    # Each phase is NVIDIA's (training/loss.py of stylegan2-ada-pytorch): its own draws, backward with
+    # gain = its interval, and its own optimizer step.
+
+    def _phase_gmain(self, batch_size: int, logs: dict[str, Any]) -> bool:
+        """G minimises ``phi(-D(G(z)))``."""
+        self._requires_grad(g=True, d=False)
+        gen_c = self.randomness.labels("Gmain", self._real_c)
+        compiled = self.hparams.torch_compile is not None
+        fake, _ = self._run_G("Gmain", batch_size, gen_c, compiled=compiled)
+        fake_logits = self._run_D(fake, gen_c, compiled=compiled)
+        loss = self.adv_loss.generator(fake_logits).mean()
+        logs["Loss/G/loss"] = loss.detach()
+        logs["Loss/scores/fake"] = fake_logits.detach().mean()
+        logs["Loss/rooted_capped_frac/G"] = self.adv_loss.capped(-fake_logits)
+        return self._finish_phase("Gmain", loss, self.g_params(), self._opt_g)
+
+    def _phase_greg(self, batch_size: int, logs: dict[str, Any]) -> bool:
+        """Path-length regularization on ``batch / pl_batch_shrink`` samples, weighted by the interval."""
+        hp = self.hparams
+        self._requires_grad(g=True, d=False)
+        n = max(batch_size // hp.pl_batch_shrink, 1)
+        gen_c = self.randomness.labels("Greg", self._real_c)[:n]
+        img, ws = self._run_G("Greg", n, gen_c)
+        lengths = path_length(img, ws, self.randomness.pl_noise(img))
+        penalty, new_mean = path_length_penalty(
+            lengths, self.pl_mean, hp.pl_decay, batch_mean=self._rank_mean(lengths.detach().mean())
+        )
+        self.pl_mean.copy_(new_mean.detach())
+        # img * 0: every parameter that made the image gets a (zero) gradient, as in NVIDIA's loss, so
+        # Adam counts this step for all of them (its bias correction depends on that count).
+        loss = (img[:, 0, 0, 0] * 0 + penalty * hp.pl_weight).mean() * max(hp.pl_interval, 1)
+        logs["Loss/pl_penalty"] = penalty.detach().mean()
+        return self._finish_phase("Greg", loss, self.g_params(), self._opt_g)
+
+    def _phase_dmain(self, real: torch.Tensor, batch_size: int, logs: dict[str, Any]) -> bool:
+        """D minimises ``phi(D(G(z))) + phi(-D(x))``."""
+        self._requires_grad(g=False, d=True)
+        gen_c = self.randomness.labels("Dmain", self._real_c)
+        compiled = self.hparams.torch_compile is not None
+        with torch.no_grad():
+            fake, _ = self._run_G("Dmain", batch_size, gen_c, compiled=compiled)
+        fake_logits = self._run_D(fake, gen_c, compiled=compiled)
+        real_logits = self._run_D(real, self._real_c, compiled=compiled)
+        if self.ada is not None:  # ADA's overfitting statistic, sign(D(real))
+            self.ada.observe(real_logits)
+        loss = (
+            self.adv_loss.discriminator_fake(fake_logits) + self.adv_loss.discriminator_real(real_logits)
+        ).mean()
+        logs["Loss/D/loss"] = loss.detach()
+        logs["Loss/scores/real"] = real_logits.detach().mean()
+        logs["Loss/rooted_capped_frac/D_fake"] = self.adv_loss.capped(fake_logits)
+        logs["Loss/rooted_capped_frac/D_real"] = self.adv_loss.capped(-real_logits)
+        return self._finish_phase("Dmain", loss, self.d_params(), self._opt_d)
+
+    def _phase_dreg(self, real: torch.Tensor, logs: dict[str, Any]) -> bool:
+        """R1: ``gamma / 2 * ||grad_x D(x)||^2`` on the reals (through the augmentation), weighted by the
+        interval; a D step of its own, as in NVIDIA's schedule."""
+        hp = self.hparams
+        self._requires_grad(g=False, d=True)
+        real_in = real.detach().requires_grad_(True)
+        real_logits = self._run_D(real_in, self._real_c)
+        if self.ada is not None:  # NVIDIA reports sign(D(real)) in Dreg too
+            self.ada.observe(real_logits)
+        r1 = r1_penalty(real_in, real_logits)
+        # real_logits * 0: a (zero) gradient for every D parameter, as in NVIDIA's loss (see _phase_greg)
+        loss = (real_logits.flatten() * 0 + r1 * (hp.r1_gamma / 2)).mean() * max(hp.r1_interval, 1)
+        logs["Loss/r1_penalty"] = r1.detach().mean()
+        return self._finish_phase("Dreg", loss, self.d_params(), self._opt_d)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
-        real_u8, real_c = batch
-        real = real_u8.to(torch.float32) / 127.5 - 1
+        """One real batch: Gmain, Greg (every ``pl_interval``), Dmain, Dreg (every ``r1_interval``), then
+        G_ema and the counters."""
+        hp = self.hparams
+        self._grad_state = None  # requires_grad flags may have been changed outside the step
+        self._opt_g, self._opt_d = self.optimizers()
+        real, self._real_c = self._real_batch(batch)
         batch_size = real.shape[0]
         _, world = dist_world()
-        hp = self.hparams
-        step = int(self.step_idx)
-        do_pl = hp.pl_weight > 0 and step % max(hp.pl_interval, 1) == 0
-        do_r1 = hp.r1_gamma > 0 and step % max(hp.r1_interval, 1) == 0
-        # Tensors, not floats: converting each one would stall the GPU; Lightning reads them when it logs.
-        logs: dict[str, torch.Tensor | float] = {}
-        all_finite = True
-        devices = [real.device] if real.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self._step_seed())
-            gen_c = real_c[torch.randperm(batch_size, device=real_c.device)] if self.c_dim > 0 else real_c
-
-            # Gmain
-            self._g_requires_grad(True)
-            self.D.requires_grad_(False)
-            z = torch.randn([batch_size, self.G.z_dim], device=self.device)
-            fake = self.G.synthesis(self._sample_ws(z, gen_c))
-            fake_logits = self.D(self._augment(fake), gen_c)
-            loss_g = self.adv_loss.generator(fake_logits).mean()
-            all_finite &= self._finish_phase("Gmain", loss_g, self.g_params(), opt_g)
-            logs["Loss/G/loss"] = loss_g.detach()
-            logs["Loss/scores/fake"] = fake_logits.detach().mean()
-            logs["Loss/rooted_capped_frac"] = self.adv_loss.capped(-fake_logits)
-
-            # Greg: path length on a shrunk batch
-            if do_pl:
-                n = max(batch_size // hp.pl_batch_shrink, 1)
-                ws = self._sample_ws(torch.randn([n, self.G.z_dim], device=self.device), gen_c[:n])
-                if not ws.requires_grad:  # frozen mapping (orthogonal mode): the penalty needs d img / d ws
-                    ws.requires_grad_(True)
-                img = self.G.synthesis(ws)
-                lengths = path_length(img, ws)
-                penalty, new_mean = path_length_penalty(
-                    lengths, self.pl_mean, hp.pl_decay, batch_mean=self._rank_mean(lengths.detach().mean())
-                )
-                self.pl_mean.copy_(new_mean.detach())
-                loss_pl = penalty.mean() * hp.pl_weight * max(hp.pl_interval, 1)
-                all_finite &= self._finish_phase("Greg", loss_pl, self.g_params(), opt_g)
-                logs["Loss/pl_penalty"] = penalty.detach().mean()
-
-            # Dmain (+ R1 on the same real forward when due)
-            self._g_requires_grad(False)
-            for name, p in self.D.named_parameters():
-                p.requires_grad_(name not in self.d_frozen)
-            with torch.no_grad():
-                z = torch.randn([batch_size, self.G.z_dim], device=self.device)
-                fake = self.G.synthesis(self._sample_ws(z, gen_c))
-            fake_logits = self.D(self._augment(fake), gen_c)
-            real_in = real.detach().requires_grad_(do_r1)
-            real_logits = self.D(self._augment(real_in), real_c)
-            if self.ada is not None:  # ADA's overfitting statistic, sign(D(real))
-                self.ada.observe(real_logits)
-            loss_d_fake = self.adv_loss.discriminator_fake(fake_logits)
-            loss_d_real = self.adv_loss.discriminator_real(real_logits)
-            loss_d = (loss_d_fake + loss_d_real).mean()
-            if do_r1:
-                r1 = r1_penalty(real_in, real_logits)
-                loss_d = loss_d + (r1 * (hp.r1_gamma / 2) * max(hp.r1_interval, 1)).mean()
-                logs["Loss/r1_penalty"] = r1.detach().mean()
-                self.phase_counts["Dreg"] += 1
-            all_finite &= self._finish_phase("Dmain", loss_d, self.d_params(), opt_d)
-            self._g_requires_grad(True)
-            logs["Loss/D/loss"] = loss_d.detach()
-            logs["Loss/scores/real"] = real_logits.detach().mean()
+        step, nimg = self._counters()
+        logs: dict[str, Any] = {}  # tensors, not floats: reading each one back would stall the GPU
+        ok = True
+        with self.randomness.step(step, real.device):
+            ok &= self._phase_gmain(batch_size, logs)
+            if hp.pl_weight > 0 and step % max(hp.pl_interval, 1) == 0:
+                ok &= self._phase_greg(batch_size, logs)
+            ok &= self._phase_dmain(real, batch_size, logs)
+            if hp.r1_gamma > 0 and step % max(hp.r1_interval, 1) == 0:
+                ok &= self._phase_dreg(real, logs)
+        self._real_c = None
 
         if world > 1:  # keep running statistics identical on every rank
             self.G.mapping.w_avg.copy_(self._rank_mean(self.G.mapping.w_avg))
-        self.cur_nimg += batch_size * world
-        self.step_idx += 1
-        self._update_ema(batch_size * world)
-        self.bad_streak.copy_(torch.zeros_like(self.bad_streak) if all_finite else self.bad_streak + 1)
-        if int(self.bad_streak) >= hp.max_bad_steps:
+        self._update_ema(batch_size * world, nimg)  # NVIDIA's ramp-up reads cur_nimg before this batch
+        nimg += batch_size * world
+        step += 1
+        self._host_counters = (step, nimg)
+        self.cur_nimg.fill_(nimg)
+        self.step_idx.fill_(step)
+        self._bad_streak = 0 if ok else self._bad_streak + 1
+        self.bad_streak.fill_(self._bad_streak)
+        if self._bad_streak >= hp.max_bad_steps:
             self._stop_on_nonfinite()
-
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            logs["Timing/img_per_s"] = batch_size * world / max(now - self._last_step_time, 1e-9)
-        self._last_step_time = now
-        if real.device.type == "cuda":
-            logs["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(real.device) / 2**30
-        logs["Progress/nonfinite_frac"] = self.bad_phases.double() / self.total_phases.clamp(min=1).double()
-        logs["Loss/pl_mean"] = self.pl_mean.detach().clone()
         if self.ada is not None:  # ADA: move p every ada_interval D steps (all-reduced: same p on every rank)
             logs.update(self.ada.update(self.augment_pipe, batch_size * world, self._rank_mean))
-        if self.orth is not None:
-            logs.update(self.orth.logs(self.G, step))
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.log("kimg", self.cur_kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
-        if self.cur_kimg >= hp.total_kimg:
+        self._log_step(logs, batch_size, real.device)
+        if nimg >= hp.total_kimg * 1000:
             self.trainer.should_stop = True
 
+    def _log_step(self, logs: dict[str, Any], batch_size: int, device: torch.device) -> None:
+        """Hand the step's values to Lightning's loggers on the steps they write (``log_every_n_steps``)
+        and at the end; on other steps Lightning would discard them, after paying for them."""
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            logs["Timing/img_per_s"] = batch_size * dist_world()[1] / max(now - self._last_step_time, 1e-9)
+        self._last_step_time = now
+        step, nimg = self._counters()
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if step % max(every, 1) != 0 and nimg < self.hparams.total_kimg * 1000:
+            return
+        if device.type == "cuda":
+            logs["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        logs["Progress/nonfinite_frac"] = self.bad_phases.double() / self.total_phases.clamp(min=1).double()
+        logs["Loss/pl_mean"] = self.pl_mean.detach().clone()
+        if self.orth is not None:
+            logs.update(self.orth.logs(self.G, step - 1))
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log("kimg", nimg / 1000, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+
     @torch.no_grad()
-    def _update_ema(self, global_batch: int) -> None:
+    def _update_ema(self, global_batch: int, cur_nimg: int) -> None:
+        """G_ema <- lerp(G, G_ema, beta) with StyleGAN's half-life ``ema_kimg`` (two foreach kernels, the
+        same arithmetic as NVIDIA's per-parameter ``p.lerp(p_ema, beta)``); buffers are copied."""
         hp = self.hparams
         ema_nimg = hp.ema_kimg * 1000
         if hp.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, float(self.cur_nimg) * hp.ema_rampup)
+            ema_nimg = min(ema_nimg, cur_nimg * hp.ema_rampup)
         beta = 0.5 ** (global_batch / max(ema_nimg, 1e-8))
         if self.orth is not None:  # only what trains; both bases stay as loaded
-            pairs = self.orth.ema_pairs(self.G, self.G_ema)
+            pairs = list(self.orth.ema_pairs(self.G, self.G_ema))
         else:
-            pairs = zip(self.G_ema.parameters(), self.G.parameters(), strict=True)
-        for p_ema, p in pairs:
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            b_ema.copy_(b)
+            pairs = list(zip(self.G_ema.parameters(), self.G.parameters(), strict=True))
+        if pairs:
+            ema, live = [e for e, _ in pairs], [p.detach() for _, p in pairs]
+            torch._foreach_copy_(ema, torch._foreach_lerp(live, ema, beta))
+        ema_buffers, buffers = list(self.G_ema.buffers()), list(self.G.buffers())
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
 
     def _stop_on_nonfinite(self) -> None:
         hp = self.hparams
@@ -523,6 +650,13 @@ class FinetuneModule(L.LightningModule):
             self.logger.log_hyperparams({"optimizer/G": describe(opt_g), "optimizer/D": describe(opt_d)})
         # trainer.log_dir is a collective under DDP: resolve it on every rank now, not on rank 0 later.
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        rank, _ = dist_world()
+        if isinstance(self.randomness, SeededRandomness):
+            self.randomness.rank = rank
+        self._host_counters = None
+        if self.hparams.tf32 is not None:  # TF32 for fp32 matmuls and convolutions (NVIDIA's loop: off)
+            torch.backends.cuda.matmul.allow_tf32 = bool(self.hparams.tf32)
+            torch.backends.cudnn.allow_tf32 = bool(self.hparams.tf32)
 
     def on_train_end(self) -> None:
         self.check_ddp_consistency()
@@ -568,3 +702,4 @@ class FinetuneModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.phase_counts.update(checkpoint.get("rootedgan_phase_counts", {}))
+        self._host_counters = None  # the buffers are about to change: read them again

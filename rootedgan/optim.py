@@ -34,16 +34,19 @@ def build_optimizer(
     lr: float,
     betas: tuple[float, float] = (0.0, 0.99),
     reg_interval: int = 0,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """``adam``: Adam(lr, betas, eps=1e-8). ``golden``: SGD with the golden-ratio lr and momentum
     (``lr`` and ``betas`` are ignored). Both rescaled for lazy regularization every ``reg_interval``
-    steps (0: none)."""
+    steps (0: none). ``fused``: PyTorch's fused implementation (one kernel for all parameters) instead of
+    its default one; same update up to rounding."""
+    impl = {"fused": True} if fused else {}
     if name == "adam":
         lr, betas = lazy_regularization(lr, betas, reg_interval)
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8, **impl)
     if name == "golden":  # momentum plays beta1's role in the rescaling
         lr, (momentum, _) = lazy_regularization(GOLDEN_LR, (GOLDEN_MOMENTUM, 0.0), reg_interval)
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, **impl)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 

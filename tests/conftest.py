@@ -1,4 +1,5 @@
-"""Shared pytest set-up: the `gpu` marker skips without CUDA; fixture paths under ../shared."""
+"""Shared pytest set-up: the `gpu` marker skips without CUDA; fixtures made outside this project
+(NVIDIA's and rosinality's own code) under tests/fixtures."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -23,9 +24,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def nvidia_fixture_dir() -> Path:
-    path = SHARED_FIXTURES / "nvidia"
-    if not (path / "tiny32.pkl").exists():
-        pytest.skip(f"NVIDIA fixture not found at {path}")
+    path = FIXTURES / "nvidia"
+    assert (path / "tiny32.pkl").exists(), f"NVIDIA fixture missing from the repository: {path}"
     return path
 
 
@@ -45,7 +45,6 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def rosinality_fixture_dir() -> Path:
-    path = SHARED_FIXTURES / "rosinality"
-    if not (path / "tiny32.pt").exists():
-        pytest.skip(f"rosinality fixture not found at {path}")
+    path = FIXTURES / "rosinality"
+    assert (path / "tiny32.pt").exists(), f"rosinality fixture missing from the repository: {path}"
     return path

@@ -15,7 +15,7 @@ from rootedgan.checkpoints import native as native_mod
 from rootedgan.checkpoints.nvidia import read_nvidia_pickle
 from rootedgan.errors import CheckpointError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NV_PKL = FIXTURES / "nvidia" / "tiny32.pkl"
 ROS_PT = FIXTURES / "rosinality" / "tiny32.pt"
 

@@ -14,7 +14,7 @@ import torch
 from rootedgan.checkpoints import detect_format, load_network
 from rootedgan.checkpoints.nvidia import read_nvidia_pickle
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nvidia"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia"
 PKL = FIXTURES / "tiny32.pkl"
 REF = FIXTURES / "tiny32.ref.npz"
 KEYS = FIXTURES / "KEYS.txt"

@@ -15,7 +15,7 @@ from rootedgan.checkpoints import rosinality as ros
 from rootedgan.checkpoints.nvidia import read_nvidia_pickle
 from rootedgan.errors import CheckpointError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PT = FIXTURES / "rosinality" / "tiny32.pt"
 REF = FIXTURES / "rosinality" / "tiny32.ref.npz"
 NV_PKL = FIXTURES / "nvidia" / "tiny32.pkl"

@@ -19,7 +19,7 @@ from rootedgan.checkpoints import load_network
 from rootedgan.checkpoints.nvidia import read_nvidia_pickle
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NV_PKL = FIXTURES / "nvidia" / "tiny32.pkl"
 ROS_PT = FIXTURES / "rosinality" / "tiny32.pt"
 PLACEHOLDER = b"# embedded module source removed: this file holds weights and structure only\n"

@@ -16,7 +16,7 @@ from rootedgan.checkpoints import load_network, resolve_source
 from rootedgan.errors import DownloadError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -156,10 +156,24 @@ def test_ema_rule(tiny32):
             p.fill_(1.0)
         for p in module.G_ema.parameters():
             p.fill_(0.0)
-    module._update_ema(global_batch=50)
+    module._update_ema(global_batch=50, cur_nimg=0)
     beta = 0.5 ** (50 / 100)  # half-life of ema_kimg * 1000 images
     p = next(module.G_ema.parameters())
     torch.testing.assert_close(p, torch.full_like(p, 1 - beta))
+
+
+def test_ema_rampup_reads_the_images_before_the_batch(tiny32):
+    """NVIDIA's ramp-up: half-life min(ema_kimg * 1000, cur_nimg * ema_rampup) with cur_nimg counted
+    before the current batch (its training loop updates G_ema, then adds the batch)."""
+    module = FinetuneModule(network=tiny32, ema_kimg=0.1, ema_rampup=0.05)
+    with torch.no_grad():
+        for p in module.G.parameters():
+            p.fill_(1.0)
+        for p in module.G_ema.parameters():
+            p.fill_(0.0)
+    module._update_ema(global_batch=50, cur_nimg=1000)  # half-life min(100, 1000 * 0.05) = 50 images
+    p = next(module.G_ema.parameters())
+    torch.testing.assert_close(p, torch.full_like(p, 1 - 0.5 ** (50 / 50)))
 
 
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, shapes, tiny32):

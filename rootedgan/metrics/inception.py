@@ -225,3 +225,51 @@ def make_standin_inception(path: str | os.PathLike[str], seed: int = 0) -> Path:
         torch.jit.script(model.eval()).save(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+class _InceptionV3Layers(torch.nn.Module):
+    """torchvision's Inception-v3 up to the 2048-d pool features (eval mode: a plain tensor out)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _ScriptWithLayers(torch.nn.Module):
+    def __init__(self, layers: torch.nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.layers((x - 128) / 128)
+
+
+def make_random_inception_v3(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write Inception-v3 *of the real architecture* with random weights (torchvision's ``inception_v3``,
+    ``weights=None``) as a torchscript with the Inception file's interface (``.layers(x) -> [N, 2048]``).
+
+    For speed measurements where NVIDIA's file cannot be downloaded: every convolution of the real
+    network runs, so the timings are the real ones; the FIDs mean nothing. Needs torchvision (raises
+    ImportError without it).
+    """
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.inception_v3(
+        weights=None, aux_logits=False, transform_input=False, init_weights=True
+    )
+    net.fc = torch.nn.Identity()
+    net.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layers = torch.jit.trace(_InceptionV3Layers(net), torch.zeros(1, 3, 299, 299))
+        script = torch.jit.script(_ScriptWithLayers(layers))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    script.save(str(tmp))
+    os.replace(tmp, path)
+    return path

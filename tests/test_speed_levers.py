@@ -1,0 +1,144 @@
+"""The speed levers of FinetuneModule (channels_last, tf32, fused_optimizer, torch_compile) leave the
+training step's results unchanged on the CPU: two real steps with each lever end where the plain step
+ends (up to float rounding), and each lever is off by default."""
+
+from __future__ import annotations
+
+import inspect
+
+import lightning as L
+import pytest
+import torch
+
+from rootedgan.module import FinetuneModule, use_channels_last
+
+G_KWARGS = dict(
+    z_dim=32,
+    c_dim=0,
+    w_dim=32,
+    img_resolution=16,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(channel_base=256, channel_max=32, num_fp16_res=2, conv_clamp=256),
+)
+D_KWARGS = dict(
+    c_dim=0,
+    img_resolution=16,
+    img_channels=3,
+    channel_base=256,
+    channel_max=32,
+    num_fp16_res=2,
+    conv_clamp=256,
+    epilogue_kwargs=dict(mbstd_group_size=2),
+)
+HPARAMS = dict(r1_gamma=1.0, r1_interval=2, pl_interval=2, style_mixing_prob=0.9, ema_kimg=0.01)
+
+
+def _train(steps: int = 2, **levers) -> FinetuneModule:
+    torch.manual_seed(0)
+    module = FinetuneModule(g_kwargs=G_KWARGS, d_kwargs=D_KWARGS, total_kimg=1.0, **HPARAMS, **levers)
+    gen = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.zeros(4, 0))
+        for _ in range(steps)
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    return module
+
+
+@pytest.fixture(scope="module")
+def plain() -> FinetuneModule:
+    return _train()
+
+
+def _diffs(a: FinetuneModule, b: FinetuneModule) -> torch.Tensor:
+    out = []
+    for net in ("G", "D", "G_ema"):
+        sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
+        out += [(value.float() - sb[key].float()).abs().flatten() for key, value in sa.items()]
+    return torch.cat(out)
+
+
+def _max_diff(a: FinetuneModule, b: FinetuneModule) -> float:
+    return _diffs(a, b).max().item()
+
+
+def assert_same_training(a: FinetuneModule, b: FinetuneModule) -> None:
+    """Equal up to float rounding. Adam divides by each element's gradient RMS, so an element whose
+    gradient is ~eps turns a rounding difference into a visible fraction of a step (lr 2e-3): allow a
+    few such elements up to 1e-4, and require 99.9 % of all within 1e-5 (measured for channels_last and
+    the fused optimizer: max 4.6e-5, 99.9 % within 7e-6, 90 % within 1.2e-7)."""
+    diff = _diffs(a, b)
+    assert diff.max().item() < 1e-4
+    assert (diff <= 1e-5).double().mean().item() >= 0.999
+
+
+def test_levers_are_off_by_default():
+    defaults = {k: p.default for k, p in inspect.signature(FinetuneModule.__init__).parameters.items()}
+    assert defaults["channels_last"] is False
+    assert defaults["tf32"] is None  # PyTorch's own setting
+    assert defaults["fused_optimizer"] is False
+    assert defaults["torch_compile"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "levers",
+    [
+        dict(channels_last=True),
+        dict(tf32=False),
+        dict(fused_optimizer=True),
+        dict(torch_compile="aot_eager"),
+    ],
+    ids=lambda d: next(iter(d)),
+)
+def test_lever_gives_the_same_training_step(plain, levers):
+    module = _train(**levers)
+    assert int(module.step_idx) == 2 and module.phase_counts == plain.phase_counts
+    assert_same_training(module, plain)
+    if levers.get("torch_compile"):
+        assert set(module._compiled_modules) == {"synthesis", "D"}  # Gmain/Dmain went through them
+
+
+def test_the_check_above_can_fail(plain):
+    """A real change of the step (another learning rate) moves the weights far beyond the tolerance, and
+    the plain step itself is deterministic."""
+    assert _max_diff(_train(), plain) == 0.0
+    HPARAMS["g_lr"] = 0.004
+    try:
+        changed = _train()
+    finally:
+        del HPARAMS["g_lr"]
+    assert _max_diff(changed, plain) > 1e-3
+
+
+def test_channels_last_switches_only_the_fp16_blocks():
+    torch.manual_seed(0)
+    module = FinetuneModule(g_kwargs=G_KWARGS, d_kwargs=D_KWARGS, **HPARAMS)
+    use_channels_last(module.G, module.D)
+    for net in (module.G, module.D):
+        for block in net.modules():
+            if not hasattr(block, "channels_last") or not hasattr(block, "use_fp16"):
+                continue
+            assert block.channels_last == block.use_fp16
+            for p in block.parameters(recurse=False):
+                if p.ndim == 4:
+                    assert p.is_contiguous(memory_format=torch.channels_last) == block.use_fp16
+
+
+def test_tf32_lever_sets_the_backend_flags():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        _train(steps=1, tf32=False)
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
