@@ -15,11 +15,11 @@ value, each bounded by what is left of ``--budget-s``:
    NVIDIA's own plugins build in the background (``bench/nvidia_ref.py prebuild``) for step 6;
 4. ``pytest_gpu``: ``pytest -m gpu`` (kernels vs reference in fp32/fp16/bf16, first and second order;
    CUDA augmentation; CUDA FID path);
-5. ``train``: ``bench/train.py`` at ``paper256``, batch 32, rooted and logistic, with NVIDIA's fp16 layers
-   and in fp32, then each speed lever alone (channels_last, TF32 on/off, fused optimizer,
-   cudnn.benchmark, NVIDIA's flags);
-6. ``nvidia_train``: NVIDIA's own ``train.py --cfg=stylegan2`` on the same GPU, same batch and synthetic
+5. ``nvidia_train``: NVIDIA's own ``train.py --cfg=stylegan2`` on the same GPU, same batch and synthetic
    256 px data (``bench/nvidia_ref.py gpu-train``), when ``.ref/stylegan3`` is there;
+6. ``train``: ``bench/train.py`` at ``paper256``, batch 32, rooted and logistic, with NVIDIA's fp16 layers
+   and in fp32, then each speed lever alone (channels_last, TF32 on/off, fused optimizer,
+   cudnn.benchmark, NVIDIA's flags, the reference ops), and a profile of the baseline's steps;
 7. ``fid``: ``bench/fid.py`` for 10k generated 256 px images: ours (exact, fast) vs clean-fid, with an
    Inception-v3 of the real architecture and random weights when NVIDIA's file is absent;
 8. ``ops_bench``: ``bench/ops.py``, kernels vs reference;
@@ -54,7 +54,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 NVIDIA_REF = REPO / ".ref" / "stylegan3"
-LEVERS_GPU = "channels_last,tf32,no_tf32,fused_optimizer,cudnn_benchmark,nvidia_flags"
+LEVERS_GPU = "channels_last,tf32,no_tf32,fused_optimizer,cudnn_benchmark,nvidia_flags,ref_ops"
 
 
 class Budget:
@@ -78,6 +78,7 @@ class Check:
     out: Path
     rehearsal: bool
     budget: Budget
+    train_args: argparse.Namespace
     env: dict[str, str] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
@@ -238,19 +239,22 @@ def step_install(check: Check) -> dict[str, Any]:
         details["wheels"] = (
             "none: no .whl/ (make gpu-wheels fills it; the packages must already be installed)"
         )
-    missing = []
-    for mod in (
-        "jsonargparse",
-        "cleanfid",
-        "lightning",
-        "torchmetrics",
-        "safetensors",
-        "scipy",
-        "matplotlib",
-    ):
-        code, _ = check.run("install", [_python(), "-c", f"import {mod}"], timeout=60)
-        if code != 0:
-            missing.append(mod)
+    mods = ("jsonargparse", "cleanfid", "lightning", "torchmetrics", "safetensors", "scipy", "matplotlib")
+    probe = (
+        "import importlib, json, sys\n"
+        "bad = []\n"
+        "for m in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except Exception as e:\n"
+        "        bad.append(f'{m} ({type(e).__name__}: {e})')\n"
+        "print('MISSING ' + json.dumps(bad))\n"
+    )
+    _, out = check.run("install", [_python(), "-c", probe, *mods], timeout=90)
+    line = next(
+        (ln for ln in out.splitlines() if ln.startswith("MISSING ")), 'MISSING ["import check failed"]'
+    )
+    missing = json.loads(line[len("MISSING ") :])
     details["missing_modules"] = missing
     project = Path(tempfile.mkdtemp(prefix="rootedgan-project-"))
     cmd = [_python(), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
@@ -338,10 +342,12 @@ def _train_cmd(check: Check, out: Path, extra: list[str]) -> list[str]:
 def step_train(check: Check) -> dict[str, Any]:
     _wait_background(check, "nvidia_prebuild", limit=120)  # no compiler competing with the timings
     out = check.out / ("train-cpu-rehearsal.json" if check.rehearsal else "train-cuda.json")
-    budget = check.budget.left() - 150  # leave room for NVIDIA's run, ops, FID
-    extra = ["--loss", "logistic,rooted", "--variants", "fp16,fp32", "--levers", LEVERS_GPU,
-             "--budget-s", f"{max(budget, 60):.0f}"]  # fmt: skip
-    code, text = check.run("train", _train_cmd(check, out, extra), timeout=max(budget, 60) + 30)
+    budget = check.budget.left() - 100  # leave room for FID and the ops benchmark
+    t = check.train_args
+    profile = min(t.profile, 1) if check.rehearsal else t.profile
+    extra = ["--loss", t.train_losses, "--variants", t.train_variants, "--levers", t.train_levers,
+             "--profile", str(profile), "--budget-s", f"{max(budget, 45):.0f}"]  # fmt: skip
+    code, text = check.run("train", _train_cmd(check, out, extra), timeout=max(budget, 45) + 30)
     return {"status": _status(code), "json": out.name if out.exists() else None, "table": _table(text)}
 
 
@@ -375,7 +381,7 @@ def step_nvidia_train(check: Check) -> dict[str, Any]:
         code, text = check.run("nvidia_train", cmd, timeout=120)
         return {"status": _status(code), "mode": "dry-run (no GPU)", "tail": _tail(text, 15)}
     _wait_background(check, "nvidia_prebuild", limit=60)
-    seconds = min(45.0, check.budget.left() - 120)
+    seconds = min(45.0, check.budget.left() - 150)
     cmd = [_python(), "bench/nvidia_ref.py", "gpu-train", "--ref", str(NVIDIA_REF), "--batch", "32",
            "--seconds", f"{max(seconds, 20):.0f}", "--max-wall", f"{max(seconds, 20) + 90:.0f}",
            "--out", str(out)]  # fmt: skip
@@ -440,8 +446,8 @@ STEPS = [
     Step("install", step_install, 20),
     Step("ops_build", step_ops_build, 60),
     Step("pytest_gpu", step_pytest_gpu, 30),
-    Step("train", step_train, 90),
     Step("nvidia_train", step_nvidia_train, 60),
+    Step("train", step_train, 60),
     Step("fid", step_fid, 60),
     Step("ops_bench", step_ops_bench, 30),
     Step("train_compile", step_train_compile, 60),
@@ -460,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-rehearsal", action="store_true", help="tiny sizes on the CPU; GPU-only parts skipped"
     )
     parser.add_argument("--only", default=None, help="comma list of steps to run (default: all)")
+    parser.add_argument("--train-losses", default="logistic,rooted", help="bench/train.py --loss")
+    parser.add_argument("--train-variants", default="fp16,fp32", help="bench/train.py --variants")
+    parser.add_argument("--train-levers", default=LEVERS_GPU, help="bench/train.py --levers")
+    parser.add_argument("--profile", type=int, default=4, help="bench/train.py --profile (steps)")
     args = parser.parse_args(argv)
 
     names = [s.name for s in STEPS]
@@ -468,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(names)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    check = Check(out=args.out, rehearsal=args.cpu_rehearsal, budget=Budget(args.budget_s))
+    check = Check(out=args.out, rehearsal=args.cpu_rehearsal, budget=Budget(args.budget_s), train_args=args)
     check.log_path.write_text("")
     if not args.cpu_rehearsal and not _gpu():
         check.log("no CUDA device here: running the CPU rehearsal instead (--cpu-rehearsal)")

@@ -255,6 +255,28 @@ PATCHES: tuple[Patch, ...] = (
         "torch >= 2.10 removed Sampler.__init__'s unused data_source: InfiniteSampler raised TypeError",
     ),
     Patch(
+        "torch_utils/custom_ops.py",
+        "            torch.utils.cpp_extension.load(name=module_name, build_directory=cached_build_dir,\n",
+        "            module = torch.utils.cpp_extension.load(name=module_name, "
+        f"build_directory=cached_build_dir,  # {PATCH_MARK}\n",
+        "torch's cpp_extension.load() returns the module and no longer puts its folder on sys.path "
+        "(seen on torch 2.11: ModuleNotFoundError: No module named 'bias_act_plugin')",
+    ),
+    Patch(
+        "torch_utils/custom_ops.py",
+        "            torch.utils.cpp_extension.load(name=module_name, verbose=verbose_build, "
+        "sources=sources, **build_kwargs)\n",
+        "            module = torch.utils.cpp_extension.load(name=module_name, verbose=verbose_build, "
+        f"sources=sources, **build_kwargs)  # {PATCH_MARK}\n",
+        "the same, for the uncached branch",
+    ),
+    Patch(
+        "torch_utils/custom_ops.py",
+        "        module = importlib.import_module(module_name)\n",
+        f"        pass  # {PATCH_MARK}: the module is what cpp_extension.load() returned\n",
+        "the same: importing it by name fails, the returned module is used",
+    ),
+    Patch(
         "dnnlib/util.py",
         "from distutils.util import strtobool\n",
         _STRTOBOOL,

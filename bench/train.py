@@ -83,6 +83,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "compile": {"torch_compile": "inductor"},
     "nvidia_flags": {"cudnn_benchmark": True, "tf32": False},
+    "ref_ops": {"ops_impl": "ref"},  # the pure-PyTorch reference ops instead of our CUDA kernels
 }
 MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer", "torch_compile")
 
@@ -201,6 +202,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32,
     )
     torch.backends.cudnn.benchmark = bool(levers.pop("cudnn_benchmark", False))
+    if levers.get("ops_impl"):  # read by every op call (run_worker_specs restores the environment)
+        os.environ["STYLEGAN_OPS_IMPL"] = levers.pop("ops_impl")
     if levers.get("tf32") is not None:  # the module applies it at fit start; set here for the record too
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(levers["tf32"])
     if levers.get("torch_compile") and spec.get("compile_backend"):
@@ -225,7 +228,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     rss_before = _vm_rss_mib()
 
     cfg = spec["config"]
-    batch, total = cfg["batch"], spec["warmup"] + spec["steps"]
+    profile_steps = int(spec.get("profile") or 0)
+    batch, total = cfg["batch"], spec["warmup"] + spec["steps"] + profile_steps
+    measured_end = spec["warmup"] + spec["steps"]
     torch.manual_seed(0)
     module = FinetuneModule(
         network=None,
@@ -281,13 +286,22 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             sync()
             if len(steps) == spec["warmup"]:
                 cpu["start"] = _cpu_snapshot()
+            if profile_steps and len(steps) == measured_end:
+                profiler.start()
             steps.append({"pl": do_pl, "r1": do_r1, "marks": [], "start": time.perf_counter()})
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             sync()
             steps[-1]["end"] = time.perf_counter()
-            if len(steps) == total:
+            if len(steps) == measured_end:
                 cpu["end"] = _cpu_snapshot()
+            if profile_steps and len(steps) == total:
+                profiler.stop()
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    profiler = torch.profiler.profile(activities=activities)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -313,7 +327,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if len(steps) != total or "end" not in steps[-1]:
         raise RuntimeError(f"ran {len(steps)} of {total} steps")
 
-    window = steps[spec["warmup"] :]
+    window = steps[spec["warmup"] : measured_end]
     wall = window[-1]["end"] - window[0]["start"]
     phases: dict[str, list[float]] = {name: [] for name in PHASES}
     for i, step in enumerate(window):
@@ -361,6 +375,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["peak_rss_mib"] = _peak_rss_mib()
     result["rss_before_model_mib"] = rss_before
     result["module_levers"] = levers
+    result["ops_impl_env"] = os.environ.get("STYLEGAN_OPS_IMPL")
+    if profile_steps:
+        result["profile"] = _profile_summary(profiler, steps[measured_end:], cuda)
     (
         torch.backends.cudnn.benchmark,
         torch.backends.cuda.matmul.allow_tf32,
@@ -372,11 +389,48 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _profile_summary(profiler: Any, steps: list[dict[str, Any]], cuda: bool) -> dict[str, Any]:
+    """The profiled steps: wall time, time the GPU spent in kernels, and the top operators."""
+    wall_ms = (steps[-1]["end"] - steps[0]["start"]) * 1e3
+    events = profiler.key_averages()
+
+    def self_device_us(e: Any) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
+
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    kernel_ms = sum(self_device_us(e) for e in events) / 1e3 if cuda else None
+    top = sorted(events, key=self_device_us if cuda else (lambda e: e.self_cpu_time_total), reverse=True)
+    return {
+        "steps": len(steps),
+        "step_kinds": ["".join(k for k, on in (("P", s["pl"]), ("R", s["r1"])) if on) or "-" for s in steps],
+        "wall_ms": wall_ms,
+        "device_busy_ms": kernel_ms,
+        "device_busy_share": kernel_ms / wall_ms if kernel_ms is not None else None,
+        "top": [
+            {
+                "name": e.key[:120],
+                "calls": e.count,
+                "self_device_ms": self_device_us(e) / 1e3,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3,
+            }
+            for e in top[:40]
+        ],
+        "table": events.table(sort_by=sort_by, row_limit=30, max_name_column_width=60),
+    }
+
+
 def run_worker_specs(specs: list[dict[str, Any]], result_path: Path) -> None:
     """Several measurements in one process (saves the start-up of a process per row); each result is
-    written as soon as it exists, and a failing spec is recorded without ending the others."""
+    written as soon as it exists, and a failing spec is recorded without ending the others. The
+    environment and backend flags are restored after every row."""
     results: list[dict[str, Any]] = []
     for spec in specs:
+        env = dict(os.environ)
+        flags = (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        )
         try:
             results.append(run_worker(spec))
         except Exception as err:  # recorded in the table; the other rows still run
@@ -385,6 +439,14 @@ def run_worker_specs(specs: list[dict[str, Any]], result_path: Path) -> None:
             results.append(
                 {"error": f"{type(err).__name__}: {err}", "log_tail": traceback.format_exc()[-3000:]}
             )
+        finally:
+            os.environ.clear()
+            os.environ.update(env)
+            (
+                torch.backends.cudnn.benchmark,
+                torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32,
+            ) = flags
         result_path.write_text(json.dumps(results))
 
 
@@ -558,6 +620,7 @@ def plan_runs(args: argparse.Namespace, has_cuda: bool, parser: argparse.Argumen
                         config=cfg,
                         nvidia_flags=args.nvidia_flags,
                         threads=args.threads,
+                        profile=args.profile if lever is None else 0,
                     )
                 )
     return plan, skipped
@@ -640,6 +703,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads in the workers (default: torch's own)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="after the measured steps, profile this many more steps of each baseline row (top kernels)",
     )
     parser.add_argument(
         "--one-process",

@@ -30,8 +30,8 @@ def test_rehearsal_runs_every_step(rehearsal):
     assert record["mode"] == "cpu-rehearsal"
     names = [s["name"] for s in record["steps"]]
     assert names == [
-        "environment", "install", "ops_build", "pytest_gpu", "train",
-        "nvidia_train", "fid", "ops_bench", "train_compile",
+        "environment", "install", "ops_build", "pytest_gpu", "nvidia_train",
+        "train", "fid", "ops_bench", "train_compile",
     ]  # fmt: skip
     for step in record["steps"]:
         assert step["status"] in ("ok", "skipped"), step
