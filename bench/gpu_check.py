@@ -347,6 +347,12 @@ def step_train(check: Check) -> dict[str, Any]:
     profile = min(t.profile, 1) if check.rehearsal else t.profile
     extra = ["--loss", t.train_losses, "--variants", t.train_variants, "--levers", t.train_levers,
              "--profile", str(profile), "--budget-s", f"{max(budget, 45):.0f}"]  # fmt: skip
+    nvidia = check.out / "nvidia-train.json"
+    summary = json.loads(nvidia.read_text()).get("summary") or {} if nvidia.exists() else {}
+    if summary.get("sec_per_kimg_median"):  # NVIDIA's run on this GPU: the ratio column
+        extra += ["--nvidia-sec-per-kimg", str(summary["sec_per_kimg_median"])]
+        if summary.get("gpumem_gib_median"):
+            extra += ["--nvidia-gpumem-gb", str(summary["gpumem_gib_median"])]
     code, text = check.run("train", _train_cmd(check, out, extra), timeout=max(budget, 45) + 30)
     return {"status": _status(code), "json": out.name if out.exists() else None, "table": _table(text)}
 

@@ -187,45 +187,55 @@ def render_ops(data: dict[str, Any]) -> str:
     return note + "\n\n" + md_table(header, body, right_from=3)
 
 
+def _train_label(r: dict[str, Any]) -> str:
+    label = f"{r['preset']}/{r.get('variant', 'fp16')}/{r['loss']}"
+    return label + (f" + {r['lever']}" if r.get("lever") else "")
+
+
 def render_train(data: dict[str, Any]) -> str:
     rows = data.get("results", [])
+    nvidia = data.get("nvidia") or {}
     ratio = any("ratio_vs_nvidia" in r for r in rows)
-    header = ["preset", "device", "loss", "batch", "precision", "img/s", "ms/step", "peak memory"]
+    header = ["run", "device", "batch", "img/s", "ms/step", "peak memory", "vs baseline"]
     if ratio:
         header.append("ours/NVIDIA")
+    bases = {
+        (r["preset"], r.get("variant"), r["loss"]): r for r in rows if not r.get("lever") and "error" not in r
+    }
     body = []
     for r in rows:
         if "error" in r:
-            line = [
-                r["preset"],
-                r["device"],
-                r["loss"],
-                str(r.get("batch", "")),
-                r.get("precision", ""),
-                "failed",
-            ]
+            line = [_train_label(r), r["device"], str(r.get("batch", "")), "failed"]
             body.append(line + ["–"] * (len(header) - len(line)))
             continue
         if "peak_gpu_mem_gib" in r:
             mem = f"{r['peak_gpu_mem_gib']:.2f} GiB GPU"
         else:
             mem = f"{r.get('peak_rss_mib', math.nan):.0f} MiB RSS"
-        line = [r["preset"], r["device"], r["loss"], str(r["batch"]), r["precision"], r["img_per_s"]]
-        line += [r["ms_per_step"], mem]
+        base = bases.get((r["preset"], r.get("variant"), r["loss"])) if r.get("lever") else None
+        vs = f"{r['img_per_s'] / base['img_per_s']:.3f}x" if base else "–"
+        line = [_train_label(r), r["device"], str(r["batch"]), r["img_per_s"], r["ms_per_step"], mem, vs]
         if ratio:
             line.append(f"{r['ratio_vs_nvidia']:.2f}x" if "ratio_vs_nvidia" in r else "–")
         body.append(line)
-    text = md_table(header, body, right_from=3)
+    if nvidia.get("img_per_s"):
+        mem = f"{nvidia['gpumem_gib']:.2f} GiB GPU" if nvidia.get("gpumem_gib") else "–"
+        line = ["NVIDIA stylegan3 `train.py --cfg=stylegan2`", "cuda", "32", nvidia["img_per_s"]]
+        line += [nvidia["sec_per_kimg"] * 32, mem, "–"] + (["1.00x"] if ratio else [])
+        body.append(line)
+    text = md_table(header, body, right_from=2)
     shares = []
     for r in rows:
-        if "error" in r or "phases_ms" not in r:
+        if "error" in r or "phases_ms" not in r or r.get("lever"):
             continue
         parts = [
             f"{k} {100 * v['share']:.0f}%" for k, v in r["phases_ms"].items() if v.get("mean") is not None
         ]
-        shares.append(f"{r['preset']}/{r['loss']}: " + ", ".join(parts))
+        shares.append(f"{_train_label(r)}: " + ", ".join(parts))
     if shares:
         text += "\n\nShare of the wall time per phase: " + "; ".join(shares) + "."
+    if nvidia.get("note"):
+        text += f"\n\nNVIDIA's row: {nvidia['note']}"
     for s in data.get("skipped", []):
         text += f"\n\n{s.get('reason')}."
     return text
@@ -258,7 +268,11 @@ def render_fid(data: dict[str, Any]) -> str:
         text += (
             f"\n\nFrechet distance on 2048-d statistics: ours {fd['ours_seconds']:.2f} s, "
             f"clean-fid's `sqrtm` {fd['cleanfid_sqrtm_seconds']:.2f} s "
-            f"(values agree to {fd['relative_difference']:.1e} relative)."
+            + (
+                f"(values agree to {fd['relative_difference']:.1e} relative)."
+                if fd.get("relative_difference") is not None
+                else f"({fd.get('cleanfid_error') or 'no comparison'})."
+            )
         )
     for name, dev in (data.get("fast_path_deviation") or {}).items():
         text += (

@@ -398,7 +398,9 @@ def _profile_summary(profiler: Any, steps: list[dict[str, Any]], cuda: bool) -> 
         return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
 
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    kernel_ms = sum(self_device_us(e) for e in events) / 1e3 if cuda else None
+    # Kernels only: an operator's own row repeats the time of the kernels it launched.
+    on_device = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    kernel_ms = sum(self_device_us(e) for e in on_device) / 1e3 if cuda else None
     top = sorted(events, key=self_device_us if cuda else (lambda e: e.self_cpu_time_total), reverse=True)
     return {
         "steps": len(steps),
