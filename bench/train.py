@@ -639,6 +639,49 @@ def _groups(plan: list[dict[str, Any]], one_process: bool = False) -> list[list[
     return ([shared] if shared else []) + alone
 
 
+def _nvidia_cpu_side_by_side(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:
+    """NVIDIA's inner loop (its networks and loss, replicated loop; bench/nvidia_ref.py) on the CPU with the
+    steps, warm-up and threads of our smoke rows; None when there is no such row."""
+    ours = [r for r in rows if r["preset"] == "smoke" and r["device"] == "cpu" and not r.get("lever")]
+    if not ours or "error" in ours[0]:
+        return None
+    from bench import nvidia_ref
+
+    if not nvidia_ref.DEFAULT_REF.is_dir():
+        print(f"--vs-nvidia-cpu: {nvidia_ref.DEFAULT_REF} not there (NVIDIA's stylegan3, never committed)")
+        return {"error": f"{nvidia_ref.DEFAULT_REF} missing"}
+    r = ours[0]
+    print(f"measuring NVIDIA's inner loop on cpu: {r['warmup']} warm-up + {r['steps']} steps ...", flush=True)
+    return nvidia_ref.run_cpu_step_subprocess(
+        steps=r["steps"], warmup=r["warmup"], threads=args.threads or torch.get_num_threads()
+    )
+
+
+def _report_nvidia_cpu(rows: list[dict[str, Any]], nvidia: dict[str, Any]) -> None:
+    if "error" in nvidia:
+        print(f"\nNVIDIA's CPU loop failed: {nvidia['error']}\n{nvidia.get('log_tail', '')}")
+        return
+    print(
+        "\nms per occurrence of each phase, ours vs NVIDIA's inner loop on the same CPU (< 1x: ours faster):"
+    )
+    header = ["run", "step", *PHASES[:4], "ema"]
+    theirs = nvidia["phases_ms"]
+    names = (*PHASES[:4], "ema")
+    means = [theirs.get(p, {}).get("mean") for p in names]
+    lines = [["NVIDIA", f"{nvidia['ms_per_step']:.1f}"] + ["-" if m is None else f"{m:.1f}" for m in means]]
+    for r in rows:
+        if r["preset"] != "smoke" or "error" in r or r.get("lever"):
+            continue
+        ph = r["phases_ms"]
+        cells = [f"{r['ms_per_step']:.1f} ({r['ms_per_step'] / nvidia['ms_per_step']:.2f}x)"]
+        for p, q in (*((p, p) for p in PHASES[:4]), ("ema+log", "ema")):
+            a, b = ph.get(p, {}).get("mean"), theirs.get(q, {}).get("mean")
+            cells.append("-" if a is None or not b else f"{a:.1f} ({a / b:.2f}x)")
+        lines.append([row_label(r), *cells])
+        r["ratio_vs_nvidia_cpu_step"] = r["ms_per_step"] / nvidia["ms_per_step"]
+    _print_table(header, lines, left=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -705,6 +748,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads in the workers (default: torch's own)"
+    )
+    parser.add_argument(
+        "--vs-nvidia-cpu",
+        action="store_true",
+        help="also time NVIDIA's inner loop on the CPU (bench/nvidia_ref.py cpu-step; needs .ref/stylegan3) "
+        "with the same steps and threads, and print the per-phase split side by side",
     )
     parser.add_argument(
         "--profile",
@@ -775,9 +824,12 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("preset", "variant", "device", "loss", "lever", "levers", "precision", "steps", "warmup")
             rows.append({k: spec[k] for k in keys} | {"batch": spec["config"]["batch"], **result})
             rows[-1]["config"] = spec["config"]
+    nvidia_cpu = _nvidia_cpu_side_by_side(rows, args) if args.vs_nvidia_cpu else None
     print()
     nvidia_img_s = 1000 / args.nvidia_sec_per_kimg if args.nvidia_sec_per_kimg else None
     _report(rows, nvidia_img_s)
+    if nvidia_cpu:
+        _report_nvidia_cpu(rows, nvidia_cpu)
     for r in rows:  # another load on the CPU, or whole cycles of very different length
         if "error" in r:
             continue
@@ -806,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
         "skipped": skipped,
         "nvidia": nvidia,
+        "nvidia_cpu": nvidia_cpu,
     }
     write_json(args.out, record)
     return 1 if any("error" in r for r in rows) else 0

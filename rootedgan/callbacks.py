@@ -156,6 +156,9 @@ class NetworkSnapshot(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
         self._schedule.start(module.cur_kimg)
+        # A resumed run already has its snapshot at this point (last.ckpt is written with one): the final
+        # snapshot is only written when this session trained at least one step.
+        self._last_snapshot_nimg = int(module.cur_nimg)
         out = self._out = run_dir(trainer)  # on every rank: it is a collective
         if trainer.is_global_zero and module.cur_nimg == 0:
             out.mkdir(parents=True, exist_ok=True)

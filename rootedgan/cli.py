@@ -13,6 +13,10 @@ import sys
 
 from rootedgan.errors import UserError
 
+FINETUNE_HELP = (
+    "Finetune (or train) a StyleGAN2 with the rooted or the logistic loss, from a YAML config; "
+    "`rootedgan finetune --help` lists its options."
+)
 # name -> module under rootedgan.commands. `finetune` is dispatched to LightningCLI separately.
 COMMANDS = {
     "generate": "generate",
@@ -31,6 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Finetune pretrained StyleGAN2 networks with the rooted logistic objective.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # dispatched to LightningCLI by main() before this parser runs; listed here for --help
+    sub.add_parser("finetune", help=FINETUNE_HELP, description=FINETUNE_HELP, add_help=False)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"rootedgan.commands.{module_name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)

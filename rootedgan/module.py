@@ -226,6 +226,7 @@ class FinetuneModule(L.LightningModule):
         self._opt_g: Any = None
         self._opt_d: Any = None
         self._real_c: torch.Tensor | None = None
+        self.last_step_logs: dict[str, Any] = {}
         self._last_step_time: float | None = None
         self._run_dir: Path | None = None
 
@@ -548,6 +549,17 @@ class FinetuneModule(L.LightningModule):
         logs["Loss/r1_penalty"] = r1.detach().mean()
         return self._finish_phase("Dreg", loss, self.d_params(), self._opt_d)
 
+    def finished(self) -> bool:
+        """True once ``total_kimg`` thousand images have been shown."""
+        return self._counters()[1] >= self.hparams.total_kimg * 1000
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # A resumed run that is already finished trains no further step (-1 ends the epoch at once).
+        if self.finished():
+            self.trainer.should_stop = True
+            return -1
+        return None
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """One real batch: Gmain, Greg (every ``pl_interval``), Dmain, Dreg (every ``r1_interval``), then
         G_ema and the counters."""
@@ -590,6 +602,7 @@ class FinetuneModule(L.LightningModule):
     def _log_step(self, logs: dict[str, Any], batch_size: int, device: torch.device) -> None:
         """Hand the step's values to Lightning's loggers on the steps they write (``log_every_n_steps``)
         and at the end; on other steps Lightning would discard them, after paying for them."""
+        self.last_step_logs = logs  # tensors; the progress display reads a few of them now and then
         now = time.perf_counter()
         if self._last_step_time is not None:
             logs["Timing/img_per_s"] = batch_size * dist_world()[1] / max(now - self._last_step_time, 1e-9)

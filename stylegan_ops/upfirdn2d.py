@@ -129,18 +129,18 @@ def upfirdn2d_ref(
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
 
-    # FIR filter. conv2d correlates, so a true convolution flips the filter first.
+    # FIR filter: a depthwise convolution (one group per channel, the batch kept as the batch; folding
+    # the batch into the groups makes PyTorch's double backward run one small convolution per group).
+    # conv2d correlates, so a true convolution flips the filter first.
     f = f.to(dtype=x.dtype, device=x.device)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     f = f * (gain ** (f.ndim / 2))
-    x = x.reshape(1, n * c, x.shape[2], x.shape[3])
     if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].repeat(n * c, 1, 1, 1), groups=n * c)
+        x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
     else:
-        x = F.conv2d(x, f[None, None, None, :].repeat(n * c, 1, 1, 1), groups=n * c)
-        x = F.conv2d(x, f[None, None, :, None].repeat(n * c, 1, 1, 1), groups=n * c)
-    x = x.reshape(n, c, x.shape[2], x.shape[3])
+        x = F.conv2d(x, f[None, None, None, :].repeat(c, 1, 1, 1), groups=c)
+        x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
 
     return x[:, :, ::downy, ::downx]
 

@@ -112,8 +112,8 @@ def test_render_replaces_only_the_blocks_with_results(tmp_path, results):
     assert "| float16 | upsample2d | 32x512x4x4 | 0.9 | 0.3 | x3.00 | 2 | 0.8 | x2.50 |" in ops
     assert "| float32 | bias_act lrelu | 2x512x8x8 | 0.25 | 0.5 |" in ops
     train = block(text, "train")
-    assert "| smoke | cpu | rooted | 8 | 32 | 32.8 | 244 | 544 MiB RSS |" in train
-    assert "| smoke | cpu | logistic | 8 | 32 | failed |" in train
+    assert "| smoke/fp16/rooted | cpu | 8 | 32.8 | 244 | 544 MiB RSS | – |" in train
+    assert "| smoke/fp16/logistic | cpu | 8 | failed |" in train
     assert "no GPU: paper256 not measured" in train and "train.json" in train  # legacy file, filed as CPU
     augment = block(text, "augment")  # unknown format: a table of the scalar fields
     assert "| mode | img_per_s |" in augment and "| ada | 123 |" in augment and "nested" not in augment
@@ -198,3 +198,33 @@ def test_scripts_maintained_elsewhere_get_only_the_flags_they_have(tmp_path, mon
     assert result["ok"] and result["returncode"] == 0
     data = json.loads((tmp_path / "results" / "augment-cpu.json").read_text())
     assert data["results"] == [{"repeats": 1}] and data["device"] == "cpu"
+
+
+def test_train_table_has_levers_against_their_baseline_and_nvidias_row():
+    row = {"preset": "paper256", "variant": "fp16", "device": "cuda", "batch": 32, "precision": "32",
+           "loss": "logistic", "peak_gpu_mem_gib": 9.68}  # fmt: skip
+    data = {
+        "machine": MACHINE_GPU,
+        "results": [
+            {**row, "img_per_s": 100.0, "ms_per_step": 320.0, "ratio_vs_nvidia": 100 / 140},
+            {
+                **row,
+                "lever": "channels_last",
+                "img_per_s": 87.0,
+                "ms_per_step": 368.0,
+                "ratio_vs_nvidia": 87 / 140,
+            },
+        ],
+        "nvidia": {"sec_per_kimg": 1000 / 140, "img_per_s": 140.0, "gpumem_gib": 8.31, "note": "stylegan3."},
+    }
+    text = run_all.render_train(data)
+    assert "| paper256/fp16/logistic | cuda | 32 | 100 | 320 | 9.68 GiB GPU | – | 0.71x |" in text
+    assert (
+        "| paper256/fp16/logistic + channels_last | cuda | 32 | 87 | 368 | 9.68 GiB GPU | 0.870x | 0.62x |"
+        in text
+    )
+    assert (
+        "| NVIDIA stylegan3 `train.py --cfg=stylegan2` | cuda | 32 | 140 | 229 | 8.31 GiB GPU | – | 1.00x |"
+        in text
+    )
+    assert "NVIDIA's row: stylegan3." in text

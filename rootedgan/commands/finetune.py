@@ -1,15 +1,23 @@
 """``rootedgan finetune``: LightningCLI over :class:`FinetuneModule` and :class:`ImageDataModule`.
 
 ``rootedgan finetune --config configs/X.yaml [--network PATH] [--model.k 4] [--ckpt_path last.ckpt]``.
-Without a sub-command ``fit`` is implied; ``validate`` is accepted too. ``--network`` is a shortcut
-for ``--model.network`` (the pretrained start); resuming a run is ``--ckpt_path``. The resolved config
-is saved as ``config.yaml`` in the run directory. Several devices select the ``gan_ddp`` strategy.
+``--network`` is short for ``--model.network`` (the pretrained start); resuming a run is ``--ckpt_path``
+(read without executing code; settings given now win over the checkpoint's, except those that define
+the run, see :mod:`rootedgan.resume`). The resolved config is saved as ``config.yaml`` in the run
+directory, the metrics as ``metrics.csv`` (and TensorBoard events when TensorBoard is installed), the
+progress as ``log.txt``. Several devices select the ``gan_ddp`` strategy.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+import re
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -17,8 +25,23 @@ from lightning.pytorch.cli import LightningCLI
 from rootedgan.callbacks import NetworkSnapshot
 from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir
+from rootedgan.progress import TrainingProgress
 
-SUBCOMMANDS = ("fit", "validate")
+RUN_VERSION_ENV = "ROOTEDGAN_RUN_VERSION"
+DESCRIPTION = (
+    "Finetune a pretrained StyleGAN2 (or train one from scratch) with the rooted or the logistic loss. "
+    "Options come from a YAML config (--config) and the command line; --network PATH is short for "
+    "--model.network PATH; --ckpt_path resumes a run from its checkpoints/last.ckpt."
+)
+#: Warnings Lightning prints in every run that say nothing about this run.
+HARMLESS_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode",  # G_ema stays in eval mode on purpose
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"LightningCLI's args parameter is intended",  # sys.argv stays as is for the DDP launcher
+    r"The '\w+_dataloader' does not have many workers",  # data.num_workers is the user's choice
+    r"You are using a CUDA device .* that has Tensor Cores",  # model.tf32 is the switch for that
+    r"Your `IterableDataset` has `__len__` defined",
+)
 
 
 def _wants_several_devices(devices: object, num_nodes: object) -> bool:
@@ -35,30 +58,138 @@ def _wants_several_devices(devices: object, num_nodes: object) -> bool:
     return isinstance(devices, int) and (devices > 1 or (devices == -1 and torch.cuda.device_count() > 1))
 
 
-class RootedganCLI(LightningCLI):
-    """LightningCLI with the snapshot callback's options under ``snapshot.*`` and GAN-aware defaults."""
+def run_version(save_dir: Path) -> int:
+    """The ``version_N`` of this run under ``save_dir/lightning_logs``: the next free one, chosen by the
+    launching process and handed to the other DDP ranks (started with ``LOCAL_RANK`` set) through the
+    environment, so that all ranks write to one folder."""
+    root = save_dir / "lightning_logs"
+    handed = os.environ.get(RUN_VERSION_ENV, "")
+    if os.environ.get("LOCAL_RANK") not in (None, "0") and handed.startswith(f"{root.resolve()}::"):
+        return int(handed.rsplit("::", 1)[1])
+    taken = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    version = max(taken, default=-1) + 1
+    os.environ[RUN_VERSION_ENV] = f"{root.resolve()}::{version}"
+    return version
 
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+
+def default_loggers(save_dir: str | None) -> list[Any]:
+    """CSV (always: ``compare`` and the plots read ``metrics.csv``) and TensorBoard (when installed), in
+    one run directory. The CSV file is flushed at every logged step, so a crash loses at most one interval."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    root = Path(save_dir or ".")
+    common = {"save_dir": str(root), "name": "lightning_logs", "version": run_version(root)}
+    loggers: list[Any] = [CSVLogger(**common, flush_logs_every_n_steps=1)]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        loggers.append(TensorBoardLogger(**common))
+    return loggers
+
+
+class RootedganCLI(LightningCLI):
+    """LightningCLI without sub-commands, with the snapshot and progress options, our loggers, a safe
+    ``--ckpt_path`` and one-line errors."""
+
+    def add_core_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+        # Our options first (the help lists them in this order), Lightning's Trainer last.
+        parser.add_lightning_class_args(self._model_class, "model")
+        parser.add_lightning_class_args(self._datamodule_class, "data")
         parser.add_lightning_class_args(NetworkSnapshot, "snapshot")
+        parser.add_lightning_class_args(TrainingProgress, "progress")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="resume this run: its checkpoints/last.ckpt"
+        )
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
+        from jsonargparse import ArgumentError
+
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise UserError(_one_line_parse_error(str(err), parser)) from None
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        config = self.config
         trainer = config.get("trainer")
         if trainer is None:
             return
         root = trainer.get("default_root_dir")
-        if root and self.subcommand == "fit":
+        if root:
             ensure_writable_dir(root)  # fail before loading networks, not after hours of training
         if trainer.get("strategy", "auto") == "auto" and _wants_several_devices(
             trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
         ):
             trainer["strategy"] = "gan_ddp"
+        if config.get("ckpt_path"):
+            self._check_resume(config)
+
+    def _check_resume(self, config: Any) -> None:
+        from rootedgan.resume import read_checkpoint, resume_changes
+
+        ckpt = read_checkpoint(config["ckpt_path"])
+        saved = dict(ckpt.get("hyper_parameters") or {})
+        given = config["model"].as_dict() if hasattr(config["model"], "as_dict") else dict(config["model"])
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            resume_changes(saved, given)
+            return
+        nimg = _checkpoint_nimg(ckpt)
+        print(f"resuming {config['ckpt_path']} at kimg {nimg / 1000:.1f}" if nimg is not None else "resuming")
+        for line in resume_changes(saved, given):
+            print(f"  changed on resume: {line}")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from rootedgan.resume import SafeCheckpointIO
+
+        if config.get("logger") in (None, True):
+            config["logger"] = default_loggers(config.get("default_root_dir"))
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+    def fit(self) -> None:
+        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.config.get("ckpt_path"))
+
+
+def _checkpoint_nimg(ckpt: dict[str, Any]) -> int | None:
+    value = (ckpt.get("state_dict") or {}).get("cur_nimg")
+    return int(value) if value is not None else None
+
+
+def _option_names(parser: Any) -> list[str]:
+    names = []
+    for action in getattr(parser, "_actions", []):
+        names += [s for s in action.option_strings if s.startswith("--")]
+    return names
+
+
+def _one_line_parse_error(message: str, parser: Any) -> str:
+    """jsonargparse's error as one line; an unknown option names the nearest valid ones."""
+    first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    unknown = re.findall(r"(--[\w.\-]+)", first) if "nrecognized" in first else []
+    if unknown:
+        names = _option_names(parser)
+        hints = []
+        for opt in unknown:
+            close = difflib.get_close_matches(opt.split("=")[0], names, n=2, cutoff=0.6)
+            hints.append(f"{opt} (did you mean {' or '.join(close)}?)" if close else opt)
+        return f"unknown option {', '.join(hints)}; `rootedgan finetune --help` lists them all"
+    return first
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
     argv = list(argv)
-    if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
-        argv.insert(0, "fit")
+    if argv and argv[0] == "fit":  # the sub-command of earlier versions
+        argv = argv[1:]
     out = []
     for arg in argv:
         if arg == "--network":
@@ -70,27 +201,53 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
+class _DropTips(logging.Filter):
+    """Lightning's advertising lines ("Tip: ... try installing ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's tips and the warnings listed in :data:`HARMLESS_WARNINGS`."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    try:  # Lightning's own use of jsonargparse APIs that jsonargparse deprecated: nothing for the user to do
+        from jsonargparse._deprecated import JsonargparseDeprecationWarning
+    except ImportError:
+        pass
+    else:
+        warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
+
+
 def run_finetune_cli(argv: list[str]) -> int:
     """Entry point used by ``rootedgan finetune``; returns the exit status."""
     import rootedgan.strategy  # noqa: F401 - registers the gan_ddp strategy name
     from rootedgan.data import ImageDataModule
     from rootedgan.module import FinetuneModule
 
-    # sys.argv must stay as it is (Lightning's DDP launcher re-runs it for the other ranks), so
-    # LightningCLI's warning about `args` next to sys.argv does not apply.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    # G_ema is kept in eval mode on purpose (it is never trained); Lightning counts its modules.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    quiet_lightning()
     try:
-        RootedganCLI(
+        cli = RootedganCLI(
             FinetuneModule,
             ImageDataModule,
             args=_normalise_argv(argv),
+            run=False,
+            parser_kwargs={"prog": "rootedgan finetune", "description": DESCRIPTION, "exit_on_error": False},
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"max_epochs": -1, "log_every_n_steps": 10, "use_distributed_sampler": False},
+            trainer_defaults={
+                "max_epochs": -1,
+                "log_every_n_steps": 10,
+                "use_distributed_sampler": False,
+                "enable_progress_bar": False,  # TrainingProgress shows the run's progress
+                "enable_checkpointing": False,  # NetworkSnapshot writes last.ckpt (and more on request)
+            },
             auto_configure_optimizers=False,
             seed_everything_default=False,  # model.seed drives all training randomness
         )
+        cli.fit()
     except UserError as err:
         print(f"rootedgan finetune: error: {err}", file=sys.stderr)
         return 2

@@ -249,8 +249,15 @@ class FIDCallback(L.Callback):
         from rootedgan.callbacks import run_dir
 
         self._out = run_dir(trainer)  # a collective under DDP: resolved on every rank
-        self._schedule.start(float(module.cur_nimg) / 1000)
-        if self.at_start and int(module.cur_nimg) == 0:
+        nimg = int(module.cur_nimg)
+        self._schedule.start(nimg / 1000)
+        # Everything an evaluation needs (the Inception file, the reference statistics) is checked now,
+        # also on resume and without at_start: a missing file must not end a run hours in.
+        with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
+            self._setup(trainer, module)
+        if nimg > 0:
+            self._last_nimg = nimg  # a resumed run: this point was evaluated (or passed) before
+        if self.at_start and nimg == 0:
             self._log_direct(trainer, self.evaluate(trainer, module))
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:

@@ -1,0 +1,217 @@
+"""Progress of a finetune run that a person can follow, in a terminal and in a log file.
+
+:class:`TrainingProgress` (the ``progress.*`` options of ``rootedgan finetune``):
+
+* in a terminal, one bar in thousands of images: ``kimg done/total``, img/s, sec/kimg, ETA, the latest
+  G and D losses and the latest FID;
+* every ``tick_kimg`` thousand images, one line like NVIDIA's training loop prints::
+
+      tick 12    kimg 48.0     time 1h 02m 10s  sec/tick 31.0   sec/kimg 7.52   img/s 133.0
+          G 1.234  D 0.987  fid50k_full 12.30  gpumem 9.7
+
+  printed to standard output when it is not a terminal (``nohup``, SLURM, ``| tee``) and always
+  appended to ``log.txt`` in the run directory, so a run can be followed with ``tail -f``.
+
+Everything is read from the module's host-side counters; the losses are read back from the GPU once a
+second at most. Only rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import lightning as L
+import torch
+
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n:.2f}/{total:g} kimg [{elapsed}<{remaining}{postfix}]"
+#: Keys of the step's logs shown as ``G`` and ``D``.
+LOSS_KEYS = {"G": "Loss/G/loss", "D": "Loss/D/loss"}
+
+
+def format_duration(seconds: float) -> str:
+    """``1h 02m 10s`` / ``3m 05s`` / ``42s`` (NVIDIA's ``format_time`` style)."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def latest_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The latest value of every metric recorded by the run's metric callbacks (``.history`` records with
+    ``results``, as :class:`rootedgan.metrics.FIDCallback` keeps them)."""
+    out: dict[str, float] = {}
+    for cb in trainer.callbacks:
+        for record in getattr(cb, "history", None) or []:
+            results = record.get("results") if isinstance(record, dict) else None
+            if isinstance(results, dict):
+                out.update({k: float(v) for k, v in results.items() if isinstance(v, (int, float))})
+    return out
+
+
+class TrainingProgress(L.Callback):
+    """A progress bar in kimg and NVIDIA-style tick lines (module docstring)."""
+
+    def __init__(
+        self, tick_kimg: float = 4.0, bar: Literal["auto", "on", "off"] = "auto", log_file: bool = True
+    ) -> None:
+        """
+        Args:
+            tick_kimg: thousands of images between tick lines (NVIDIA: 4).
+            bar: ``auto`` shows the bar when standard error is a terminal (tick lines then go to log.txt
+                only); ``on`` / ``off`` force it.
+            log_file: append the tick lines to ``log.txt`` in the run directory.
+        """
+        super().__init__()
+        if not tick_kimg > 0:
+            raise ValueError(f"progress.tick_kimg must be > 0, got {tick_kimg}")
+        if bar not in ("auto", "on", "off"):
+            raise ValueError(f"progress.bar must be auto, on or off, got {bar!r}")
+        self.tick_kimg = float(tick_kimg)
+        self.bar = bar
+        self.log_file = log_file
+        self._bar: Any = None
+        self._log: TextIO | None = None
+        self._stream: TextIO | None = None
+        self._start_time = 0.0
+        self._tick = 0
+        self._tick_time = 0.0
+        self._tick_nimg = 0
+        self._shown_nimg = 0
+        self._refresh_time = 0.0
+        self._rate: tuple[float, int] = (0.0, 0)  # (time, nimg) at the last rate update
+        self._total_kimg = 0.0
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _nimg(module: Any) -> int:
+        counters = getattr(module, "_counters", None)
+        return counters()[1] if counters is not None else int(module.cur_nimg)
+
+    @staticmethod
+    def _losses(module: Any) -> dict[str, float]:
+        logs = getattr(module, "last_step_logs", None) or {}
+        out = {}
+        for short, key in LOSS_KEYS.items():
+            value = logs.get(key)
+            if value is not None:
+                out[short] = float(value)  # one host read per refresh, not per step
+        return out
+
+    def _kimg(self, nimg: int) -> str:
+        """kimg with the precision the run needs (tiny runs: to the image)."""
+        return f"{nimg / 1000:.1f}" if self._total_kimg >= 10 else f"{nimg / 1000:.3f}"
+
+    def _write(self, line: str) -> None:
+        if self._log is not None:
+            self._log.write(line + "\n")
+            self._log.flush()
+        if self._bar is not None:
+            return  # the bar shows the same; the line is in log.txt
+        if self._stream is not None:
+            print(line, file=self._stream, flush=True)
+
+    def tick_line(self, trainer: L.Trainer, module: Any, now: float, nimg: int) -> str:
+        """NVIDIA's tick line for the images since the previous tick."""
+        dt, dn = now - self._tick_time, nimg - self._tick_nimg
+        fields = [
+            f"tick {self._tick:<5d}",
+            f"kimg {self._kimg(nimg):<8s}",
+            f"time {format_duration(now - self._start_time):<12s}",
+        ]
+        fields.append(f"sec/tick {dt:<7.1f}")
+        if dn > 0:
+            fields += [f"sec/kimg {dt / dn * 1000:<7.2f}", f"img/s {dn / max(dt, 1e-9):<8.1f}"]
+        fields += [f"{k} {v:.3f}" for k, v in self._losses(module).items()]
+        fields += [f"{k} {v:.4g}" for k, v in latest_metrics(trainer).items()]
+        if torch.cuda.is_available() and module.device.type == "cuda":
+            fields.append(f"gpumem {torch.cuda.max_memory_allocated(module.device) / 2**30:.1f}")
+        return "  ".join(f.rstrip() for f in fields)
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        run = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
+        if not trainer.is_global_zero:
+            return
+        now = time.monotonic()
+        nimg = self._nimg(module)
+        self._start_time = self._tick_time = self._refresh_time = now
+        self._tick_nimg = self._shown_nimg = nimg
+        self._rate = (now, nimg)
+        self._tick = int(nimg / 1000 // self.tick_kimg)
+        total = self._total_kimg = float(module.hparams.total_kimg)
+        self._stream = sys.stdout
+        if self.log_file:
+            run.mkdir(parents=True, exist_ok=True)
+            self._log = open(run / "log.txt", "a")  # noqa: SIM115 - kept open for the run
+        show_bar = self.bar == "on" or (self.bar == "auto" and sys.stderr.isatty())
+        if show_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                initial=nimg / 1000,
+                unit="kimg",
+                dynamic_ncols=True,
+                bar_format=BAR_FORMAT,
+                desc="finetune",
+            )
+        verb = "resuming at" if nimg else "starting at"
+        self._write(
+            f"training {verb} kimg {self._kimg(nimg)} of {total:g}; tick lines every {self.tick_kimg:g} kimg"
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.monotonic()
+        nimg = self._nimg(module)
+        if self._bar is not None:
+            self._bar.update((nimg - self._shown_nimg) / 1000)
+            self._shown_nimg = nimg
+            if now - self._refresh_time >= 1.0:
+                t0, n0 = self._rate
+                postfix = {}
+                if nimg > n0:
+                    rate = (nimg - n0) / max(now - t0, 1e-9)
+                    postfix = {"img/s": f"{rate:.1f}", "sec/kimg": f"{1000 / rate:.2f}"}
+                postfix.update({k: f"{v:.3f}" for k, v in self._losses(module).items()})
+                postfix.update({k: f"{v:.4g}" for k, v in latest_metrics(trainer).items()})
+                self._bar.set_postfix(postfix, refresh=True)
+                self._refresh_time, self._rate = now, (now, nimg)
+        if nimg >= (self._tick + 1) * self.tick_kimg * 1000 - 1e-6:
+            self._tick = int(nimg / 1000 // self.tick_kimg)
+            self._write(self.tick_line(trainer, module, now, nimg))
+            self._tick_time, self._tick_nimg = now, nimg
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.monotonic()
+        nimg = self._nimg(module)
+        if nimg > self._tick_nimg:
+            self._tick += 1
+            self._write(self.tick_line(trainer, module, now, nimg))
+        self._write(f"done: kimg {self._kimg(nimg)} in {format_duration(now - self._start_time)}")
+        self._close()
+
+    def on_exception(self, trainer: L.Trainer, module: Any, exception: BaseException) -> None:
+        if trainer.is_global_zero and self._log is not None:
+            self._write(f"stopped by {type(exception).__name__}: {exception}")
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,142 @@
+"""Resuming a run (``--ckpt_path``): a loader that cannot execute code, and settings that never change
+silently.
+
+* :func:`read_checkpoint` loads a Lightning checkpoint with ``torch.load(weights_only=True)`` (tensors,
+  containers and plain values only: a pickle that asks for anything else is refused with one line). Only
+  regular local files are read: a URL must be downloaded first, a FIFO or device is refused.
+* :func:`resume_changes` compares the checkpoint's model settings with the ones given now. Settings that
+  make a different run (architecture, loss, mode, seed, optimizers, augmentation pipeline) must not
+  change: a difference is a :class:`UserError`. The others (learning rates, regularization weights,
+  intervals, ``total_kimg``, ...) take the value given now, and each change is reported, so extending a
+  finished run is ``--model.total_kimg`` larger.
+* :class:`SafeCheckpointIO` is the checkpoint reader and writer of ``rootedgan finetune``: it reads with
+  :func:`read_checkpoint` and writes atomically next to the target (a temp file in the same folder,
+  fsynced, renamed), so a full disk or a kill never leaves a truncated ``last.ckpt`` behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import stat
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from rootedgan.errors import UserError
+from rootedgan.fileio import atomic_open
+
+#: Model settings a resumed run cannot change (they define the networks, the objective or the
+#: optimizer state's layout, or the randomness that makes a resume exact).
+FIXED_ON_RESUME = (
+    "network",
+    "g_kwargs",
+    "d_kwargs",
+    "loss",
+    "k",
+    "subtract_k",
+    "max_grad",
+    "mode",
+    "orthogonal",
+    "seed",
+    "g_optimizer",
+    "d_optimizer",
+    "freeze_d",
+    "augment",
+    "augment_preset",
+    "diffaugment_policy",
+)
+
+
+def _local_file(path: str | os.PathLike[str], what: str) -> Path:
+    text = str(path)
+    if "://" in text:
+        raise UserError(
+            f"{what} {text}: only local files are read (a checkpoint can carry code, and rootedgan never "
+            "loads one from the network); download it, check where it came from, and pass the file"
+        )
+    p = Path(text).expanduser()
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{what} {p}: no such file") from None
+    except OSError as err:
+        raise UserError(f"{what} {p}: cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {p}: not a regular file (a folder, FIFO or device cannot be a checkpoint)")
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike[str], what: str = "--ckpt_path") -> dict[str, Any]:
+    """A Lightning checkpoint as a dict, read without executing anything from it (see module docstring)."""
+    p = _local_file(path, what)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{what} {p}: refused, it is not a plain checkpoint ({first[:200]}); rootedgan loads checkpoints "
+            "without executing code, so a file that needs more is not loaded"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
+        raise UserError(
+            f"{what} {p}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+            "is it truncated, or another kind of file? A run's checkpoint is checkpoints/last.ckpt"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(
+            f"{what} {p}: not a Lightning training checkpoint (no state_dict); to start from a network "
+            "file use --network instead"
+        )
+    return ckpt
+
+
+def resume_changes(saved: dict[str, Any], given: dict[str, Any], what: str = "--ckpt_path") -> list[str]:
+    """Compare a checkpoint's model settings (``saved``) with those given now; raise for a fixed setting
+    that differs, return one line per setting that changes (the given value wins)."""
+    changes, fixed = [], []
+    for key in sorted(set(saved) | set(given)):
+        if key.startswith("_") or key not in given:
+            continue
+        old, new = _plain(saved.get(key)), _plain(given.get(key))
+        if old == new:
+            continue
+        if key in FIXED_ON_RESUME:
+            fixed.append(f"model.{key} is {old!r} in the checkpoint but {new!r} now")
+        else:
+            changes.append(f"model.{key}: {old!r} -> {new!r}")
+    if fixed:
+        raise UserError(
+            f"{what}: a resumed run keeps its settings, but " + "; ".join(fixed) + ". Give the checkpoint's "
+            "values (its config.yaml in the run folder has them) or start a new run without --ckpt_path"
+        )
+    return changes
+
+
+def _plain(value: Any) -> Any:
+    """Comparable form of a setting: tuples as lists, dataclass-like configs as dicts."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with :func:`read_checkpoint` for reading and atomic local writes."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return read_checkpoint(path)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("SafeCheckpointIO takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialised in memory first: a failure leaves the old file as it was
+        with atomic_open(path, "wb") as fh:
+            fh.write(buffer.getbuffer())

@@ -1,0 +1,235 @@
+"""A long run a person can trust and follow: resume keeps the settings given now (except those that
+define the run), extends a finished run, never trains a finished one further; only last.ckpt plus the
+snapshots are kept; progress as NVIDIA-style tick lines on redirected output and in log.txt; metrics.csv
+always; metric callbacks check their inputs at start; the finetune command's help and errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rootedgan.cli import main as cli_main
+from rootedgan.metrics import FIDCallback
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def finetune(root: Path, data: Path, network: str, *extra: str) -> int:
+    return cli_main(
+        ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", network,
+         "--data.path", str(data), "--trainer.default_root_dir", str(root), *extra]
+    )  # fmt: skip
+
+
+def runs(root: Path) -> list[Path]:
+    return sorted(root.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, shapes, tiny32) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    assert finetune(root, shapes, tiny32) == 0
+    return root
+
+
+def test_only_last_ckpt_and_snapshots_are_kept(first_run):
+    run = runs(first_run)[0]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert sorted(p.name for p in run.glob("network-snapshot-*")) == [
+        "network-snapshot-000000.032.safetensors",
+        "network-snapshot-000000.064.safetensors",
+    ]
+
+
+def test_metrics_csv_and_log_txt_are_written(first_run):
+    run = runs(first_run)[0]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert rows and any(r.get("Loss/G/loss") for r in rows)
+    log = (run / "log.txt").read_text()
+    assert log.startswith("training starting at kimg 0.000 of 0.064")
+    assert "tick 1" in log and "sec/kimg" in log and "done: kimg 0.064" in log
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard is installed but logged nothing"
+
+
+def test_resume_extends_a_finished_run_with_the_setting_given_now(
+    tmp_path, first_run, shapes, tiny32, capsys
+):
+    ckpt = runs(first_run)[0] / "checkpoints" / "last.ckpt"
+    code = finetune(tmp_path, shapes, tiny32, "--ckpt_path", str(ckpt), "--model.total_kimg", "0.096")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "changed on resume: model.total_kimg: 0.064 -> 0.096" in out
+    run = runs(tmp_path)[0]
+    assert sorted(p.name for p in run.glob("network-snapshot-*")) == [
+        "network-snapshot-000000.096.safetensors"
+    ]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(saved["state_dict"]["cur_nimg"]) == 96 and saved["hyper_parameters"]["total_kimg"] == 0.096
+
+
+def test_resuming_a_finished_run_trains_nothing_and_writes_no_snapshot(tmp_path, first_run, shapes, tiny32):
+    ckpt = runs(first_run)[0] / "checkpoints" / "last.ckpt"
+    before = torch.load(ckpt, weights_only=True)["state_dict"]["step_idx"]
+    assert finetune(tmp_path, shapes, tiny32, "--ckpt_path", str(ckpt)) == 0
+    run = runs(tmp_path)[0]
+    assert not list(run.glob("network-snapshot-*")) and not (run / "checkpoints").exists()
+    assert "done: kimg 0.064" in (run / "log.txt").read_text()
+    assert int(before) == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.loss", "logistic"], "model.loss is 'rooted' in the checkpoint but 'logistic' now"),
+        (["--model.k", "4"], "model.k is 2.0 in the checkpoint but 4.0 now"),
+        (["--model.seed", "7"], "model.seed is 0 in the checkpoint but 7 now"),
+    ],
+)
+def test_resume_refuses_a_setting_that_defines_the_run(
+    tmp_path, first_run, shapes, tiny32, capsys, override, message
+):
+    ckpt = runs(first_run)[0] / "checkpoints" / "last.ckpt"
+    assert finetune(tmp_path, shapes, tiny32, "--ckpt_path", str(ckpt), *override) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not runs(tmp_path)  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("ckpt", "message"),
+    [
+        ("http://127.0.0.1:9/evil.ckpt", "only local files are read"),
+        ("missing.ckpt", "no such file"),
+        (".", "not a regular file"),
+    ],
+)
+def test_bad_ckpt_path_is_one_line(tmp_path, shapes, tiny32, capsys, ckpt, message):
+    assert finetune(tmp_path, shapes, tiny32, "--ckpt_path", ckpt) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Payload.target),))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(tmp_path, shapes, tiny32, capsys):
+    _Payload.target = str(tmp_path / "pwned")
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": _Payload()}, evil)
+    assert finetune(tmp_path / "run", shapes, tiny32, "--ckpt_path", str(evil)) == 2
+    assert not (tmp_path / "pwned").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused, it is not a plain checkpoint" in err[0]
+
+
+def test_progress_lines_on_redirected_output_and_no_tips(tmp_path, shapes, tiny32):
+    config = str(REPO / "configs" / "smoke.yaml")
+    cmd = [sys.executable, "-m", "rootedgan.cli", "finetune", "--config", config, "--network", tiny32,
+           "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
+           "--progress.tick_kimg", "0.032"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ticks = [line for line in proc.stdout.splitlines() if line.startswith("tick ")]
+    assert [t.split()[1] for t in ticks] == ["1", "2"]
+    assert all("sec/kimg" in t and "img/s" in t and " G " in t and " D " in t for t in ticks)
+    assert "Tip:" not in proc.stdout + proc.stderr
+    assert "eval mode" not in proc.stderr
+
+
+def test_fid_callback_checks_its_inputs_when_the_run_starts(tmp_path, shapes, tiny32):
+    """Without at_start, a missing Inception file used to surface at the first evaluation, hours in."""
+    from test_finetune import fit
+
+    from rootedgan.errors import UserError
+
+    called = []
+    fid = FIDCallback(
+        every_kimg=1, at_start=False, inception=str(tmp_path / "nope.pt"), download_inception=False
+    )
+    with pytest.raises(UserError, match="nope.pt"):
+        fit(tmp_path, shapes, network=tiny32, total_kimg=0.008, callbacks=[fid, _CountSteps(called)])
+    assert called == []  # no training step ran
+
+
+class _CountSteps:
+    """A callback counting training steps (Lightning duck-types callbacks through its base class)."""
+
+    def __new__(cls, sink: list):
+        import lightning as L
+
+        class Counter(L.Callback):
+            def on_train_batch_start(self, *args):
+                sink.append(1)
+
+        return Counter()
+
+
+def test_help_lists_finetune_and_its_own_options(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert "finetune" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: rootedgan finetune")
+    for option in (
+        "--model.loss",
+        "--data.path",
+        "--snapshot.snap_kimg",
+        "--progress.tick_kimg",
+        "--ckpt_path",
+    ):
+        assert option in text
+    assert "{fit,validate" not in text and "--model.network PATH" in text
+    assert text.index("--model.loss") < text.index("--trainer.accelerator")  # ours first
+
+
+def test_unknown_option_is_one_line_with_the_nearest_valid_one(tmp_path, shapes, tiny32, capsys):
+    assert finetune(tmp_path, shapes, tiny32, "--model.kk", "3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "rootedgan finetune: error: unknown option --model.kk (did you mean --model.k or --model?); "
+        "`rootedgan finetune --help` lists them all"
+    ]
+
+
+def test_kill_9_keeps_the_metrics_logged_so_far(tmp_path, shapes, tiny32):
+    """metrics.csv and log.txt are written as the run goes: a killed run keeps all but the last interval."""
+    import os
+    import signal
+    import time
+
+    config = str(REPO / "configs" / "smoke.yaml")
+    cmd = [sys.executable, "-m", "rootedgan.cli", "finetune", "--config", config, "--network", tiny32,
+           "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
+           "--model.total_kimg", "10", "--trainer.log_every_n_steps", "2", "--progress.tick_kimg", "0.016",
+           "--snapshot.snap_kimg", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        log = None
+        while time.monotonic() < deadline:
+            log = next(tmp_path.glob("lightning_logs/version_*/log.txt"), None)
+            if log is not None and log.read_text().count("\ntick ") >= 4:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no 4 tick lines within 300 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rows = list(csv.DictReader(open(log.parent / "metrics.csv")))
+    assert len([r for r in rows if r.get("Loss/G/loss")]) >= 3  # steps 2, 4, 6 at least (8 images a step)
