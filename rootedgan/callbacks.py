@@ -108,6 +108,12 @@ class NetworkSnapshot(L.Callback):
             keep_checkpoints: keep a Lightning checkpoint per snapshot, not only ``last.ckpt``.
         """
         super().__init__()
+        from rootedgan.errors import UserError
+
+        if not snap_kimg >= 0:
+            raise UserError(f"snapshot.snap_kimg must be >= 0 (0: only at the end), got {snap_kimg}")
+        if grid_seeds < 1:
+            raise UserError(f"snapshot.grid_seeds must be >= 1, got {grid_seeds}")
         self.snap_kimg = snap_kimg
         self.grid_seeds = grid_seeds
         self.grid = grid

@@ -560,7 +560,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DatasetError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise DatasetError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # in config.yaml; not merged with the model's (two seeds)
         self.path = path
         self.resolution = resolution
         self.batch_size = batch_size

@@ -27,6 +27,7 @@ mode) comes from ``self.randomness`` (:mod:`rootedgan.randomness`); the default 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ class FinetuneModule(L.LightningModule):
         diffaugment_policy: str = "color,translation,cutout",
         total_kimg: float = 1000.0,
         max_bad_steps: int = 10,
+        max_bad_fraction: float = 0.05,
         seed: int = 0,
         mode: str = "full",
         orthogonal: OrthogonalConfig | None = None,
@@ -164,6 +166,8 @@ class FinetuneModule(L.LightningModule):
             diffaugment_policy: DiffAugment transforms, a comma-separated subset of color,translation,cutout.
             total_kimg: stop after this many thousand real images.
             max_bad_steps: stop after this many consecutive steps with a non-finite loss or gradient.
+            max_bad_fraction: a run that ends with more than this fraction of its phases skipped (non-finite)
+                has diverged: it ends with an error (after its final snapshot) instead of success.
             seed: seed for latents and noise (each rank and step derives its own).
             mode: ``full`` (every G parameter trains) or ``orthogonal`` (OFT: G's selected weights are frozen
                 and rotated by learned block-diagonal orthogonal matrices; see :mod:`rootedgan.orthogonal`).
@@ -208,6 +212,13 @@ class FinetuneModule(L.LightningModule):
         for name, minimum in minimums.items():
             if self.hparams[name] < minimum:
                 raise UserError(f"model.{name} must be >= {minimum}, got {self.hparams[name]}")
+        positive = ("total_kimg", "g_lr", "d_lr", "ema_kimg")
+        for name in positive:  # `not > 0` also refuses NaN
+            if not float(self.hparams[name]) > 0 or not math.isfinite(float(self.hparams[name])):
+                raise UserError(f"model.{name} must be a finite number > 0, got {self.hparams[name]}")
+        for name in ("r1_gamma", "pl_weight", "style_mixing_prob"):
+            if not float(self.hparams[name]) >= 0 or not math.isfinite(float(self.hparams[name])):
+                raise UserError(f"model.{name} must be a finite number >= 0, got {self.hparams[name]}")
         self.register_buffer("pl_mean", torch.zeros([]))
         self.register_buffer("cur_nimg", torch.zeros([], dtype=torch.long))
         self.register_buffer("step_idx", torch.zeros([], dtype=torch.long))
@@ -572,6 +583,7 @@ class FinetuneModule(L.LightningModule):
         step, nimg = self._counters()
         logs: dict[str, Any] = {}  # tensors, not floats: reading each one back would stall the GPU
         ok = True
+        guarded = self._guard_buffers()
         with self.randomness.step(step, real.device):
             ok &= self._phase_gmain(batch_size, logs)
             if hp.pl_weight > 0 and step % max(hp.pl_interval, 1) == 0:
@@ -580,6 +592,7 @@ class FinetuneModule(L.LightningModule):
             if hp.r1_gamma > 0 and step % max(hp.r1_interval, 1) == 0:
                 ok &= self._phase_dreg(real, logs)
         self._real_c = None
+        self._restore_nonfinite(guarded)
 
         if world > 1:  # keep running statistics identical on every rank
             self.G.mapping.w_avg.copy_(self._rank_mean(self.G.mapping.w_avg))
@@ -598,6 +611,22 @@ class FinetuneModule(L.LightningModule):
         self._log_step(logs, batch_size, real.device)
         if nimg >= hp.total_kimg * 1000:
             self.trainer.should_stop = True
+
+    def _guard_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The running statistics a step updates in its forward passes (``w_avg``, ``pl_mean``), with a copy
+        of their values before the step: a skipped phase must not leave them non-finite."""
+        buffers = [self.pl_mean]
+        w_avg = getattr(self.G.mapping, "w_avg", None)
+        if w_avg is not None:
+            buffers.append(w_avg)
+        return [(b, b.detach().clone()) for b in buffers]
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore_nonfinite(guarded: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Put back the previous value of every guarded element that is no longer finite (no host sync)."""
+        for buffer, before in guarded:
+            buffer.copy_(torch.where(torch.isfinite(buffer), buffer, before))
 
     def _log_step(self, logs: dict[str, Any], batch_size: int, device: torch.device) -> None:
         """Hand the step's values to Lightning's loggers on the steps they write (``log_every_n_steps``)
@@ -673,6 +702,15 @@ class FinetuneModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.check_ddp_consistency()
+        bad, total = int(self.bad_phases), int(self.total_phases)
+        if total and bad / total > self.hparams.max_bad_fraction:
+            raise NonFiniteTrainingError(
+                f"the run diverged: {bad} of {total} phases ({100 * bad / total:.0f}%) had a non-finite "
+                f"loss or gradient and were skipped (more than model.max_bad_fraction="
+                f"{self.hparams.max_bad_fraction:g}). Its snapshots are kept, but do not trust them; try a "
+                f"lower learning rate, a larger R1 gamma, a larger root k (loss {self.adv_loss.label}) or "
+                "precision 32."
+            )
 
     @torch.no_grad()
     def check_ddp_consistency(self) -> list[float] | None:

@@ -11,7 +11,8 @@ silently.
   finished run is ``--model.total_kimg`` larger.
 * :class:`SafeCheckpointIO` is the checkpoint reader and writer of ``rootedgan finetune``: it reads with
   :func:`read_checkpoint` and writes atomically next to the target (a temp file in the same folder,
-  fsynced, renamed), so a full disk or a kill never leaves a truncated ``last.ckpt`` behind.
+  fsynced, renamed), so a full disk or a kill never leaves a truncated ``last.ckpt`` behind; the temp
+  files a kill leaves are removed when the run is resumed (:func:`remove_stale_temp_files`).
 """
 
 from __future__ import annotations
@@ -125,6 +126,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], min_age_s: float = 60.0) -> list[Path]:
+    """Delete the temp files that a killed run's atomic writes left in ``folder`` (``.NAME.XXXX.tmp``, see
+    :func:`rootedgan.fileio.atomic_open`), when older than ``min_age_s``; returns what was removed."""
+    import time
+
+    removed = []
+    now = time.time()
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            if path.is_file() and not path.is_symlink() and now - path.stat().st_mtime >= min_age_s:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -131,6 +131,55 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path, shapes,
     )
 
 
+def _trainer(root) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(root),
+    )  # fmt: skip
+
+
+def test_a_skipped_step_leaves_w_avg_and_pl_mean_finite(tmp_path, shapes, tiny32):
+    """The running statistics updated inside the forward passes are guarded like the weights, so the
+    "last good" weights and every later snapshot keep a finite w_avg."""
+    module = FinetuneModule(network=tiny32, max_bad_steps=2, total_kimg=10.0)
+    module.adv_loss = NaNGeneratorLoss("rooted", k=2.0)
+    mapping_forward = module.G.mapping.forward
+
+    def poisoned(*args, **kwargs):  # a forward pass that went non-finite, as with a huge learning rate
+        out = mapping_forward(*args, **kwargs)
+        module.G.mapping.w_avg.fill_(float("nan"))
+        return out
+
+    module.G.mapping.forward = poisoned
+    w_avg_before = module.G.mapping.w_avg.clone()
+    with pytest.raises(NonFiniteTrainingError):
+        _trainer(tmp_path).fit(module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
+    assert torch.equal(module.G.mapping.w_avg, w_avg_before)
+    assert torch.isfinite(module.pl_mean)
+    saved = load_network(str(tmp_path / "network-lastgood.safetensors"))
+    for net in ("G", "G_ema"):
+        assert torch.isfinite(saved[net].mapping.w_avg).all(), net
+
+
+class EveryOtherStepNaNLoss(AdversarialLoss):
+    """G's loss is NaN on every second call: never 2 bad steps in a row, half of the Gmain phases bad."""
+
+    calls = 0
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        EveryOtherStepNaNLoss.calls += 1
+        scale = float("nan") if EveryOtherStepNaNLoss.calls % 2 == 0 else 1.0
+        return super().generator(fake_logits) * scale
+
+
+def test_a_run_with_many_skipped_phases_ends_as_failed(tmp_path, shapes, tiny32):
+    module = FinetuneModule(network=tiny32, pl_weight=0.0, r1_gamma=0.0, total_kimg=0.016)
+    module.adv_loss = EveryOtherStepNaNLoss("rooted", k=2.0)
+    with pytest.raises(NonFiniteTrainingError, match=r"diverged: 2 of 8 phases \(25%\)"):
+        _trainer(tmp_path).fit(module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
+    assert int(module.step_idx) == 4  # trained to the end: no run of max_bad_steps bad steps
+
+
 def test_freeze_d_keeps_input_side_layers(tmp_path, shapes, tiny32):
     module = FinetuneModule(network=tiny32, freeze_d=3, total_kimg=0.008)
     frozen_layers = d_layers_from_input(module.D)[:3]
@@ -218,12 +267,12 @@ def test_cli_rejects_bad_settings_with_a_readable_error(tmp_path, shapes, tiny32
 
 
 def test_cli_rejects_unknown_options(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli_main(
-            ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.no_such_option", "3"]
-        )
-    assert exc.value.code == 2
-    assert "no_such_option" in capsys.readouterr().err
+    code = cli_main(
+        ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.no_such_option", "3"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown option --model.no_such_option" in err[0]
 
 
 def test_bf16_mixed_precision_runs_finite(tmp_path, shapes, tiny32):

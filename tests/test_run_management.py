@@ -233,3 +233,73 @@ def test_kill_9_keeps_the_metrics_logged_so_far(tmp_path, shapes, tiny32):
         proc.wait()
     rows = list(csv.DictReader(open(log.parent / "metrics.csv")))
     assert len([r for r in rows if r.get("Loss/G/loss")]) >= 3  # steps 2, 4, 6 at least (8 images a step)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model.total_kimg", "-1"], "model.total_kimg must be a finite number > 0, got -1.0"),
+        (["--model.total_kimg", "0"], "model.total_kimg must be a finite number > 0, got 0.0"),
+        (["--snapshot.snap_kimg", "-1"], "snapshot.snap_kimg must be >= 0"),
+        (["--model.g_lr", "nan"], 'Parser key "model.g_lr": Expected a'),
+    ],
+)
+def test_careless_settings_are_one_line(tmp_path, shapes, tiny32, capsys, extra, message):
+    assert finetune(tmp_path, shapes, tiny32, *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu_is_one_line(tmp_path, shapes, tiny32, capsys):
+    assert finetune(tmp_path, shapes, tiny32, "--trainer.accelerator", "gpu") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use --trainer.accelerator cpu" in err[0]
+
+
+def test_model_seed_and_data_seed_may_differ(tmp_path, shapes, tiny32):
+    """model.seed drives the training randomness, data.seed the data order: Lightning used to refuse to
+    merge the two `seed` hyperparameters."""
+    assert finetune(tmp_path, shapes, tiny32, "--model.seed", "3", "--data.seed", "5") == 0
+
+
+def test_checkpoint_writes_never_leave_a_partial_file(tmp_path, monkeypatch):
+    from rootedgan.resume import SafeCheckpointIO, read_checkpoint, remove_stale_temp_files
+
+    io_ = SafeCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io_.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+
+    class DiskFull:
+        def __init__(self, real):
+            self.real = real
+
+        def write(self, data):
+            self.real.write(bytes(data)[:10])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    import rootedgan.resume as resume
+
+    real_open = resume.atomic_open
+
+    def full_disk_open(path, mode="wb"):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            with real_open(path, mode) as fh:
+                yield DiskFull(fh)
+
+        return cm()
+
+    monkeypatch.setattr(resume, "atomic_open", full_disk_open)
+    with pytest.raises(OSError, match="No space left"):
+        io_.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert torch.equal(read_checkpoint(target)["state_dict"]["w"], torch.ones(3))  # the good one survives
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # and no temp file is left
+    stale = target.parent / ".last.ckpt.abc123.tmp"  # what a kill -9 mid-write leaves
+    stale.write_bytes(b"partial")
+    assert remove_stale_temp_files(target.parent, min_age_s=0) == [stale] and not stale.exists()

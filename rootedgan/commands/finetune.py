@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from rootedgan.callbacks import NetworkSnapshot
@@ -129,7 +130,7 @@ class RootedganCLI(LightningCLI):
             self._check_resume(config)
 
     def _check_resume(self, config: Any) -> None:
-        from rootedgan.resume import read_checkpoint, resume_changes
+        from rootedgan.resume import read_checkpoint, remove_stale_temp_files, resume_changes
 
         ckpt = read_checkpoint(config["ckpt_path"])
         saved = dict(ckpt.get("hyper_parameters") or {})
@@ -141,6 +142,9 @@ class RootedganCLI(LightningCLI):
         print(f"resuming {config['ckpt_path']} at kimg {nimg / 1000:.1f}" if nimg is not None else "resuming")
         for line in resume_changes(saved, given):
             print(f"  changed on resume: {line}")
+        folder = Path(config["ckpt_path"]).expanduser().parent  # left there by the killed run's writes
+        for stale in [*remove_stale_temp_files(folder), *remove_stale_temp_files(folder.parent)]:
+            print(f"  removed {stale} (an unfinished write of the interrupted run)")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         from lightning.pytorch.plugins.io import CheckpointIO
@@ -174,7 +178,7 @@ def _option_names(parser: Any) -> list[str]:
 
 def _one_line_parse_error(message: str, parser: Any) -> str:
     """jsonargparse's error as one line; an unknown option names the nearest valid ones."""
-    first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    first = " ".join(line.strip() for line in message.strip().splitlines()[:3]) or "invalid arguments"
     unknown = re.findall(r"(--[\w.\-]+)", first) if "nrecognized" in first else []
     if unknown:
         names = _option_names(parser)
@@ -245,9 +249,15 @@ def run_finetune_cli(argv: list[str]) -> int:
                 "enable_checkpointing": False,  # NetworkSnapshot writes last.ckpt (and more on request)
             },
             auto_configure_optimizers=False,
-            seed_everything_default=False,  # model.seed drives all training randomness
+            seed_everything_default=False,  # model.seed: latents, mixing, noise; data.seed: data order, flips
         )
         cli.fit()
+    except MisconfigurationException as err:  # e.g. --trainer.accelerator gpu on a machine without one
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "gpu" in first.lower() and not torch.cuda.is_available():
+            first += " (this machine has no usable CUDA GPU: use --trainer.accelerator cpu, or auto)"
+        print(f"rootedgan finetune: error: trainer: {first}", file=sys.stderr)
+        return 2
     except UserError as err:
         print(f"rootedgan finetune: error: {err}", file=sys.stderr)
         return 2
