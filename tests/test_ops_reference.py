@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 
@@ -246,3 +247,27 @@ def test_resample_helpers_follow_the_spec_padding_rule(taps, factor):
     down_pad = [(taps - factor + 1) // 2, (taps - factor) // 2]
     expected_down = so.upfirdn2d(x, f, down=factor, padding=[*down_pad, *down_pad])
     torch.testing.assert_close(so.downsample2d(x, f, down=factor), expected_down)
+
+
+def test_filter_impl_env_applies_to_plain_filtering_only(monkeypatch):
+    """STYLEGAN_OPS_FILTER_IMPL picks the implementation of up = down = 1 calls alone (a speed switch for
+    GPUs where our kernel loses to cuDNN there); resampling calls keep STYLEGAN_OPS_IMPL's choice."""
+    mod = importlib.import_module("stylegan_ops.upfirdn2d")  # the package exports a function of that name
+
+    seen = []
+
+    def spy(op, impl, x):
+        seen.append(impl)
+        return "ref"
+
+    monkeypatch.setattr(mod, "resolve_impl", spy)
+    monkeypatch.setenv("STYLEGAN_OPS_FILTER_IMPL", "ref")
+    x, f = torch.randn(1, 2, 8, 8), so.setup_filter([1, 3, 3, 1])
+    so.filter2d(x, f)
+    so.upsample2d(x, f)
+    so.downsample2d(x, f)
+    so.filter2d(x, f, impl="cuda")  # an explicit impl wins
+    assert seen == ["ref", None, None, "cuda"]
+    monkeypatch.delenv("STYLEGAN_OPS_FILTER_IMPL")
+    so.filter2d(x, f)
+    assert seen[-1] is None
