@@ -164,6 +164,12 @@ class TrainingProgress(L.Callback):
                 bar_format=BAR_FORMAT,
                 desc="finetune",
             )
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if per_device:  # NVIDIA's --batch is global; data.batch_size is per device
+            ranks = trainer.world_size
+            self._write(
+                f"batch: {per_device} per device x {ranks} device(s) = {per_device * ranks} images a step"
+            )
         verb = "resuming at" if nimg else "starting at"
         self._write(
             f"training {verb} kimg {self._kimg(nimg)} of {total:g}; tick lines every {self.tick_kimg:g} kimg"

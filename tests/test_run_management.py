@@ -52,7 +52,8 @@ def test_metrics_csv_and_log_txt_are_written(first_run):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert rows and any(r.get("Loss/G/loss") for r in rows)
     log = (run / "log.txt").read_text()
-    assert log.startswith("training starting at kimg 0.000 of 0.064")
+    assert log.startswith("batch: 8 per device x 1 device(s) = 8 images a step\n")
+    assert "training starting at kimg 0.000 of 0.064" in log
     assert "tick 1" in log and "sec/kimg" in log and "done: kimg 0.064" in log
     try:
         import tensorboard  # noqa: F401
