@@ -20,6 +20,8 @@ FINETUNE_HELP = (
 # name -> module under rootedgan.commands. `finetune` is dispatched to LightningCLI separately.
 COMMANDS = {
     "generate": "generate",
+    "style-mixing": "style_mixing",
+    "dataset": "dataset",
     "convert": "convert",
     "doctor": "doctor",
     "fid": "fid",
