@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -48,3 +49,19 @@ def rosinality_fixture_dir() -> Path:
     path = FIXTURES / "rosinality"
     assert (path / "tiny32.pt").exists(), f"rosinality fixture missing from the repository: {path}"
     return path
+
+
+def fit_batches(module: L.LightningModule, batches: list, **trainer_kwargs) -> L.Trainer:
+    """Train ``module`` on the CPU over a fixed list of ``(images, labels)`` batches, one epoch, with no
+    logger, checkpoint, progress bar or summary (the plain loop the step tests need)."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    return trainer

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ast
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import fit_batches
 
 from rootedgan.module import FinetuneModule
 from rootedgan.randomness import ReplayRandomness
@@ -61,15 +61,7 @@ def _run_nvidia_recipe(tiny32: str, train4: dict[str, np.ndarray], loss: str) ->
     module.randomness = ReplayRandomness(train4, noise_mode=settings["noise_mode"])
     real = torch.from_numpy(train4["real"])
     batches = [(img, torch.zeros([img.shape[0], 0])) for img in real]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    fit_batches(module, batches)
     return module
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import inspect
 
-import lightning as L
 import pytest
 import torch
+from conftest import fit_batches
 
 from rootedgan.module import FinetuneModule, use_channels_last
 
@@ -42,15 +42,7 @@ def _train(steps: int = 2, **levers) -> FinetuneModule:
         (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.zeros(4, 0))
         for _ in range(steps)
     ]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    fit_batches(module, batches)
     return module
 
 
