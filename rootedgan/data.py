@@ -30,6 +30,14 @@ Channel rule
     own conversion would clip everything above 255 to white); F (float) is clipped to [0, 255].
     EXIF orientation tags are not applied (as in NVIDIA's tools).
 
+Limits (hostile or careless input)
+    An image file or zip member larger than ``max_image_mb`` (default 256 MiB, uncompressed) is refused
+    before it is read, and so is an image of more than ``max_image_pixels`` pixels (PIL's
+    decompression-bomb limit, 89,478,485, as an error) before it is decoded. Folders, FIFOs and devices
+    among the files are refused (never opened). ``dataset.json`` must be plain JSON (no NaN/Infinity,
+    not nested beyond a label vector), with class indices below 65,536. Every such error is one line
+    that starts with the file (and zip member) it is about, also when it happens in a DataLoader worker.
+
 Samples are ``(img, label)``: ``img`` uint8 ``[C, R, R]`` and ``label`` float32 ``[c_dim]``; the
 LightningModule maps images to the network range [-1, 1] with :func:`uint8_to_float`.
 """
@@ -40,6 +48,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import threading
 import warnings
 import zipfile
@@ -64,8 +73,39 @@ _PREPROCESS_VERSION = "rootedgan-images-v1"
 _MAX_NAMES_SHOWN = 5
 
 
+DEFAULT_MAX_IMAGE_MB = 256.0
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # PIL's Image.MAX_IMAGE_PIXELS default
+MAX_CLASSES = 1 << 16  # class indices must be below this (c_dim = max + 1)
+MAX_LABEL_BYTES = 8 << 30  # the float32 label table of the whole data set
+_WORKER_PREFIX = "Caught {name} in DataLoader worker"
+
+
 class DatasetError(UserError):
-    """A training data set that cannot be used: missing path, no images, bad file, bad labels."""
+    """A training data set that cannot be used: missing path, no images, bad file, bad labels.
+
+    Raised in a DataLoader worker, torch rebuilds it in the main process from a message that starts with
+    "Caught DatasetError in DataLoader worker process N" followed by the whole worker traceback; the
+    original one-line message is recovered from it, so the error still starts with the file's name.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_worker_message(args[0], type(self).__name__),)
+        super().__init__(*args)
+
+
+def _worker_message(text: str, name: str) -> str:
+    """The original message inside torch's "Caught X in DataLoader worker ..." text (else ``text``)."""
+    if not text.startswith(_WORKER_PREFIX.format(name=name)):
+        return text
+    marker = f"{name}: "
+    lines = text.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        head, sep, rest = line.partition(marker)
+        if sep and not line.startswith(" ") and (head == "" or head.endswith(".")):
+            return "\n".join([rest, *lines[i + 1 :]]).strip() or text
+    return text
 
 
 def uint8_to_float(img: torch.Tensor) -> torch.Tensor:
@@ -89,6 +129,81 @@ def _is_image_name(rel_name: str) -> bool:
 def _shorten(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_NAMES_SHOWN])
     return shown + (f", ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxstring, r.maxother = 3, 6, limit, limit
+    return r.repr(value)
+
+
+def max_bytes_of(max_image_mb: float | None) -> int | None:
+    """``max_image_mb`` (MiB; None = no limit) as a byte count, checked."""
+    if max_image_mb is None:
+        return None
+    if isinstance(max_image_mb, bool) or not isinstance(max_image_mb, int | float) or not max_image_mb > 0:
+        raise DatasetError(f"max_image_mb must be a positive number of MiB or None, got {max_image_mb!r}")
+    return int(max_image_mb * (1 << 20))
+
+
+def read_image_bytes(
+    root: str, name: str, zf: zipfile.ZipFile | None, max_bytes: int | None, option: str = "max_image_mb"
+) -> bytes:
+    """The bytes of image ``name`` under folder ``root`` or in the zip ``zf`` (the file ``root``).
+
+    A zip member whose uncompressed size exceeds ``max_bytes`` is refused before anything is
+    decompressed (the size is also enforced while reading, whatever the zip's directory says); a folder
+    entry must be a regular file no larger than ``max_bytes``. Errors are :class:`DatasetError` lines
+    that start with the member and the file.
+    """
+    where = f"{name!r} in {root}"
+
+    def too_big(size: int | str) -> DatasetError:
+        return DatasetError(
+            f"{where}: the file is {size} bytes (uncompressed), more than the limit of {max_bytes} bytes "
+            f"({option}); refused"
+        )
+
+    if zf is not None:
+        info = zf.getinfo(name)
+        if max_bytes is not None and info.file_size > max_bytes:
+            raise too_big(info.file_size)
+        with zf.open(info) as fh:
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_big(f"more than {max_bytes}")
+        return data
+    path = os.path.join(root, name)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise DatasetError(f"{where}: not a regular file (a folder, FIFO, device or socket); refused")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise too_big(st.st_size)
+    with open(path, "rb") as fh:
+        data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise too_big(f"more than {max_bytes}")
+    return data
+
+
+def open_image(data: bytes, max_pixels: int | None, option: str = "max_image_pixels") -> Image.Image:
+    """``Image.open`` on bytes, refusing (before decoding) an image of more than ``max_pixels`` pixels."""
+    img = Image.open(io.BytesIO(data))
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        img.close()
+        raise Image.DecompressionBombError(
+            f"the image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} ({option}); "
+            "refused as a possible decompression bomb"
+        )
+    return img
 
 
 def _to_channels(img: Image.Image, channels: int) -> Image.Image:
@@ -135,6 +250,8 @@ class ImageDataset(torch.utils.data.Dataset):
         on_error: ``"raise"``: an unreadable image raises :class:`DatasetError` when it is loaded;
             ``"skip"``: every image is decoded once here and bad ones are dropped (one warning).
         seed: seed of the ``max_images`` subset.
+        max_image_mb: largest image file / zip member (uncompressed) read, in MiB (None: no limit).
+        max_image_pixels: largest image decoded, in pixels (None: no limit beyond PIL's own).
     """
 
     def __init__(
@@ -147,6 +264,8 @@ class ImageDataset(torch.utils.data.Dataset):
         max_images: int | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         seed: int = 0,
+        max_image_mb: float | None = DEFAULT_MAX_IMAGE_MB,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if resolution is not None and not _is_power_of_two(int(resolution)):
             raise DatasetError(f"resolution must be a power of two >= 4 (e.g. 256), got {resolution}")
@@ -164,6 +283,12 @@ class ImageDataset(torch.utils.data.Dataset):
         self.max_images = None if max_images is None else int(max_images)
         self.on_error = on_error
         self.seed = int(seed)
+        self.max_bytes = max_bytes_of(max_image_mb)
+        if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or max_image_pixels < 1):
+            raise DatasetError(
+                f"max_image_pixels must be a positive number or None, got {max_image_pixels!r}"
+            )
+        self.max_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.skipped: list[str] = []
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid: int | None = None
@@ -171,6 +296,8 @@ class ImageDataset(torch.utils.data.Dataset):
         p = Path(self.path)
         if not p.exists():
             raise DatasetError(f"data path {self.path} does not exist")
+        if not p.is_dir() and not p.is_file():
+            raise DatasetError(f"data path {self.path} is not a folder or a regular file (a FIFO or device?)")
         if p.is_dir():
             self.is_zip = False
             all_names = self._list_folder(p)
@@ -283,17 +410,19 @@ class ImageDataset(torch.utils.data.Dataset):
             pass
 
     def _read_bytes(self, name: str) -> bytes:
-        if self.is_zip:
-            return self._get_zip().read(name)
-        with open(os.path.join(self.path, name), "rb") as fh:
-            return fh.read()
+        """The file's bytes, within ``max_image_mb`` (a :class:`DatasetError` naming it otherwise)."""
+        return read_image_bytes(self.path, name, self._get_zip() if self.is_zip else None, self.max_bytes)
+
+    def _open(self, data: bytes) -> Image.Image:
+        return open_image(data, self.max_pixels)
 
     def _describe(self, name: str) -> str:
         return f"{name!r} in {self.path}"
 
     def _bad_image(self, name: str, err: BaseException) -> DatasetError:
-        reason = str(err) or type(err).__name__
-        return DatasetError(f"cannot read image {self._describe(name)}: {reason}")
+        if isinstance(err, DatasetError):
+            return err
+        return DatasetError(f"{self._describe(name)}: cannot read image: {_one_line(err)}")
 
     # ----------------------------------------------------------------------------------------------
     # Construction helpers
@@ -306,9 +435,9 @@ class ImageDataset(torch.utils.data.Dataset):
             try:
                 with lock:  # one reader of the shared zip handle at a time; decoding runs in parallel
                     data = self._read_bytes(name)
-                with Image.open(io.BytesIO(data)) as img:
+                with self._open(data) as img:
                     img.verify()
-                with Image.open(io.BytesIO(data)) as img:
+                with self._open(data) as img:
                     img.load()
                     return img.size
             except Exception:
@@ -343,19 +472,32 @@ class ImageDataset(torch.utils.data.Dataset):
                 '(expected {"labels": [["path/img.png", class_index], ...]} at its top level)'
             )
         where = f"dataset.json in {self.path}"
+
+        def no_constant(token: str) -> Any:
+            raise ValueError(f"{token} is not a valid label value (plain JSON numbers only)")
+
         try:
-            meta = json.loads(self._read_bytes("dataset.json").decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DatasetError(f"cannot parse {where}: {err}") from None
+            text = self._read_bytes("dataset.json").decode("utf-8")
+            meta = json.loads(text, parse_constant=no_constant)
+        except RecursionError:
+            raise DatasetError(f"{where}: the JSON is nested too deeply; refused") from None
+        except DatasetError:
+            raise
+        except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            raise DatasetError(f"cannot parse {where}: {_one_line(err)}") from None
         finally:
             self.close()
         entries = meta.get("labels") if isinstance(meta, dict) else None
         if entries is None:
             raise DatasetError(f"{where} has no labels ('labels' is missing or null); set use_labels: false")
-        try:
-            table = {str(k).replace("\\", "/"): v for k, v in entries}
-        except (TypeError, ValueError):
-            raise DatasetError(f"{where}: 'labels' must be a list of [file name, label] pairs") from None
+        pairs_error = f"{where}: 'labels' must be a list of [file name, label] pairs"
+        if not isinstance(entries, list):
+            raise DatasetError(pairs_error)
+        table: dict[str, Any] = {}
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise DatasetError(f"{pairs_error}; got {_short_repr(entry)}")
+            table[entry[0].replace("\\", "/")] = entry[1]
         missing = [n for n in names if n not in table]
         if missing:
             raise DatasetError(f"{where} has no label for {len(missing)} image(s): {_shorten(missing)}")
@@ -367,29 +509,55 @@ class ImageDataset(torch.utils.data.Dataset):
         def is_vector(v: Any) -> bool:
             return isinstance(v, list) and all(is_int(x) or isinstance(x, float) for x in v)
 
+        def check_size(width: int, what: str) -> None:
+            if width > MAX_CLASSES:
+                raise DatasetError(f"{where}: {what}; at most {MAX_CLASSES} label dimensions are supported")
+            need = len(names) * width * 4
+            if need > MAX_LABEL_BYTES:
+                raise DatasetError(
+                    f"{where}: {what}: the labels of {len(names)} images would take {need / 2**30:.1f} GiB "
+                    f"(limit {MAX_LABEL_BYTES / 2**30:.0f} GiB)"
+                )
+
         if all(is_int(v) for v in values):
-            classes = np.asarray(values, dtype=np.int64)
+            classes = np.asarray([min(max(v, -1), 1 << 62) for v in values], dtype=np.int64)
             if classes.min() < 0:
                 bad = names[int(np.argmin(classes))]
-                raise DatasetError(f"{where}: class labels must be >= 0, got {classes.min()} for {bad!r}")
+                raise DatasetError(f"{where}: class labels must be >= 0, got {table[bad]} for {bad!r}")
+            top = int(np.argmax(classes))
+            check_size(
+                int(classes[top]) + 1, f"class index {table[names[top]]} for {names[top]!r} is too large"
+            )
             onehot = np.zeros([len(names), int(classes.max()) + 1], dtype=np.float32)
             onehot[np.arange(len(names)), classes] = 1
             return onehot
         if all(is_vector(v) for v in values):
             lengths = {len(v) for v in values}
-            if len(lengths) == 1:
-                return np.asarray(values, dtype=np.float32).reshape(len(names), -1)
-            raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)}")
+            if len(lengths) != 1:
+                raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)[:8]}")
+            check_size(lengths.pop(), "the label vectors are too long")
+            f32_max = float(np.finfo(np.float32).max)
+
+            def finite(v: list) -> bool:  # NaN and inf compare False; so do ints beyond float32
+                return all(-f32_max <= x <= f32_max for x in v)
+
+            bad = next((n for n, v in zip(names, values, strict=True) if not finite(v)), None)
+            if bad is not None:
+                label = _short_repr(table[bad])
+                raise DatasetError(f"{where}: the label of {bad!r} is not a finite float32 vector ({label})")
+            vectors = np.asarray(values, dtype=np.float32).reshape(len(names), -1)
+            return vectors
         kind = is_int if is_int(values[0]) else is_vector
         bad = next((n for n, v in zip(names, values, strict=True) if not kind(v)), names[0])
         raise DatasetError(
             f"{where}: labels must be all class indices (ints) or all lists of numbers; "
-            f"got {table[bad]!r} for {bad!r} (first label: {values[0]!r} for {names[0]!r})"
+            f"got {_short_repr(table[bad])} for {bad!r} "
+            f"(first label: {_short_repr(values[0])} for {names[0]!r})"
         )
 
     def _image_size(self, name: str) -> tuple[int, int]:
         try:
-            with Image.open(io.BytesIO(self._read_bytes(name))) as img:
+            with self._open(self._read_bytes(name)) as img:
                 return img.size
         except Exception as err:
             raise self._bad_image(name, err) from None
@@ -425,7 +593,7 @@ class ImageDataset(torch.utils.data.Dataset):
         name = self.names[raw_index]
         try:
             data = self._read_bytes(name)
-            with Image.open(io.BytesIO(data)) as img:
+            with self._open(data) as img:
                 img.load()
                 if self._check_sizes and img.size != (self.resolution, self.resolution):
                     raise DatasetError(
@@ -437,7 +605,7 @@ class ImageDataset(torch.utils.data.Dataset):
         except DatasetError:
             raise
         except Exception as err:
-            raise self._bad_image(name, err) from err
+            raise self._bad_image(name, err) from None
         return arr[:, :, None] if arr.ndim == 2 else arr
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,7 +646,7 @@ class ImageDataset(torch.utils.data.Dataset):
             for i, name in enumerate(self.names):
                 try:
                     data = self._read_bytes(name)
-                except (OSError, KeyError, zipfile.BadZipFile) as err:
+                except (OSError, KeyError, zipfile.BadZipFile, EOFError) as err:
                     raise self._bad_image(name, err) from None
                 h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
                 h.update(data)
@@ -540,6 +708,8 @@ class ImageDataModule(L.LightningDataModule):
             (check every image before training and leave out the bad ones, with a warning).
         seed: Seed of the max_images subset and of the shuffling order.
         channels: 3 (RGB) or 1 (grayscale); the model's img_channels wins when it declares one.
+        max_image_mb: Largest image file or zip member (uncompressed) that is read, in MiB (null: no limit).
+        max_image_pixels: Largest image that is decoded, in pixels (null: PIL's own limit only).
     """
 
     def __init__(
@@ -554,6 +724,8 @@ class ImageDataModule(L.LightningDataModule):
         on_error: Literal["raise", "skip"] = "raise",
         seed: int = 0,
         channels: int = 3,
+        max_image_mb: float | None = DEFAULT_MAX_IMAGE_MB,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -571,6 +743,8 @@ class ImageDataModule(L.LightningDataModule):
         self.on_error = on_error
         self.seed = seed
         self.channels = channels
+        self.max_image_mb = max_image_mb
+        self.max_image_pixels = max_image_pixels
         self.dataset: ImageDataset | None = None
 
     def _model(self) -> Any:
@@ -612,6 +786,8 @@ class ImageDataModule(L.LightningDataModule):
             max_images=self.max_images,
             on_error=self.on_error,
             seed=self.seed,
+            max_image_mb=self.max_image_mb,
+            max_image_pixels=self.max_image_pixels,
         )
         if model_c is not None:
             model_c = int(model_c)

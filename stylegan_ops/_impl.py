@@ -13,6 +13,18 @@ import torch
 IMPL_ENV_VAR = "STYLEGAN_OPS_IMPL"
 VALID_IMPLS = ("auto", "cuda", "ref")
 
+try:  # inside rootedgan, a bad setting is a user error: its CLI prints the message as one line
+    from rootedgan.errors import UserError as _UserError
+except ImportError:  # stylegan_ops used on its own
+
+    class _UserError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+class ImplSettingError(_UserError, ValueError):
+    """An unknown implementation name (``impl=`` or ``STYLEGAN_OPS_IMPL``): a ValueError, and a
+    :class:`rootedgan.errors.UserError` when rootedgan is installed."""
+
 
 def requested_impl(impl: str | None = None) -> str:
     """The implementation asked for: ``impl`` if given, else the environment variable, else ``auto``."""
@@ -20,7 +32,9 @@ def requested_impl(impl: str | None = None) -> str:
     name = name.strip().lower()
     if name not in VALID_IMPLS:
         source = "impl argument" if impl is not None else f"environment variable {IMPL_ENV_VAR}"
-        raise ValueError(f"{source} is {name!r}; expected one of {', '.join(VALID_IMPLS)}")
+        raise ImplSettingError(
+            f"{source} is {name!r}; expected one of {', '.join(VALID_IMPLS)} (or unset {IMPL_ENV_VAR})"
+        )
     return name
 
 

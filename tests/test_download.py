@@ -88,7 +88,10 @@ def closed_port() -> int:
 
 def test_cache_location(cache, monkeypatch):
     assert dl.cache_dir() == cache
-    assert dl.cache_path("https://host/a/b/net%20work.pkl?x=1") == cache / "net_work.pkl"
+    url = "https://host/a/b/net%20work.pkl?x=1"
+    # keyed by the full URL: <cache>/<hash of the URL>/<its file name>
+    assert dl.cache_path(url) == cache / hashlib.sha256(url.encode()).hexdigest()[:16] / "net_work.pkl"
+    assert dl.cache_path(url) != dl.cache_path("https://host/a/c/net%20work.pkl?x=1")
     monkeypatch.delenv(dl.CACHE_ENV)
     assert dl.cache_dir() == Path("~/.cache/rootedgan/networks").expanduser()
 
@@ -98,25 +101,26 @@ def test_download_and_cache_hit(server, cache):
     handler.files["/nets/a.pkl"] = PAYLOAD
     url = f"{base}/nets/a.pkl"
     path = dl.download(url, sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False)
-    assert path == cache / "a.pkl" and path.read_bytes() == PAYLOAD
-    assert not (cache / "a.pkl.part").exists()
+    assert path == dl.cache_path(url) and path.name == "a.pkl" and path.read_bytes() == PAYLOAD
+    assert not path.with_name("a.pkl.part").exists()
     assert len(handler.requests) == 1
     assert dl.download(url, progress=False) == path  # cached: no request
     assert len(handler.requests) == 1
 
 
 def test_cached_file_needs_no_network(cache):
-    cache.mkdir(parents=True)
-    (cache / "x.pkl").write_bytes(b"cached")
     url = f"http://127.0.0.1:{closed_port()}/x.pkl"
+    dl.cache_path(url).parent.mkdir(parents=True)
+    dl.cache_path(url).write_bytes(b"cached")
     assert dl.download(url, progress=False).read_bytes() == b"cached"
 
 
 def test_resume_partial_download(server, cache):
     handler, base = server
     handler.files["/b.pkl"] = PAYLOAD
-    cache.mkdir(parents=True)
-    (cache / "b.pkl.part").write_bytes(PAYLOAD[:300_000])
+    part = dl.cache_path(f"{base}/b.pkl").with_name("b.pkl.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD[:300_000])
     path = dl.download(f"{base}/b.pkl", sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False)
     assert path.read_bytes() == PAYLOAD
     assert handler.requests == [("/b.pkl", "bytes=300000-")]
@@ -129,8 +133,9 @@ def test_interrupted_transfer_then_resume(server, cache):
     url = f"{base}/i.pkl"
     with pytest.raises(DownloadError, match="run again to resume") as info:
         dl.download(url, progress=False)
-    assert str(cache / "i.pkl") in str(info.value)
-    assert (cache / "i.pkl.part").stat().st_size == 400_000 and not (cache / "i.pkl").exists()
+    dest = dl.cache_path(url)
+    assert str(dest) in str(info.value)
+    assert dest.with_name("i.pkl.part").stat().st_size == 400_000 and not dest.exists()
     assert (
         dl.download(url, sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False).read_bytes() == PAYLOAD
     )
@@ -141,16 +146,18 @@ def test_partial_restarts_when_server_ignores_range(server, cache):
     handler, base = server
     handler.support_range = False
     handler.files["/c.pkl"] = PAYLOAD
-    cache.mkdir(parents=True)
-    (cache / "c.pkl.part").write_bytes(b"garbage" * 10)
+    part = dl.cache_path(f"{base}/c.pkl").with_name("c.pkl.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"garbage" * 10)
     assert dl.download(f"{base}/c.pkl", progress=False).read_bytes() == PAYLOAD
 
 
 def test_oversized_partial_restarts(server, cache):
     handler, base = server
     handler.files["/d.pkl"] = PAYLOAD[:1000]
-    cache.mkdir(parents=True)
-    (cache / "d.pkl.part").write_bytes(b"x" * 5000)  # longer than the file: 416, start over
+    part = dl.cache_path(f"{base}/d.pkl").with_name("d.pkl.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 5000)  # longer than the file: 416, start over
     assert dl.download(f"{base}/d.pkl", progress=False).read_bytes() == PAYLOAD[:1000]
 
 
@@ -160,8 +167,9 @@ def test_checksum_mismatch(server, cache):
     url = f"{base}/e.pkl"
     with pytest.raises(DownloadError, match="checksum mismatch") as info:
         dl.download(url, sha256="0" * 64, progress=False)
-    assert str(cache / "e.pkl") in str(info.value)
-    assert not (cache / "e.pkl").exists() and not (cache / "e.pkl.part").exists()
+    dest = dl.cache_path(url)
+    assert str(dest) in str(info.value)
+    assert not dest.exists() and not dest.with_name("e.pkl.part").exists()
 
 
 def test_http_error(server, cache):
@@ -169,7 +177,7 @@ def test_http_error(server, cache):
     with pytest.raises(DownloadError, match="HTTP 404") as info:
         dl.download(f"{base}/missing.pkl", progress=False)
     assert f"{base}/missing.pkl" in str(info.value)
-    assert str(cache / "missing.pkl") in str(info.value)
+    assert str(dl.cache_path(f"{base}/missing.pkl")) in str(info.value)
 
 
 def test_unreachable_url(cache):
@@ -177,7 +185,7 @@ def test_unreachable_url(cache):
     with pytest.raises(DownloadError) as info:
         dl.download(url, progress=False)
     msg = str(info.value)
-    assert url in msg and str(cache / "x.pkl") in msg and "place it at" in msg
+    assert url in msg and str(dl.cache_path(url)) in msg and "place it at" in msg
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no urllib trace attached
 
 
@@ -189,14 +197,14 @@ def test_unresolvable_host(cache, monkeypatch):
     url = "http://no-such-host.invalid/net.pkl"
     with pytest.raises(DownloadError, match="Name or service not known") as info:
         dl.download(url, progress=False, timeout=5)
-    assert url in str(info.value) and str(cache / "net.pkl") in str(info.value)
+    assert url in str(info.value) and str(dl.cache_path(url)) in str(info.value)
 
 
 def test_file_url(tmp_path, cache):
     src = tmp_path / "local.pkl"
     src.write_bytes(PAYLOAD[:1234])
     path = dl.download(src.as_uri(), progress=False)
-    assert path == cache / "local.pkl" and path.read_bytes() == PAYLOAD[:1234]
+    assert path == dl.cache_path(src.as_uri()) and path.read_bytes() == PAYLOAD[:1234]
 
 
 def test_shortcut_names():
@@ -214,7 +222,7 @@ def test_shortcut_name_offline_error_names_cache_path(cache, monkeypatch):
     monkeypatch.setitem(dl.NVIDIA_NETWORKS, "tinytest", dl.KnownNetwork(f"http://127.0.0.1:{port}/tiny.pkl"))
     with pytest.raises(DownloadError) as info:
         resolve_source("tinytest", progress=False)
-    assert str(cache / "tiny.pkl") in str(info.value)
+    assert str(dl.cache_path(f"http://127.0.0.1:{port}/tiny.pkl")) in str(info.value)
 
 
 def test_load_network_from_url(server, cache):
@@ -229,5 +237,5 @@ def test_load_network_from_url(server, cache):
     handler.files["/tiny32.pkl"] = pkl.read_bytes()
     url = f"{base}/tiny32.pkl"
     out = load_network(url)
-    assert out["meta"]["source"] == url and out["meta"]["local_path"] == str(cache / "tiny32.pkl")
+    assert out["meta"]["source"] == url and out["meta"]["local_path"] == str(dl.cache_path(url))
     assert out["G_ema"] is not None

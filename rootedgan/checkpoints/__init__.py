@@ -53,7 +53,9 @@ def detect_format(path: str | os.PathLike[str]) -> str | None:
 
 
 def resolve_source(path_or_url: str | os.PathLike[str], progress: bool = True) -> Path:
-    """A local file for a path, URL or NVIDIA shortcut name (downloading into the cache if needed)."""
+    """A local regular file for a path, URL or NVIDIA shortcut name (downloading into the cache if needed).
+
+    Folders, FIFOs, devices and sockets are refused with one line (reading them could block forever)."""
     if isinstance(path_or_url, str) and _download.is_url(path_or_url):
         known = _download.resolve(path_or_url)
         return _download.download(path_or_url, known.sha256 if known else None, progress=progress)
@@ -68,6 +70,10 @@ def resolve_source(path_or_url: str | os.PathLike[str], progress: bool = True) -
         )
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it")
+    if not path.is_file():  # a FIFO, device or socket: reading it could block forever or never end
+        raise CheckpointError(
+            f"{path} is not a regular file (a FIFO, device or socket); give a checkpoint file"
+        )
     return path
 
 
@@ -90,6 +96,8 @@ def read_records(path: str | os.PathLike[str]) -> tuple[str, dict[str, NetworkRe
 def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
     from rootedgan.checkpoints import native, nvidia, rosinality
 
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a folder, FIFO, device or socket)")
     try:
         kind = detect_format(path)
     except OSError as err:

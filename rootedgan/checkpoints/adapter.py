@@ -13,10 +13,13 @@ Tensors are ``G.<key>`` / ``G_ema.<key>`` with the keys of the parametrized gene
 (``synthesis.b8.conv0.parametrizations.weight.0.q``, ...), plus any ``train_extra`` parameters and
 ``mapping.w_avg``. The discriminator is trained in full and is not part of an adapter.
 
-:func:`load_adapter` (what ``load_network`` calls for such a file) finds the base -- ``base=`` if given,
-else ``source`` relative to the adapter's folder, then ``source`` as given (path, URL or shortcut), then
-the recorded ``local_path`` -- refuses a file whose size or sha256 differ, rotates the base generators
-like the training run did, loads the adapter tensors and returns merged plain networks.
+:func:`load_adapter` (what ``load_network`` calls for such a file) finds the base -- ``base=`` if given (a
+path, URL or shortcut: what the user names is used), else only a file in the adapter's own folder whose
+name is the recorded ``source``'s or ``local_path``'s file name, or an http(s) source already in the
+download cache -- and refuses a file whose size or sha256 differ. The recorded ``source`` and
+``local_path`` are never opened or fetched as such: a file must not make rootedgan read an arbitrary path
+or reach the network. Then it rotates the base generators like the training run did, loads the adapter
+tensors and returns merged plain networks.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -131,6 +135,8 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torc
     ``meta``."""
     from safetensors import SafetensorError, safe_open
 
+    from rootedgan.checkpoints.native import json_field
+
     source = str(path)
     try:
         with safe_open(source, framework="pt", device="cpu") as f:
@@ -147,10 +153,9 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torc
         )
     info: dict[str, Any] = {}
     for key in ("orthogonal", "base", "layers", "base_init_kwargs", "meta"):
-        try:
-            info[key] = json.loads(metadata.get(key) or "{}")
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{source}: the `{key}` metadata is not valid JSON ({err})") from err
+        info[key] = json_field(metadata, key, source)
+        if key != "meta" and not isinstance(info[key], dict):
+            raise CheckpointError(f"{source}: the `{key}` metadata is not a JSON object")
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
         name, _, sub = key.partition(".")
@@ -162,47 +167,89 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torc
     return tensors, info
 
 
-def _candidates(adapter: Path, base: Mapping[str, Any]) -> list[str]:
-    given = str(base.get("source") or "")
-    out = []
-    if given and not Path(given).expanduser().is_absolute() and "://" not in given:
-        out.append(str(adapter.parent / given))
-    if given:
-        out.append(given)
-    if base.get("local_path"):
-        out.append(str(base["local_path"]))
+_SHA256_RX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _file_name(text: str) -> str:
+    """The last component of a recorded path or URL (either slash), or '' when there is none usable."""
+    from rootedgan.checkpoints import download
+
+    if download.is_url(text):
+        return download.url_file_name(text)
+    name = text.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    return "" if name in ("", ".", "..") or "\0" in name else name
+
+
+def _candidates(adapter: Path, base: Mapping[str, Any]) -> list[Path]:
+    """Where a base may be looked for without the user naming it: files in the adapter's own folder named
+    like the recorded source / local path, and the download-cache entry of a recorded http(s) URL or
+    shortcut name. Never the recorded path or URL itself."""
+    from rootedgan.checkpoints import download
+
+    source = str(base.get("source") or "")
+    names = [_file_name(source), _file_name(str(base.get("local_path") or ""))]
+    known = download.NVIDIA_NETWORKS.get(source)
+    url = known.url if known is not None else source
+    if known is not None:
+        names.append(download.url_file_name(url))
+    out = [adapter.parent / name for name in names if name]
+    if re.match(r"^https?://", url, re.IGNORECASE):
+        out.append(download.cache_path(url))  # only if already downloaded: nothing is fetched
     return list(dict.fromkeys(out))
+
+
+def _check_base(path: Path, want_size: Any, want_sha: str | None) -> str | None:
+    """'' when ``path`` is the base (size, then sha256 checked); None when there is no such file; else
+    why it is not (for the error message)."""
+    try:
+        if not path.is_file():
+            return None if not path.exists() else "not a regular file"
+        size = path.stat().st_size
+    except OSError as err:
+        return str(err.strerror or err)
+    if isinstance(want_size, int) and size != want_size:
+        return f"size {size} bytes, expected {want_size}"
+    if want_sha is not None:
+        sha = sha256_file(path)
+        if sha != want_sha.lower():
+            return f"sha256 {sha[:16]}..., expected {want_sha[:16]}..."
+    return ""
 
 
 def find_base(adapter: str | os.PathLike[str], base: Mapping[str, Any], override: Any = None) -> Path:
     """The local base checkpoint file of an adapter, checked by size and sha256 (module docstring)."""
     from rootedgan.checkpoints import resolve_source
 
-    want_size, want_sha = base.get("size"), base.get("sha256")
-    candidates = [str(override)] if override is not None else _candidates(Path(adapter), base)
-    tried = []
-    for candidate in candidates:
-        try:
-            path = resolve_source(candidate, progress=False)
-        except CheckpointError as err:
-            if override is not None:
-                raise
-            tried.append(f"{candidate} (not found)")
-            del err
-            continue
-        size = path.stat().st_size
-        if want_size is not None and size != want_size:
-            tried.append(f"{path} (size {size} bytes, expected {want_size})")
-            continue
-        sha = sha256_file(path)
-        if want_sha is not None and sha != want_sha:
-            tried.append(f"{path} (sha256 {sha[:16]}..., expected {str(want_sha)[:16]}...)")
-            continue
+    adapter = Path(adapter)
+    want_size = base.get("size")
+    want_sha = base.get("sha256")
+    if not (isinstance(want_sha, str) and _SHA256_RX.fullmatch(want_sha)):
+        want_sha = None
+    if override is not None:  # the user's choice: a path, URL or shortcut is fine
+        path = resolve_source(override, progress=False)
+        problem = _check_base(path, want_size, want_sha)
+        if problem:
+            raise CheckpointError(f"{path} is not the base checkpoint of the adapter {adapter} ({problem})")
         return path
+    if want_sha is None:
+        raise CheckpointError(
+            f"{adapter} records no sha256 of its base checkpoint, so no file can be checked against it: "
+            "pass the base explicitly: load_network(adapter, base=PATH) or --base PATH"
+        )
+    tried = []
+    for candidate in _candidates(adapter, base):
+        problem = _check_base(candidate, want_size, want_sha)
+        if problem == "":
+            return candidate
+        if problem:
+            tried.append(f"{candidate} ({problem})")
+    tried_text = f"; tried {'; '.join(tried)}" if tried else ""
     raise CheckpointError(
-        f"{adapter} is an orthogonal-finetuning adapter on top of the base checkpoint "
-        f"{base.get('source')!r} (sha256 {want_sha}, {want_size} bytes), which was not found: tried "
-        f"{'; '.join(tried) or 'nothing'}. Pass the right base file: load_network(adapter, base=PATH)."
+        f"{adapter} is an orthogonal-finetuning adapter on the base checkpoint {base.get('source')!r} "
+        f"(sha256 {want_sha[:16]}..., {want_size} bytes), which is not in the adapter's folder "
+        f"{adapter.parent}{tried_text}. rootedgan does not open paths or URLs recorded in a file: pass the "
+        "base explicitly: load_network(adapter, base=PATH) or --base PATH (a path, URL or network name), "
+        "or copy it next to the adapter."
     )
 
 

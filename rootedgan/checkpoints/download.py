@@ -1,11 +1,16 @@
 """Fetch network files by URL (or NVIDIA shortcut name) into a local cache, resumably.
 
-Files land in ``$ROOTEDGAN_CACHE/networks/`` (default ``~/.cache/rootedgan/networks/``) under the URL's
-file name. A download goes to ``NAME.part`` first and is renamed when complete (and its sha256 checked,
-when known); an interrupted ``.part`` is resumed with an HTTP ``Range`` request where the server allows.
-A file already in the cache is used without any network access. Any failure raises
-:class:`~rootedgan.errors.DownloadError` naming the URL and the exact cache path where the file can be
-placed by hand (for machines without internet).
+Files land in ``$ROOTEDGAN_CACHE/networks/`` (default ``~/.cache/rootedgan/networks/``), keyed by the full
+URL: any URL goes to a folder named by a hash of it, under its file name (``networks/1f2e.../snapshot.pkl``),
+so two URLs with the same file name never share a cache entry. NVIDIA's public files that rootedgan knows
+by URL (the shortcut networks and the FID Inception file) keep their documented place
+``networks/<file name>`` (their names are distinct).
+
+A download goes to ``NAME.part`` first and is renamed when complete (and its sha256 checked, when known);
+an interrupted ``.part`` is resumed with an HTTP ``Range`` request where the server allows. A file already
+in the cache is used without any network access (its sha256 checked first when the network's checksum is
+known). Any failure raises :class:`~rootedgan.errors.DownloadError` naming the URL and the exact cache path
+where the file can be placed by hand (for machines without internet).
 """
 
 from __future__ import annotations
@@ -78,6 +83,16 @@ NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
 }
 
 
+# NVIDIA's FID Inception torchscript (rootedgan.metrics.inception downloads it; its docs name its place).
+_INCEPTION_URL = f"{_ADA}/metrics/inception-2015-12-05.pt"
+
+
+def _fixed_names() -> dict[str, str]:
+    """Known public URLs -> their plain cache name (the shortcut networks and the Inception file)."""
+    urls = [_INCEPTION_URL, *(known.url for known in NVIDIA_NETWORKS.values())]
+    return {url: url_file_name(url) for url in urls if url_file_name(url)}
+
+
 def is_url(text: str | os.PathLike[str]) -> bool:
     """Whether ``text`` is an http(s):// or file:// URL."""
     return isinstance(text, str) and bool(_URL_RX.match(text))
@@ -89,13 +104,26 @@ def cache_dir() -> Path:
     return Path(root).expanduser() / "networks"
 
 
-def cache_path(url: str, cache: str | os.PathLike[str] | None = None) -> Path:
-    """Where ``url`` is (or will be) cached: the cache folder plus the URL's file name."""
+def url_file_name(url: str) -> str:
+    """The file name of ``url``'s path, made safe for any file system (``''`` when it has none)."""
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
-    if not name:
-        name = "network-" + hashlib.sha256(url.encode()).hexdigest()[:16]
-    return (Path(cache).expanduser() if cache is not None else cache_dir()) / name
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+
+
+def url_key(url: str) -> str:
+    """A short hash of the full URL: the cache folder of its file."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+
+
+def cache_path(url: str, cache: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``url`` is (or will be) cached: ``<cache>/<hash of the URL>/<the URL's file name>``, or
+    ``<cache>/<file name>`` for NVIDIA's known public URLs (module docstring)."""
+    root = Path(cache).expanduser() if cache is not None else cache_dir()
+    fixed = _fixed_names().get(url)
+    if fixed is not None:
+        return root / fixed
+    key = url_key(url)
+    return root / key / (url_file_name(url) or f"network-{key}")
 
 
 def resolve(name_or_url: str) -> KnownNetwork | None:
@@ -171,13 +199,20 @@ def download(
     """Download ``url`` into the cache (unless already there) and return the cached path.
 
     Resumes ``NAME.part`` with a Range request when possible; verifies ``sha256`` when given (a mismatch
-    deletes the partial file). Raises :class:`DownloadError` naming the URL and the cache path.
+    deletes the partial file; a cached file that does not match is an error). Raises
+    :class:`DownloadError` naming the URL and the cache path.
     """
     from filelock import FileLock
 
     dest = cache_path(url, cache)
     if dest.is_file():
+        _check_cached(url, dest, sha256)
         return dest
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() == "file":
+        local = Path(urllib.request.url2pathname(parts.path))
+        if local.exists() and not local.is_file():
+            raise _error(url, dest, f"{local} is not a regular file (a folder, FIFO, device or socket)")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -192,11 +227,24 @@ def download(
         raise _error(url, dest, f"cannot write in the cache folder {dest.parent} ({err})") from None
     try:
         if dest.is_file():  # another process finished it while we waited
+            _check_cached(url, dest, sha256)
             return dest
         _transfer(url, dest, part, sha256, progress, timeout)
     finally:
         lock.release()
     return dest
+
+
+def _check_cached(url: str, dest: Path, sha256: str | None) -> None:
+    """A cached file must match the known checksum; it is left alone (it may have been placed by hand)."""
+    if sha256 is None:
+        return
+    got = sha256_of(dest)
+    if got.lower() != sha256.lower():
+        raise DownloadError(
+            f"the cached file {dest} for {url} has sha256 {got}, expected {sha256}: delete it to download "
+            "it again (or place the right file there)"
+        )
 
 
 def _transfer(url: str, dest: Path, part: Path, sha256: str | None, progress: bool, timeout: float) -> None:

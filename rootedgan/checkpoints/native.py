@@ -22,6 +22,7 @@ from rootedgan.checkpoints._build import (
     NETWORK_NAMES,
     NetworkRecord,
     atomic_write,
+    check_metadata,
     jsonable,
     load_result,
     module_record,
@@ -95,11 +96,16 @@ def save_network(
     return save_records(path, records, meta)
 
 
-def _json_field(metadata: Mapping[str, str], key: str, source: str) -> Any:
+def json_field(metadata: Mapping[str, str], key: str, source: str) -> Any:
+    """The JSON value of string metadata ``key`` (``{}`` when absent), within the metadata limits."""
     try:
-        return json.loads(metadata.get(key) or "{}")
+        value = json.loads(metadata.get(key) or "{}")
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{source}: the `{key}` metadata is not valid JSON ({err})") from err
+        raise CheckpointError(f"{source}: the `{key}` metadata is not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{source}: the `{key}` metadata is nested too deeply; refused") from None
+    check_metadata(value, f"{source}: the `{key}` metadata")
+    return value
 
 
 def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
@@ -129,8 +135,8 @@ def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord |
             f"{source} is rootedgan checkpoint format version {version!r}; this rootedgan reads version "
             f"{FORMAT_VERSION} (upgrade rootedgan to read newer files)"
         )
-    init_kwargs = _json_field(metadata, "init_kwargs", source)
-    meta = _json_field(metadata, "meta", source)
+    init_kwargs = json_field(metadata, "init_kwargs", source)
+    meta = json_field(metadata, "meta", source)
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name, _, sub = key.partition(".")

@@ -29,6 +29,7 @@ from rootedgan.checkpoints._build import (
     GENERATOR,
     NETWORK_NAMES,
     NetworkRecord,
+    check_metadata,
     jsonable,
     load_result,
     plain,
@@ -309,15 +310,45 @@ def _split_class_name(class_name: str) -> tuple[str, str]:
     return module, name
 
 
-def _iter_objects(obj: PersistentObject):
-    yield obj
-    for child in obj.state.get("_modules", {}).values():
-        if isinstance(child, PersistentObject):
-            yield from _iter_objects(child)
+# A StyleGAN2 network has a few hundred submodules at most a handful of levels deep. A pickle can share one
+# object under many names, so the tree is walked with a budget: each visit counts, however shared.
+MAX_MODULES = 10_000
+MAX_MODULE_DEPTH = 32
+
+
+def _iter_objects(obj: PersistentObject, prefix: str = ""):
+    """``(prefix, object)`` for ``obj`` and its persistent submodules, depth first, within the budget."""
+    stack: list[tuple[str, PersistentObject, int]] = [(prefix, obj, 0)]
+    visited = 0
+    while stack:
+        name, node, depth = stack.pop()
+        visited += 1
+        if visited > MAX_MODULES:
+            raise CheckpointError(
+                f"the network holds more than {MAX_MODULES} submodules (shared references counted each "
+                "time); refused"
+            )
+        if depth > MAX_MODULE_DEPTH:
+            raise CheckpointError(
+                f"the network's submodules are nested more than {MAX_MODULE_DEPTH} levels deep "
+                "(or refer to themselves); refused"
+            )
+        yield name, node
+        children = node.state.get("_modules") or {}
+        if not isinstance(children, Mapping):
+            raise CheckpointError(f"{node.class_name}._modules is not a dict (corrupt file?)")
+        for child_name, child in reversed(list(children.items())):
+            if child is None:
+                continue
+            if not isinstance(child, PersistentObject):
+                raise CheckpointError(
+                    f"submodule {name}{child_name} of {node.class_name} is not a persistent network object"
+                )
+            stack.append((f"{name}{child_name}.", child, depth + 1))
 
 
 def _check_stylegan3(obj: PersistentObject, source: str) -> None:
-    for sub in _iter_objects(obj):
+    for _, sub in _iter_objects(obj):
         module, name = _split_class_name(sub.class_name)
         if (
             name in _STYLEGAN3_CLASSES
@@ -334,29 +365,21 @@ def _check_stylegan3(obj: PersistentObject, source: str) -> None:
 def flatten_state(obj: PersistentObject, prefix: str = "") -> dict[str, torch.Tensor]:
     """The state dict of a persistent module tree: parameters, persistent buffers, children recursively."""
     out: dict[str, torch.Tensor] = {}
-    state = obj.state
-    non_persistent = state.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        tensors = state.get(group) or {}
-        if not isinstance(tensors, Mapping):
-            raise CheckpointError(f"{obj.class_name}.{group} is not a dict (corrupt file?)")
-        for name, value in tensors.items():
-            if value is None or (group == "_buffers" and name in non_persistent):
-                continue
-            if not isinstance(value, torch.Tensor):
-                raise CheckpointError(f"{prefix}{name} of {obj.class_name} is not a tensor (corrupt file?)")
-            out[prefix + name] = value.detach()
-    children = state.get("_modules") or {}
-    if not isinstance(children, Mapping):
-        raise CheckpointError(f"{obj.class_name}._modules is not a dict (corrupt file?)")
-    for name, child in children.items():
-        if child is None:
-            continue
-        if not isinstance(child, PersistentObject):
-            raise CheckpointError(
-                f"submodule {prefix}{name} of {obj.class_name} is not a persistent network object"
-            )
-        out.update(flatten_state(child, prefix=f"{prefix}{name}."))
+    for path, node in _iter_objects(obj, prefix):
+        state = node.state
+        non_persistent = state.get("_non_persistent_buffers_set") or set()
+        for group in ("_parameters", "_buffers"):
+            tensors = state.get(group) or {}
+            if not isinstance(tensors, Mapping):
+                raise CheckpointError(f"{node.class_name}.{group} is not a dict (corrupt file?)")
+            for name, value in tensors.items():
+                if value is None or (group == "_buffers" and name in non_persistent):
+                    continue
+                if not isinstance(value, torch.Tensor):
+                    raise CheckpointError(
+                        f"{path}{name} of {node.class_name} is not a tensor (corrupt file?)"
+                    )
+                out[path + name] = value.detach()
     return out
 
 
@@ -364,7 +387,13 @@ def init_kwargs_of(obj: PersistentObject, kind: str | None = None) -> dict[str, 
     """Constructor kwargs of a persistent object: ``_init_kwargs`` plus ``_init_args`` bound by name."""
     state = obj.state
     args = state.get("_init_args") or ()
-    kwargs = plain(dict(state.get("_init_kwargs") or {}))
+    raw_kwargs = state.get("_init_kwargs") or {}
+    what = f"the constructor arguments of {obj.class_name or 'a network'}"
+    check_metadata(args, what)
+    check_metadata(raw_kwargs, what)
+    if not isinstance(args, list | tuple) or not isinstance(raw_kwargs, Mapping):
+        raise CheckpointError(f"{what} are malformed (corrupt file?)")
+    kwargs = plain(dict(raw_kwargs))
     if args:
         names = _POSITIONAL.get(kind or "")
         if names is None or len(args) > len(names):
@@ -393,10 +422,11 @@ def record_of(obj: Any, slot: str, source: str) -> NetworkRecord | None:
     return NetworkRecord(kind=name, init_kwargs=init_kwargs_of(obj, name), state_dict=flatten_state(obj))
 
 
-def _aux_meta(obj: Any) -> Any:
+def _aux_meta(obj: Any, what: str = "metadata") -> Any:
     """A JSON-friendly description of ``augment_pipe`` / ``training_set_kwargs`` (nothing is built)."""
     if obj is None:
         return None
+    check_metadata(obj, what)
     if isinstance(obj, PersistentObject):
         return {"class_name": obj.class_name, "init_kwargs": jsonable(init_kwargs_of(obj))}
     return jsonable(obj)
@@ -418,8 +448,10 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkR
         )
     try:
         records = {slot: record_of(data.get(slot), slot, source) for slot in NETWORK_NAMES}
-    except CheckpointError:
-        raise
+    except CheckpointError as err:
+        if source in str(err):
+            raise
+        raise type(err)(f"{source}: {err}") from None
     except Exception as err:  # a malformed tree (wrong types where dicts/tensors belong)
         raise CheckpointError(
             f"{source} is corrupt: its network structure is malformed ({type(err).__name__}: {err})"
@@ -433,8 +465,8 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkR
         if rec is not None and rec.kind != expected:
             raise CheckpointError(f"{source}: `{slot}` is a {rec.kind}, expected a {expected}")
     extra = {
-        "augment_pipe": _aux_meta(data.get("augment_pipe")),
-        "training_set_kwargs": _aux_meta(data.get("training_set_kwargs")),
+        "augment_pipe": _aux_meta(data.get("augment_pipe"), f"{source}: augment_pipe"),
+        "training_set_kwargs": _aux_meta(data.get("training_set_kwargs"), f"{source}: training_set_kwargs"),
     }
     return records, extra
 

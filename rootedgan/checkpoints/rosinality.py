@@ -29,6 +29,7 @@ from rootedgan.checkpoints._build import (
     GENERATOR,
     NetworkRecord,
     atomic_write,
+    check_metadata,
     default_resample_filter,
     jsonable,
     load_result,
@@ -365,6 +366,8 @@ def read_rosinality(
     if not is_rosinality(ckpt):
         raise CheckpointError(f"{source or 'the file'} is not a rosinality StyleGAN2 checkpoint")
     args = _args_dict(ckpt.get("args"))
+    check_metadata(args, f"{source or 'the file'}: args")
+    check_metadata(ckpt.get("ada_aug_p"), f"{source or 'the file'}: ada_aug_p")
     latent_avg = ckpt.get("latent_avg")
     if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
         raise CheckpointError(f"`latent_avg` in {source} is not a tensor")

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         default=None,
-        help="base checkpoint of an adapter (default: the one it records, looked up next to the adapter "
-        "first; checked by sha256)",
+        help="base checkpoint of an adapter: a path, URL or network name (default: the file of the recorded "
+        "name next to the adapter; recorded paths and URLs are never opened). Checked by sha256",
     )
 
 

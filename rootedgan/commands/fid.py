@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="reference resolution (default: G's)")
     parser.add_argument("--which", choices=["G_ema", "G"], default="G_ema", help="network in the checkpoint")
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1)")
+    parser.add_argument(
+        "--base", default=None, help="base checkpoint of an orthogonal-finetuning adapter --network"
+    )
     parser.add_argument("--noise-mode", choices=["random", "const", "none"], default="random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and of the KID subsets")
     parser.add_argument("--batch", type=int, default=64, help="images per generator/Inception batch")
@@ -74,7 +77,7 @@ def _outdir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rootedgan.commands.generate import resolve_device
+    from rootedgan.commands.generate import check_ops_setting, check_truncation, resolve_device
     from rootedgan.data import ImageDataset
     from rootedgan.metrics.evaluator import Evaluator, format_time, metric_name, parse_metric
     from rootedgan.metrics.features import DatasetImages, FolderImages
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-gen must be >= 2, got {args.num_gen}")
     if args.batch < 1 or args.workers < 0:
         raise UserError("--batch must be >= 1 and --workers >= 0")
+    check_truncation(args.trunc)
+    check_ops_setting()
     if args.bf16 and args.mode != "fast":
         raise UserError("--bf16 needs --mode fast (the clean protocol runs Inception in float32)")
     specs = [parse_metric(n, args.num_gen) for n in names]
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.network is not None:
         from rootedgan.checkpoints import load_network
 
-        nets = load_network(args.network)
+        nets = load_network(args.network, base=args.base)
         G = nets.get(args.which) or nets.get("G_ema") or nets.get("G")
         if G is None:
             raise UserError(f"{args.network} holds no generator")

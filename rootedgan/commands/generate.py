@@ -7,6 +7,7 @@ the same image as NVIDIA's tool on the same network.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -19,9 +20,15 @@ from rootedgan.imaging import ensure_writable_dir, make_grid, parse_grid, save_i
 HELP = "Generate images or a sample grid from a network (NVIDIA .pkl, rosinality .pt, native, URL)."
 
 
-def parse_seeds(spec: str) -> list[int]:
-    """``'0-3,10'`` -> ``[0, 1, 2, 3, 10]`` (ranges inclusive, order kept)."""
-    seeds: list[int] = []
+MAX_SEEDS = 1_000_000  # one run writes at most this many images (latents are made batch by batch)
+MAX_GRID_PIXELS = 1 << 28  # e.g. 16x16 images of 1024 px; a grid is one image held in memory
+
+
+def parse_seeds(spec: str, max_count: int = MAX_SEEDS) -> list[int]:
+    """``'0-3,10'`` -> ``[0, 1, 2, 3, 10]`` (ranges inclusive, order kept); at most ``max_count`` seeds,
+    each in ``[0, 2**32)`` (NVIDIA's RandomState seeds). Counted before any list is made."""
+    parts: list[tuple[int, int]] = []
+    total = 0
     for part in spec.split(","):
         part = part.strip()
         if not part:
@@ -32,16 +39,36 @@ def parse_seeds(spec: str) -> list[int]:
                 lo_i, hi_i = int(lo), int(hi)
                 if hi_i < lo_i:
                     raise ValueError
-                seeds.extend(range(lo_i, hi_i + 1))
             else:
-                seeds.append(int(part))
+                lo_i = hi_i = int(part)
         except ValueError:
             raise UserError(f"cannot parse seeds {spec!r}: use numbers and ranges like 0-63,100") from None
-    if not seeds:
+        if lo_i < 0 or hi_i >= 2**32:
+            raise UserError(f"seeds must be in [0, 2**32), got {part!r}")
+        total += hi_i - lo_i + 1
+        if total > max_count:
+            raise UserError(
+                f"--seeds {spec!r} asks for more than {max_count} images; split it into several runs"
+            )
+        parts.append((lo_i, hi_i))
+    if not parts:
         raise UserError("no seeds given")
-    if max(seeds) >= 2**32:
-        raise UserError("seeds must be in [0, 2**32)")
-    return seeds
+    return [seed for lo_i, hi_i in parts for seed in range(lo_i, hi_i + 1)]
+
+
+def check_ops_setting() -> None:
+    """A bad ``STYLEGAN_OPS_IMPL`` is a one-line error before any work (not at the first forward pass)."""
+    from stylegan_ops._impl import requested_impl
+
+    requested_impl()  # raises ImplSettingError, a UserError
+
+
+def check_truncation(psi: float, cutoff: int | None = None) -> None:
+    """One-line errors for a truncation psi that is not a finite number or a negative cutoff."""
+    if isinstance(psi, bool) or not isinstance(psi, int | float) or not math.isfinite(psi):
+        raise UserError(f"--trunc must be a finite number, got {psi!r}")
+    if cutoff is not None and cutoff < 0:
+        raise UserError(f"--trunc-cutoff must be >= 0, got {cutoff}")
 
 
 def seed_latents(seeds: Sequence[int], z_dim: int) -> np.ndarray:
@@ -77,18 +104,21 @@ def generate_images(
     progress: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(seed, [H, W, C] uint8 image)`` for each seed, in order, computed in batches."""
+    check_truncation(truncation_psi, truncation_cutoff)
     G = G.eval().to(device)
-    z_all = seed_latents(seeds, G.z_dim)
-    bar = tqdm(total=len(seeds), desc="generate", unit="img", disable=not progress)
-    for start in range(0, len(seeds), batch_size):
-        z = torch.from_numpy(z_all[start : start + batch_size]).to(device)
-        c = class_labels(G.c_dim, class_idx, len(z)).to(device)
-        img = G(
-            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, noise_mode=noise_mode
-        )
-        yield from zip(seeds[start : start + batch_size], to_uint8(img), strict=True)
-        bar.update(len(z))
-    bar.close()
+    with tqdm(total=len(seeds), desc="generate", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(seeds), batch_size):
+            z = torch.from_numpy(seed_latents(seeds[start : start + batch_size], G.z_dim)).to(device)
+            c = class_labels(G.c_dim, class_idx, len(z)).to(device)
+            img = G(
+                z,
+                c,
+                truncation_psi=truncation_psi,
+                truncation_cutoff=truncation_cutoff,
+                noise_mode=noise_mode,
+            )
+            yield from zip(seeds[start : start + batch_size], to_uint8(img), strict=True)
+            bar.update(len(z))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,21 +144,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--which", choices=["G_ema", "G"], default="G_ema", help="network in the checkpoint")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="base checkpoint of an orthogonal-finetuning adapter --network (default: the file of the same "
+        "name next to the adapter; checked by sha256)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from rootedgan.checkpoints import load_network
 
     seeds = parse_seeds(args.seeds)
+    check_truncation(args.trunc, args.trunc_cutoff)
+    check_ops_setting()
     if args.batch < 1:
         raise UserError("--batch must be >= 1")
     rows_cols = parse_grid(args.grid, len(seeds)) if args.grid else None
+    if rows_cols is not None and rows_cols[0] * rows_cols[1] < len(seeds):
+        raise UserError(f"{len(seeds)} images do not fit a {rows_cols[0]}x{rows_cols[1]} grid")
     outdir = ensure_writable_dir(args.outdir)
     device = resolve_device(args.device)
-    nets = load_network(args.network)
+    nets = load_network(args.network, base=args.base)
     G = nets.get(args.which) or nets.get("G_ema") or nets.get("G")
     if G is None:
         raise UserError(f"{args.network} holds no generator")
+    if rows_cols is not None:
+        rows, cols = rows_cols
+        pixels = rows * cols * int(G.img_resolution) ** 2
+        if pixels > MAX_GRID_PIXELS:
+            raise UserError(
+                f"a {rows}x{cols} grid of {G.img_resolution}px images has {pixels} pixels, more than "
+                f"{MAX_GRID_PIXELS}; use fewer seeds or a smaller grid (or write single images)"
+            )
     images = generate_images(
         G,
         seeds,

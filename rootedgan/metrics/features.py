@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import os
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +37,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from rootedgan.errors import UserError
@@ -149,16 +147,29 @@ class DatasetImages(ImageSource):
 class FolderImages(ImageSource):
     """Every image file under a folder or in a zip, any size, decoded as clean-fid does (``convert("RGB")``).
 
-    Files are ordered by relative path; hidden files and folders are skipped.
+    Files are ordered by relative path; hidden files and folders are skipped. A file or zip member larger
+    than ``max_image_mb`` (uncompressed) is refused before it is read, and an image of more than
+    ``max_image_pixels`` pixels before it is decoded (the limits of :mod:`rootedgan.data`).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        from rootedgan.data import IMAGE_EXTENSIONS
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_image_mb: float | None = None,
+        max_image_pixels: int | None = None,
+    ) -> None:
+        from rootedgan import data
 
         self.path = str(path)
+        self.max_bytes = data.max_bytes_of(
+            data.DEFAULT_MAX_IMAGE_MB if max_image_mb is None else max_image_mb
+        )
+        self.max_pixels = data.DEFAULT_MAX_IMAGE_PIXELS if max_image_pixels is None else int(max_image_pixels)
         p = Path(self.path)
         if not p.exists():
             raise UserError(f"image path {self.path} does not exist")
+        if not p.is_dir() and not p.is_file():
+            raise UserError(f"image path {self.path} is not a folder or a regular file (a FIFO or device?)")
         self.is_zip = p.is_file() and zipfile.is_zipfile(p)
         if p.is_dir():
             names = []
@@ -167,15 +178,18 @@ class FolderImages(ImageSource):
                 for fname in filenames:
                     names.append(os.path.relpath(os.path.join(dirpath, fname), p).replace(os.sep, "/"))
         elif self.is_zip:
-            with zipfile.ZipFile(p) as zf:
-                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+            try:
+                with zipfile.ZipFile(p) as zf:
+                    names = [i.filename for i in zf.infolist() if not i.is_dir()]
+            except (zipfile.BadZipFile, OSError) as err:
+                raise UserError(f"cannot read zip file {self.path}: {err}") from None
         else:
             raise UserError(f"image path {self.path} is neither a folder nor a zip file")
 
         def usable(name: str) -> bool:
             parts = name.split("/")
             hidden = any(s.startswith(".") for s in parts) or parts[0] == "__MACOSX"
-            return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not hidden
+            return os.path.splitext(name)[1].lower() in data.IMAGE_EXTENSIONS and not hidden
 
         self.names = sorted(n for n in names if usable(n))
         if not self.names:
@@ -190,20 +204,27 @@ class FolderImages(ImageSource):
         return {**self.__dict__, "_zip": None, "_zip_pid": None}
 
     def _read(self, name: str) -> bytes:
+        from rootedgan.data import read_image_bytes
+
+        zf = None
         if self.is_zip:
             if self._zip is None or self._zip_pid != os.getpid():
                 self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
-            return self._zip.read(name)
-        with open(os.path.join(self.path, name), "rb") as fh:
-            return fh.read()
+            zf = self._zip
+        return read_image_bytes(self.path, name, zf, self.max_bytes)
 
     def image(self, index: int) -> np.ndarray:
+        from rootedgan.data import open_image
+
         name = self.names[index]
         try:
-            with Image.open(io.BytesIO(self._read(name))) as img:
+            with open_image(self._read(name), self.max_pixels) as img:
                 return np.array(img.convert("RGB"))
+        except UserError:
+            raise
         except Exception as err:
-            raise UserError(f"cannot read image {name!r} in {self.path}: {err}") from None
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            raise UserError(f"{name!r} in {self.path}: cannot read image: {reason}") from None
 
     def content_key(self) -> str:
         h = hashlib.sha256(b"folder-images-v1\0")
