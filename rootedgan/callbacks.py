@@ -21,6 +21,7 @@ advances 2 to 4 times per batch, which makes ``ModelCheckpoint(every_n_train_ste
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,22 @@ class NetworkSnapshot(L.Callback):
         return make_grid(to_uint8(torch.cat(images)), rows, cols)
 
     def _snapshot(self, trainer: L.Trainer, module: Any, tag: str) -> None:
-        self._last_snapshot_nimg = int(module.cur_nimg)
         out = self._out or run_dir(trainer)
+        try:
+            self._write_snapshot(trainer, module, tag, out)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from rootedgan.errors import UserError
+
+            raise UserError(
+                f"disk full while writing the kimg {tag} snapshot in {out} ({err.strerror}); the files "
+                f"written before are intact (each write is atomic). Free space, then resume with --ckpt_path "
+                f"{out / 'checkpoints' / 'last.ckpt'}"
+            ) from None
+
+    def _write_snapshot(self, trainer: L.Trainer, module: Any, tag: str, out: Path) -> None:
+        self._last_snapshot_nimg = int(module.cur_nimg)
         # Lightning checkpoints are collective: every rank calls, rank 0 writes.
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
         if self.keep_checkpoints:

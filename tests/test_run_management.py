@@ -304,3 +304,30 @@ def test_checkpoint_writes_never_leave_a_partial_file(tmp_path, monkeypatch):
     stale = target.parent / ".last.ckpt.abc123.tmp"  # what a kill -9 mid-write leaves
     stale.write_bytes(b"partial")
     assert remove_stale_temp_files(target.parent, min_age_s=0) == [stale] and not stale.exists()
+
+
+def test_disk_full_during_a_snapshot_is_one_line_and_keeps_last_ckpt(
+    tmp_path, shapes, tiny32, capsys, monkeypatch
+):
+    """The second snapshot hits a full disk: one line that says how to go on, and the first snapshot's
+    last.ckpt is intact (atomic writes)."""
+    import errno
+
+    import rootedgan.checkpoints as ckpts
+
+    real_save = ckpts.save_network
+    calls = []
+
+    def save_then_fill_the_disk(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpts, "save_network", save_then_fill_the_disk)
+    assert finetune(tmp_path, shapes, tiny32) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk full while writing the kimg 000000.064 snapshot" in err[0]
+    assert "resume with --ckpt_path" in err[0]
+    ckpt = runs(tmp_path)[0] / "checkpoints" / "last.ckpt"
+    assert int(torch.load(ckpt, weights_only=True)["state_dict"]["cur_nimg"]) in (32, 64)
