@@ -3,7 +3,8 @@
 ``load_network(path_or_url)`` detects the format from the file's first bytes (never its name), never
 executes code from the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our
 ``Generator``/``Discriminator`` modules (eval mode; a missing network is ``None``). ``meta`` always has
-``format`` (``'nvidia-pkl'``, ``'rosinality-pt'`` or ``'native'``), ``source`` and ``init_kwargs``.
+``format`` (``'nvidia-pkl'``, ``'nvidia-tf-pkl'`` for a TensorFlow-era StyleGAN2 pickle, ``'rosinality-pt'``
+or ``'native'``), ``source`` and ``init_kwargs``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dic
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
     if kind == "nvidia-pkl":
         records, extra = nvidia.read_nvidia_pickle(path)
+        if "tensorflow" in extra:
+            from rootedgan.checkpoints import tf_legacy
+
+            return tf_legacy.FORMAT, records, extra
         return nvidia.FORMAT, records, extra
     if kind in ("torch-zip", "torch-legacy"):
         ckpt = rosinality.torch_load(path)
