@@ -47,7 +47,9 @@ class KnownNetwork(NamedTuple):
     description: str = ""
 
 
-# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. sha256 left None where not verified.
+# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. sha256 left None: no public source we
+# found states NVIDIA's checksums for them (nor for vgg16.pt / the Inception file), so a download is checked
+# for completeness only (its length against Content-Length); see docs/tools.md, "Download checksums".
 NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
     "ffhq256": KnownNetwork(
         f"{_TL}/ffhq-res256-mirror-paper256-noaug.pkl", None, "FFHQ 256, paper256 config"

@@ -290,7 +290,12 @@ def _check_network(net: Any, what: str) -> TFNetwork:
     if not isinstance(net, TFNetwork) or net.state is None:
         raise CheckpointError(f"{what} is not a TensorFlow network (corrupt file?)")
     version = net.get("version")
-    if not isinstance(version, int) or version < MIN_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(
+            f"{what} is a dnnlib.tflib network without a version (not a state TensorFlow's pickling wrote; "
+            f"corrupt file?). {SUPPORTED}"
+        )
+    if version < MIN_VERSION:
         raise CheckpointError(
             f"{what} is a TensorFlow network pickle of version {version!r}, older than StyleGAN2's "
             f"(version {MIN_VERSION}): a StyleGAN1 network? {SUPPORTED}"
