@@ -21,6 +21,7 @@ FINETUNE_HELP = (
 COMMANDS = {
     "generate": "generate",
     "style-mixing": "style_mixing",
+    "project": "project",
     "dataset": "dataset",
     "convert": "convert",
     "doctor": "doctor",

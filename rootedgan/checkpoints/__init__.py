@@ -3,12 +3,14 @@
 ``load_network(path_or_url)`` detects the format from the file's first bytes (never its name), never
 executes code from the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our
 ``Generator``/``Discriminator`` modules (eval mode; a missing network is ``None``). ``meta`` always has
-``format`` (``'nvidia-pkl'``, ``'rosinality-pt'`` or ``'native'``), ``source`` and ``init_kwargs``.
+``format`` (``'nvidia-pkl'``, ``'nvidia-tf-pkl'`` for a TensorFlow-era StyleGAN2 pickle, ``'rosinality-pt'``
+or ``'native'``), ``source`` and ``init_kwargs``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,14 @@ import torch
 from rootedgan.checkpoints import download as _download
 from rootedgan.checkpoints._build import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
 from rootedgan.checkpoints.native import save_network, save_records
-from rootedgan.errors import CheckpointError
+from rootedgan.errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "convert_network",
     "detect_format",
+    "lightning_checkpoint_message",
     "load_network",
+    "newest_snapshot",
     "output_format",
     "read_records",
     "resolve_source",
@@ -104,9 +108,20 @@ def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dic
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
     if kind == "nvidia-pkl":
         records, extra = nvidia.read_nvidia_pickle(path)
+        if "tensorflow" in extra:
+            from rootedgan.checkpoints import tf_legacy
+
+            return tf_legacy.FORMAT, records, extra
         return nvidia.FORMAT, records, extra
     if kind in ("torch-zip", "torch-legacy"):
-        ckpt = rosinality.torch_load(path)
+        try:
+            ckpt = rosinality.torch_load(path)
+        except UnsafeCheckpointError:
+            if kind == "torch-zip" and _names_lightning(path):
+                raise CheckpointError(lightning_checkpoint_message(path)) from None
+            raise
+        if is_lightning_checkpoint(ckpt):
+            raise CheckpointError(lightning_checkpoint_message(path))
         if not rosinality.is_rosinality(ckpt):
             found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
             raise CheckpointError(
@@ -131,6 +146,66 @@ def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dic
     raise CheckpointError(
         f"{path} has an unknown format: it is not an NVIDIA network pickle, a torch.save (rosinality) "
         "checkpoint or a rootedgan .safetensors file (it may also be truncated or corrupt)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lightning training checkpoints (checkpoints/last.ckpt) are not network files: say which file to use.
+
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "loops", "optimizer_states")
+_SNAPSHOT_RX = re.compile(r"network-snapshot-(\d+)(?:\.(\d+))?\.safetensors")
+
+
+def is_lightning_checkpoint(ckpt: Any) -> bool:
+    """Whether a ``torch.load``-ed object is a Lightning training checkpoint (``trainer.save_checkpoint``)."""
+    return isinstance(ckpt, dict) and "state_dict" in ckpt and any(k in ckpt for k in _LIGHTNING_KEYS)
+
+
+def _names_lightning(path: Path, limit: int = 64 << 20) -> bool:
+    """Whether a torch zip archive's pickle names Lightning's version key (read as bytes, nothing loaded)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith("data.pkl") and info.file_size <= limit:
+                    return b"pytorch-lightning_version" in archive.read(info)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return False
+    return False
+
+
+def newest_snapshot(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest ``network-snapshot-KKKKKK[.III].safetensors`` of a run folder (by kimg), else None.
+
+    Adapter files (``*.adapter.safetensors``) are left out: the plain snapshot next to each is loadable alone.
+    """
+    found = []
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        match = _SNAPSHOT_RX.fullmatch(entry.name)
+        if match and entry.is_file():
+            found.append(((int(match.group(1)), int(match.group(2) or 0)), entry))
+    return max(found)[1] if found else None
+
+
+def lightning_checkpoint_message(path: str | os.PathLike[str]) -> str:
+    """One line: ``path`` is a Lightning checkpoint (for resuming), and which network file to use instead."""
+    path = Path(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    text = (
+        f"{path} is a Lightning training checkpoint (for resuming a run with `rootedgan finetune "
+        "--ckpt_path`), not a network file"
+    )
+    newest = newest_snapshot(run)
+    if newest is not None:
+        return f"{text}: use the run's newest network snapshot instead, {newest}"
+    return (
+        f"{text}, and {run} holds no network-snapshot-*.safetensors yet (a run writes one every snap_kimg "
+        "and at its end): give a network-snapshot-*.safetensors file of the run"
     )
 
 

@@ -179,7 +179,7 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "channel_base": (1, 1 << 30),
     "channel_max": (1, MAX_DIM),
     "num_fp16_res": (0, 32),
-    "num_layers": (1, 64),
+    "num_layers": (0, 64),  # 0: NVIDIA's converted TensorFlow discriminators (no label mapping layers)
     "layer_features": (1, MAX_DIM),
     "embed_features": (0, MAX_DIM),
     "cmap_dim": (0, MAX_DIM),

@@ -3,8 +3,8 @@
 Files land in ``$ROOTEDGAN_CACHE/networks/`` (default ``~/.cache/rootedgan/networks/``), keyed by the full
 URL: any URL goes to a folder named by a hash of it, under its file name (``networks/1f2e.../snapshot.pkl``),
 so two URLs with the same file name never share a cache entry. NVIDIA's public files that rootedgan knows
-by URL (the shortcut networks and the FID Inception file) keep their documented place
-``networks/<file name>`` (their names are distinct).
+by URL (the shortcut networks, the FID Inception file and the projector's VGG16 file) keep their documented
+place ``networks/<file name>`` (their names are distinct).
 
 A download goes to ``NAME.part`` first and is renamed when complete (and its sha256 checked, when known);
 an interrupted ``.part`` is resumed with an HTTP ``Range`` request where the server allows. A file already
@@ -47,7 +47,9 @@ class KnownNetwork(NamedTuple):
     description: str = ""
 
 
-# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. sha256 left None where not verified.
+# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. sha256 left None: no public source we
+# found states NVIDIA's checksums for them (nor for vgg16.pt / the Inception file), so a download is checked
+# for completeness only (its length against Content-Length); see docs/tools.md, "Download checksums".
 NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
     "ffhq256": KnownNetwork(
         f"{_TL}/ffhq-res256-mirror-paper256-noaug.pkl", None, "FFHQ 256, paper256 config"
@@ -85,11 +87,13 @@ NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
 
 # NVIDIA's FID Inception torchscript (rootedgan.metrics.inception downloads it; its docs name its place).
 _INCEPTION_URL = f"{_ADA}/metrics/inception-2015-12-05.pt"
+# NVIDIA's VGG16 LPIPS torchscript (the distance of `rootedgan project`, rootedgan.projector).
+VGG16_URL = f"{_ADA}/metrics/vgg16.pt"
 
 
 def _fixed_names() -> dict[str, str]:
-    """Known public URLs -> their plain cache name (the shortcut networks and the Inception file)."""
-    urls = [_INCEPTION_URL, *(known.url for known in NVIDIA_NETWORKS.values())]
+    """Known public URLs -> their plain cache name (the shortcut networks, the Inception and VGG16 files)."""
+    urls = [_INCEPTION_URL, VGG16_URL, *(known.url for known in NVIDIA_NETWORKS.values())]
     return {url: url_file_name(url) for url in urls if url_file_name(url)}
 
 

@@ -6,7 +6,8 @@ rebuilders, containers, numpy scalars), and the persistent-object hook returns t
 dict (class name, constructor arguments, ``state``) in a marker instead of running anything. From that
 tree we collect a flat state dict per network and load it into our own ``Generator``/``Discriminator``.
 
-Format facts are in ``docs/DESIGN.md`` ("The network pickle format").
+Format facts are in ``docs/DESIGN.md`` ("The network pickle format"). TensorFlow-era pickles (``(G, D, Gs)``
+of ``dnnlib.tflib`` networks) are handed to :mod:`rootedgan.checkpoints.tf_legacy`.
 """
 
 from __future__ import annotations
@@ -231,6 +232,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+class TensorFlowPickle(CheckpointError):
+    """Raised while unpickling when the file turns out to be TensorFlow-era (read by ``tf_legacy``)."""
+
+
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler that resolves only allow-listed globals and never executes embedded code."""
 
@@ -243,7 +248,7 @@ class SafeUnpickler(pickle.Unpickler):
             if value is not None:
                 return value
         if module.startswith("dnnlib.tflib"):
-            raise CheckpointError(f"refused to load this pickle: {TF_ROUTE}")
+            raise TensorFlowPickle("a TensorFlow-era pickle: read by rootedgan.checkpoints.tf_legacy")
         raise UnsafeCheckpointError(
             f"the pickle references the global `{module}.{name}`, which is not on the allow-list of "
             "tensor and container types (unpickling it could run arbitrary code); the file was not loaded"
@@ -283,9 +288,11 @@ def unpickle(path: str | os.PathLike[str]) -> Any:
     try:
         with open(path, "rb") as f:
             return SafeUnpickler(f).load()
+    except TensorFlowPickle:
+        raise
     except UnsafeCheckpointError as err:
-        if _file_contains(path, b"dnnlib.tflib"):
-            raise CheckpointError(f"refused to load {path}: {TF_ROUTE}") from err
+        if _file_contains(path, b"dnnlib.tflib"):  # a global refused before the first TensorFlow one
+            raise TensorFlowPickle(f"{path} is a TensorFlow-era pickle") from err
         raise UnsafeCheckpointError(f"refused to load {path}: {err}") from None
     except CheckpointError as err:
         raise type(err)(f"{path}: {err}") from None
@@ -433,9 +440,19 @@ def _aux_meta(obj: Any, what: str = "metadata") -> Any:
 
 
 def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict]:
-    """Read an NVIDIA network pickle into records for ``G``, ``D``, ``G_ema`` and extra metadata."""
+    """Read an NVIDIA network pickle into records for ``G``, ``D``, ``G_ema`` and extra metadata.
+
+    A TensorFlow-era pickle (``(G, D, Gs)`` of ``dnnlib.tflib`` networks) is read by
+    :mod:`rootedgan.checkpoints.tf_legacy` and converted as NVIDIA's ``legacy.py`` converts it; its extra
+    metadata then has a ``tensorflow`` entry.
+    """
     source = str(path)
-    data = unpickle(path)
+    try:
+        data = unpickle(path)
+    except TensorFlowPickle:
+        from rootedgan.checkpoints import tf_legacy
+
+        return tf_legacy.read_tf_pickle(path)
     if isinstance(data, PersistentObject):  # a lone pickled network
         kind = _split_class_name(data.class_name)[1]
         data = {"G_ema" if kind == GENERATOR else "D": data}

@@ -1,7 +1,8 @@
 """``rootedgan generate``: images or one sample grid from any supported checkpoint.
 
 Seeds follow NVIDIA's generate.py (``z = RandomState(seed).randn(1, z_dim)``), so the same seed gives
-the same image as NVIDIA's tool on the same network.
+the same image as NVIDIA's tool on the same network. ``--projected-w projected_w.npz`` renders the ``w``
+vectors of a projection (``rootedgan project``, NVIDIA's projector) instead: ``proj00.png``, ...
 """
 
 from __future__ import annotations
@@ -134,7 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--network", required=True, help="checkpoint path, URL or shortcut name (e.g. ffhq256)"
     )
-    parser.add_argument("--seeds", required=True, help="seeds, e.g. 0-63,100")
+    parser.add_argument("--seeds", default=None, help="seeds, e.g. 0-63,100")
+    parser.add_argument(
+        "--projected-w",
+        default=None,
+        metavar="NPZ",
+        help="render the w vectors of a projected_w.npz (`rootedgan project`, NVIDIA's projector) instead of "
+        "seeds: proj00.png, proj01.png, ... (--trunc and --class do not apply)",
+    )
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1)")
     parser.add_argument("--trunc-cutoff", type=int, default=None, help="truncate only the first N ws")
     parser.add_argument("--class", dest="class_idx", type=int, default=None, help="class index (conditional)")
@@ -152,9 +160,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def _load_generator(args: argparse.Namespace) -> torch.nn.Module:
     from rootedgan.checkpoints import load_network
 
+    nets = load_network(args.network, base=args.base)
+    G = nets.get(args.which) or nets.get("G_ema") or nets.get("G")
+    if G is None:
+        raise UserError(f"{args.network} holds no generator")
+    return G
+
+
+def _check_grid_pixels(rows: int, cols: int, resolution: int) -> None:
+    pixels = rows * cols * int(resolution) ** 2
+    if pixels > MAX_GRID_PIXELS:
+        raise UserError(
+            f"a {rows}x{cols} grid of {resolution}px images has {pixels} pixels, more than "
+            f"{MAX_GRID_PIXELS}; use fewer images or a smaller grid (or write single images)"
+        )
+
+
+@torch.no_grad()
+def synthesize_ws(
+    G: torch.nn.Module,
+    ws: torch.Tensor,
+    noise_mode: str = "const",
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> Iterator[np.ndarray]:
+    """``[H, W, C]`` uint8 images of ``G.synthesis`` for ``ws [N, num_ws, w_dim]``, in batches."""
+    G = G.eval().to(device)
+    for start in range(0, len(ws), batch_size):
+        yield from to_uint8(G.synthesis(ws[start : start + batch_size].to(device), noise_mode=noise_mode))
+
+
+def run_projected(args: argparse.Namespace) -> int:
+    """``--projected-w``: render each ``w`` of the file, as NVIDIA's generate.py does (``projNN.png``)."""
+    from rootedgan.projector import read_projected_w
+
+    if args.seeds is not None:
+        print("note: --seeds is ignored with --projected-w (as in NVIDIA's generate.py)")
+    if args.trunc != 1.0 or args.trunc_cutoff is not None or args.class_idx is not None:
+        print("note: --trunc, --trunc-cutoff and --class do not apply to projected w vectors (ignored)")
+    check_ops_setting()
+    if args.batch < 1:
+        raise UserError("--batch must be >= 1")
+    outdir = ensure_writable_dir(args.outdir)
+    device = resolve_device(args.device)
+    G = _load_generator(args)
+    ws = torch.from_numpy(read_projected_w(args.projected_w, G.num_ws, G.w_dim))
+    rows_cols = parse_grid(args.grid, len(ws)) if args.grid else None
+    if rows_cols is not None:
+        if rows_cols[0] * rows_cols[1] < len(ws):
+            raise UserError(f"{len(ws)} images do not fit a {rows_cols[0]}x{rows_cols[1]} grid")
+        _check_grid_pixels(*rows_cols, G.img_resolution)
+    images = synthesize_ws(G, ws, noise_mode=args.noise_mode, batch_size=args.batch, device=device)
+    if rows_cols is None:
+        for idx, arr in enumerate(images):
+            save_image_atomic(arr, outdir / f"proj{idx:02d}.png")
+        print(f"wrote {len(ws)} images (proj00.png ...) to {outdir}")
+        return 0
+    grid = make_grid(np.stack(list(images)), *rows_cols)
+    save_image_atomic(grid, outdir / "grid.png")
+    print(f"wrote a {rows_cols[0]}x{rows_cols[1]} grid of {len(ws)} projections to {outdir / 'grid.png'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.projected_w is not None:
+        return run_projected(args)
+    if args.seeds is None:
+        raise UserError("give --seeds (e.g. 0-63,100) or --projected-w projected_w.npz")
     seeds = parse_seeds(args.seeds)
     check_truncation(args.trunc, args.trunc_cutoff)
     check_ops_setting()
@@ -165,18 +240,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{len(seeds)} images do not fit a {rows_cols[0]}x{rows_cols[1]} grid")
     outdir = ensure_writable_dir(args.outdir)
     device = resolve_device(args.device)
-    nets = load_network(args.network, base=args.base)
-    G = nets.get(args.which) or nets.get("G_ema") or nets.get("G")
-    if G is None:
-        raise UserError(f"{args.network} holds no generator")
+    G = _load_generator(args)
     if rows_cols is not None:
-        rows, cols = rows_cols
-        pixels = rows * cols * int(G.img_resolution) ** 2
-        if pixels > MAX_GRID_PIXELS:
-            raise UserError(
-                f"a {rows}x{cols} grid of {G.img_resolution}px images has {pixels} pixels, more than "
-                f"{MAX_GRID_PIXELS}; use fewer seeds or a smaller grid (or write single images)"
-            )
+        _check_grid_pixels(*rows_cols, G.img_resolution)
     images = generate_images(
         G,
         seeds,

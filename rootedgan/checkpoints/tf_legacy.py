@@ -1,0 +1,656 @@
+"""A safe reader for TensorFlow-era StyleGAN2 pickles (NVIDIA's ``stylegan2`` and ``stylegan2-ada`` releases).
+
+Such a file is a pickled tuple ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network`` objects. TensorFlow's
+loader rebuilds each one by executing the Python source stored in it (``build_module_src``) and building a
+TensorFlow graph. We never do either: every ``Network`` is read as plain data, its pickled state dict::
+
+    version           4 (stylegan2) or 5 (stylegan2-ada, which adds input/output shapes and names)
+    name              "G", "D", "Gs", "G_mapping", "G_synthesis", ...
+    static_kwargs     the keyword arguments the network was built with (plain values)
+    components        sub-networks by name (G: ``mapping`` and ``synthesis``), Networks again
+    build_module_src  NVIDIA's Python source, kept as a string and never run
+    build_func_name   "G_main", "D_stylegan2", ... (a name only)
+    variables         [(name, numpy array), ...], e.g. ("4x4/Conv/weight", [3, 3, 512, 512] float32)
+
+What the pickle references (protocols 2-4, as written by Python 3.6/3.7): the class
+``dnnlib.tflib.network.Network`` (rebuilt with ``NEWOBJ`` and filled by ``BUILD`` with the dict above),
+``numpy.core.multiarray._reconstruct`` + ``numpy.ndarray`` + ``numpy.dtype`` for the arrays (each filled by
+``BUILD`` with ``(version, shape, dtype, is_fortran, raw bytes)``), ``numpy.core.multiarray.scalar`` for
+the 0-d variables (TensorFlow returned ``lod`` and every ``noise_strength`` as a numpy scalar), and where
+they occur ``dnnlib.util.EasyDict``, ``collections.OrderedDict`` and ``_codecs.encode`` (protocol-2
+bytes). The restricted unpickler below allows exactly these, each replaced by a stand-in that only stores
+values: arrays are rebuilt from their bytes (numeric dtypes only, the byte count checked against the
+shape) and nothing from the file is ever called.
+
+The variables are then mapped to our ``Generator``/``Discriminator`` the way NVIDIA's stylegan2-ada-pytorch
+``legacy.py`` (``convert_tf_generator`` / ``convert_tf_discriminator``) maps them: the same constructor
+arguments from ``static_kwargs`` (an unknown setting is refused, as NVIDIA's converter refuses it), dense
+weights transposed, convolution weights from TensorFlow's ``[kh, kw, in, out]`` to ``[out, in, kh, kw]``
+(and flipped for the up-sampling convolutions, which TensorFlow ran as transposed convolutions), the
+modulation biases plus one, and the noise inputs and ``dlatent_avg`` as buffers. The state dict that
+results equals NVIDIA's conversion tensor for tensor (``tests/test_checkpoints_tf.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rootedgan.checkpoints._build import (
+    DISCRIMINATOR,
+    GENERATOR,
+    NetworkRecord,
+    _construct,
+    check_init_kwargs,
+    check_metadata,
+    jsonable,
+    plain,
+)
+from rootedgan.errors import CheckpointError, UnsafeCheckpointError
+
+FORMAT = "nvidia-tf-pkl"
+
+# What NVIDIA's converter (stylegan2-ada-pytorch legacy.py) reads; older Network pickles (StyleGAN1's
+# version 2 and 3) are refused by it and by us.
+MIN_VERSION = 4
+MAX_NETWORKS = 64  # Network objects reachable from one top-level network (G has 3)
+MAX_DEPTH = 4  # nesting of components
+MAX_VARIABLES = 100_000
+MAX_ARRAY_DIMS = 8
+
+SUPPORTED = (
+    "rootedgan reads the TensorFlow StyleGAN2 pickles NVIDIA's stylegan2-ada-pytorch legacy.py converts: "
+    "(G, D, Gs) networks of the stylegan2 (configs E and F) and stylegan2-ada TensorFlow code"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stand-ins for the globals a TensorFlow-era pickle references. None of them runs anything from the file.
+
+
+class TFNetwork:
+    """Stand-in for ``dnnlib.tflib.network.Network``: only its pickled state dict, as plain data."""
+
+    __slots__ = ("state",)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TFNetwork:
+        if args or kwargs:  # NEWOBJ of a Network passes no arguments
+            raise CheckpointError(
+                "a TensorFlow Network in the pickle is built with arguments (corrupt file?)"
+            )
+        obj = super().__new__(cls)
+        obj.state = None
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        if self.state is not None:
+            raise CheckpointError("a TensorFlow Network in the pickle is filled twice (corrupt file?)")
+        if not isinstance(state, Mapping):
+            raise CheckpointError("a TensorFlow Network in the pickle has no state dict (corrupt file?)")
+        self.state = dict(state)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return default if self.state is None else self.state.get(key, default)
+
+    @property
+    def name(self) -> str:
+        name = self.get("name")
+        return name if isinstance(name, str) else "?"
+
+    def __repr__(self) -> str:
+        return f"TFNetwork({self.name!r})"
+
+
+class _NDArrayClass:
+    """Stands for the class ``numpy.ndarray`` (only ever passed to ``_reconstruct``)."""
+
+
+class _DType:
+    """Checked stand-in for ``numpy.dtype``: a numeric dtype named by a string, plus its byte order."""
+
+    __slots__ = ("base", "order")
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
+        if not isinstance(spec, str) or len(spec) > 8:
+            raise UnsafeCheckpointError(
+                f"refused numpy.dtype({spec!r}) in the pickle; the file was not loaded"
+            )
+        try:
+            base = np.dtype(spec)
+        except TypeError as err:
+            raise CheckpointError(f"invalid numpy dtype {spec!r} in the pickle (corrupt file?)") from err
+        if base.kind not in "biuf" or base.hasobject or base.fields is not None or base.subdtype is not None:
+            raise UnsafeCheckpointError(
+                f"refused numpy dtype {spec!r} in the pickle; the file was not loaded"
+            )
+        self.base = base
+        self.order = "="
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (version, byte order, subarray, names, fields, elsize, alignment, flags[, metadata]).
+        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in ("<", ">", "|", "="):
+            raise CheckpointError("a numpy dtype in the pickle has a malformed state (corrupt file?)")
+        if any(part is not None for part in state[2:5]):
+            raise UnsafeCheckpointError(
+                "refused a structured numpy dtype in the pickle; the file was not loaded"
+            )
+        self.order = state[1]
+
+    def resolve(self) -> np.dtype:
+        return self.base.newbyteorder(self.order) if self.order in "<>" else self.base
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
+    """Checked ``numpy.core.multiarray.scalar``: a number rebuilt from its raw bytes. (TensorFlow returned
+    0-d variables, e.g. ``noise_strength``, as numpy scalars.)"""
+    if not isinstance(dtype, _DType):
+        raise UnsafeCheckpointError("refused a numpy scalar of an unexpected type; the file was not loaded")
+    resolved = dtype.resolve()
+    if not isinstance(data, bytes) or len(data) != resolved.itemsize:
+        raise CheckpointError("a numpy scalar in the pickle has the wrong number of bytes (corrupt file?)")
+    return np.frombuffer(data, dtype=resolved)[0]
+
+
+class ArrayStub:
+    """What ``numpy.core.multiarray._reconstruct`` returns here; ``BUILD`` fills ``array`` from raw bytes."""
+
+    __slots__ = ("array",)
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None:
+            raise CheckpointError("a numpy array in the pickle is filled twice (corrupt file?)")
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]  # drop numpy's pickle version
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise CheckpointError("a numpy array in the pickle has a malformed state (corrupt file?)")
+        shape, dtype, is_fortran, raw = state
+        if not isinstance(dtype, _DType):
+            raise UnsafeCheckpointError(
+                "refused a numpy array of a non-numeric dtype; the file was not loaded"
+            )
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) > MAX_ARRAY_DIMS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise CheckpointError(
+                f"a numpy array in the pickle has an invalid shape {shape!r} (corrupt file?)"
+            )
+        if not isinstance(raw, bytes | bytearray):
+            raise CheckpointError("a numpy array in the pickle holds no raw bytes (corrupt file?)")
+        resolved = dtype.resolve()
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if count * resolved.itemsize != len(raw):
+            raise CheckpointError(
+                f"a numpy array in the pickle of shape {shape} {resolved} holds {len(raw)} bytes, expected "
+                f"{count * resolved.itemsize} (corrupt file?)"
+            )
+        flat = np.frombuffer(raw, dtype=resolved, count=count)
+        self.array = flat.reshape(shape, order="F" if is_fortran else "C")
+
+    def __repr__(self) -> str:
+        return (
+            "ArrayStub()" if self.array is None else f"ArrayStub({self.array.dtype}{list(self.array.shape)})"
+        )
+
+
+def _reconstruct(subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> ArrayStub:
+    """Replaces ``numpy.core.multiarray._reconstruct``: an empty array stand-in for ``BUILD`` to fill."""
+    if subtype is not _NDArrayClass:
+        raise UnsafeCheckpointError("refused a numpy array of a subclass; the file was not loaded")
+    return ArrayStub()
+
+
+class _EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access): unpickled as a dict."""
+
+
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """Checked ``_codecs.encode``: how protocol-2 pickles store byte strings (latin-1 text only)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeCheckpointError("refused a _codecs.encode call that is not latin-1 bytes; not loaded")
+    return text.encode("latin-1")
+
+
+ALLOWED: dict[tuple[str, str], Any] = {
+    ("dnnlib.tflib.network", "Network"): TFNetwork,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NDArrayClass,
+    ("numpy", "dtype"): _DType,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("dnnlib", "EasyDict"): _EasyDict,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class TFUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED` (stand-ins that store values); refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = ALLOWED.get((module, name))
+        if target is None:
+            raise UnsafeCheckpointError(
+                f"the pickle references the global `{module}.{name}`, which is not on the allow-list of a "
+                "TensorFlow network pickle (unpickling it could run arbitrary code); the file was not loaded"
+            )
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError(
+            "the pickle uses persistent ids, which TensorFlow network pickles never contain; not loaded"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def unpickle_tf(path: str | os.PathLike[str]) -> Any:
+    """Unpickle a TensorFlow-era pickle with :class:`TFUnpickler`; errors become one-line CheckpointErrors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return TFUnpickler(f).load()
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"refused to load {path}: {err}") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except (EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (the pickle ends early or is malformed: {_first_line(err)}). "
+            "Download or copy it again."
+        ) from err
+    except Exception as err:  # anything else a malformed file can trigger: never a raw stack trace
+        raise CheckpointError(
+            f"{path} is corrupt or not a TensorFlow network pickle ({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# From Network state to variables and kwargs.
+
+
+def _check_network(net: Any, what: str) -> TFNetwork:
+    if not isinstance(net, TFNetwork) or net.state is None:
+        raise CheckpointError(f"{what} is not a TensorFlow network (corrupt file?)")
+    version = net.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(
+            f"{what} is a dnnlib.tflib network without a version (not a state TensorFlow's pickling wrote; "
+            f"corrupt file?). {SUPPORTED}"
+        )
+    if version < MIN_VERSION:
+        raise CheckpointError(
+            f"{what} is a TensorFlow network pickle of version {version!r}, older than StyleGAN2's "
+            f"(version {MIN_VERSION}): a StyleGAN1 network? {SUPPORTED}"
+        )
+    return net
+
+
+def collect_variables(net: TFNetwork, what: str) -> dict[str, np.ndarray]:
+    """All variables of ``net`` and its components, named ``component/.../variable`` (as NVIDIA's converter
+    names them), as numpy arrays."""
+    out: dict[str, np.ndarray] = {}
+    stack: list[tuple[str, Any, int]] = [("", net, 0)]
+    networks = 0
+    while stack:
+        prefix, node, depth = stack.pop()
+        networks += 1
+        if networks > MAX_NETWORKS or depth > MAX_DEPTH:
+            raise CheckpointError(f"{what} nests too many sub-networks (corrupt file?)")
+        node = _check_network(node, f"{what} ({prefix or 'top level'})")
+        variables = node.get("variables", [])
+        components = node.get("components", {}) or {}
+        if not isinstance(variables, list | tuple) or not isinstance(components, Mapping):
+            raise CheckpointError(f"{what}: the variables or components of {node.name} are malformed")
+        for item in variables:
+            if not (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str)):
+                raise CheckpointError(f"{what}: a variable of {node.name} is not a (name, array) pair")
+            name, value = item
+            if isinstance(value, np.generic):  # a 0-d variable, as TensorFlow returned it
+                out[prefix + name] = np.asarray(value)
+            elif isinstance(value, ArrayStub) and value.array is not None:
+                out[prefix + name] = value.array
+            else:
+                raise CheckpointError(f"{what}: the variable {prefix}{name} is not a numpy array")
+            if len(out) > MAX_VARIABLES:
+                raise CheckpointError(f"{what} holds more than {MAX_VARIABLES} variables (corrupt file?)")
+        for comp_name, comp in components.items():
+            if not isinstance(comp_name, str):
+                raise CheckpointError(f"{what}: a component of {node.name} has no name (corrupt file?)")
+            stack.append((f"{prefix}{comp_name}/", comp, depth + 1))
+    return out
+
+
+class _Settings:
+    """A network's TensorFlow ``static_kwargs``, read the way NVIDIA's converter reads them: each setting
+    with its default (``None`` replaced by ``none``), and any setting it does not know refused."""
+
+    def __init__(self, raw: Any, what: str) -> None:
+        check_metadata(raw, f"{what}: static_kwargs")
+        if not isinstance(raw, Mapping):
+            raise CheckpointError(f"{what}: static_kwargs is not a dict (corrupt file?)")
+        self.raw = plain(dict(raw))
+        self.what = what
+        self.read: set[str] = set()
+
+    def __call__(self, name: str, default: Any = None, none: Any = None) -> Any:
+        self.read.add(name)
+        value = self.raw.get(name, default)
+        return none if value is None else value
+
+    def integer(self, name: str, default: int) -> int:
+        value = self(name, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CheckpointError(f"{self.what}: the TensorFlow setting {name} = {value!r} is not an integer")
+        return value
+
+    def refuse_unknown(self, *ignored: str) -> None:
+        self.read.update(ignored)
+        unknown = sorted(set(self.raw) - self.read)
+        if unknown:
+            name = unknown[0]
+            raise CheckpointError(
+                f"{self.what} was built with the TensorFlow setting {name} = {self.raw[name]!r}, which "
+                f"NVIDIA's converter does not support either. {SUPPORTED}"
+            )
+
+
+def generator_kwargs(net: TFNetwork, what: str = "G") -> dict[str, Any]:
+    """Our ``Generator`` constructor arguments for a TensorFlow ``G_main`` network (as NVIDIA converts)."""
+    s = _Settings(net.get("static_kwargs", {}), what)
+    kwargs = {
+        "z_dim": s("latent_size", 512),
+        "c_dim": s("label_size", 0),
+        "w_dim": s("dlatent_size", 512),
+        "img_resolution": s("resolution", 1024),
+        "img_channels": s("num_channels", 3),
+        "mapping_kwargs": {
+            "num_layers": s("mapping_layers", 8),
+            "embed_features": s("label_fmaps"),
+            "layer_features": s("mapping_fmaps"),
+            "activation": s("mapping_nonlinearity", "lrelu"),
+            "lr_multiplier": s("mapping_lrmul", 0.01),
+            "w_avg_beta": s("w_avg_beta", 0.995, none=1),
+        },
+        "synthesis_kwargs": {
+            "channel_base": s.integer("fmap_base", 16384) * 2,
+            "channel_max": s("fmap_max", 512),
+            "num_fp16_res": s("num_fp16_res", 0),
+            "conv_clamp": s("conv_clamp"),
+            "architecture": s("architecture", "skip"),
+            "resample_filter": s("resample_kernel", [1, 3, 3, 1]),
+            "use_noise": s("use_noise", True),
+            "activation": s("nonlinearity", "lrelu"),
+        },
+    }
+    s.refuse_unknown("truncation_psi", "truncation_cutoff", "style_mixing_prob", "structure")
+    return kwargs
+
+
+def discriminator_kwargs(net: TFNetwork, what: str = "D") -> dict[str, Any]:
+    """Our ``Discriminator`` constructor arguments for a TensorFlow ``D`` network (as NVIDIA converts)."""
+    s = _Settings(net.get("static_kwargs", {}), what)
+    act = s("nonlinearity", "lrelu")
+    cmap = s("mapping_fmaps")
+    kwargs = {
+        "c_dim": s("label_size", 0),
+        "img_resolution": s("resolution", 1024),
+        "img_channels": s("num_channels", 3),
+        "architecture": s("architecture", "resnet"),
+        "channel_base": s.integer("fmap_base", 16384) * 2,
+        "channel_max": s("fmap_max", 512),
+        "num_fp16_res": s("num_fp16_res", 0),
+        "conv_clamp": s("conv_clamp"),
+        "cmap_dim": cmap,
+        "block_kwargs": {
+            "activation": act,
+            "resample_filter": s("resample_kernel", [1, 3, 3, 1]),
+            "freeze_layers": s("freeze_layers", 0),
+        },
+        "mapping_kwargs": {
+            "num_layers": s("mapping_layers", 0),
+            "embed_features": cmap,
+            "layer_features": cmap,
+            "activation": act,
+            "lr_multiplier": s("mapping_lrmul", 0.1),
+        },
+        "epilogue_kwargs": {
+            "mbstd_group_size": s("mbstd_group_size"),
+            "mbstd_num_channels": s("mbstd_num_features", 1),
+            "activation": act,
+        },
+    }
+    s.refuse_unknown("structure")
+    return kwargs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Variables -> our state dict.
+
+
+def _dense(w: np.ndarray) -> np.ndarray:
+    """TensorFlow dense ``[in, out]`` -> torch ``[out, in]``."""
+    return w.T
+
+
+def _conv(w: np.ndarray) -> np.ndarray:
+    """TensorFlow conv ``[kh, kw, in, out]`` -> torch ``[out, in, kh, kw]``."""
+    return w.transpose(3, 2, 0, 1)
+
+
+def _conv_up(w: np.ndarray) -> np.ndarray:
+    """An up-sampling conv: TensorFlow ran it as a transposed convolution, so the kernel is flipped."""
+    return _conv(w[::-1, ::-1])
+
+
+class _Variables:
+    """TensorFlow variables by name; a missing one is a one-line error naming it."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], what: str) -> None:
+        self.arrays = arrays
+        self.what = what
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        value = self.arrays.get(name)
+        if value is None:
+            scope = name.rsplit("/", 2)[0]
+            near = sorted(k for k in self.arrays if k.startswith(scope.split("/")[0] + "/"))[:6]
+            hint = f" (it has e.g. {', '.join(near)})" if near else ""
+            raise CheckpointError(
+                f"{self.what} has no variable {name}, which our {self.what.split()[0]} needs{hint}: a "
+                f"network configuration NVIDIA's converter does not support either? {SUPPORTED}"
+            )
+        return value
+
+
+def _log2(res: str) -> int:
+    return int(res).bit_length() - 1
+
+
+def _generator_value(key: str, tf: _Variables) -> np.ndarray | None:
+    """The value of our generator's ``key`` from TensorFlow variables (None: keep the constructed buffer)."""
+    if key.endswith("resample_filter"):
+        return None
+    if key == "mapping.w_avg":
+        return tf["dlatent_avg"]
+    if m := re.fullmatch(r"mapping\.embed\.(weight|bias)", key):
+        value = tf[f"mapping/LabelEmbed/{m[1]}"]
+        return _dense(value) if m[1] == "weight" else value
+    if m := re.fullmatch(r"mapping\.fc(\d+)\.(weight|bias)", key):
+        value = tf[f"mapping/Dense{m[1]}/{m[2]}"]
+        return _dense(value) if m[2] == "weight" else value
+    if key == "synthesis.b4.const":
+        return tf["synthesis/4x4/Const/const"][0]
+    m = re.fullmatch(r"synthesis\.b(\d+)\.(conv0|conv1|torgb|skip)\.(.+)", key)
+    if m is None:
+        raise CheckpointError(f"no TensorFlow variable is known for our generator's {key}")
+    res, layer, param = m[1], m[2], m[3]
+    if layer == "skip":
+        return _conv_up(tf[f"synthesis/{res}x{res}/Skip/{param}"])
+    scope = {"conv0": "Conv0_up", "conv1": "Conv" if res == "4" else "Conv1", "torgb": "ToRGB"}[layer]
+    base = f"synthesis/{res}x{res}/{scope}"
+    if param == "weight":
+        return (_conv_up if layer == "conv0" else _conv)(tf[f"{base}/weight"])
+    if param == "affine.weight":
+        return _dense(tf[f"{base}/mod_weight"])
+    if param == "affine.bias":
+        return tf[f"{base}/mod_bias"] + 1  # TensorFlow adds the 1 after the bias; ours is in the bias
+    if param == "noise_const":
+        index = 0 if res == "4" else 2 * _log2(res) - (5 if layer == "conv0" else 4)
+        return tf[f"synthesis/noise{index}"][0, 0]
+    return tf[f"{base}/{param}"]  # bias, noise_strength
+
+
+def _discriminator_value(key: str, tf: _Variables) -> np.ndarray | None:
+    """The value of our discriminator's ``key`` from TensorFlow variables (None: the constructed buffer)."""
+    if key.endswith("resample_filter"):
+        return None
+    if m := re.fullmatch(r"mapping\.(embed|fc\d+)\.(weight|bias)", key):
+        scope = "LabelEmbed" if m[1] == "embed" else f"Mapping{m[1][2:]}"
+        value = tf[f"{scope}/{m[2]}"]
+        return _dense(value) if m[2] == "weight" else value
+    if m := re.fullmatch(r"b4\.(conv|fc|out)\.(weight|bias)", key):
+        scope = {"conv": "4x4/Conv", "fc": "4x4/Dense0", "out": "Output"}[m[1]]
+        value = tf[f"{scope}/{m[2]}"]
+        if m[2] == "bias":
+            return value
+        return _conv(value) if m[1] == "conv" else _dense(value)
+    m = re.fullmatch(r"b(\d+)\.(fromrgb|conv0|conv1|skip)\.(weight|bias)", key)
+    if m is None:
+        raise CheckpointError(f"no TensorFlow variable is known for our discriminator's {key}")
+    res, layer, param = m[1], m[2], m[3]
+    scope = {"fromrgb": "FromRGB", "conv0": "Conv0", "conv1": "Conv1_down", "skip": "Skip"}[layer]
+    value = tf[f"{res}x{res}/{scope}/{param}"]
+    return _conv(value) if param == "weight" else value
+
+
+def _record(
+    kind: str,
+    kwargs: dict[str, Any],
+    tf: _Variables,
+    value_of: Callable[[str, _Variables], np.ndarray | None],
+    what: str,
+) -> NetworkRecord:
+    """Plan our network (no allocation) and fill its state dict from the variables, checking every shape."""
+    check_init_kwargs(kind, kwargs, f" {what}")
+    planned = _construct(NetworkRecord(kind, kwargs, {}), what, "", meta=True).state_dict()
+    state: dict[str, torch.Tensor] = {}
+    for key, expected in planned.items():
+        value = value_of(key, tf)
+        if value is None:
+            if expected.is_meta:
+                raise CheckpointError(f"{what}: no value for {key}")
+            state[key] = expected.detach().clone()
+            continue
+        array = np.array(value, dtype=np.float32, order="C")  # a writable, native float32 copy
+        if tuple(array.shape) != tuple(expected.shape):
+            raise CheckpointError(
+                f"{what}: the TensorFlow variable for {key} has shape {list(array.shape)}, our network built "
+                f"from its settings needs {list(expected.shape)}: a network configuration NVIDIA's "
+                f"converter does not support either? {SUPPORTED}"
+            )
+        state[key] = torch.from_numpy(array)
+    return NetworkRecord(kind=kind, init_kwargs=kwargs, state_dict=state)
+
+
+def generator_record(net: TFNetwork, what: str = "G") -> NetworkRecord:
+    """Our generator's record for a TensorFlow generator network."""
+    net = _check_network(net, what)
+    arrays = collect_variables(net, what)
+    if any(re.fullmatch(r"synthesis/ToRGB_lod\d+/.*", name) for name in arrays):
+        raise CheckpointError(
+            f"{what} is a progressive-growing generator (ToRGB_lod layers: StyleGAN2 configs A-D or "
+            f"StyleGAN1), which NVIDIA's converter does not support either. {SUPPORTED}"
+        )
+    kwargs = generator_kwargs(net, what)
+    return _record(
+        GENERATOR, kwargs, _Variables(arrays, f"{what} (TensorFlow generator)"), _generator_value, what
+    )
+
+
+def discriminator_record(net: TFNetwork, what: str = "D") -> NetworkRecord:
+    """Our discriminator's record for a TensorFlow discriminator network."""
+    net = _check_network(net, what)
+    arrays = collect_variables(net, what)
+    kwargs = discriminator_kwargs(net, what)
+    for name, value in list(arrays.items()):  # NVIDIA's converter: per-lod FromRGB -> 'orig' architecture
+        m = re.fullmatch(r"FromRGB_lod(\d+)/(.*)", name)
+        if m:
+            res = kwargs["img_resolution"] // 2 ** int(m[1])
+            arrays[f"{res}x{res}/FromRGB/{m[2]}"] = value
+            kwargs["architecture"] = "orig"
+    tf = _Variables(arrays, f"{what} (TensorFlow discriminator)")
+    return _record(DISCRIMINATOR, kwargs, tf, _discriminator_value, what)
+
+
+def _describe(net: TFNetwork) -> dict[str, Any]:
+    comps = net.get("components", {}) or {}
+    return {
+        "name": net.name,
+        "version": net.get("version"),
+        "build_func_name": net.get("build_func_name"),
+        "static_kwargs": jsonable(net.get("static_kwargs", {})),
+        "components": {
+            str(k): v.get("build_func_name") if isinstance(v, TFNetwork) else None for k, v in comps.items()
+        },
+    }
+
+
+def is_tf_networks(data: Any) -> bool:
+    """Whether an unpickled object is NVIDIA's TensorFlow ``(G, D, Gs)`` tuple."""
+    return isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, TFNetwork) for n in data)
+
+
+def records_from_tf(data: Any, source: str) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
+    """Records for ``G``, ``D``, ``G_ema`` from an unpickled ``(G, D, Gs)`` tuple, plus extra metadata."""
+    if not is_tf_networks(data):
+        found = f"a tuple of {len(data)} items" if isinstance(data, tuple) else f"a {type(data).__name__}"
+        raise CheckpointError(
+            f"{source} is a TensorFlow-era pickle but holds {found}, not NVIDIA's (G, D, Gs) networks"
+        )
+    G, D, Gs = data
+    records = {
+        "G": generator_record(G, f"{source}: G"),
+        "D": discriminator_record(D, f"{source}: D"),
+        "G_ema": generator_record(Gs, f"{source}: Gs"),
+    }
+    extra = {
+        "tensorflow": {"G": _describe(G), "D": _describe(D), "Gs": _describe(Gs)},
+        "notes": [
+            "converted from a TensorFlow StyleGAN2 pickle as NVIDIA's legacy.py converts it (Gs -> G_ema)"
+        ],
+    }
+    check_metadata(extra, f"{source}: the TensorFlow networks' settings")
+    return records, extra
+
+
+def read_tf_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
+    """Read a TensorFlow-era StyleGAN2 pickle into records for ``G``, ``D``, ``G_ema`` and extra metadata."""
+    source = str(path)
+    data = unpickle_tf(path)
+    try:
+        return records_from_tf(data, source)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a malformed tree (wrong types where arrays/dicts belong)
+        raise CheckpointError(
+            f"{source} is corrupt: its TensorFlow network structure is malformed ({type(err).__name__}: "
+            f"{_first_line(err)})"
+        ) from err

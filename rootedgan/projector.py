@@ -1,0 +1,464 @@
+"""GAN inversion into W, as NVIDIA's stylegan2-ada-pytorch ``projector.py`` does it (``rootedgan project``).
+
+One ``w`` (the same for every layer) is optimised, starting at the mean of mapped latents, so that
+``G.synthesis`` reproduces a target image under the LPIPS distance of NVIDIA's VGG16 torchscript. The
+generator's per-layer noise maps are optimised with it, kept from absorbing the image by a penalty on their
+autocorrelation at several scales and renormalised to zero mean / unit variance after every step. The
+learning rate ramps up over the first 5 % of the steps and down (cosine) over the last 25 %; Gaussian noise
+added to ``w``, scaled by the spread of W, decays to zero over the first 75 %. The settings are NVIDIA's
+(1000 steps, lr 0.1, noise weight 1e5, W statistics from 10000 latents of ``RandomState(123)``). Randomness
+(the initial noise maps, the ``w`` jitter) comes from one generator seeded with ``seed`` and drawn on the
+CPU, so a seed gives the same projection on any device up to floating-point differences.
+
+The VGG16 file (``vgg16.pt``) is NVIDIA's download; it is looked for in ``--vgg16 PATH``,
+``$ROOTEDGAN_VGG16`` and rootedgan's network cache, and downloaded into the cache when missing. A machine
+without internet gets one line naming the URL and the places to put the file. :func:`make_standin_vgg16`
+writes a tiny torchscript with the same interface, for tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from rootedgan.checkpoints.download import VGG16_URL, cache_path
+from rootedgan.errors import DownloadError, UserError
+
+__all__ = [
+    "VGG16_ENV",
+    "VGG16_URL",
+    "ProjectionResult",
+    "load_target",
+    "load_vgg16",
+    "lpips_distance",
+    "make_standin_vgg16",
+    "noise_regularization",
+    "project",
+    "read_projected_w",
+    "resolve_vgg16",
+    "w_statistics",
+    "write_projected_w",
+]
+
+VGG16_FILENAME = "vgg16.pt"
+VGG16_ENV = "ROOTEDGAN_VGG16"
+LPIPS_MAX_RESOLUTION = 256  # larger images are area-downsampled to 256x256 first (VGG was trained on 224)
+MAX_PROJECTED = 100_000  # w vectors read from one projected_w.npz
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The VGG16 LPIPS torchscript.
+
+
+def vgg16_cache_location() -> Path:
+    """Where rootedgan downloads (and looks for) NVIDIA's ``vgg16.pt``: ``$ROOTEDGAN_CACHE/networks/``."""
+    return cache_path(VGG16_URL)
+
+
+def _missing_message(reason: str) -> str:
+    return (
+        f"{reason}. The projector measures distance with NVIDIA's VGG16 LPIPS torchscript "
+        f"({VGG16_FILENAME}). On a machine without internet, download it elsewhere from {VGG16_URL} and "
+        f"either pass --vgg16 PATH, set {VGG16_ENV}=PATH, or put it at {vgg16_cache_location()} (rootedgan's "
+        "cache)"
+    )
+
+
+def resolve_vgg16(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """The local VGG16 file: ``path``, else ``$ROOTEDGAN_VGG16``, else the cache, else downloaded into it.
+
+    Raises :class:`UserError` (never a urllib traceback) when it is missing and cannot be fetched.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(_missing_message(f"the VGG16 file {p} does not exist"))
+        return p
+    env = os.environ.get(VGG16_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise UserError(_missing_message(f"{VGG16_ENV}={env} does not exist"))
+        return p
+    cached = vgg16_cache_location()
+    if cached.is_file():
+        return cached
+    if not download:
+        raise UserError(_missing_message("the VGG16 network was not found and downloading is off"))
+    from rootedgan.checkpoints.download import download as fetch
+
+    try:
+        return fetch(VGG16_URL)
+    except DownloadError as err:
+        raise UserError(_missing_message(f"the VGG16 network could not be downloaded ({err})")) from None
+    except Exception as err:  # anything else urllib/http may raise: still one line
+        raise UserError(_missing_message(f"the VGG16 network could not be downloaded ({err})")) from None
+
+
+def load_vgg16(
+    path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu", download: bool = True
+) -> torch.jit.ScriptModule:
+    """Find (:func:`resolve_vgg16`) and load the VGG16 torchscript on ``device``, in eval mode."""
+    file = resolve_vgg16(path, download=download)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+            return torch.jit.load(str(file), map_location=torch.device(device)).eval()
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"cannot load the VGG16 torchscript {file}: {reason}. It should be {VGG16_FILENAME} from "
+            f"{VGG16_URL}; delete a damaged copy and fetch it again"
+        ) from None
+
+
+def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """LPIPS features of ``[N, 3, H, W]`` images in [0, 255] (area-downsampled to 256 when larger)."""
+    if images.shape[2] > LPIPS_MAX_RESOLUTION:
+        images = F.interpolate(images, size=(LPIPS_MAX_RESOLUTION, LPIPS_MAX_RESOLUTION), mode="area")
+    try:
+        return vgg(images, resize_images=False, return_lpips=True)
+    except RuntimeError as err:
+        reason = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"the VGG16 torchscript does not take images as NVIDIA's vgg16.pt does ({reason}); use "
+            f"{VGG16_FILENAME} from {VGG16_URL}"
+        ) from None
+
+
+def lpips_distance(vgg: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LPIPS distance per image pair of ``[N, 3, H, W]`` images in [0, 255]."""
+    return (lpips_features(vgg, a) - lpips_features(vgg, b)).square().sum(dim=1)
+
+
+class _StandInVGG(torch.nn.Module):
+    """Three strided convolutions; each layer's features unit-normalised per pixel and weighted, as LPIPS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(
+            [
+                torch.nn.Conv2d(3, 8, kernel_size=3, stride=1, padding=1),
+                torch.nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1),
+                torch.nn.Conv2d(16, 16, kernel_size=3, stride=2, padding=1),
+            ]
+        )
+
+    def forward(
+        self, x: torch.Tensor, resize_images: bool = True, return_lpips: bool = False
+    ) -> torch.Tensor:
+        if resize_images:
+            x = F.interpolate(x, size=(32, 32), mode="area")
+        x = x / 127.5 - 1
+        parts: list[torch.Tensor] = []
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+            unit = x / (x.square().sum(dim=1, keepdim=True) + 1e-10).sqrt()
+            parts.append((unit / float(unit.shape[2] * unit.shape[3]) ** 0.5).flatten(1))
+        if return_lpips:
+            return torch.cat(parts, dim=1)
+        return x.mean(dim=[2, 3])
+
+
+def make_standin_vgg16(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a deterministic tiny torchscript with the interface of NVIDIA's ``vgg16.pt`` to ``path``:
+    ``vgg(images in [0, 255], resize_images=False, return_lpips=True) -> [N, F]`` features whose squared
+    distance is an LPIPS-like distance. For tests only: its distances mean nothing perceptually."""
+    gen = torch.Generator().manual_seed(seed)
+    model = _StandInVGG()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if p.ndim == 1 else 1 / p[0].numel() ** 0.5))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
+        torch.jit.script(model.eval()).save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The optimisation.
+
+
+@torch.no_grad()
+def w_statistics(
+    G: torch.nn.Module, c: torch.Tensor | None = None, num_samples: int = 10000, seed: int = 123
+) -> tuple[torch.Tensor, float]:
+    """``(w_avg [1, 1, w_dim], w_std)``: the mean of ``num_samples`` mapped latents (``RandomState(seed)``,
+    NVIDIA's 123) and their root-mean-square distance from it."""
+    device = next(G.parameters()).device
+    z = torch.from_numpy(np.random.RandomState(seed).randn(num_samples, G.z_dim).astype(np.float32))
+    ws = []
+    for start in range(0, num_samples, 1000):
+        zz = z[start : start + 1000].to(device)
+        cc = None if c is None else c.expand(len(zz), -1)
+        ws.append(G.mapping(zz, cc)[:, :1, :].float().cpu())
+    w = torch.cat(ws)  # [N, 1, C]
+    w_avg = w.mean(dim=0, keepdim=True)
+    w_std = float(((w - w_avg).square().sum() / num_samples) ** 0.5)
+    return w_avg, w_std
+
+
+def noise_regularization(noise_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Squared autocorrelation of each noise map with itself shifted by one pixel (both axes), summed over
+    the map and its 2x average-pooled versions down to 8x8: large when a map carries image structure."""
+    total = torch.zeros([], device=noise_maps[0].device) if noise_maps else torch.zeros([])
+    for noise in noise_maps:
+        x = noise[None, None]
+        while True:
+            total = total + (x * torch.roll(x, shifts=1, dims=3)).mean().square()
+            total = total + (x * torch.roll(x, shifts=1, dims=2)).mean().square()
+            if x.shape[2] <= 8:
+                break
+            x = F.avg_pool2d(x, kernel_size=2)
+    return total
+
+
+def _learning_rate(step: int, num_steps: int, initial: float, rampdown: float, rampup: float) -> float:
+    t = step / num_steps
+    down = min(1.0, (1.0 - t) / rampdown)
+    down = 0.5 - 0.5 * math.cos(down * math.pi)
+    return initial * down * min(1.0, t / rampup)
+
+
+@dataclass
+class ProjectionResult:
+    """``w_steps [num_steps, num_ws, w_dim]`` (float32, CPU): the ``w`` after every step, broadcast to all
+    layers (the last is the projection); ``dist`` and ``loss``: the LPIPS distance and total loss per step."""
+
+    w_steps: torch.Tensor
+    dist: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+
+    @property
+    def w(self) -> torch.Tensor:
+        """The projection: ``[1, num_ws, w_dim]``."""
+        return self.w_steps[-1:].clone()
+
+
+def project(
+    G: torch.nn.Module,
+    target: torch.Tensor,
+    vgg: torch.nn.Module,
+    *,
+    num_steps: int = 1000,
+    w_avg_samples: int = 10000,
+    initial_learning_rate: float = 0.1,
+    initial_noise_factor: float = 0.05,
+    lr_rampdown_length: float = 0.25,
+    lr_rampup_length: float = 0.05,
+    noise_ramp_length: float = 0.75,
+    regularize_noise_weight: float = 1e5,
+    seed: int = 303,
+    c: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    callback: Callable[[int, float, float], None] | None = None,
+) -> ProjectionResult:
+    """Project ``target`` (``[C, H, W]`` uint8 or float in [0, 255], H = W = ``G.img_resolution``) into W.
+
+    ``G`` is not modified (a copy is optimised). ``c``: ``[1, c_dim]`` label of a conditional generator.
+    ``callback(step, dist, loss)`` is called after every step (1-based). See the module docstring.
+    """
+    if num_steps < 1:
+        raise UserError(f"--num-steps must be >= 1, got {num_steps}")
+    if w_avg_samples < 1:
+        raise UserError(f"w_avg_samples must be >= 1, got {w_avg_samples}")
+    expected = (G.img_channels, G.img_resolution, G.img_resolution)
+    if tuple(target.shape) != expected:
+        raise UserError(f"the target must be {list(expected)} (C, H, W), got {list(target.shape)}")
+    if G.img_channels != 3:
+        raise UserError(f"the projector's VGG16 distance needs RGB images; the network has {G.img_channels}")
+    device = torch.device(device)
+    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    c = None if c is None else c.to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    w_avg, w_std = w_statistics(G, c, w_avg_samples)
+    noise_maps = [buf for name, buf in G.synthesis.named_buffers() if name.endswith("noise_const")]
+
+    target_features = lpips_features(vgg, target[None].to(device, torch.float32)).detach()
+
+    w_opt = w_avg.clone().to(device).requires_grad_(True)
+    with torch.no_grad():
+        for buf in noise_maps:
+            buf.copy_(torch.randn(buf.shape, generator=gen))
+    for buf in noise_maps:
+        buf.requires_grad_(True)
+    optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=initial_learning_rate)
+
+    w_steps = torch.zeros([num_steps, G.w_dim], dtype=torch.float32)
+    result = ProjectionResult(w_steps=w_steps)
+    for step in range(num_steps):
+        t = step / num_steps
+        w_noise_scale = w_std * initial_noise_factor * max(0.0, 1.0 - t / noise_ramp_length) ** 2
+        lr = _learning_rate(step, num_steps, initial_learning_rate, lr_rampdown_length, lr_rampup_length)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * w_noise_scale
+        ws = (w_opt + w_noise).repeat([1, G.num_ws, 1])
+        images = (G.synthesis(ws, noise_mode="const") + 1) * (255 / 2)
+        dist = (target_features - lpips_features(vgg, images)).square().sum()
+        reg = noise_regularization(noise_maps) if noise_maps else torch.zeros([], device=device)
+        loss = dist + reg * regularize_noise_weight
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        w_steps[step] = w_opt.detach()[0, 0].float().cpu()
+        result.dist.append(float(dist.detach()))
+        result.loss.append(float(loss.detach()))
+        with torch.no_grad():
+            for buf in noise_maps:
+                buf -= buf.mean()
+                buf *= buf.square().mean().rsqrt()
+        if callback is not None:
+            callback(step + 1, result.dist[-1], result.loss[-1])
+    result.w_steps = w_steps[:, None, :].repeat([1, G.num_ws, 1])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files: the target image, projected_w.npz, the progress video.
+
+
+def load_target(path: str | os.PathLike[str], resolution: int) -> np.ndarray:
+    """The target image as NVIDIA's projector prepares it: RGB, center-cropped to a square, LANCZOS-resized
+    to ``resolution``; ``[H, W, 3]`` uint8. The file is read under the data pipeline's size limits."""
+    from rootedgan.data import (
+        DEFAULT_MAX_IMAGE_MB,
+        DEFAULT_MAX_IMAGE_PIXELS,
+        _fit_square,
+        max_bytes_of,
+        open_image,
+        read_image_bytes,
+    )
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"--target {p}: no such file")
+    try:
+        data = read_image_bytes(str(p.parent), p.name, None, max_bytes_of(DEFAULT_MAX_IMAGE_MB))
+        with open_image(data, DEFAULT_MAX_IMAGE_PIXELS) as img:
+            img.load()
+            return np.asarray(_fit_square(img.convert("RGB"), resolution), dtype=np.uint8).copy()
+    except UserError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise UserError(f"--target {p}: not an image file (PIL cannot identify it)") from None
+    except Exception as err:  # PIL's DecompressionBombError, OSError for a truncated file, ...
+        raise UserError(f"--target {p}: not a readable image ({type(err).__name__}: {err})") from None
+
+
+def write_projected_w(path: str | os.PathLike[str], w: torch.Tensor | np.ndarray) -> Path:
+    """Write ``projected_w.npz`` as NVIDIA's projector does: one array ``w`` of ``[N, num_ws, w_dim]``."""
+    from rootedgan.fileio import atomic_open
+
+    arr = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w, dtype=np.float32)
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, w=arr)
+    return path
+
+
+def read_projected_w(path: str | os.PathLike[str], num_ws: int, w_dim: int) -> np.ndarray:
+    """``w`` of a ``projected_w.npz`` (NVIDIA's or ours) as float32 ``[N, num_ws, w_dim]``, checked against
+    the network (``[num_ws, w_dim]`` is taken as N = 1). Never unpickles; the array's header (shape and
+    dtype) is checked before its data is read, so a small file cannot make it allocate gigabytes."""
+    p = Path(path).expanduser()
+    what = f"--projected-w {p}"
+    if not p.is_file():
+        raise UserError(f"{what}: no such file (or not a regular file)")
+    try:
+        with zipfile.ZipFile(p) as archive:
+            if "w.npy" not in archive.namelist():
+                names = ", ".join(n.removesuffix(".npy") for n in archive.namelist()[:8])
+                raise UserError(f"{what}: holds no array `w` (found: {names or 'nothing'})")
+            with archive.open("w.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            if dtype.kind != "f":
+                raise UserError(f"{what}: `w` is {dtype}, not floating point")
+            if len(shape) == 2:
+                shape = (1, *shape)
+            if len(shape) != 3 or tuple(shape[1:]) != (num_ws, w_dim):
+                raise UserError(
+                    f"{what}: `w` has shape {list(shape)}; this network needs [N, {num_ws}, {w_dim}] "
+                    "(N projections of num_ws x w_dim): was it projected with another network?"
+                )
+            if not 1 <= shape[0] <= MAX_PROJECTED:
+                raise UserError(f"{what}: `w` holds {shape[0]} vectors; 1 to {MAX_PROJECTED} are read")
+            with archive.open("w.npy") as fh:
+                arr = np.lib.format.read_array(fh, allow_pickle=False)
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise UserError(f"{what}: not a readable .npz file ({type(err).__name__}: {err})") from None
+    arr = np.asarray(arr, dtype=np.float32).reshape(shape)
+    if not np.isfinite(arr).all():
+        raise UserError(f"{what}: `w` holds NaN or infinite values")
+    return arr
+
+
+GIF_MAX_FRAMES = 100  # a GIF is assembled in memory: at most this many evenly spaced steps
+
+
+def open_video(outdir: Path, fps: int = 10) -> tuple[object, Path]:
+    """A frame writer for the progress video: ``proj.mp4`` (imageio with its ffmpeg plugin, NVIDIA's
+    settings) or ``proj.gif`` (imageio alone). Without imageio: a :class:`UserError` saying what to
+    install."""
+    try:
+        import imageio
+        import imageio.v2 as iio
+    except ImportError:
+        raise UserError(
+            "--save-video needs the imageio package (pip install imageio, plus imageio-ffmpeg for MP4; "
+            "without imageio-ffmpeg a GIF is written). Install it or leave out --save-video: the projection "
+            "itself does not need it"
+        ) from None
+    try:
+        import imageio_ffmpeg  # noqa: F401
+
+        path = outdir / "proj.mp4"
+        return iio.get_writer(path, mode="I", fps=fps, codec="libx264", bitrate="16M"), path
+    except ImportError:
+        path = outdir / "proj.gif"
+        version = tuple(int(p) for p in imageio.__version__.split(".")[:2] if p.isdigit())
+        duration = 1000 / fps if version >= (2, 28) else 1 / fps  # imageio 2.28 moved GIFs to ms
+        return iio.get_writer(path, mode="I", duration=duration, loop=0), path
+
+
+def video_frames(
+    G: torch.nn.Module, w_steps: torch.Tensor, target: np.ndarray, max_frames: int | None = None
+) -> Iterator[np.ndarray]:
+    """``[H, 2W, 3]`` uint8 frames, target beside the synthesis of each step's ``w`` (noise ``const``);
+    every step, or ``max_frames`` evenly spaced ones ending at the last."""
+    from rootedgan.imaging import to_uint8
+
+    device = next(G.parameters()).device
+    steps = len(w_steps)
+    if max_frames is not None and steps > max_frames:
+        picks = np.unique(np.linspace(0, steps - 1, max_frames).round().astype(int))
+    else:
+        picks = np.arange(steps)
+    with torch.no_grad():
+        for i in picks:
+            img = to_uint8(G.synthesis(w_steps[i : i + 1].to(device), noise_mode="const"))[0]
+            yield np.concatenate([target, img], axis=1)
