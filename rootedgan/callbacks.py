@@ -127,7 +127,7 @@ class NetworkSnapshot(L.Callback):
         self.written: list[Path] = []
 
     def _grid(self, module: Any) -> np.ndarray:
-        from rootedgan.commands.generate import class_labels, seed_latents
+        from rootedgan.sampling import class_labels, seed_latents
 
         G = module.G_ema
         z = torch.from_numpy(seed_latents(range(self.grid_seeds), G.z_dim)).to(module.device)

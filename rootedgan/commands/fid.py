@@ -77,11 +77,11 @@ def _outdir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rootedgan.commands.generate import check_ops_setting, check_truncation, resolve_device
     from rootedgan.data import ImageDataset
     from rootedgan.metrics.evaluator import Evaluator, format_time, metric_name, parse_metric
     from rootedgan.metrics.features import DatasetImages, FolderImages
     from rootedgan.metrics.stats import GaussianStats
+    from rootedgan.sampling import check_ops_setting, check_truncation, resolve_device
 
     start = time.time()
     names = [m for m in (s.strip() for s in args.metrics.split(",")) if m]

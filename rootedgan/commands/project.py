@@ -18,9 +18,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from rootedgan.commands.generate import class_labels, resolve_device
 from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir, save_image_atomic, to_uint8
+from rootedgan.sampling import class_labels, resolve_device
 
 HELP = "Project an image into W (NVIDIA's projector: LPIPS-VGG16 distance, noise regularization)."
 
@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rootedgan import projector
-    from rootedgan.commands.generate import check_ops_setting
+    from rootedgan.sampling import check_ops_setting
 
     if args.num_steps < 1:
         raise UserError(f"--num-steps must be >= 1, got {args.num_steps}")

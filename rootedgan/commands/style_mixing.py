@@ -16,9 +16,9 @@ import argparse
 import numpy as np
 import torch
 
-from rootedgan.commands.generate import class_labels, parse_seeds, resolve_device, seed_latents
 from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir, make_grid, save_image_atomic, to_uint8
+from rootedgan.sampling import class_labels, parse_seeds, resolve_device, seed_latents
 
 HELP = "NVIDIA's style-mixing figure: row seeds x column seeds, with --styles layers from the columns."
 
