@@ -280,3 +280,13 @@ def test_default_workers_stay_within_the_usable_cores(monkeypatch, standin):
     assert features.default_workers() == 1
     assert Evaluator(inception=standin, progress=False).extractor.num_workers == 1
     assert Evaluator(inception=standin, progress=False, num_workers=3).extractor.num_workers == 3
+
+
+def test_folder_images_mirror_any_size(tmp_path):
+    a = save_sizes(tmp_path / "a", [(5, 7), (9, 4)], seed=0)
+    plain, mirrored = features.FolderImages(a), features.FolderImages(a, xflip=True)
+    assert len(mirrored) == 2 * len(plain) == 4
+    for i in range(2):
+        np.testing.assert_array_equal(mirrored.image(i), plain.image(i))
+        np.testing.assert_array_equal(mirrored.image(i + 2), plain.image(i)[:, ::-1])
+    assert mirrored.content_key() != plain.content_key()  # cached separately
