@@ -15,6 +15,8 @@ resize, generation and bookkeeping costs are the real ones). Cases:
 * ``cleanfid``: ``cleanfid.fid.get_model_features(gen, ...)``, the per-image work of ``compute_fid(gen=...)``
   (generation, PIL resize of each image in the calling thread, Inception), on ``--device``;
 * ``clean``: ours, exact (clean-fid's resize in ``--workers`` threads, float64 statistics);
+* ``nvidia``: ours, NVIDIA's protocol (clean-fid's ``legacy_tensorflow``, rootedgan's default: the Inception
+  file resizes inside, nothing on the CPU);
 * ``fast``: ours, resize on ``--device`` with torch's antialiased bicubic (and ``fast-bf16``: Inception
   in bf16; on a CPU only with ``--bf16-on-cpu``, for its deviation: bf16 is slow there).
 
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "clean": Evaluator(
             inception=inception,
             device=device,
+            mode="clean",
             batch_size=batch,
             num_workers=args.workers,
             progress=False,
@@ -207,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             use_cache=False,
         ),  # fmt: skip
     }
+    # NVIDIA's protocol (clean-fid's legacy_tensorflow, rootedgan's default): no CPU resize at all
+    evaluators["nvidia"] = Evaluator(
+        inception=inception, device=device, mode="legacy_tensorflow", batch_size=batch,
+        num_workers=args.workers, progress=False, use_cache=False,
+    )  # fmt: skip
     if gpu or args.bf16_on_cpu:
         evaluators["fast-bf16"] = Evaluator(
             inception=inception, device=device, mode="fast", dtype=torch.bfloat16, batch_size=batch,

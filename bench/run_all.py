@@ -248,6 +248,7 @@ def render_fid(data: dict[str, Any]) -> str:
     names = {
         "cleanfid": "clean-fid `get_model_features` (as `compute_fid(gen=)`)",
         "clean": "ours, exact `clean`",
+        "nvidia": "ours, NVIDIA's protocol (`legacy_tensorflow`, the default)",
         "fast": "ours, `fast`",
         "fast-bf16": "ours, `fast` + bf16 Inception",
     }

@@ -58,6 +58,11 @@ def test_callback_logs_fid_every_n_kimg_and_modelcheckpoint_keeps_the_best(
     lines = [json.loads(line) for line in (run / "metric-fid16_full.jsonl").read_text().splitlines()]
     assert [line["results"] for line in lines] == [r["results"] for r in fid.history]
     assert {"results", "metric", "total_time", "snapshot_pkl", "timestamp"} <= lines[0].keys()
+    # NVIDIA's protocol by default, under NVIDIA's name; the protocol and Inception file in every record
+    from rootedgan.metrics.inception import file_digest
+
+    assert all(line["protocol"] == "legacy_tensorflow" for line in lines)
+    assert all(line["inception_sha256"] == file_digest(standin) for line in lines)
     # logged in the loop for ModelCheckpoint (and in the logger; the start value straight to it)
     assert float(trainer.callback_metrics[fid.monitor]) == values[-1]  # float64, not rounded
     assert best.best_model_path.endswith("best-fid.ckpt") and Path(best.best_model_path).exists()
@@ -67,6 +72,19 @@ def test_callback_logs_fid_every_n_kimg_and_modelcheckpoint_keeps_the_best(
     assert logged == values
     # the reference statistics were cached once
     assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 1
+
+
+def test_callback_names_state_the_protocol():
+    from rootedgan.errors import UserError
+
+    assert FIDCallback(num_gen=50000).monitor == "metrics/fid50k_full"  # NVIDIA's protocol and name
+    clean = FIDCallback(num_gen=16, mode="clean", kid=True)
+    assert (clean.monitor, clean.kid_name) == ("metrics/clean_fid16_full", "clean_kid16_full")
+    assert FIDCallback(num_gen=1000, mode="fast").monitor == "metrics/approx_clean_fid1k_full"
+    with pytest.raises(ValueError, match="bf16 needs mode 'fast'"):
+        FIDCallback(bf16=True)
+    with pytest.raises(UserError, match="unknown FID protocol"):
+        FIDCallback(mode="tensorflow")
 
 
 DDP_SCRIPT = """

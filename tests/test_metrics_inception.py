@@ -8,6 +8,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,8 +17,10 @@ from rootedgan.metrics import inception as inc
 from rootedgan.metrics.inception import (
     INCEPTION_URL,
     load_inception,
+    locate_inception,
     make_standin_inception,
     resolve_inception,
+    tf1_bilinear_resize,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +68,16 @@ def test_lookup_order_explicit_env_cache_then_cleanfid_tmp(no_inception_anywhere
     assert resolve_inception(download=False) == env_copy
     explicit = make_standin_inception(tmp / "explicit.pt")
     assert resolve_inception(explicit, download=False) == explicit
+    # and where each came from, for the line printed before an evaluation
+    assert locate_inception(explicit, download=False).origin == "given explicitly"
+    assert locate_inception(download=False) == (env_copy, f"from ${inc.INCEPTION_ENV}")
+    monkeypatch.delenv(inc.INCEPTION_ENV)
+    assert locate_inception(download=False) == (cached, "found in rootedgan's cache")
+    cached.unlink()
+    assert locate_inception(download=False) == (cleanfid_copy, "found in clean-fid's cache")
+    net = load_inception(download=False)
+    assert net.describe() == f"{cleanfid_copy} (sha256 {net.digest}, found in clean-fid's cache)"
+    monkeypatch.setenv(inc.INCEPTION_ENV, str(env_copy))
     with pytest.raises(UserError, match="does not exist"):
         resolve_inception(tmp / "nope.pt")
     monkeypatch.setenv(inc.INCEPTION_ENV, str(tmp / "missing.pt"))
@@ -90,6 +103,47 @@ def test_load_inception_calls_layers_like_cleanfid_and_rejects_other_files(tmp_p
     bad.write_bytes(b"not a torchscript file")
     with pytest.raises(UserError, match="cannot load the Inception torchscript"):
         load_inception(bad)
+
+
+def tf1_resize_reference(img: np.ndarray, size: int) -> np.ndarray:
+    """TensorFlow 1's resize_bilinear(align_corners=False, half_pixel_centers=False), written out in numpy:
+    output row/column i reads the input at i * in / size, the next pixel clamped to the last one."""
+
+    def axis(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.arange(size) * (n_in / size)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, fy = axis(img.shape[0])
+    x0, x1, fx = axis(img.shape[1])
+    top = img[y0][:, x0] * (1 - fx) + img[y0][:, x1] * fx
+    bottom = img[y1][:, x0] * (1 - fx) + img[y1][:, x1] * fx
+    return top * (1 - fy[:, None]) + bottom * fy[:, None]
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 64), (400, 320), (299, 299)])
+def test_tf1_bilinear_resize_is_tensorflow_1s_resize(shape):
+    img = np.random.RandomState(0).uniform(0, 255, shape)
+    ours = tf1_bilinear_resize(torch.from_numpy(img)[None, None], 299)[0, 0].numpy()
+    np.testing.assert_allclose(ours, tf1_resize_reference(img, 299), rtol=0, atol=1e-9 * 255)
+
+
+def test_standin_resizes_inside_its_forward_like_nvidias_file(tmp_path):
+    """The stand-in's forward(img, return_features=True) takes images of any size in [0, 255] (what
+    clean-fid's legacy_tensorflow mode calls); its layers take 299x299 in [-1, 1] (the clean mode)."""
+    path = make_standin_inception(tmp_path / "inc.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        script = torch.jit.load(str(path))
+    img = torch.randint(0, 256, (2, 3, 40, 90), dtype=torch.uint8)
+    feats = script(img.float(), return_features=True)
+    resized = tf1_bilinear_resize(img.to(torch.float64), 299).float()
+    torch.testing.assert_close(feats, script.layers((resized - 128) / 128), rtol=1e-5, atol=1e-5)
+    net = load_inception(path, resize_inside=True)
+    torch.testing.assert_close(net(img), feats, rtol=0, atol=0)  # uint8 in: cast to float32 first
+    assert net(torch.rand(1, 3, 17, 23) * 255).shape == (1, 2048)
+    with pytest.raises(UserError, match="float32"):
+        load_inception(path, resize_inside=True, dtype=torch.bfloat16)
 
 
 SCENARIOS = {

@@ -12,7 +12,7 @@ import torch
 from rootedgan.errors import UserError
 from rootedgan.metrics import FeatureStats, GaussianStats, frechet_distance, kernel_inception_distance
 from rootedgan.metrics._cleanfid_import import import_cleanfid, patch_sqrtm
-from rootedgan.metrics.evaluator import format_time, metric_name, parse_metric
+from rootedgan.metrics.evaluator import format_time, metric_mode, metric_name, parse_metric
 
 
 def random_rotation(dim: int, seed: int) -> np.ndarray:
@@ -109,8 +109,9 @@ def test_kid_follows_cleanfid_kernel_distance_draw_for_draw():
 def test_gaussian_stats_files_round_trip_and_cleanfid_npz(tmp_path):
     feats = np.random.RandomState(7).rand(20, 8).astype(np.float32)
     stats = GaussianStats.from_features(feats, keep_features=True)
-    stats.save(tmp_path / "s.npz", meta="hello")
+    stats.save(tmp_path / "s.npz", meta='{"mode": "clean", "inception_sha256": "ab"}')
     back = GaussianStats.load(tmp_path / "s.npz")
+    assert back.meta == {"mode": "clean", "inception_sha256": "ab"}  # how it was made travels with it
     np.testing.assert_array_equal(back.mu, stats.mu)
     np.testing.assert_array_equal(back.sigma, stats.sigma)
     np.testing.assert_array_equal(back.features, feats)
@@ -119,6 +120,7 @@ def test_gaussian_stats_files_round_trip_and_cleanfid_npz(tmp_path):
     np.savez(tmp_path / "cf.npz", mu=stats.mu, sigma=stats.sigma)
     np.savez(tmp_path / "cf_kid.npz", feats=feats)
     assert GaussianStats.load(tmp_path / "cf.npz").features is None
+    assert GaussianStats.load(tmp_path / "cf.npz").meta is None
     np.testing.assert_allclose(GaussianStats.load(tmp_path / "cf_kid.npz").sigma, stats.sigma)
 
 
@@ -136,6 +138,31 @@ def test_gaussian_stats_files_round_trip_and_cleanfid_npz(tmp_path):
 def test_metric_names(name, num_gen, expected):
     spec = parse_metric(name, num_gen)
     assert (spec.name, spec.kind, spec.num_gen) == expected
+    assert spec.mode == "legacy_tensorflow"  # NVIDIA's names for NVIDIA's protocol (the default)
+
+
+def test_metric_names_state_their_protocol():
+    assert metric_name("fid", 50000) == "fid50k_full"
+    assert metric_name("fid", 50000, "legacy_tensorflow") == "fid50k_full"
+    assert metric_name("kid", 50000, "clean") == "clean_kid50k_full"
+    assert metric_name("fid", 2500, "fast") == "approx_clean_fid2500_full"
+    # the run's protocol renames an unprefixed name; a prefixed name selects (or must match) it
+    assert parse_metric("fid50k_full", mode="clean").name == "clean_fid50k_full"
+    spec = parse_metric("clean_kid10k_full")
+    assert (spec.name, spec.kind, spec.num_gen, spec.mode) == ("clean_kid10k_full", "kid", 10000, "clean")
+    assert parse_metric("approx_clean_fid1k_full", 64).name == "approx_clean_fid64_full"
+    assert [metric_mode(n) for n in ("fid50k_full", "clean_fid50k_full", "approx_clean_kid1k_full")] == [
+        None,
+        "clean",
+        "fast",
+    ]
+    with pytest.raises(UserError, match="clean protocol's, but this evaluation uses legacy_tensorflow"):
+        parse_metric("clean_fid50k_full", mode="legacy_tensorflow")
+    with pytest.raises(UserError, match="unknown FID protocol"):
+        parse_metric("fid50k_full", mode="tensorflow")
+    for bad in ["nvidia_fid50k_full", "clean_fid50k", "legacy_tensorflow_fid50k_full"]:
+        with pytest.raises(UserError, match="unknown metric"):
+            parse_metric(bad)
 
 
 def test_metric_name_errors_and_formatting():

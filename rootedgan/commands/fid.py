@@ -2,16 +2,26 @@
 
 ``rootedgan fid --data REF (--network X | --images DIR) --metrics fid50k_full,kid50k_full``
 
-* ``--data``: the reference images (folder or zip, read with the training data rules, at the
-  network's resolution), or cached statistics (``.npz`` with ``mu``/``sigma``: ours or clean-fid's);
+* ``--data``: the reference images, or statistics (``.npz`` with ``mu``/``sigma``: ours or clean-fid's;
+  refused in one line when they record another protocol or another Inception file). With ``--network``
+  the images are read with the training data rules at the network's resolution; with ``--images`` they
+  are read as they are, any size, like ``cleanfid.compute_fid(A, B)`` (``--resolution`` brings back the
+  training rules);
 * ``--network``: any checkpoint ``load_network`` reads; ``fid50k_full`` generates 50,000 images
   (``--num-gen`` overrides the count, and the name follows it);
 * ``--images``: a folder or zip of images of any size, all used (``--num-gen`` caps the count).
 
-Values are printed and appended as JSON lines to ``metric-<name>.jsonl`` (NVIDIA's format) in
-``--outdir`` (default: the network's folder, else the current one). Reference statistics are cached
-(``$ROOTEDGAN_CACHE/fid-stats``). NVIDIA's Inception file is needed: ``--inception PATH`` or
-``$ROOTEDGAN_INCEPTION``, else it is looked for in the caches and downloaded.
+The protocol is ``--mode``: ``legacy_tensorflow`` (the default; NVIDIA's, whose numbers are the published
+StyleGAN ones, under NVIDIA's names ``fid50k_full``/``kid50k_full``), ``clean`` (clean-fid's default
+protocol, under ``clean_fid50k_full``/``clean_kid50k_full``) or ``fast`` (our approximation of ``clean``
+on the device, ``approx_clean_*``). A prefixed metric name selects its protocol (``--metrics
+clean_fid50k_full``). Why the default is NVIDIA's: :mod:`rootedgan.metrics.evaluator`.
+
+Before any work the protocol and the Inception file (path, sha256, where it was found) are printed.
+Values are printed and appended as JSON lines to ``metric-<name>.jsonl`` (NVIDIA's format, plus the
+protocol and the Inception file) in ``--outdir`` (default: the network's folder, else the current one).
+Reference statistics are cached (``$ROOTEDGAN_CACHE/fid-stats``). NVIDIA's Inception file is needed:
+``--inception PATH`` or ``$ROOTEDGAN_INCEPTION``, else it is looked for in the caches and downloaded.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ import torch
 
 from rootedgan.errors import UserError
 
-HELP = "FID/KID of a network or an image folder against a data set (clean-fid protocol, cached statistics)."
+HELP = "FID/KID of a network or an image folder against a data set (NVIDIA's or clean-fid's protocol)."
+MODES = ("legacy_tensorflow", "clean", "fast")  # rootedgan.metrics.MODES, without importing it for --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
         default="fid50k_full",
-        help="comma-separated: fidNk_full, kidNk_full (default fid50k_full)",
+        help="comma-separated: fidNk_full, kidNk_full, optionally prefixed by the protocol "
+        "(clean_fid50k_full); default fid50k_full",
     )
     parser.add_argument("--mirror", action="store_true", help="add x-flipped copies of the reference images")
     parser.add_argument("--num-gen", type=int, default=None, help="generated (or used) images, overrides N")
@@ -44,9 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--mode",
-        choices=["clean", "fast"],
-        default="clean",
-        help="clean: exact clean-fid protocol (default); fast: resize on the device too (not exact)",
+        choices=MODES,
+        default=None,
+        help="FID protocol: legacy_tensorflow = NVIDIA's (default; comparable with published StyleGAN "
+        "FIDs; names fid50k_full...), clean = clean-fid's (clean_fid50k_full...), fast = an approximation "
+        "of clean on the device (approx_clean_fid50k_full...); default: the protocol the metric names "
+        "state, else legacy_tensorflow",
     )
     parser.add_argument("--bf16", action="store_true", help="Inception in bf16 (fast mode only)")
     parser.add_argument("--resolution", type=int, default=None, help="reference resolution (default: G's)")
@@ -58,7 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-mode", choices=["random", "const", "none"], default="random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and of the KID subsets")
     parser.add_argument("--batch", type=int, default=64, help="images per generator/Inception batch")
-    parser.add_argument("--workers", type=int, default=4, help="CPU workers for decoding and resizing")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU workers for decoding and resizing (default: min(4, usable cores))",
+    )
     parser.add_argument(
         "--outdir", default=None, help="where metric-*.jsonl go (default: the network's folder)"
     )
@@ -78,9 +98,15 @@ def _outdir(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from rootedgan.data import ImageDataset
-    from rootedgan.metrics.evaluator import Evaluator, format_time, metric_name, parse_metric
-    from rootedgan.metrics.features import DatasetImages, FolderImages
-    from rootedgan.metrics.stats import GaussianStats
+    from rootedgan.metrics.evaluator import (
+        DEFAULT_MODE,
+        Evaluator,
+        format_time,
+        metric_mode,
+        metric_name,
+        parse_metric,
+    )
+    from rootedgan.metrics.features import DatasetImages, FolderImages, default_workers
     from rootedgan.sampling import check_ops_setting, check_truncation, resolve_device
 
     start = time.time()
@@ -89,28 +115,38 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--metrics is empty: give e.g. fid50k_full,kid50k_full")
     if args.num_gen is not None and args.num_gen < 2:
         raise UserError(f"--num-gen must be >= 2, got {args.num_gen}")
-    if args.batch < 1 or args.workers < 0:
+    workers = default_workers() if args.workers is None else args.workers
+    if args.batch < 1 or workers < 0:
         raise UserError("--batch must be >= 1 and --workers >= 0")
     check_truncation(args.trunc)
     check_ops_setting()
-    if args.bf16 and args.mode != "fast":
-        raise UserError("--bf16 needs --mode fast (the clean protocol runs Inception in float32)")
-    specs = [parse_metric(n, args.num_gen) for n in names]
+    stated = sorted({m for m in map(metric_mode, names) if m is not None})
+    if args.mode is None and len(stated) > 1:
+        raise UserError(f"--metrics {args.metrics} mixes protocols ({', '.join(stated)}): one per run")
+    mode = args.mode or (stated[0] if stated else DEFAULT_MODE)
+    if args.bf16 and mode != "fast":
+        raise UserError(f"--bf16 needs --mode fast (the {mode} protocol runs Inception in float32)")
+    specs = [parse_metric(n, args.num_gen, mode) for n in names]
     need_feats = any(s.kind == "kid" for s in specs)
     outdir = _outdir(args)
     device = resolve_device(args.device)
+    images = FolderImages(args.images) if args.images is not None else None
+    if images is not None and len(images) < 2:
+        raise UserError(f"{args.images} has {len(images)} image: FID and KID need at least 2 (a covariance)")
     evaluator = Evaluator(
         inception=args.inception,
         device=device,
-        mode=args.mode,
+        mode=mode,
         dtype=torch.bfloat16 if args.bf16 else torch.float32,
         batch_size=args.batch,
-        num_workers=args.workers,
+        num_workers=workers,
         progress=True,
         download=not args.no_download,
         use_cache=not args.no_cache,
+        announce=True,
     )
-    evaluator.extractor  # noqa: B018 - load Inception first: a missing file fails before any work
+    # load Inception first: a missing file fails before any work, and the file is named before any work
+    evaluator.extractor  # noqa: B018
 
     G = None
     if args.network is not None:
@@ -128,13 +164,14 @@ def run(args: argparse.Namespace) -> int:
     if stats_file.is_file() and stats_file.suffix == ".npz":
         if args.mirror or args.resolution:
             raise UserError("--mirror/--resolution do not apply to precomputed statistics (--data *.npz)")
-        try:
-            reference = GaussianStats.load(stats_file)
-        except Exception as err:
-            raise UserError(f"cannot read statistics {stats_file}: {err}") from None
-        if need_feats and reference.features is None:
-            raise UserError(f"KID needs features, but {stats_file} holds only mu/sigma")
+        reference = evaluator.load_reference_file(stats_file, need_features=need_feats)
         ref_desc = str(stats_file)
+    elif images is not None and args.resolution is None:
+        # folder against folder: every image as it is, any size, as cleanfid.compute_fid(A, B) reads them
+        source = FolderImages(args.data, xflip=args.mirror)
+        ref_desc = source.describe()
+        print(f"reference: {ref_desc}")
+        reference = evaluator.reference_stats(source, keep_features=need_feats)
     else:
         resolution = args.resolution or (G.img_resolution if G is not None else None)
         dataset = ImageDataset(
@@ -164,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
         counts = {s.name: s.num_gen for s in specs}
         scored = args.network
     else:
-        images = FolderImages(args.images)
+        assert images is not None
         count = len(images) if args.num_gen is None else min(len(images), args.num_gen)
-        renamed = [type(s)(metric_name(s.kind, count), s.kind, count) for s in specs]
+        renamed = [type(s)(metric_name(s.kind, count, mode), s.kind, count, mode) for s in specs]
         for old, new in zip(specs, renamed, strict=True):
             if old.name != new.name:
                 print(f"note: {args.images} has {count} images: reporting {old.name} as {new.name}")
@@ -176,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         scored = args.images
 
     seconds = time.time() - start
-    protocol = evaluator.protocol()
+    protocol = evaluator.record_fields()
     for name, value in results.items():
         record = {
             "results": {name: value},
@@ -188,8 +225,7 @@ def run(args: argparse.Namespace) -> int:
             "timestamp": time.time(),
             "num_gen": counts[name],
             "reference": ref_desc,
-            "mode": protocol["mode"],
-            "inception_sha256": protocol["inception_sha256"],
+            **protocol,
         }
         with open(outdir / f"metric-{name}.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")

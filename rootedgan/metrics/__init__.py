@@ -1,7 +1,12 @@
-"""FID and KID with clean-fid's "clean" protocol, cached reference statistics and a training callback.
+"""FID and KID under NVIDIA's or clean-fid's protocol, cached reference statistics and a training callback.
 
-* :func:`folder_fid` / :func:`folder_kid`: two image folders (or zips), like ``cleanfid.compute_fid
-  (fdir1, fdir2)`` / ``compute_kid``;
+The protocol is ``mode``: ``"legacy_tensorflow"`` (the default: NVIDIA's, reported as ``fid50k_full``,
+comparable with published StyleGAN FIDs), ``"clean"`` (clean-fid's, reported as ``clean_fid50k_full``)
+or ``"fast"`` (our approximation of ``clean`` on the GPU, ``approx_clean_fid50k_full``); why the default
+is NVIDIA's: :mod:`rootedgan.metrics.evaluator`.
+
+* :func:`folder_fid` / :func:`folder_kid`: two image folders (or zips) of any image size, like
+  ``cleanfid.compute_fid(fdir1, fdir2, mode=...)`` / ``compute_kid``;
 * :func:`generator_fid`: a generator against a reference (folder, zip, or cached statistics);
 * :class:`Evaluator`: the same with control over devices, modes, ranks and caching;
 * :class:`FIDCallback`: FID of G_ema every N kimg while finetuning (``trainer.callbacks`` in YAML);
@@ -19,7 +24,16 @@ from typing import Any
 
 import torch
 
-from rootedgan.metrics.evaluator import Evaluator, MetricSpec, metric_name, parse_metric
+from rootedgan.metrics.evaluator import (
+    DEFAULT_MODE,
+    MODES,
+    PROTOCOLS,
+    Evaluator,
+    MetricSpec,
+    metric_mode,
+    metric_name,
+    parse_metric,
+)
 from rootedgan.metrics.features import DatasetImages, FolderImages, ImageSource
 from rootedgan.metrics.inception import (
     INCEPTION_URL,
@@ -30,7 +44,10 @@ from rootedgan.metrics.inception import (
 from rootedgan.metrics.stats import FeatureStats, GaussianStats, frechet_distance, kernel_inception_distance
 
 __all__ = [
+    "DEFAULT_MODE",
     "INCEPTION_URL",
+    "MODES",
+    "PROTOCOLS",
     "DatasetImages",
     "Evaluator",
     "FIDCallback",
@@ -46,6 +63,7 @@ __all__ = [
     "kernel_inception_distance",
     "load_inception",
     "make_standin_inception",
+    "metric_mode",
     "metric_name",
     "parse_metric",
     "resolve_inception",
@@ -67,16 +85,18 @@ def _reference(evaluator: Evaluator, reference: Any, keep_features: bool) -> Gau
     if isinstance(reference, ImageSource):
         return evaluator.reference_stats(reference, keep_features=keep_features)
     if str(reference).endswith(".npz") and os.path.isfile(reference):
-        return GaussianStats.load(reference)
+        return evaluator.load_reference_file(reference, need_features=keep_features)
     return evaluator.reference_stats(FolderImages(reference), keep_features=keep_features)
 
 
 def folder_fid(
     path1: str | os.PathLike[str], path2: str | os.PathLike[str], **evaluator_kwargs: Any
 ) -> float:
-    """FID between all images of two folders/zips (``path1`` may also be cached statistics, ``.npz``).
+    """FID between all images of two folders/zips, any size (``path1`` may also be statistics, ``.npz``,
+    refused when made under another protocol or Inception file).
 
-    ``evaluator_kwargs`` go to :class:`Evaluator` (``inception``, ``device``, ``mode``, ...).
+    ``evaluator_kwargs`` go to :class:`Evaluator` (``inception``, ``device``, ``mode``, ...); the default
+    protocol is NVIDIA's (``mode="legacy_tensorflow"``), ``mode="clean"`` gives clean-fid's default.
     """
     ev = Evaluator(**evaluator_kwargs)
     return ev.fid(_reference(ev, path1, False), ev.images_stats(FolderImages(path2)))

@@ -4,8 +4,12 @@ Files live in ``$ROOTEDGAN_CACHE/fid-stats/`` (default ``~/.cache/rootedgan/fid-
 ``<key>.npz`` (float64 ``mu``, ``sigma``, ``count`` and a JSON ``meta`` describing the entry) and,
 once KID has needed them, ``<key>.features.npy`` (float32 ``[N, 2048]``). The key is the sha256 of
 the data set's content key (file names and bytes, resolution, channels, mirroring, subset), the
-Inception file's sha256, the feature mode and dtype, and clean-fid's version. Files are written to
-a temporary name and renamed, so a reader never sees half a file; an unreadable entry is recomputed.
+FID protocol (``legacy_tensorflow`` / ``clean`` / ``fast``) and dtype, the Inception file's sha256, and
+clean-fid's version. The same facts are stored in every ``.npz`` (``meta``), so that a statistics file
+passed as a reference (``rootedgan fid --data FILE.npz``) is refused when it was made under another
+protocol or with another Inception file, and a cache entry whose stored facts do not match its key is
+recomputed. Files are written to a temporary name and renamed, so a reader never sees half a file; an
+unreadable entry is recomputed.
 """
 
 from __future__ import annotations
@@ -56,8 +60,17 @@ def _paths(key: str, folder: Path | None) -> tuple[Path, Path]:
     return folder / f"{key}.npz", folder / f"{key}.features.npy"
 
 
-def load_stats(key: str, features: bool = False, folder: Path | None = None) -> GaussianStats | None:
-    """The cached statistics for ``key`` (with features when asked and stored), else None."""
+_CHECKED = ("protocol", "mode", "dtype", "inception_sha256")
+
+
+def load_stats(
+    key: str, features: bool = False, folder: Path | None = None, expect: dict[str, Any] | None = None
+) -> GaussianStats | None:
+    """The cached statistics for ``key`` (with features when asked and stored), else None.
+
+    ``expect``: the ``meta`` of :func:`cache_key`; an entry whose stored protocol, dtype or Inception
+    sha256 differ from it is not used (a warning; the caller recomputes and overwrites it).
+    """
     stats_path, feats_path = _paths(key, folder)
     if not stats_path.is_file() or (features and not feats_path.is_file()):
         return None
@@ -66,6 +79,12 @@ def load_stats(key: str, features: bool = False, folder: Path | None = None) -> 
             stats = GaussianStats(
                 np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64), int(data["count"])
             )
+            stored = json.loads(str(data["meta"])) if "meta" in data else {}
+        if expect is not None:
+            differ = [k for k in _CHECKED if stored.get(k) != expect.get(k)]
+            if differ:
+                raise ValueError(f"its {', '.join(differ)} differ from the key's")
+        stats.meta = stored or None
         if features:
             stats.features = np.load(feats_path, allow_pickle=False)
             if stats.features.shape[0] != stats.count:

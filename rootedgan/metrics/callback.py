@@ -12,11 +12,15 @@ Add it in YAML under ``trainer.callbacks``::
 
 Each evaluation writes ``metrics/fid50k_full`` (the name follows ``num_gen``: ``fid10k_full``,
 ``fid1k_full``, ...; ``metrics/kid50k_full`` too with ``kid=True``) to the loggers and appends
-NVIDIA-style lines to ``metric-fid50k_full.jsonl`` in the run directory. Evaluations inside the loop
-are also ``LightningModule.log``-ged (float64, the same value on every rank, not re-sent to the
-loggers), so ``ModelCheckpoint(monitor=...)`` keeps the best snapshot; the evaluations before
-training (``at_start``) and at the end (``at_end``) are outside the loop, where Lightning allows no
-``log``.
+NVIDIA-style lines to ``metric-fid50k_full.jsonl`` in the run directory. The names are NVIDIA's
+because the default protocol is NVIDIA's (``mode: legacy_tensorflow``, comparable with published
+StyleGAN FIDs); ``mode: clean`` (clean-fid's protocol) logs ``metrics/clean_fid50k_full`` and ``mode:
+fast`` ``metrics/approx_clean_fid50k_full`` (see :mod:`rootedgan.metrics.evaluator`). Every jsonl record
+also names the protocol and the Inception file (path and sha256), which is printed when the run
+starts. Evaluations inside the loop are also ``LightningModule.log``-ged (float64, the same value on
+every rank, not re-sent to the loggers), so ``ModelCheckpoint(monitor=...)`` keeps the best snapshot;
+the evaluations before training (``at_start``) and at the end (``at_end``) are outside the loop, where
+Lightning allows no ``log``.
 
 The reference set is the datamodule's data set (its resolution, channels and xflip; ``mirror``
 overrides xflip) or ``data_path``; its statistics are computed once and cached on disk
@@ -36,7 +40,14 @@ import lightning as L
 import torch
 
 from rootedgan.callbacks import KimgSchedule
-from rootedgan.metrics.evaluator import Evaluator, dist_rank_world, format_time, metric_name
+from rootedgan.metrics.evaluator import (
+    DEFAULT_MODE,
+    Evaluator,
+    check_mode,
+    dist_rank_world,
+    format_time,
+    metric_name,
+)
 from rootedgan.metrics.stats import GaussianStats
 
 __all__ = ["FIDCallback", "reference_dataset"]
@@ -88,10 +99,10 @@ class FIDCallback(L.Callback):
         mirror: bool | None = None,
         inception: str | None = None,
         download_inception: bool = True,
-        mode: Literal["clean", "fast"] = "clean",
+        mode: Literal["legacy_tensorflow", "clean", "fast"] = DEFAULT_MODE,
         bf16: bool = False,
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         seed: int = 0,
         truncation_psi: float = 1.0,
         noise_mode: Literal["random", "const", "none"] = "random",
@@ -108,10 +119,12 @@ class FIDCallback(L.Callback):
             mirror: reference with x-flipped copies; default: the data set's own xflip setting.
             inception: NVIDIA's Inception torchscript file (default: ``$ROOTEDGAN_INCEPTION``, the caches).
             download_inception: download the Inception file when it is not found locally.
-            mode: ``clean`` (exact clean-fid protocol) or ``fast`` (resize on the GPU; not exact).
+            mode: the FID protocol: ``legacy_tensorflow`` (NVIDIA's, the default; names ``fid50k_full``),
+                ``clean`` (clean-fid's; ``clean_fid50k_full``) or ``fast`` (an approximation of ``clean``
+                on the GPU; ``approx_clean_fid50k_full``).
             bf16: run Inception in bf16 (``fast`` mode only).
             batch_size: images per generator / Inception batch.
-            num_workers: CPU workers for decoding and resizing.
+            num_workers: CPU workers for decoding and resizing (None: ``min(4, usable cores)``).
             seed: seed of the generated latents (the same images at every evaluation) and KID subsets.
             truncation_psi: truncation of the generated images (1: none, as for reported FIDs).
             noise_mode: G's noise inputs (NVIDIA's metrics use ``random``, seeded here).
@@ -122,6 +135,9 @@ class FIDCallback(L.Callback):
             raise ValueError(f"FIDCallback: num_gen must be >= 2, got {num_gen}")
         if every_kimg < 0:
             raise ValueError(f"FIDCallback: every_kimg must be >= 0, got {every_kimg}")
+        mode = check_mode(mode)
+        if bf16 and mode != "fast":
+            raise ValueError(f"FIDCallback: bf16 needs mode 'fast' (the {mode} protocol runs in float32)")
         self.every_kimg = every_kimg
         self.num_gen = num_gen
         self.kid = kid
@@ -139,8 +155,8 @@ class FIDCallback(L.Callback):
         self.truncation_psi = truncation_psi
         self.noise_mode = noise_mode
         self.progress = progress
-        self.fid_name = metric_name("fid", num_gen)
-        self.kid_name = metric_name("kid", num_gen)
+        self.fid_name = metric_name("fid", num_gen, mode)
+        self.kid_name = metric_name("kid", num_gen, mode)
         self.history: list[dict[str, Any]] = []
         self._schedule = KimgSchedule(every_kimg)
         self._last_nimg: int | None = None
@@ -152,7 +168,8 @@ class FIDCallback(L.Callback):
 
     @property
     def monitor(self) -> str:
-        """The logged key, for ``ModelCheckpoint(monitor=...)``: ``metrics/fid50k_full`` etc."""
+        """The logged key, for ``ModelCheckpoint(monitor=...)``: ``metrics/fid50k_full`` etc. (with the
+        protocol's prefix: ``metrics/clean_fid50k_full`` under ``mode: clean``)."""
         return f"metrics/{self.fid_name}"
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -210,6 +227,8 @@ class FIDCallback(L.Callback):
         from rootedgan.callbacks import snapshot_path
 
         _, world = dist_rank_world()
+        assert self._evaluator is not None
+        protocol = self._evaluator.record_fields()
         kimg = float(module.cur_nimg) / 1000
         out = self._out or Path(trainer.default_root_dir)
         snapshot = snapshot_path(out, int(module.cur_nimg))
@@ -225,7 +244,7 @@ class FIDCallback(L.Callback):
                 "kimg": kimg,
                 "num_gen": self.num_gen,
                 "reference": self._reference_path,
-                "mode": self.mode,
+                **protocol,
             }
             self.history.append(record)
             if trainer.is_global_zero:

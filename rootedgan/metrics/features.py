@@ -1,17 +1,25 @@
-"""Inception features of image sets and generators: the exact "clean" path and the fast GPU path.
+"""Inception features of image sets and generators under the three FID protocols (``mode``).
 
-Exact path (``mode="clean"``, the default for reported numbers)
+NVIDIA's protocol (``mode="legacy_tensorflow"``, clean-fid's mode of that name; the default)
+    Every uint8 image, at its own size, goes as float32 to the Inception file's own ``forward``, which
+    resizes it to 299x299 inside (TensorFlow 1's bilinear resize, no antialiasing), exactly as NVIDIA's
+    StyleGAN metric code and clean-fid's ``legacy_tensorflow`` mode call it. Features equal clean-fid's
+    by construction. Nothing is resized on the CPU: images of one size are batched together and the whole
+    path runs on ``device``. FIDs are comparable with those published with NVIDIA's code.
+
+clean-fid's protocol (``mode="clean"``)
     clean-fid's own resize function (``cleanfid.resize.build_resizer("clean")``: PIL bicubic on each
     channel in float mode to 299x299, clipped to [0, 255]) on every uint8 image, then the Inception
-    torchscript as clean-fid calls it. Features equal clean-fid's by construction. The resize runs on
-    the CPU: in DataLoader workers for image sets, in a thread pool for generated images.
+    layers as clean-fid calls them. Features equal clean-fid's by construction. The resize runs on
+    the CPU: in DataLoader workers for image sets, in a thread pool for generated images. FIDs are
+    comparable with clean-fid's ``clean`` numbers, not with NVIDIA's.
 
-Fast path (``mode="fast"``)
+Our approximation of the clean protocol (``mode="fast"``)
     Everything on ``device``: generation, the uint8 rounding, the resize (``F.interpolate(bicubic,
     antialias=True)``, the same filter as PIL's, computed in float32) and Inception, optionally in
-    bf16 (``dtype``). Its deviation from the exact path is measured by ``bench/fid.py`` (float32:
-    about 1e-7 relative in FID with the stand-in network; bf16: about 1e-4); it is not the default
-    for reported numbers.
+    bf16 (``dtype``). Its deviation from the clean path is measured by ``bench/fid.py`` (float32:
+    about 1e-7 relative in FID with the stand-in network; bf16: about 1e-4). Not exact, so its metrics
+    carry their own names (``approx_clean_fid50k_full``, :mod:`rootedgan.metrics.evaluator`).
 
 Generated images are rounded to uint8 as if saved to PNG (NVIDIA's rule ``clamp(x * 127.5 + 128)``),
 so a generator scores what its saved images would score. Grayscale images are repeated to RGB.
@@ -45,17 +53,44 @@ from rootedgan.metrics.stats import FeatureStats
 
 __all__ = [
     "LATENT_CHUNK",
+    "DEFAULT_MODE",
+    "MODES",
     "DatasetImages",
     "FeatureExtractor",
     "FolderImages",
     "ImageSource",
     "chunk_latents",
     "clean_resize",
+    "default_workers",
     "fast_resize",
+    "usable_cores",
 ]
 
 LATENT_CHUNK = 256
-Mode = Literal["clean", "fast"]
+Mode = Literal["legacy_tensorflow", "clean", "fast"]
+MODES: tuple[str, ...] = ("legacy_tensorflow", "clean", "fast")
+DEFAULT_MODE: Mode = "legacy_tensorflow"  # why: rootedgan.metrics.evaluator's module docstring
+MAX_DEFAULT_WORKERS = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def default_workers() -> int:
+    """The default number of CPU workers: ``min(4, usable cores)``."""
+    return min(MAX_DEFAULT_WORKERS, usable_cores())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,7 +184,8 @@ class FolderImages(ImageSource):
 
     Files are ordered by relative path; hidden files and folders are skipped. A file or zip member larger
     than ``max_image_mb`` (uncompressed) is refused before it is read, and an image of more than
-    ``max_image_pixels`` pixels before it is decoded (the limits of :mod:`rootedgan.data`).
+    ``max_image_pixels`` pixels before it is decoded (the limits of :mod:`rootedgan.data`). ``xflip``
+    appends a mirrored copy of every image (index ``i >= N`` is image ``i - N`` flipped left-right).
     """
 
     def __init__(
@@ -157,10 +193,12 @@ class FolderImages(ImageSource):
         path: str | os.PathLike[str],
         max_image_mb: float | None = None,
         max_image_pixels: int | None = None,
+        xflip: bool = False,
     ) -> None:
         from rootedgan import data
 
         self.path = str(path)
+        self.xflip = bool(xflip)
         self.max_bytes = data.max_bytes_of(
             data.DEFAULT_MAX_IMAGE_MB if max_image_mb is None else max_image_mb
         )
@@ -198,7 +236,7 @@ class FolderImages(ImageSource):
         self._zip_pid: int | None = None
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.names) * (2 if self.xflip else 1)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_zip": None, "_zip_pid": None}
@@ -216,10 +254,12 @@ class FolderImages(ImageSource):
     def image(self, index: int) -> np.ndarray:
         from rootedgan.data import open_image
 
-        name = self.names[index]
+        flip = index >= len(self.names)
+        name = self.names[index - len(self.names) if flip else index]
         try:
             with open_image(self._read(name), self.max_pixels) as img:
-                return np.array(img.convert("RGB"))
+                arr = np.array(img.convert("RGB"))
+            return np.ascontiguousarray(arr[:, ::-1]) if flip else arr
         except UserError:
             raise
         except Exception as err:
@@ -231,11 +271,16 @@ class FolderImages(ImageSource):
         for name in self.names:
             data = self._read(name)
             h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
-        return "folder:" + h.hexdigest()
+        return "folder:" + h.hexdigest() + (":xflip" if self.xflip else "")
+
+    def describe(self) -> str:
+        flip = f" + {len(self.names)} mirrored" if self.xflip else ""
+        return f"{len(self.names)} images{flip} in {self.path} (as they are, any size)"
 
 
 class _Resized(torch.utils.data.Dataset):
-    """Images ``indices`` of a source, as ``[3, 299, 299]`` float32 (clean resize) or ``[3, H, W]`` uint8."""
+    """Images ``indices`` of a source, as ``[3, 299, 299]`` float32 (clean resize) or ``[3, H, W]`` uint8
+    (at their own size: the legacy_tensorflow and fast paths resize on the device)."""
 
     def __init__(self, source: ImageSource, indices: Sequence[int], resize: bool) -> None:
         self.source, self.indices, self.resize = source, list(indices), resize
@@ -323,30 +368,37 @@ class FeatureExtractor:
     """Inception features of image sets and generators into :class:`FeatureStats`.
 
     Args:
-        inception: the loaded network (:func:`rootedgan.metrics.inception.load_inception`).
-        mode: ``"clean"`` (exact, clean-fid's resize on the CPU) or ``"fast"`` (all on ``device``).
+        inception: the loaded network (:func:`rootedgan.metrics.inception.load_inception`), with
+            ``resize_inside`` exactly when ``mode`` is ``"legacy_tensorflow"``.
+        mode: ``"legacy_tensorflow"`` (NVIDIA's protocol, all on ``device``), ``"clean"`` (clean-fid's
+            resize on the CPU) or ``"fast"`` (an approximation of ``clean``, all on ``device``).
         batch_size: images per Inception (and generator) batch.
-        num_workers: DataLoader workers for image sets; threads for resizing generated images
-            (0: resize in the calling thread).
+        num_workers: DataLoader workers for image sets; threads for resizing generated images in the
+            clean mode (0: in the calling thread). None: :func:`default_workers`.
         progress: show progress bars (on rank 0 only).
     """
 
     def __init__(
         self,
         inception: InceptionFeatures,
-        mode: Mode = "clean",
+        mode: Mode = DEFAULT_MODE,
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         progress: bool = True,
     ) -> None:
-        if mode not in ("clean", "fast"):
-            raise UserError(f"FID mode must be 'clean' or 'fast', got {mode!r}")
+        if mode not in MODES:
+            raise UserError(f"FID mode must be one of {', '.join(MODES)}; got {mode!r}")
         if batch_size < 1:
             raise UserError(f"the FID batch size must be >= 1, got {batch_size}")
+        if bool(getattr(inception, "resize_inside", False)) != (mode == "legacy_tensorflow"):
+            raise ValueError(
+                f"mode {mode!r} needs the Inception network loaded with resize_inside="
+                f"{mode == 'legacy_tensorflow'} (load_inception(..., resize_inside=...))"
+            )
         self.inception = inception
         self.mode: Mode = mode
         self.batch_size = int(batch_size)
-        self.num_workers = max(0, int(num_workers))
+        self.num_workers = default_workers() if num_workers is None else max(0, int(num_workers))
         self.progress = progress
 
     @property
@@ -385,9 +437,16 @@ class FeatureExtractor:
         for batch in loader:
             if self.mode == "clean":
                 feats = self.inception(batch.to(self.device))
-            else:
+            elif self.mode == "fast":
                 feats = torch.cat(
                     [self.inception(fast_resize(group)) for group in _same_size_groups(batch, self.device)]
+                )
+            else:  # legacy_tensorflow: the Inception file resizes each same-size group itself
+                feats = torch.cat(
+                    [
+                        self.inception(group.to(torch.float32))
+                        for group in _same_size_groups(batch, self.device)
+                    ]
                 )
             stats.update(feats)
             bar.update(len(feats) * world)
@@ -427,9 +486,11 @@ class FeatureExtractor:
             batches = generated_uint8(
                 G, num_gen, seed, self.batch_size, rank, world, labels, truncation_psi, noise_mode, latents
             )
-            if self.mode == "fast":
+            if self.mode != "clean":  # everything on the device
                 for images in batches:
-                    feats = self.inception(fast_resize(images.to(self.device)))
+                    x = images.to(self.device)
+                    x = fast_resize(x) if self.mode == "fast" else x.to(torch.float32)
+                    feats = self.inception(x)
                     stats.update(feats)
                     bar.update(len(feats) * world)
                 return stats

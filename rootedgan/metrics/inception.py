@@ -1,4 +1,4 @@
-"""NVIDIA's Inception torchscript (the network clean-fid's "clean" FID uses): finding, loading, calling.
+"""NVIDIA's Inception torchscript (the network of both FID protocols): finding, loading, calling.
 
 Where the file is looked for, in order:
 
@@ -10,10 +10,19 @@ Where the file is looked for, in order:
 
 When none exists it is downloaded into 3. (unless downloading is switched off); a machine without
 internet gets a :class:`UserError` naming the URL and the places to put the file, never a traceback.
+:func:`locate_inception` also says which of these places the file came from, and
+:meth:`InceptionFeatures.describe` names the file, its sha256 and that origin (printed before every
+evaluation: statistics made with another Inception file give meaningless FIDs).
 
-:class:`InceptionFeatures` calls the file as clean-fid's ``InceptionV3W`` does in "clean" mode:
-images already resized to 299x299, in [0, 255], are mapped with ``(x - 128) / 128`` and passed to
-``model.layers``; the output is viewed as ``[N, 2048]``.
+:class:`InceptionFeatures` calls the file as clean-fid's ``InceptionV3W`` does, in one of two ways:
+
+* ``resize_inside=False`` (clean-fid's ``clean`` mode and our ``fast`` mode): images already resized
+  to 299x299, in [0, 255], are mapped with ``(x - 128) / 128`` and passed to ``model.layers``;
+* ``resize_inside=True`` (clean-fid's ``legacy_tensorflow`` mode, which is what NVIDIA's own metric code
+  does): images of any size, in [0, 255], go to the file's ``forward(x, return_features=True)``, which
+  resizes them to 299x299 itself the way TensorFlow's original FID graph did (bilinear, no antialiasing).
+
+Either way the output is viewed as ``[N, 2048]``.
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from rootedgan.errors import DownloadError, UserError
 
@@ -32,11 +43,14 @@ __all__ = [
     "INCEPTION_FILENAME",
     "INCEPTION_URL",
     "InceptionFeatures",
+    "InceptionFile",
     "file_digest",
     "inception_candidates",
     "load_inception",
+    "locate_inception",
     "make_standin_inception",
     "resolve_inception",
+    "tf1_bilinear_resize",
 ]
 
 INCEPTION_URL = (
@@ -76,32 +90,48 @@ def _missing_message(reason: str) -> str:
     )
 
 
-def resolve_inception(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
-    """The local Inception torchscript file: ``path``, else the first existing candidate, else download.
+class InceptionFile(NamedTuple):
+    """A local Inception file and where it came from (for the line printed before an evaluation)."""
 
-    Raises :class:`UserError` (never a urllib traceback) when there is none and it cannot be fetched.
-    """
+    path: Path
+    origin: str
+
+
+def locate_inception(path: str | os.PathLike[str] | None = None, download: bool = True) -> InceptionFile:
+    """The local Inception torchscript file and its origin: ``path``, else the first existing candidate
+    (module docstring), else downloaded. Raises :class:`UserError` (never a urllib traceback) when there is
+    none and it cannot be fetched."""
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(_missing_message(f"the Inception file {p} does not exist"))
-        return p
+        return InceptionFile(p, "given explicitly")
     env = os.environ.get(INCEPTION_ENV)
     if env and not Path(env).expanduser().is_file():
         raise UserError(_missing_message(f"{INCEPTION_ENV}={env} does not exist"))
-    for candidate in inception_candidates():
+    if env:
+        return InceptionFile(Path(env).expanduser(), f"from ${INCEPTION_ENV}")
+    for candidate, origin in (
+        (_cache_location(), "found in rootedgan's cache"),
+        (CLEANFID_INCEPTION_PATH, "found in clean-fid's cache"),
+    ):
         if candidate.is_file():
-            return candidate
+            return InceptionFile(candidate, origin)
     if not download:
         raise UserError(_missing_message("the Inception network was not found and downloading is off"))
     from rootedgan.checkpoints.download import download as fetch
 
     try:
-        return fetch(INCEPTION_URL)
+        return InceptionFile(fetch(INCEPTION_URL), f"downloaded from {INCEPTION_URL}")
     except DownloadError as err:
         raise UserError(_missing_message(f"the Inception network could not be downloaded ({err})")) from None
     except Exception as err:  # anything else urllib/http may raise: still no traceback
         raise UserError(_missing_message(f"the Inception network could not be downloaded ({err})")) from None
+
+
+def resolve_inception(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """The local Inception torchscript file (:func:`locate_inception`, without the origin)."""
+    return locate_inception(path, download).path
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -119,26 +149,52 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
 
 class InceptionFeatures(torch.nn.Module):
-    """clean-fid's "clean" call of the torchscript: ``[N, 3, 299, 299]`` float in [0, 255] -> ``[N, 2048]``.
+    """The torchscript called as clean-fid calls it: ``[N, 3, H, W]`` in [0, 255] -> ``[N, 2048]`` float32.
 
-    ``dtype`` other than float32 (bf16 for the fast path) casts the network and its input; features
-    are returned as float32.
+    ``resize_inside=False``: inputs must be 299x299 (resized beforehand) and go to ``layers``.
+    ``resize_inside=True``: inputs of any size go (as float32) to the file's ``forward(x,
+    return_features=True)``, which resizes them (NVIDIA's / TensorFlow's protocol). ``dtype`` other than
+    float32 (bf16 for the fast path; not with ``resize_inside``) casts the network and its input.
+    ``path``, ``digest`` (sha256) and ``origin`` identify the file (:meth:`describe`).
     """
 
     def __init__(
-        self, script: torch.jit.ScriptModule, digest: str, dtype: torch.dtype = torch.float32
+        self,
+        script: torch.jit.ScriptModule,
+        digest: str,
+        dtype: torch.dtype = torch.float32,
+        resize_inside: bool = False,
+        path: str | os.PathLike[str] | None = None,
+        origin: str = "",
     ) -> None:
         super().__init__()
+        if resize_inside and dtype != torch.float32:
+            raise UserError(
+                "the Inception file's own resize (legacy_tensorflow protocol) runs in float32 only"
+            )
         self.base = script
         self.layers = script.layers
         self.digest = digest
         self.dtype = dtype
+        self.resize_inside = bool(resize_inside)
+        self.path = None if path is None else str(path)
+        self.origin = origin
         if dtype != torch.float32:
             self.base.to(dtype)
+
+    def describe(self) -> str:
+        """``'PATH (sha256 HEX, ORIGIN)'``, the line printed before an evaluation."""
+        origin = f", {self.origin}" if self.origin else ""
+        return f"{self.path or '(in memory)'} (sha256 {self.digest}{origin})"
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
+        if self.resize_inside:
+            if x.ndim != 4 or x.shape[1] != 3:
+                raise ValueError(f"expected [N, 3, H, W] inputs, got {list(x.shape)}")
+            # clean-fid's InceptionV3W(resize_inside=True): the file's own forward with its own resize
+            return self.base(x.to(torch.float32), return_features=True).view((n, FEATURE_DIM))
         if tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"expected [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] inputs, got {list(x.shape)}")
         x1 = x - 128  # the same two operations as clean-fid's InceptionV3W
@@ -158,9 +214,10 @@ def load_inception(
     device: torch.device | str = "cpu",
     download: bool = True,
     dtype: torch.dtype = torch.float32,
+    resize_inside: bool = False,
 ) -> InceptionFeatures:
-    """Find (see :func:`resolve_inception`), load and wrap the Inception torchscript on ``device``."""
-    file = resolve_inception(path, download=download)
+    """Find (:func:`locate_inception`), load and wrap the Inception torchscript on ``device``."""
+    file, origin = locate_inception(path, download=download)
     try:
         with warnings.catch_warnings():  # NVIDIA's file is TorchScript, whatever torch thinks of it
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
@@ -172,11 +229,38 @@ def load_inception(
         ) from None
     if not hasattr(script, "layers"):
         raise UserError(f"{file} is not NVIDIA's Inception torchscript (it has no `layers` sub-network)")
-    return InceptionFeatures(script, file_digest(file), dtype=dtype)
+    return InceptionFeatures(
+        script, file_digest(file), dtype=dtype, resize_inside=resize_inside, path=file, origin=origin
+    )
+
+
+def tf1_bilinear_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """TensorFlow 1's ``resize_bilinear`` (``align_corners=False``, no half-pixel centres) of ``[N, C, H, W]``
+    float images to ``size x size``, with ``grid_sample``, as NVIDIA's Inception file resizes inside.
+
+    Output pixel ``i`` reads the input at ``i * H / size`` (not at ``(i + 0.5) * H / size - 0.5`` as
+    ``F.interpolate`` does), bilinearly, clamped at the border; no antialiasing, so downscaling aliases.
+    With ``grid_sample(align_corners=False)`` a normalised coordinate ``g`` is the pixel ``((g + 1) W -
+    1) / 2``; an identity ``affine_grid`` gives ``g_i = (2 i + 1) / size - 1``, so shifting it by
+    ``1 / W - 1 / size`` lands exactly on ``i W / size``.
+    """
+    n, c, h, w = x.shape
+    theta = torch.zeros([n, 2, 3], dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 1.0 / w - 1.0 / size
+    theta[:, 1, 2] = 1.0 / h - 1.0 / size
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------------
 # A small stand-in with the same interface, for tests and benchmarks on machines without the file.
+#
+# Like NVIDIA's file it has both entry points: `layers(x)` on 299x299 inputs in [-1, 1] (the clean protocol)
+# and `forward(img, return_features=True)` on images of any size in [0, 255] that resizes them inside
+# (tf1_bilinear_resize, then (x - 128) / 128, then `layers`: the legacy_tensorflow protocol). NVIDIA's forward
+# returns the 1008 logits unless `return_features`; the stand-in returns its features either way.
 
 
 class _StandInLayers(torch.nn.Module):
@@ -199,17 +283,19 @@ class _StandIn(torch.nn.Module):
         super().__init__()
         self.layers = _StandInLayers()
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        # NVIDIA's file also resizes inside forward() (clean-fid's legacy_tensorflow mode); the stand-in
-        # expects 299x299 inputs there too.
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = tf1_bilinear_resize(img.to(torch.float32), 299)
         return self.layers((x - 128) / 128)
 
 
 def make_standin_inception(path: str | os.PathLike[str], seed: int = 0) -> Path:
     """Write a deterministic small torchscript with the Inception file's interface to ``path``.
 
-    ``torch.jit.load(path).layers(x)`` maps ``[N, 3, 299, 299]`` inputs in [-1, 1] to ``[N, 2048]``
-    features, like NVIDIA's file. For tests and benchmarks only: its FIDs mean nothing.
+    Like NVIDIA's file, ``torch.jit.load(path).layers(x)`` maps ``[N, 3, 299, 299]`` inputs in [-1, 1] to
+    ``[N, 2048]`` features (clean protocol), and ``torch.jit.load(path)(img, return_features=True)`` maps
+    images of any size in [0, 255] to the same features after resizing them inside with
+    :func:`tf1_bilinear_resize` (legacy_tensorflow protocol). For tests and benchmarks only: its FIDs
+    mean nothing.
     """
     gen = torch.Generator().manual_seed(seed)
     model = _StandIn()
@@ -243,13 +329,15 @@ class _ScriptWithLayers(torch.nn.Module):
         super().__init__()
         self.layers = layers
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = tf1_bilinear_resize(img.to(torch.float32), 299)  # NVIDIA's file resizes inside too
         return self.layers((x - 128) / 128)
 
 
 def make_random_inception_v3(path: str | os.PathLike[str], seed: int = 0) -> Path:
     """Write Inception-v3 *of the real architecture* with random weights (torchvision's ``inception_v3``,
-    ``weights=None``) as a torchscript with the Inception file's interface (``.layers(x) -> [N, 2048]``).
+    ``weights=None``) as a torchscript with the Inception file's interface (``.layers(x) -> [N, 2048]``, and
+    ``forward(img, return_features=True)`` resizing inside like the stand-in).
 
     For speed measurements where NVIDIA's file cannot be downloaded: every convolution of the real
     network runs, so the timings are the real ones; the FIDs mean nothing. Needs torchvision (raises

@@ -19,8 +19,10 @@ generator, and computes in float64.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -38,12 +40,15 @@ class GaussianStats:
     """Mean and covariance of a feature set (float64), its size, and optionally the features.
 
     ``mu [D]``, ``sigma [D, D]`` (unbiased, ``n - 1``), ``features [count, D]`` float32 or None.
+    ``meta``: what a loaded file says about how it was made (protocol, Inception sha256, ...; see
+    :mod:`rootedgan.metrics.cache`), None when it says nothing (e.g. clean-fid's files).
     """
 
     mu: np.ndarray
     sigma: np.ndarray
     count: int
     features: np.ndarray | None = None
+    meta: dict[str, Any] | None = None
 
     @classmethod
     def from_features(cls, features: np.ndarray | torch.Tensor, keep_features: bool = False) -> GaussianStats:
@@ -62,17 +67,30 @@ class GaussianStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GaussianStats:
-        """Read an ``.npz`` written by :meth:`save`, or clean-fid's (``mu``/``sigma``; ``feats`` for KID)."""
+        """Read an ``.npz`` written by :meth:`save` (``meta`` parsed from its JSON), or clean-fid's
+        (``mu``/``sigma``; ``feats`` for KID; no ``meta``)."""
         with np.load(path, allow_pickle=False) as data:
+            meta = _parse_meta(data["meta"]) if "meta" in data else None
             if "mu" in data and "sigma" in data:
                 mu = np.asarray(data["mu"], dtype=np.float64)
                 sigma = np.asarray(data["sigma"], dtype=np.float64)
                 feats = data["features"] if "features" in data else data["feats"] if "feats" in data else None
                 count = int(data["count"]) if "count" in data else (len(feats) if feats is not None else 0)
-                return cls(mu, sigma, count, None if feats is None else np.asarray(feats, np.float32))
+                return cls(mu, sigma, count, None if feats is None else np.asarray(feats, np.float32), meta)
             if "feats" in data:  # clean-fid's *_kid.npz: features only
-                return cls.from_features(np.asarray(data["feats"], np.float32), keep_features=True)
+                stats = cls.from_features(np.asarray(data["feats"], np.float32), keep_features=True)
+                stats.meta = meta
+                return stats
         raise ValueError(f"{path} holds neither mu/sigma nor features")
+
+
+def _parse_meta(value: np.ndarray) -> dict[str, Any] | None:
+    """The JSON object stored as a string array by :meth:`GaussianStats.save`, else None."""
+    try:
+        meta = json.loads(str(value))
+    except (TypeError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta else None
 
 
 class FeatureStats(Metric):
