@@ -87,6 +87,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (STYLEGAN_OPS_FILTER_IMPL)
 }
 MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer", "torch_compile")
+# levers that change which kernels run: profiled like the baseline rows, to see where the time moved
+PROFILED_LEVERS = ("ref_filter", "ref_ops")
 
 
 def _mbstd_group(batch: int, preferred: int) -> int:
@@ -625,7 +627,7 @@ def plan_runs(args: argparse.Namespace, has_cuda: bool, parser: argparse.Argumen
                         config=cfg,
                         nvidia_flags=args.nvidia_flags,
                         threads=args.threads,
-                        profile=args.profile if lever is None else 0,
+                        profile=args.profile if lever in (None, *PROFILED_LEVERS) else 0,
                     )
                 )
     return plan, skipped
@@ -762,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=int,
         default=0,
-        help="after the measured steps, profile this many more steps of each baseline row (top kernels)",
+        help="after the measured steps, profile this many more steps of each baseline and ref_* row",
     )
     parser.add_argument(
         "--one-process",
