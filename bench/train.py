@@ -55,6 +55,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -468,20 +469,22 @@ def _measure_group(specs: list[dict[str, Any]], verbose: bool, timeout: float | 
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
         t0 = time.perf_counter()
         status, output = None, ""
+        # own process group: on timeout the worker's children (torch.compile's compile workers, which hold
+        # the output pipe open) are killed with it, instead of keeping this call waiting
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=None if verbose else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.run(
-                cmd,
-                cwd=REPO,
-                stdout=None if verbose else subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=timeout,
-            )
-            status, output = proc.returncode, proc.stdout or ""
-        except subprocess.TimeoutExpired as err:
-            output = (
-                err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-            )
+            output, _ = proc.communicate(timeout=timeout)
+            status, output = proc.returncode, output or ""
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
             status = f"stopped after {timeout:.0f} s (time budget)"
         elapsed = time.perf_counter() - t0
         done = json.loads(result_path.read_text()) if result_path.exists() else []
@@ -829,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("preset", "variant", "device", "loss", "lever", "levers", "precision", "steps", "warmup")
             rows.append({k: spec[k] for k in keys} | {"batch": spec["config"]["batch"], **result})
             rows[-1]["config"] = spec["config"]
+        # the rows so far, so that a caller's timeout (the GPU check) still leaves the finished ones
+        write_json(args.out, {"machine": info, "partial": True, "results": rows, "skipped": skipped})
     nvidia_cpu = _nvidia_cpu_side_by_side(rows, args) if args.vs_nvidia_cpu else None
     print()
     nvidia_img_s = 1000 / args.nvidia_sec_per_kimg if args.nvidia_sec_per_kimg else None
