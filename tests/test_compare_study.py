@@ -315,7 +315,7 @@ def test_two_stage_study_picks_each_lr_on_tuning_seeds_and_resumes(tmp_path, mon
     assert record["pairing"]["paired"] is True
     tune = json.loads((out / "tune" / "compare.json").read_text())
     assert tune["analysis"]["paired"]["rooted:2@lr0.5"]["vs"] == "logistic@lr0.5"  # same-lr baseline
-    for name in ("compare.png", "forest.png", "compare.md"):
+    for name in ("compare.png", "forest.png", "compare.md", "runs.csv"):
         assert (out / "eval" / name).stat().st_size > 0
     text = (out / "eval" / "compare.md").read_text()
     assert "Pairing verified" in text and "kimg to 41" in text and "0.002 / 0.002" in text

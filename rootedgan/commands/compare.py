@@ -205,6 +205,7 @@ class _Collected:
         self.results = results
         self.runs: dict[str, dict[int, Any]] = {}
         self.wall: dict[str, list[float]] = {}
+        self.wall_by_seed: dict[str, dict[int, float]] = {}
         self.floors: dict[str, tuple[float, float]] = {}
         self.pairing: dict[str, dict[int, Any]] = {}
         self.arm_info: dict[str, dict[str, Any]] = {}
@@ -219,6 +220,7 @@ class _Collected:
             self.runs.setdefault(arm, {})[r.spec.seed] = collect_run(r.spec.run_dir)
             if r.wall_s is not None:
                 self.wall.setdefault(arm, []).append(float(r.wall_s))
+                self.wall_by_seed.setdefault(arm, {})[r.spec.seed] = float(r.wall_s)
             log_dir = run_log_dir(r.spec.run_dir)
             if arm not in self.floors:
                 subtract_k = bool(run_hparams(log_dir).get("subtract_k", False))
@@ -281,6 +283,7 @@ def _report(
         pairing=pairing,
         arm_info=got.arm_info,
         baselines=baselines or None,
+        wall_by_seed=got.wall_by_seed,
     )
 
 

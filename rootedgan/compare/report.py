@@ -499,6 +499,43 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def write_runs_csv(
+    path: str | Path, result: Mapping[str, Any], wall: Mapping[str, Mapping[int, float]] | None = None
+) -> Path:
+    """One row per run of :func:`analyze`'s per-run summaries (arm, seed, values, kimg to each target,
+    spikes, non-finite phases, wall time when known), for spreadsheets and re-analysis."""
+    import csv
+    import io
+
+    targets = [analysis.target_key(t) for t in result["targets"]]
+    columns = ["arm", "seed", "start", "final", "best", "best_kimg", "auc", "auc_mean"]
+    columns += [f"kimg_to_{t}" for t in targets]
+    columns += [
+        "spike_steps",
+        "spikes_G",
+        "spikes_D",
+        "max_G_loss",
+        "max_D_loss",
+        "nonfinite_phases",
+        "wall_s",
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for arm, by_seed in result["runs"].items():
+        for seed, r in by_seed.items():
+            sp = r["spikes"]
+            row = [arm, seed, r["start"], r["final"], r["best"], r["best_kimg"], r["auc"], r["auc_mean"]]
+            row += [r["to_target"].get(t) for t in targets]
+            row += [sp["steps"], sp.get("G"), sp.get("D"), sp.get("max_G"), sp.get("max_D")]
+            row += [r["nonfinite"]["phases"], (wall or {}).get(arm, {}).get(seed)]
+            writer.writerow(["" if v is None else v for v in row])
+    path = Path(path)
+    with atomic_open(path, "w") as fh:
+        fh.write(buffer.getvalue())
+    return path
+
+
 def write_report(
     out_dir: str | Path,
     runs: Runs,
@@ -515,10 +552,11 @@ def write_report(
     pairing: Mapping[str, Any] | None = None,
     arm_info: Mapping[str, Mapping[str, Any]] | None = None,
     baselines: Mapping[str, str] | None = None,
+    wall_by_seed: Mapping[str, Mapping[int, float]] | None = None,
 ) -> dict[str, Any]:
     """Summarise ``runs`` on ``metric`` (default: :func:`default_metric`) and write ``compare.png``,
-    ``forest.png`` (with two or more arms), ``compare.md`` and ``compare.json`` into ``out_dir``; returns
-    the JSON record.
+    ``forest.png`` (with two or more arms), ``compare.md``, ``compare.json`` and ``runs.csv`` (one row
+    per run, :func:`write_runs_csv`) into ``out_dir``; returns the JSON record.
 
     ``compare.json`` holds ``context`` (commands, versions, ...), the curve summary (mean ± std,
     :func:`rootedgan.compare.stats.summarize`), the analysis (:func:`analyze`: per-run summaries, per-arm
@@ -565,4 +603,5 @@ def write_report(
     }
     with atomic_open(out_dir / "compare.json", "w") as fh:
         json.dump(to_jsonable(record), fh, indent=1)
+    write_runs_csv(out_dir / "runs.csv", result, wall_by_seed)
     return record
