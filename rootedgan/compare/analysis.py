@@ -14,8 +14,9 @@ and of the training losses ``Loss/G/loss``, ``Loss/D/loss``:
 * ``spikes``: logged steps at which G's or D's loss exceeds ``spike_factor`` (10) times its running
   median (:func:`rootedgan.compare.stats.spikes`; measured above the loss's lower bound, so rooted's
   constant ``k`` does not hide them);
-* ``nonfinite``: phases whose loss was not finite (skipped by the training step), counted in the logged
-  G, D, R1 and path-length losses, and the run's last ``Progress/nonfinite_frac``.
+* ``nonfinite``: ``phases``, the logged G, D, R1 and path-length losses that were not finite (each such
+  phase was skipped by the training step), and ``frac``, the run's last ``Progress/nonfinite_frac``: the
+  share of all phases skipped, which also counts phases with a finite loss but a non-finite gradient.
 
 Per arm (:func:`arm_statistics`): mean over seeds with a percentile bootstrap 95 % CI. Against the
 baseline (:func:`paired_statistics`): per-seed differences ``arm - baseline`` on the seeds both ran, their
@@ -181,12 +182,18 @@ def arm_statistics(
     max_g = [summaries[s]["spikes"].get("max_G") for s in seeds]
     spike_stats["max_G"] = max((v for v in max_g if v is not None and math.isfinite(v)), default=None)
     bad = [int(summaries[s]["nonfinite"]["phases"]) for s in seeds]
+    fracs = [summaries[s]["nonfinite"].get("frac") for s in seeds]
+    max_frac = max((float(f) for f in fracs if f is not None and math.isfinite(float(f))), default=None)
     return {
         "seeds": seeds,
         "values": values,
         "to_target": to_target,
         "spikes": spike_stats,
-        "nonfinite": {"total": int(sum(bad)), "runs_with": int(sum(b > 0 for b in bad))},
+        "nonfinite": {
+            "total": int(sum(bad)),
+            "runs_with": int(sum(b > 0 for b in bad)),
+            "max_frac": max_frac,
+        },
     }
 
 

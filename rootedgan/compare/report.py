@@ -338,7 +338,7 @@ def render_study_markdown(
     for t in targets:
         head += f" kimg to {t} |"
         rule += " ---: |"
-    head += " spike steps (runs) | max G loss | non-finite phases | wall per run |"
+    head += " spike steps (runs) | max G loss | non-finite losses (runs) | wall per run |"
     rule += " ---: | ---: | ---: | ---: |"
     lines += [head, rule]
     for arm, stats in result["arms"].items():
@@ -353,7 +353,9 @@ def render_study_markdown(
         sp = stats["spikes"]
         seconds = _seconds(_wall(wall_s, arm))
         row += f" {sp['total']} ({sp['runs_with']}) | {_fmt(sp['max_G'], 3)} |"
-        row += f" {stats['nonfinite']['total']} ({stats['nonfinite']['runs_with']}) | {seconds} |"
+        nf = stats["nonfinite"]
+        skipped = f"; skipped ≤ {100 * nf['max_frac']:.2g} %" if nf.get("max_frac") else ""
+        row += f" {nf['total']} ({nf['runs_with']}){skipped} | {seconds} |"
         lines.append(row)
     lines.append("")
     if result["paired"]:
@@ -409,9 +411,11 @@ def render_study_markdown(
         f"brackets. *spike steps*: logged steps at which G's or D's loss exceeds "
         f"{result['spike_rule']['factor']:g} × its running median (previous "
         f"{result['spike_rule']['window']} steps, measured above the loss's lower bound), total and (runs "
-        "with any). *max G loss*: the largest logged G loss of any run. *non-finite phases*: phases skipped "
-        "for a non-finite loss or gradient, total (runs with any). *wall per run*: the whole `rootedgan "
-        "finetune` process (start-up and evaluations included).",
+        "with any). *max G loss*: the largest logged G loss of any run. *non-finite losses*: logged G, D, "
+        "R1 and path-length losses that were not finite (each such phase was skipped), total (runs with "
+        "any); the step also skips phases whose gradient alone is not finite: the largest share of skipped "
+        "phases of a run is shown when it is not 0 (`skipped_frac` in runs.csv). *wall per run*: the whole "
+        "`rootedgan finetune` process (start-up and evaluations included).",
         "",
     ]
     return "\n".join(lines)
@@ -516,7 +520,8 @@ def write_runs_csv(
         "spikes_D",
         "max_G_loss",
         "max_D_loss",
-        "nonfinite_phases",
+        "nonfinite_losses",
+        "skipped_frac",
         "wall_s",
     ]
     buffer = io.StringIO()
@@ -528,7 +533,7 @@ def write_runs_csv(
             row = [arm, seed, r["start"], r["final"], r["best"], r["best_kimg"], r["auc"], r["auc_mean"]]
             row += [r["to_target"].get(t) for t in targets]
             row += [sp["steps"], sp.get("G"), sp.get("D"), sp.get("max_G"), sp.get("max_D")]
-            row += [r["nonfinite"]["phases"], (wall or {}).get(arm, {}).get(seed)]
+            row += [r["nonfinite"]["phases"], r["nonfinite"].get("frac"), (wall or {}).get(arm, {}).get(seed)]
             writer.writerow(["" if v is None else v for v in row])
     path = Path(path)
     with atomic_open(path, "w") as fh:
