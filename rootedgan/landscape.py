@@ -307,8 +307,10 @@ def plot_landscape(
     path: str | os.PathLike[str],
     alphas: Any | None = None,
     betas: Any | None = None,
+    note: str | None = None,
 ) -> Path:
     """One PNG: per run, the min-T heatmap with the feasible region outlined; then the aiming cosines.
+    ``note`` (e.g. which D was frozen) goes under the panels.
 
     Written atomically (temp file in the same folder, then renamed).
     """
@@ -346,6 +348,9 @@ def plot_landscape(
     ax.set_title("aiming cosine", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    if note:
+        fig.subplots_adjust(bottom=0.2)
+        fig.text(0.01, 0.01, note, fontsize=7, ha="left", va="bottom", wrap=True)
     out = Path(path)
     try:
         with atomic_open(out, "wb") as fh:
@@ -359,10 +364,32 @@ def plot_landscape(
 
 
 def loss_lower_bound(loss: Any) -> float:
-    """Per-sample lower bound of ``loss.generator``: ``k`` for rooted without ``subtract_k``, else 0."""
-    if loss.name == "rooted" and not loss.subtract_k:
-        return float(loss.k)
-    return 0.0
+    """Per-sample lower bound of ``loss.generator``: ``k`` for rooted without ``subtract_k`` (times the
+    loss's constant ``scale``), else 0 (:meth:`rootedgan.losses.AdversarialLoss.lower_bound`)."""
+    return float(loss.lower_bound())
+
+
+def recorded_loss(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The adversarial loss a snapshot was trained with, from its metadata (written by
+    :meth:`rootedgan.module.FinetuneModule.provenance`): ``{"loss", "subtract_k", "max_grad"}``, or None
+    for a file without it (e.g. an NVIDIA pickle)."""
+    label = meta.get("loss")
+    if not isinstance(label, str) or not label:
+        return None
+    hparams = meta.get("hparams") if isinstance(meta.get("hparams"), dict) else {}
+    out: dict[str, Any] = {"loss": label, "subtract_k": bool(hparams.get("subtract_k", False))}
+    if "max_grad" in hparams:
+        out["max_grad"] = hparams["max_grad"]
+    return out
+
+
+def frozen_d_note(d_path: str, snapshots: Sequence[str]) -> str:
+    """One sentence: which snapshot's D the replay froze."""
+    which = "the last snapshot" if str(d_path) == str(snapshots[-1]) else "a chosen snapshot"
+    return (
+        f"D is frozen at {which} ({d_path}) for every step: f_k is the generator objective against that "
+        "one D, not the loss G saw while D was training."
+    )
 
 
 def _flat(module: torch.nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor]:
@@ -386,7 +413,7 @@ def _unflatten(x: torch.Tensor, names: list[str], shapes: list[torch.Size]) -> d
 def replay_generator_objective(
     snapshots: Sequence[str | os.PathLike[str]],
     d_snapshot: str | os.PathLike[str] | None = None,
-    loss: str = "rooted:2",
+    loss: str | None = None,
     seed: int = 0,
     batch: int = 16,
     steps_per_snapshot: int = 1,
@@ -398,6 +425,10 @@ def replay_generator_objective(
     ``f_j(x) = mean loss.generator(D(G_x(z_j, c_j, noise_mode='const')))`` with D from ``d_snapshot``
     (default: the last snapshot) and ``z_j`` from a generator seeded with ``seed * 1_000_003 + j``; step
     ``j = k * steps_per_snapshot + s`` evaluates snapshot k. ``network`` picks ``'G'`` or ``'G_ema'``.
+
+    ``loss`` None (the default) takes the loss recorded in the snapshots (their metadata, with its
+    ``subtract_k`` and ``max_grad``); a file without one needs ``loss``. A ``loss`` that differs from
+    the recorded one is used as given and noted in ``meta["loss_recorded"]``.
     """
     from rootedgan.checkpoints import load_network
     from rootedgan.errors import UserError
@@ -407,12 +438,31 @@ def replay_generator_objective(
         raise UserError("no snapshots to replay")
     if batch < 1 or steps_per_snapshot < 1:
         raise UserError("--batch and --steps-per-snapshot must be >= 1")
-    try:
-        adv = AdversarialLoss.parse(loss)
-    except ValueError as err:
-        raise UserError(str(err)) from None
     device = torch.device(device)
     d_path = snapshots[-1] if d_snapshot is None else d_snapshot
+    recorded = [
+        recorded_loss(load_network(snap, device="cpu")["meta"]) for snap in (snapshots[0], snapshots[-1])
+    ]
+    found = recorded[-1] or recorded[0]
+    if recorded[0] and recorded[-1] and recorded[0]["loss"] != recorded[-1]["loss"]:
+        raise UserError(
+            f"the snapshots record different losses ({recorded[0]['loss']} in {snapshots[0]}, "
+            f"{recorded[-1]['loss']} in {snapshots[-1]}): probe one run at a time, or pass --loss"
+        )
+    if loss is None:
+        if found is None:
+            raise UserError(
+                f"{snapshots[-1]} records no training loss (not a rootedgan snapshot?): pass --loss, e.g. "
+                "--loss logistic or --loss rooted:2"
+            )
+        settings = {k: v for k, v in found.items() if k != "loss"}
+        spec, source = found["loss"], "recorded in the snapshots"
+    else:
+        settings, spec, source = {}, loss, "given"
+    try:
+        adv = AdversarialLoss.parse(spec, **settings)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     D = load_network(d_path, device=device)["D"]
     if D is None:
         raise UserError(f"{d_path} holds no discriminator; pass --d-snapshot with one that does")
@@ -461,7 +511,10 @@ def replay_generator_objective(
     meta = {
         "snapshots": [str(p) for p in snapshots],
         "d_snapshot": str(d_path),
+        "d_frozen": frozen_d_note(str(d_path), [str(p) for p in snapshots]),
         "loss": adv.label,
+        "loss_source": source,
+        "loss_recorded": found["loss"] if found else None,
         "f_lb": loss_lower_bound(adv),
         "seed": seed,
         "batch": batch,

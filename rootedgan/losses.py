@@ -13,6 +13,20 @@ without changing any gradient. Its gradient ``exp(softplus(u)/k) * sigmoid(u)`` 
 at ``u = 1e4`` that is ``e^5000``, beyond even float64. So the loss we optimise is defined as rooted up
 to the logit ``u_cap`` where the gradient reaches ``max_grad``, continued linearly (value and slope
 continuous, still convex and increasing) above it. The capped fraction is reported for logging.
+
+Scaled losses (controls for loss comparisons), written ``BASE*FACTOR`` in ``model.loss``:
+
+* ``logistic*2`` (any loss, any constant ``c > 0``): every G and D adversarial term times ``c``. Under
+  Adam this changes almost nothing: Adam's update is invariant to a constant gradient scale (up to its
+  ``eps``), so for G it is the base loss, and for D, whose Adam also takes the R1 steps, it is the base
+  loss with ``r1_gamma / c`` (the adversarial term weighs ``c`` times more against R1). It isolates that
+  balance, not the step size.
+* ``logistic*rooted:K``: logistic, each term's batch scaled by the (detached) factor that gives it the
+  same total per-sample gradient as ``rooted:K`` on that batch,
+  ``c = sum_i rooted_K'(u_i) / sum_i sigmoid(u_i)``. Its steps are as large as rooted's (Adam sees the
+  same rise in gradient size when D grows confident), but every sample in the batch is weighted as
+  logistic weighs it. ``rooted:K`` minus this control is the effect of rooted's per-sample reweighting;
+  this control minus ``logistic`` is the effect of its step sizes.
 """
 
 from __future__ import annotations
@@ -96,6 +110,21 @@ def rooted(
     return value
 
 
+def rooted_slope(
+    u: torch.Tensor, k: float = DEFAULT_ROOT, max_grad: float | None = DEFAULT_MAX_GRAD
+) -> torch.Tensor:
+    """The derivative of :func:`rooted` in closed form (float32 or wider, no autograd):
+    ``exp(softplus(u) / k) * sigmoid(u)`` below the cap, ``max_grad`` above it."""
+    k = _validate_root(k)
+    x = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
+    cap = rooted_cap(k, max_grad)
+    inside = x.clamp(max=cap) if math.isfinite(cap) else x
+    slope = torch.exp(F.softplus(inside) / k) * torch.sigmoid(inside)
+    if math.isfinite(cap):
+        slope = torch.where(x > cap, torch.full_like(slope, float(max_grad)), slope)
+    return slope
+
+
 def capped_fraction(
     logits: torch.Tensor, k: float, max_grad: float | None = DEFAULT_MAX_GRAD
 ) -> torch.Tensor:
@@ -109,50 +138,106 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {"logistic": logistic, "rooted"
 
 @dataclass(frozen=True)
 class AdversarialLoss:
-    """A primitive plus its settings; builds the G and D objectives (per-sample, not reduced)."""
+    """A primitive plus its settings; builds the G and D objectives (per-sample, not reduced).
+
+    ``scale`` multiplies every adversarial term by a constant; ``match_k`` (logistic only) multiplies
+    each term's batch by the detached factor that gives it ``rooted:match_k``'s total gradient on that
+    batch (module docstring: the two step-size controls, ``logistic*C`` and ``logistic*rooted:K``).
+    """
 
     name: str = "rooted"
     k: float = DEFAULT_ROOT
     subtract_k: bool = False
     max_grad: float | None = DEFAULT_MAX_GRAD
+    scale: float = 1.0
+    match_k: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in LOSSES:
             raise ValueError(f"unknown loss {self.name!r}; expected one of {', '.join(LOSSES)}")
         if self.name == "rooted":
             _validate_root(self.k)
+        if not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
+            raise ValueError(f"the loss scale must be a finite number > 0, got {self.scale}")
+        if self.match_k is not None:
+            _validate_root(self.match_k)
+            if self.name != "logistic":
+                raise ValueError(f"only logistic can be matched to rooted's gradient (got {self.name})")
 
     @classmethod
     def parse(cls, spec: str, **kwargs) -> AdversarialLoss:
-        """``'logistic'``, ``'rooted'`` or ``'rooted:K'`` (e.g. ``'rooted:4'``)."""
-        name, _, root = spec.partition(":")
+        """``'logistic'``, ``'rooted'`` or ``'rooted:K'`` (e.g. ``'rooted:4'``), optionally ``*C`` (a
+        constant scale, e.g. ``'logistic*2'``) or ``*rooted:K`` after logistic (``'logistic*rooted:2'``)."""
+        base, star, factor = spec.partition("*")
+        name, _, root = base.partition(":")
         if root:
             try:
                 kwargs["k"] = float(root)
             except ValueError:
                 raise ValueError(f"cannot read the root in loss {spec!r}; use e.g. rooted:2") from None
+        if star:
+            factor = factor.strip()
+            if factor.partition(":")[0] == "rooted":
+                matched = factor.partition(":")[2]
+                try:
+                    kwargs["match_k"] = float(matched) if matched else DEFAULT_ROOT
+                except ValueError:
+                    raise ValueError(
+                        f"cannot read the root in loss {spec!r}; use e.g. logistic*rooted:2"
+                    ) from None
+            else:
+                try:
+                    kwargs["scale"] = float(factor)
+                except ValueError:
+                    raise ValueError(
+                        f"cannot read the factor in loss {spec!r}; use a number (logistic*2) or rooted:K "
+                        "(logistic*rooted:2)"
+                    ) from None
         return cls(name=name, **kwargs)
 
     @property
     def label(self) -> str:
-        return f"rooted:{self.k:g}" if self.name == "rooted" else self.name
+        label = f"rooted:{self.k:g}" if self.name == "rooted" else self.name
+        if self.match_k is not None:
+            label += f"*rooted:{self.match_k:g}"
+        if self.scale != 1.0:
+            label += f"*{self.scale:g}"
+        return label
 
     def phi(self, u: torch.Tensor) -> torch.Tensor:
+        """The elementwise primitive (without ``scale`` or ``match_k``, which act on whole terms)."""
         if self.name == "rooted":
             return rooted(u, k=self.k, subtract_k=self.subtract_k, max_grad=self.max_grad)
         return LOSSES[self.name](u)
 
+    def term(self, u: torch.Tensor) -> torch.Tensor:
+        """``phi(u)`` per sample times ``scale`` and, with ``match_k``, the batch's matching factor."""
+        value = self.phi(u)
+        if self.match_k is not None:
+            with torch.no_grad():
+                x = u.detach()
+                x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+                total = torch.sigmoid(x).sum().clamp(min=torch.finfo(x.dtype).tiny)
+                factor = rooted_slope(x, self.match_k, self.max_grad).sum() / total
+            value = value * factor
+        return value * self.scale if self.scale != 1.0 else value
+
+    def lower_bound(self) -> float:
+        """Infimum of one per-sample term: ``scale * k`` for rooted without ``subtract_k``, else 0."""
+        base = float(self.k) if self.name == "rooted" and not self.subtract_k else 0.0
+        return base * float(self.scale)
+
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         """Non-saturating G objective ``phi(-D(G(z)))``."""
-        return self.phi(-fake_logits)
+        return self.term(-fake_logits)
 
     def discriminator_fake(self, fake_logits: torch.Tensor) -> torch.Tensor:
         """D term on generated images ``phi(D(G(z)))``."""
-        return self.phi(fake_logits)
+        return self.term(fake_logits)
 
     def discriminator_real(self, real_logits: torch.Tensor) -> torch.Tensor:
         """D term on real images ``phi(-D(x))``."""
-        return self.phi(-real_logits)
+        return self.term(-real_logits)
 
     def capped(self, u: torch.Tensor) -> torch.Tensor:
         """Fraction of primitive inputs ``u`` that fell on the linear continuation (0 for logistic)."""

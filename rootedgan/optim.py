@@ -1,10 +1,19 @@
 """Optimizer presets: StyleGAN's Adam (the default) and the golden-ratio SGD preset.
 
-Golden-ratio SGD: Jaeger derives SGD hyperparameters from the golden ratio ``phi = (1 + sqrt 5) / 2``
-(arXiv 2006.04751; follow-up arXiv 2605.20009, whose values are used here):
+Golden-ratio SGD (``golden``): plain SGD with momentum, with constants that are, exactly:
 
-* momentum ``m = sqrt(2) / phi = 0.87403...``
-* learning rate ``lr = (1 - sqrt(2) / phi)^2 = 0.01587...``
+* ``PHI = (1 + sqrt 5) / 2`` (the golden ratio, the positive root of ``x^2 = x + 1``);
+* momentum ``GOLDEN_MOMENTUM = sqrt(2) / PHI``, which equals ``sqrt(3 - sqrt 5) = 0.8740320...``
+  (``1 / PHI^2 = 2 - PHI``);
+* learning rate ``GOLDEN_LR = (1 - GOLDEN_MOMENTUM)^2 = 4 - sqrt 5 - 2 sqrt(3 - sqrt 5) = 0.0158660...``.
+
+Where they come from, and what is not confirmed: Jaeger (arXiv 2006.04751, "The Golden Ratio of Learning
+and Momentum") ties SGD's learning rate and momentum to the golden ratio, and Bui, Yu, Kantipudi, Yaniv and
+Jaeger (arXiv 2605.20009, "Training Neural Networks with Optimal Double-Bayesian Learning") are reported,
+in summaries of that paper, to derive a learning rate of about 0.016 and a momentum weight of about 0.874.
+We could not read either derivation. The two expressions above are rootedgan's: they reproduce those two
+rounded values, and the learning rate is defined from the momentum; that the papers use exactly these
+expressions is not confirmed. Both papers train classifiers, not GANs. Treat the preset as an experiment.
 
 StyleGAN's default stays Adam with betas (0, 0.99). Lazy regularization (interval I, ``c = I/(I+1)``)
 rescales Adam as ``lr * c``, ``beta ** c``; the golden preset is rescaled the same way (``lr * c``,
@@ -23,7 +32,11 @@ from rootedgan.losses import lazy_regularization
 PHI = (1 + math.sqrt(5)) / 2
 GOLDEN_MOMENTUM = math.sqrt(2) / PHI
 GOLDEN_LR = (1 - math.sqrt(2) / PHI) ** 2
-GOLDEN_SOURCE = "Jaeger, arXiv 2006.04751 and arXiv 2605.20009 (golden-ratio SGD hyperparameters)"
+GOLDEN_SOURCE = (
+    "momentum sqrt(2)/phi, lr (1 - momentum)^2: rootedgan's expressions for the values (about 0.874 and "
+    "0.016) reported for arXiv 2605.20009 (Jaeger et al.; see also arXiv 2006.04751); not confirmed "
+    "from the papers' derivations"
+)
 
 OPTIMIZERS = ("adam", "golden")
 

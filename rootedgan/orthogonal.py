@@ -13,7 +13,13 @@ Parameterizations of one block (``b = block_size``):
 * ``cayley``: ``R = (I - Q)(I + Q)^-1`` with ``Q`` skew-symmetric, stored as its strict upper triangle
   (``b (b - 1) / 2`` numbers); exact (orthogonal to rounding) for any ``Q``.
 * ``neumann``: the same with ``(I + Q)^-1 ~ sum_{i=0..n} (-Q)^i`` (``n = neumann_terms``), so
-  ``R = (I - Q) sum_i (-Q)^i``; orthogonal up to ``O(|Q|^(n+1))``, no linear solve.
+  ``R = (I - Q) sum_i (-Q)^i``, no linear solve. Since ``(I + Q) sum_{i<=n} (-Q)^i = I - E`` with
+  ``E = (-Q)^(n+1)``, ``R = C (I - E)`` (``C`` the exact Cayley transform) and
+  ``R^T R - I = -(E + E^T) + E^T E``: for odd ``n`` (``E^T = E``) the error is ``O(|Q|^(n+1))``, for even
+  ``n`` (``E^T = -E``, the linear terms cancel) it is ``E^T E = O(|Q|^(2(n+1)))``. So even ``n`` are the
+  sensible choices: 2 terms are as orthogonal as 5 (both order 6), and the default, 4 (order 10, one
+  matrix product fewer than 5), is orthogonal to float32 rounding for ``||Q||_2 <= 0.2``
+  (``bench/neumann_terms.py`` measures the orders and costs).
 * ``gram_schmidt`` (OPT's unrolled orthogonalization): ``R = GS(I + P)`` with ``P`` a free ``b x b``
   matrix; the columns of ``I + P`` are orthonormalized in order by a differentiable, unrolled classical
   Gram-Schmidt with one re-orthogonalization pass. A Python loop of ``b`` steps per forward: meant for small
@@ -24,7 +30,11 @@ pretrained one bit for bit. COFT's constraint is applied to the free parameter: 
 :meth:`OrthogonalRotation.project_` rescales it so that ``||Q||_F <= eps``, where ``Q`` is the layer's
 whole block-diagonal matrix (a shared block counted once per repetition; for ``gram_schmidt`` it is
 ``P``). For Cayley this bounds the rotation: ``||R - I||_F = ||2 Q (I + Q)^-1||_F <= 2 eps``, since
-``||(I + Q)^-1||_2 <= 1`` for skew ``Q``.
+``||(I + Q)^-1||_2 <= 1`` for skew ``Q``. This ``eps`` is not OFT's: the OFT reference code and peft's
+COFT project every block on its own, ``||Q_i||_F <= eps / sqrt(r)`` for ``r`` blocks (which also bounds
+the layer by ``eps``, but gives every block the same share), while here the layer's ``Q`` is rescaled as
+a whole, so one block may use the entire radius. The same ``eps`` is therefore the same bound on the
+layer's ``||Q||_F`` (and Cayley's ``||R - I||_F``), and a looser one on each block.
 
 An optional per-filter magnitude ``m`` (initialised to 1) gives ``w_j -> m_j R w_j``. Demodulated
 convolutions (``SynthesisLayer``: conv0/conv1) divide every filter by its norm, so a magnitude would have no
@@ -70,9 +80,12 @@ class OrthogonalConfig:
         block_size: size of the diagonal blocks of R; must divide every selected layer's fan-in.
         shared: one block per layer, repeated along the diagonal (fewer parameters).
         parameterization: ``cayley`` (exact), ``neumann`` (truncated series) or ``gram_schmidt`` (OPT).
-        neumann_terms: highest power of ``-Q`` in the Neumann series (``neumann`` only).
-        eps: COFT radius: after every G step each layer's ``||Q||_F`` is projected into ``[0, eps]``
-            (None: unconstrained).
+        neumann_terms: highest power of ``-Q`` in the Neumann series (``neumann`` only); use an even
+            number: the orthogonality error is of order ``2 (n + 1)`` for even ``n``, ``n + 1`` for odd
+            ``n`` (module docstring). Default 4 (order 10).
+        eps: COFT radius: after every G step each layer's whole ``||Q||_F`` is rescaled into ``[0, eps]``
+            (None: unconstrained). OFT and peft bound each block by ``eps / sqrt(blocks)`` instead
+            (module docstring).
         magnitude: learn a per-filter magnitude (layers without demodulation only).
         train_extra: patterns over G's parameter names that also train as usual (e.g. ``*.bias``,
             ``*.noise_strength``); by default only the rotations (and magnitudes) train.
@@ -83,7 +96,7 @@ class OrthogonalConfig:
     block_size: int = 32
     shared: bool = False
     parameterization: str = "cayley"
-    neumann_terms: int = 5
+    neumann_terms: int = 4
     eps: float | None = None
     magnitude: bool = False
     train_extra: list[str] = field(default_factory=list)
@@ -197,7 +210,7 @@ class OrthogonalRotation(nn.Module):
         block_size: int,
         shared: bool = False,
         parameterization: str = "cayley",
-        neumann_terms: int = 5,
+        neumann_terms: int = 4,
         magnitude: bool = False,
     ) -> None:
         super().__init__()
@@ -267,7 +280,8 @@ class OrthogonalRotation(nn.Module):
 
     @torch.no_grad()
     def project_(self, eps: float) -> None:
-        """COFT projection: rescale ``q`` so that :meth:`free_norm` ``<= eps`` (no host sync)."""
+        """COFT projection: rescale ``q`` so that :meth:`free_norm` ``<= eps`` (no host sync). The whole
+        layer's ``Q`` is bounded, not each block (OFT/peft bound each block by ``eps / sqrt(blocks)``)."""
         scale = (eps / self.free_norm()).clamp(max=1.0).to(self.q.dtype)
         self.q.mul_(scale)
 

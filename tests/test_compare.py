@@ -267,7 +267,7 @@ def test_skip_needs_the_same_arguments_and_force_reruns(tmp_path, monkeypatch):
 
     executed = []
 
-    def fake_execute(spec, echo=True):
+    def fake_execute(spec, echo=True, threads=None):
         executed.append(spec.name)
         status = "failed" if spec.name == "logistic/seed1" else "ok"
         return RunResult(spec, status, 1 if status == "failed" else 0, 1.0, spec.run_dir / "finetune.log")

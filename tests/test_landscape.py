@@ -238,3 +238,57 @@ def test_cli_user_error_on_empty_glob(tmp_path, capsys):
     rc = main(["landscape", "--snapshots", str(tmp_path / "none-*.safetensors"), "--out", str(tmp_path)])
     assert rc == 2
     assert "no snapshots match" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def recorded_snapshots(tmp_path_factory, tiny_snapshots):
+    """The tiny snapshots again, with the metadata a training run writes: loss logistic; and rooted:4 with
+    subtract_k."""
+    from rootedgan.checkpoints import load_network, save_network
+
+    out = {}
+    for label, subtract_k in [("logistic", False), ("rooted:4", True)]:
+        folder = tmp_path_factory.mktemp(label.replace(":", "-"))
+        meta = {"loss": label, "hparams": {"loss": label, "subtract_k": subtract_k, "max_grad": 1e6}}
+        out[label] = [
+            save_network(folder / p.name, G=n["G"], D=n["D"], meta=meta)
+            for p in tiny_snapshots
+            for n in [load_network(p)]
+        ]
+    return out
+
+
+def test_replay_takes_the_loss_recorded_in_the_snapshots(recorded_snapshots, tiny_snapshots):
+    from rootedgan.errors import UserError
+
+    logistic = ls.replay_generator_objective(recorded_snapshots["logistic"], seed=0, batch=2)
+    assert logistic.meta["loss"] == "logistic" and logistic.meta["loss_source"] == "recorded in the snapshots"
+    assert logistic.meta["f_lb"] == 0.0
+    given = ls.replay_generator_objective(recorded_snapshots["logistic"], loss="logistic", seed=0, batch=2)
+    np.testing.assert_array_equal(logistic.A, given.A)  # the same objective as naming it
+    other = ls.replay_generator_objective(recorded_snapshots["logistic"], loss="rooted:2", seed=0, batch=2)
+    assert other.meta["loss"] == "rooted:2" and other.meta["loss_recorded"] == "logistic"
+    rooted = ls.replay_generator_objective(recorded_snapshots["rooted:4"], seed=0, batch=2)
+    assert rooted.meta["loss"] == "rooted:4" and rooted.meta["f_lb"] == 0.0  # subtract_k recorded
+    assert "D is frozen at the last snapshot" in rooted.meta["d_frozen"]
+    with pytest.raises(UserError, match="records no training loss"):
+        ls.replay_generator_objective(tiny_snapshots, seed=0, batch=2)  # files without metadata
+    mixed = [recorded_snapshots["logistic"][0], recorded_snapshots["rooted:4"][-1]]
+    with pytest.raises(UserError, match="different losses"):
+        ls.replay_generator_objective(mixed, seed=0, batch=2)
+
+
+def test_cli_states_the_frozen_d_and_the_loss_source(recorded_snapshots, tmp_path, capsys):
+    from rootedgan.cli import main
+
+    pattern = str(recorded_snapshots["logistic"][0].parent / "network-snapshot-*.safetensors")
+    assert (
+        main(["landscape", "--snapshots", pattern, "--batch", "2", "--grid", "11", "--out", str(tmp_path)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "run (logistic)" in printed and "(recorded in the snapshots)" in printed
+    assert "D is frozen at the last snapshot" in printed
+    report = json.loads((tmp_path / "landscape.json").read_text())
+    assert "D is frozen at the last snapshot" in report["runs"]["run (logistic)"]["d_frozen"]
+    assert "frozen" in report["d_frozen"]

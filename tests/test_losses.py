@@ -18,6 +18,7 @@ from rootedgan.losses import (
     r1_penalty,
     rooted,
     rooted_cap,
+    rooted_slope,
 )
 
 
@@ -130,6 +131,63 @@ def test_adversarial_loss_objectives_and_parsing():
     with pytest.raises(ValueError, match="root"):
         AdversarialLoss.parse("rooted:two")
     assert float(capped_fraction(torch.tensor([0.0, 100.0]), 2.0)) == 0.5
+
+
+def test_scaled_loss_is_the_base_times_the_constant():
+    logits = torch.tensor([-3.0, 0.0, 2.0])
+    for spec, base in [("logistic*2", "logistic"), ("rooted:4*0.5", "rooted:4")]:
+        scaled, plain = AdversarialLoss.parse(spec), AdversarialLoss.parse(base)
+        c = scaled.scale
+        assert scaled.label == spec and c in (2.0, 0.5)
+        torch.testing.assert_close(scaled.generator(logits), c * plain.generator(logits))
+        torch.testing.assert_close(scaled.discriminator_fake(logits), c * plain.discriminator_fake(logits))
+        torch.testing.assert_close(scaled.discriminator_real(logits), c * plain.discriminator_real(logits))
+    assert AdversarialLoss.parse("rooted:4*0.5").lower_bound() == 2.0
+    assert AdversarialLoss.parse("logistic*3").lower_bound() == 0.0
+    for bad in ("logistic*0", "logistic*-1", "logistic*nan", "logistic*x", "rooted*rooted:2"):
+        with pytest.raises(ValueError):
+            AdversarialLoss.parse(bad)
+
+
+def test_adam_cancels_a_constant_loss_scale():
+    """Why logistic*C is no step-size control: Adam's update (beta1 = 0, StyleGAN's) is the same for the
+    gradient g and C * g, up to eps."""
+    torch.manual_seed(0)
+    grads = [torch.randn(5) for _ in range(20)]
+    finals = []
+    for c in (1.0, 8.0):
+        w = torch.zeros(5, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=0.01, betas=(0.0, 0.99), eps=1e-8)
+        for g in grads:
+            opt.zero_grad()
+            (c * (g * w).sum()).backward()
+            opt.step()
+        finals.append(w.detach().clone())
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [2.0, 20.0])
+def test_matched_logistic_has_rooted_total_gradient_and_logistic_weights(k):
+    """logistic*rooted:K: per batch the same sum of per-sample gradients as rooted:K, in logistic's
+    proportions (closed forms: rooted' = exp(softplus(u)/k) sigmoid(u), logistic' = sigmoid(u))."""
+    u64 = np.array([-4.0, -1.0, 0.0, 0.5, 3.0, 9.0])
+    matched = AdversarialLoss.parse(f"logistic*rooted:{k:g}")
+    assert matched.match_k == k and matched.label == f"logistic*rooted:{k:g}" and matched.lower_bound() == 0
+    u = torch.tensor(u64, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(matched.discriminator_fake(u).sum(), u)  # discriminator_fake: phi(u)
+    rooted_grad = np.exp(softplus64(u64) / k) * sigmoid64(u64)
+    expected = sigmoid64(u64) * rooted_grad.sum() / sigmoid64(u64).sum()
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(rooted_slope(torch.tensor(u64), k).numpy(), rooted_grad, rtol=1e-12)
+    # the factor is a constant of the batch: the value is softplus times it
+    factor = rooted_grad.sum() / sigmoid64(u64).sum()
+    np.testing.assert_allclose(matched.discriminator_fake(u).detach().numpy(), factor * softplus64(u64))
+
+
+def test_rooted_slope_is_the_autograd_derivative_and_max_grad_above_the_cap():
+    u = torch.tensor(LOGITS, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(rooted(u, k=2.0).sum(), u)
+    np.testing.assert_allclose(rooted_slope(u.detach(), 2.0).numpy(), grad.numpy(), rtol=1e-7, atol=1e-300)
 
 
 # -- regularizers -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,13 +13,19 @@ from rootedgan.module import FinetuneModule
 from rootedgan.optim import GOLDEN_LR, GOLDEN_MOMENTUM, PHI, build_optimizer, describe
 
 
-def test_golden_constants_equal_their_closed_forms():
-    assert PHI == pytest.approx(1.6180339887498949, abs=1e-15)
-    assert PHI**2 == pytest.approx(PHI + 1, abs=1e-12)  # the defining identity
-    assert GOLDEN_MOMENTUM == pytest.approx(math.sqrt(2) / PHI, abs=1e-15)
-    assert GOLDEN_MOMENTUM == pytest.approx(0.87403, abs=5e-6)  # the follow-up paper's value
-    assert GOLDEN_LR == pytest.approx((1 - GOLDEN_MOMENTUM) ** 2, abs=1e-15)
-    assert GOLDEN_LR == pytest.approx(0.01587, abs=5e-6)
+def test_golden_constants_satisfy_their_closed_forms():
+    """Identities the constants must satisfy, derived independently of how optim.py computes them."""
+    roots = np.roots([1.0, -1.0, -1.0])  # x^2 - x - 1 = 0
+    assert PHI == pytest.approx(roots.max(), abs=1e-15)
+    assert 1 / PHI == pytest.approx(PHI - 1, abs=1e-15)
+    # momentum sqrt(2)/phi: its square is 2/phi^2 = 2(2 - phi) = 3 - sqrt 5
+    assert GOLDEN_MOMENTUM**2 == pytest.approx(3 - math.sqrt(5), abs=1e-15)
+    assert 0 < GOLDEN_MOMENTUM < 1
+    # learning rate (1 - m)^2 = 1 - 2m + m^2 = 4 - sqrt 5 - 2 sqrt(3 - sqrt 5)
+    assert GOLDEN_LR == pytest.approx(4 - math.sqrt(5) - 2 * math.sqrt(3 - math.sqrt(5)), abs=1e-15)
+    assert math.sqrt(GOLDEN_LR) + GOLDEN_MOMENTUM == pytest.approx(1.0, abs=1e-15)
+    # the rounded values reported for arXiv 2605.20009, to the digits reported
+    assert round(GOLDEN_MOMENTUM, 3) == 0.874 and round(GOLDEN_LR, 3) == 0.016
 
 
 def test_presets_build_the_right_optimizers():

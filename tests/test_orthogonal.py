@@ -95,6 +95,44 @@ def test_neumann_agrees_with_exact_cayley_same_convention_with_the_right_order()
     assert errs[0] / errs[1] == pytest.approx(2 ** (terms + 1), rel=0.05)
 
 
+@pytest.mark.parametrize("terms", [1, 2, 3, 4, 5, 6])
+def test_neumann_orthogonality_error_has_order_n_plus_1_for_odd_and_2n_plus_2_for_even_terms(terms):
+    """R_n = C (I - E), E = (-Q)^(n+1), C exact Cayley: R_n^T R_n - I = -(E + E^T) + E^T E, which is
+    Q^(2n+2) - 2 Q^(n+1) for odd n and -Q^(2(n+1)) for even n (closed forms, checked to rounding), so
+    halving Q shrinks the error by 2^(n+1) or 2^(2(n+1))."""
+    gen = torch.Generator().manual_seed(5)
+    q = skew_from_triu(torch.randn(2, 28, dtype=torch.float64, generator=gen), 8)
+    q = 0.3 * q / torch.linalg.matrix_norm(q, ord=2).amax()
+    eye = torch.eye(8, dtype=torch.float64)
+    errs = []
+    for scale in (1.0, 0.5):
+        r = cayley_neumann(scale * q, terms)
+        err = r.transpose(1, 2) @ r - eye
+        qs = scale * q
+        power = torch.linalg.matrix_power(qs, terms + 1)
+        closed = power @ power - 2 * power if terms % 2 else -(power @ power)
+        torch.testing.assert_close(err, closed, rtol=0, atol=1e-13)
+        errs.append(float(err.norm()))
+    order = terms + 1 if terms % 2 else 2 * (terms + 1)
+    assert errs[0] / errs[1] == pytest.approx(2**order, rel=0.05)
+
+
+def test_default_neumann_terms_is_even_and_more_orthogonal_than_five():
+    assert OrthogonalConfig().neumann_terms == 4
+    assert OrthogonalRotation((4, 16), block_size=8, parameterization="neumann").neumann_terms == 4
+    gen = torch.Generator().manual_seed(1)
+    q = skew_from_triu(torch.randn(4, 28, dtype=torch.float64, generator=gen), 8)
+    q = 0.2 * q / torch.linalg.matrix_norm(q, ord=2).amax()
+    eye = torch.eye(8, dtype=torch.float64)
+
+    def error(n: int) -> float:
+        r = cayley_neumann(q, n)
+        return float((r.transpose(1, 2) @ r - eye).norm())
+
+    assert error(4) < 1e-3 * error(5)  # order 10 against order 6
+    assert error(2) < error(5)  # 5 terms are no better than 2
+
+
 def test_unrolled_gram_schmidt_equals_qr_with_positive_diagonal_and_is_identity_at_zero():
     v = torch.eye(10, dtype=torch.float64) + 0.3 * torch.randn(3, 10, 10, dtype=torch.float64)
     q, r = torch.linalg.qr(v)
@@ -233,6 +271,20 @@ def test_coft_projection_bounds_q_and_the_rotation(parameterization):
     before = rot.q.detach().clone()
     rot.project_(10.0)  # inside the ball: unchanged
     assert torch.equal(rot.q, before)
+
+
+def test_coft_eps_bounds_the_whole_layer_not_each_block():
+    """Our eps bounds the layer's whole block-diagonal Q (rescaled as one), so a single block may use all of
+    it; OFT/peft would cap each of the r blocks at eps / sqrt(r)."""
+    rot = OrthogonalRotation((4, 32), block_size=8)  # 4 blocks
+    with torch.no_grad():
+        rot.q.zero_()
+        rot.q[0].normal_(0, 1.0)  # all the rotation in block 0
+    rot.project_(0.5)
+    per_block = skew_from_triu(rot.q.detach(), 8).double().flatten(1).norm(dim=1)
+    assert float(rot.free_norm()) == pytest.approx(0.5, rel=1e-6)
+    assert float(per_block[0]) == pytest.approx(0.5, rel=1e-6)  # > 0.5 / sqrt(4): OFT's per-block cap
+    assert float(per_block[1:].abs().max()) == 0.0
 
 
 # -- configuration errors -------------------------------------------------------------------------------

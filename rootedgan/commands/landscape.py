@@ -1,7 +1,9 @@
 """``rootedgan landscape``: probe the alpha-beta condition (arXiv 2410.12455) along saved snapshots.
 
-Replays the generator objective with D frozen (see :mod:`rootedgan.landscape`) and writes
-``landscape.json`` (per-step A, B, C, cos and a summary per run) and ``landscape.png``.
+Replays the generator objective with D frozen at one snapshot (the last, unless ``--d-snapshot``; see
+:mod:`rootedgan.landscape`), with the loss recorded in the snapshots unless ``--loss`` is given, and
+writes ``landscape.json`` (per-step A, B, C, cos and a summary per run) and ``landscape.png``; the
+output states which D was frozen and where the loss came from.
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--snapshots", required=True, help="glob of native snapshots x_0..x_K (sorted by name)"
     )
     parser.add_argument("--d-snapshot", default=None, help="snapshot whose D is frozen (default: the last)")
-    parser.add_argument("--loss", default="rooted:2", help="generator loss: rooted:K or logistic")
+    parser.add_argument(
+        "--loss",
+        default=None,
+        help="generator loss: rooted:K or logistic (default: the loss recorded in the snapshots)",
+    )
     parser.add_argument("--compare", default=None, help="glob of a second run's snapshots")
-    parser.add_argument("--compare-loss", default="logistic", help="loss of the --compare run")
+    parser.add_argument(
+        "--compare-loss", default=None, help="loss of the --compare run (default: recorded in its snapshots)"
+    )
     parser.add_argument("--compare-d-snapshot", default=None, help="frozen D for the --compare run")
     parser.add_argument("--batch", type=int, default=16, help="latents per step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-step latents")
@@ -69,14 +77,24 @@ def run(args: argparse.Namespace) -> int:
         )
         name = f"{role} ({log.meta['loss']})"
         logs[name] = log
-        report["runs"][name] = {"summary": ls.summarize(log, grid, grid), "log": log.to_dict()}
+        report["runs"][name] = {
+            "d_frozen": log.meta["d_frozen"],
+            "loss_source": log.meta["loss_source"],
+            "summary": ls.summarize(log, grid, grid),
+            "log": log.to_dict(),
+        }
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create output folder {out}: {err}") from None
+    notes = sorted(
+        {f"{name}: {log.meta['d_frozen'].split(' for every step')[0]}" for name, log in logs.items()}
+    )
+    note = "; ".join(notes) + ". f_k is the generator objective against that frozen D."
+    report["d_frozen"] = note
     json_path = ls._atomic_write_text(out / "landscape.json", json.dumps(report, indent=1, allow_nan=False))
-    png_path = ls.plot_landscape(logs, out / "landscape.png", grid, grid)
+    png_path = ls.plot_landscape(logs, out / "landscape.png", grid, grid, note=note)
     for name, entry in report["runs"].items():
         s = entry["summary"]
         best = s["smallest_feasible_alpha"]
@@ -85,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
             f"{name}: {s['steps']} steps, feasible cells {s['feasible_cells']}, smallest feasible alpha "
             f"(infimum; alpha > beta strictly) {best_txt}"
         )
+        print(f"  loss {name.split('(', 1)[1].rstrip(')')} ({entry['loss_source']}). {entry['d_frozen']}")
     print(f"wrote {json_path} and {png_path}")
     return 0

@@ -1,20 +1,23 @@
-"""The comparison's outputs: ``compare.png`` (curves), ``compare.md`` (table) and ``compare.json`` (all).
+"""The comparison's outputs: ``compare.png`` (curves with CI bands), ``forest.png`` (paired differences),
+``compare.md`` (tables) and ``compare.json`` (all).
 
-``runs[loss][seed]`` is a run's ``{logged key: Curve}`` (:func:`rootedgan.compare.collect_run`). The
-metric is always printed and plotted under its exact logged key (e.g. ``metrics/fid1k_full``), so the
-output says which feature space and sample count the numbers come from.
+``runs[arm][seed]`` is a run's ``{logged key: Curve}`` (:func:`rootedgan.compare.collect_run`); an arm is
+a loss, or a loss at a learning-rate multiplier (``rooted:2@lr0.5``). The metric is always printed and
+plotted under its exact logged key (e.g. ``metrics/fid1k_full``), so the output says which feature space
+and sample count the numbers come from. The statistics are those of :mod:`rootedgan.compare.analysis`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rootedgan.compare import analysis
 from rootedgan.compare.curves import Curve
-from rootedgan.compare.stats import band, summarize
+from rootedgan.compare.stats import band, ci_band, summarize
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 
@@ -147,10 +150,11 @@ def plot(
     metric: str,
     title: str = "",
     lower_is_better: bool = True,
-    threshold: float | None = None,
+    threshold: float | Sequence[float] | None = None,
 ) -> Path:
-    """``metric`` against kimg per loss (thin lines: seeds; thick: mean; band: ±1 std over seeds), and a
-    second panel with the mean G/D losses when the runs logged them. Written atomically as PNG."""
+    """``metric`` against kimg per arm (thin lines: seeds; thick: mean; band: pointwise 95 % percentile
+    bootstrap CI of the mean over seeds), and a second panel with the mean G/D losses when the runs
+    logged them (log scale when they span more than a factor 100). Written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,33 +169,44 @@ def plot(
         color = _loss_color(i)
         for curve in by_seed.values():
             ax.plot(curve.kimg, curve.value, color=color, alpha=0.35, linewidth=0.8)
-        b = band(list(by_seed.values()))
-        if len(b.kimg):
-            marker = "o" if len(b.kimg) <= 30 else None  # evaluations (e.g. FID) are few: show them
+        b = ci_band(list(by_seed.values()))
+        n = sum(1 for c in by_seed.values() if len(c))
+        if len(b["kimg"]):
+            marker = "o" if len(b["kimg"]) <= 30 else None  # evaluations (e.g. FID) are few: show them
             ax.plot(
-                b.kimg, b.mean, color=color, linewidth=2.0, marker=marker, ms=3, label=f"{name} (n={b.n})"
+                b["kimg"], b["mean"], color=color, linewidth=2.0, marker=marker, ms=3, label=f"{name} (n={n})"
             )
-            if b.n > 1:
-                ax.fill_between(b.kimg, b.mean - b.std, b.mean + b.std, color=color, alpha=0.18, linewidth=0)
-    if threshold is not None and math.isfinite(threshold):
-        ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1.0, label=f"T = {threshold:.4g}")
+            if n > 1:
+                ax.fill_between(b["kimg"], b["lo"], b["hi"], color=color, alpha=0.18, linewidth=0)
+    levels = [threshold] if isinstance(threshold, (int, float)) else list(threshold or [])
+    for level in levels:
+        if math.isfinite(level):
+            ax.axhline(level, color="0.4", linestyle=":", linewidth=1.0, label=f"T = {level:.4g}")
     ax.set_xlabel("kimg (thousands of real images shown to D)")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} ({'lower' if lower_is_better else 'higher'} is better): mean ± std over seeds")
+    ax.set_title(
+        f"{metric} ({'lower' if lower_is_better else 'higher'} is better)\n"
+        "mean over seeds, band: 95 % bootstrap CI",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if with_losses:
         ax2 = axes[0, 1]
+        spread: list[float] = []
         for i, by_seed in enumerate(runs.values()):
             for key, style in zip(LOSS_KEYS, ("-", "--"), strict=True):
                 series = [c[key] for c in by_seed.values() if key in c]
                 b = band(series)
                 if len(b.kimg):
                     ax2.plot(b.kimg, b.mean, color=_loss_color(i), linestyle=style, linewidth=1.2)
+                    spread.extend(float(v) for v in b.mean if math.isfinite(v) and v > 0)
         for i, name in enumerate(runs):
             ax2.plot([], [], color=_loss_color(i), label=name)
         ax2.plot([], [], color="0.3", linestyle="-", label="Loss/G/loss")
         ax2.plot([], [], color="0.3", linestyle="--", label="Loss/D/loss")
+        if spread and max(spread) > 100 * min(spread):
+            ax2.set_yscale("log")
         ax2.set_xlabel("kimg")
         ax2.set_ylabel("training loss (mean over seeds)")
         ax2.set_title(
@@ -201,6 +216,268 @@ def plot(
         ax2.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def analyze(
+    runs: Runs,
+    metric: str,
+    lower_is_better: bool = True,
+    targets: Sequence[float] = (),
+    primary: str = "auc_mean",
+    baseline: str | None = None,
+    span: tuple[float, float] | None = None,
+    floors: Mapping[str, tuple[float, float]] | None = None,
+    baselines: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Per-run summaries, per-arm statistics and paired differences against ``baseline`` (default: the
+    first arm), as in :mod:`rootedgan.compare.analysis`. ``baselines[arm]`` overrides the baseline per
+    arm (e.g. the baseline loss at the same learning rate); arms that are a baseline are not compared.
+    ``floors[arm]``: lower bounds of its G/D losses."""
+    if primary not in analysis.VALUE_KEYS:
+        raise UserError(f"primary must be one of {', '.join(analysis.VALUE_KEYS)}, got {primary!r}")
+    names = list(runs)
+    baseline = baseline if baseline is not None else names[0]
+    if baseline not in runs:
+        raise UserError(f"baseline {baseline!r} is not among the arms {names}")
+    select(runs, metric)  # a clear error when a run did not log the metric
+    per_run = {
+        arm: {
+            seed: analysis.run_summary(
+                curves, metric, lower_is_better, targets, span, (floors or {}).get(arm, (0.0, 0.0))
+            )
+            for seed, curves in sorted(by_seed.items())
+        }
+        for arm, by_seed in runs.items()
+    }
+    arms = {arm: analysis.arm_statistics(s, targets) for arm, s in per_run.items()}
+    against = {arm: (baselines or {}).get(arm, baseline) for arm in names}
+    for arm, base in against.items():
+        if base not in runs:
+            raise UserError(f"baseline {base!r} of arm {arm!r} is not among the arms {names}")
+    is_baseline = set(against.values())
+    paired = {
+        arm: {
+            **analysis.paired_statistics(s, per_run[against[arm]], lower_is_better, targets),
+            "vs": against[arm],
+        }
+        for arm, s in per_run.items()
+        if arm not in is_baseline
+    }
+    return {
+        "metric": metric,
+        "lower_is_better": lower_is_better,
+        "primary": primary,
+        "baseline": baseline,
+        "targets": list(targets),
+        "span": list(span) if span is not None else None,
+        "bootstrap": {
+            "method": "percentile",
+            "resamples": analysis.N_RESAMPLES,
+            "confidence": analysis.CONFIDENCE,
+            "seed": analysis.BOOTSTRAP_SEED,
+        },
+        "spike_rule": {"factor": analysis.SPIKE_FACTOR, "window": analysis.SPIKE_WINDOW},
+        "runs": per_run,
+        "arms": arms,
+        "paired": paired,
+    }
+
+
+VALUE_LABELS = {"auc_mean": "mean along the run (AUC / kimg)", "final": "final", "best": "best"}
+
+
+def _ci(stats: Mapping[str, Any] | None, digits: int = 4, signed: bool = False) -> str:
+    if not stats or not stats.get("n"):
+        return "–"
+    mean = stats["mean"]
+    text = f"{mean:+.{digits}g}" if signed else _fmt(mean, digits)
+    if math.isfinite(stats.get("lo", math.nan)):
+        text += f" [{_fmt(stats['lo'], digits)}, {_fmt(stats['hi'], digits)}]"
+    return text
+
+
+def render_study_markdown(
+    result: Mapping[str, Any],
+    context: Mapping[str, Any] | None = None,
+    figure: str | None = "compare.png",
+    forest: str | None = "forest.png",
+    wall_s: Mapping[str, Sequence[float]] | None = None,
+    pairing: Mapping[str, Any] | None = None,
+    arm_info: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """The analysis (:func:`analyze`) as markdown: setup, figure, per-arm table with 95 % CIs, paired
+    differences against the baseline, the pairing check, and the definitions of every column."""
+    context = context or {}
+    metric, primary, baseline = result["metric"], result["primary"], result["baseline"]
+    better = "lower is better" if result["lower_is_better"] else "higher is better"
+    lines = [f"### `{metric}` ({better}) per arm, and paired differences vs `{baseline}`", ""]
+    setup = []
+    if context.get("config"):
+        setup.append(f"config `{context['config']}`")
+    if context.get("kimg") is not None:
+        setup.append(f"{context['kimg']:g} kimg per run")
+    if context.get("seeds") is not None:
+        setup.append(f"seeds {', '.join(str(s) for s in context['seeds'])}")
+    if context.get("extra"):
+        setup.append("overrides `" + " ".join(context["extra"]) + "`")
+    if setup:
+        lines += ["Setup: " + "; ".join(setup) + ".", ""]
+    if figure:
+        lines += [f"![{metric} against kimg per arm, mean and 95 % CI]({figure})", ""]
+    targets = [analysis.target_key(t) for t in result["targets"]]
+    head = f"| arm | lr (G / D) | runs | {VALUE_LABELS['auc_mean']} | final | best |"
+    rule = "| --- | --- | ---: | ---: | ---: | ---: |"
+    for t in targets:
+        head += f" kimg to {t} |"
+        rule += " ---: |"
+    head += " spike steps (runs) | max G loss | non-finite losses (runs) | wall per run |"
+    rule += " ---: | ---: | ---: | ---: |"
+    lines += [head, rule]
+    for arm, stats in result["arms"].items():
+        info = (arm_info or {}).get(arm, {})
+        lr = f"{info['g_lr']:.4g} / {info['d_lr']:.4g}" if info.get("g_lr") else "config"
+        row = f"| `{arm}` | {lr} | {len(stats['seeds'])} |"
+        row += "".join(f" {_ci(stats['values'][k])} |" for k in analysis.VALUE_KEYS)
+        for t in targets:
+            entry = stats["to_target"][t]
+            bound = "≥ " if entry["censored"] else ""
+            row += f" {bound}{_ci(entry, 3)} ({entry['reached']}/{entry['n']}) |"
+        sp = stats["spikes"]
+        seconds = _seconds(_wall(wall_s, arm))
+        row += f" {sp['total']} ({sp['runs_with']}) | {_fmt(sp['max_G'], 3)} |"
+        nf = stats["nonfinite"]
+        skipped = f"; skipped ≤ {100 * nf['max_frac']:.2g} %" if nf.get("max_frac") else ""
+        row += f" {nf['total']} ({nf['runs_with']}){skipped} | {seconds} |"
+        lines.append(row)
+    lines.append("")
+    if result["paired"]:
+        sign = "< 0" if result["lower_is_better"] else "> 0"
+        several = len({d["vs"] for d in result["paired"].values()}) > 1
+        head = f"| arm − {'baseline | baseline' if several else f'`{baseline}`'} | pairs "
+        head += f"| Δ {VALUE_LABELS[primary]} | better | p |"
+        rule = "| --- | " + ("--- | " if several else "") + "---: | ---: | ---: | ---: |"
+        others = [k for k in analysis.VALUE_KEYS if k != primary]
+        for k in others:
+            head += f" Δ {k} | better |"
+            rule += " ---: | ---: |"
+        for t in targets:
+            head += f" Δ kimg to {t} |"
+            rule += " ---: |"
+        head += " Δ spike steps |"
+        rule += " ---: |"
+        lines += [head, rule]
+        for arm, diffs in result["paired"].items():
+            d = diffs[primary]
+            row = f"| `{arm}` | " + (f"`{diffs['vs']}` | " if several else "")
+            row += f"{d['n']} | {_ci(d, 3, signed=True)} | {d['better']}/{d['n']} |"
+            row += f" {_fmt(d['p_sign_flip'], 2)} |"
+            for k in others:
+                row += f" {_ci(diffs[k], 3, signed=True)} | {diffs[k]['better']}/{diffs[k]['n']} |"
+            for t in targets:
+                row += f" {_ci(diffs['to_target'][t], 3, signed=True)} |"
+            row += f" {_ci(diffs['spikes'], 2, signed=True)} |"
+            lines.append(row)
+        lines.append("")
+        if forest:
+            lines += [f"![paired differences vs {baseline}, 95 % CI]({forest})", ""]
+        lines += [
+            f"Paired differences: per seed, arm minus {'its baseline' if several else f'`{baseline}`'} on "
+            "the same seed (same data order, "
+            f"training latents and evaluation samples); {sign} means the arm is better. *better*: seeds on "
+            "which the arm was better. *p*: two-sided exact sign-flip (permutation) test of a zero mean "
+            "difference (with n pairs it cannot go below 2/2^n, 0.0625 for 5).",
+            "",
+        ]
+    if pairing is not None:
+        lines += [pairing["text"], ""]
+    bs = result["bootstrap"]
+    span = result.get("span")
+    span_text = f" over {span[0]:g}–{span[1]:g} kimg" if span else ""
+    lines += [
+        f"Values of `{metric}` ({better}). Means over seeds with 95 % percentile bootstrap CIs "
+        f"({bs['resamples']} resamples of the seeds, numpy seed {bs['seed']}); with few seeds these "
+        "intervals are narrower than they should be (the percentile bootstrap under-covers for n < 10). "
+        f"*mean along the run*: area under the curve{span_text} (trapezoids between evaluations) divided "
+        "by its length. *kimg to T*: first kimg at which the curve reaches T (interpolated between "
+        "evaluations); a run that never did counts as its length (≥: a lower bound), reached/runs in "
+        f"brackets. *spike steps*: logged steps at which G's or D's loss exceeds "
+        f"{result['spike_rule']['factor']:g} × its running median (previous "
+        f"{result['spike_rule']['window']} steps, measured above the loss's lower bound), total and (runs "
+        "with any). *max G loss*: the largest logged G loss of any run. *non-finite losses*: logged G, D, "
+        "R1 and path-length losses that were not finite (each such phase was skipped), total (runs with "
+        "any); the step also skips phases whose gradient alone is not finite: the largest share of skipped "
+        "phases of a run is shown when it is not 0 (`skipped_frac` in runs.csv). *wall per run*: the whole "
+        "`rootedgan finetune` process (start-up and evaluations included).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _wall(wall_s: Mapping[str, Sequence[float]] | None, arm: str) -> dict[str, Any] | None:
+    if not wall_s or not wall_s.get(arm):
+        return None
+    from rootedgan.compare.stats import mean_std
+
+    return mean_std(list(wall_s[arm]))
+
+
+def plot_forest(path: str | Path, result: Mapping[str, Any], title: str = "") -> Path | None:
+    """Paired differences against the baseline with their 95 % CIs, one panel per value (primary first,
+    then the others and the first target's kimg), one row per arm. None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = result["paired"]
+    if not paired:
+        return None
+    keys = [result["primary"]] + [k for k in analysis.VALUE_KEYS if k != result["primary"]]
+    panels: list[tuple[str, Any]] = [(VALUE_LABELS[k], lambda d, k=k: d[k]) for k in keys]
+    if result["targets"]:
+        t = analysis.target_key(result["targets"][0])
+        panels.append((f"kimg to reach {t}", lambda d, t=t: d["to_target"][t]))
+    arms = list(paired)
+    several = len({d["vs"] for d in paired.values()}) > 1
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 0.45 * len(arms) + 1.6), squeeze=False, sharey=True
+    )
+    for ax, (label, get) in zip(axes[0], panels, strict=True):
+        for row, arm in enumerate(arms):
+            d = get(paired[arm])
+            if not d["n"]:
+                continue
+            y = len(arms) - 1 - row
+            lo, hi = d.get("lo", math.nan), d.get("hi", math.nan)
+            color = "0.2"
+            if math.isfinite(lo) and (hi < 0 or lo > 0):
+                good = (hi < 0) == result["lower_is_better"] or "kimg" in label
+                color = "tab:green" if good else "tab:red"
+            if math.isfinite(lo):
+                ax.plot([lo, hi], [y, y], color=color, linewidth=2)
+            ax.plot([d["mean"]], [y], "o", color=color, ms=5)
+        ax.axvline(0, color="0.5", linestyle=":", linewidth=1)
+        ax.set_title(f"Δ {label}", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 0].set_yticks(range(len(arms)))
+    labels = [f"{a} − {paired[a]['vs']}" if several else a for a in arms]
+    axes[0, 0].set_yticklabels(list(reversed(labels)), fontsize=8)
+    better = "lower" if result["lower_is_better"] else "higher"
+    fig.suptitle(
+        (title + "\n" if title else "")
+        + f"{result['metric']}: arm − {'baseline' if several else result['baseline']} per seed, mean and "
+        "95 % bootstrap CI "
+        f"({better} is better; green/red: CI excludes 0)",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = Path(path)
     try:
@@ -226,6 +503,44 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def write_runs_csv(
+    path: str | Path, result: Mapping[str, Any], wall: Mapping[str, Mapping[int, float]] | None = None
+) -> Path:
+    """One row per run of :func:`analyze`'s per-run summaries (arm, seed, values, kimg to each target,
+    spikes, non-finite phases, wall time when known), for spreadsheets and re-analysis."""
+    import csv
+    import io
+
+    targets = [analysis.target_key(t) for t in result["targets"]]
+    columns = ["arm", "seed", "start", "final", "best", "best_kimg", "auc", "auc_mean"]
+    columns += [f"kimg_to_{t}" for t in targets]
+    columns += [
+        "spike_steps",
+        "spikes_G",
+        "spikes_D",
+        "max_G_loss",
+        "max_D_loss",
+        "nonfinite_losses",
+        "skipped_frac",
+        "wall_s",
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for arm, by_seed in result["runs"].items():
+        for seed, r in by_seed.items():
+            sp = r["spikes"]
+            row = [arm, seed, r["start"], r["final"], r["best"], r["best_kimg"], r["auc"], r["auc_mean"]]
+            row += [r["to_target"].get(t) for t in targets]
+            row += [sp["steps"], sp.get("G"), sp.get("D"), sp.get("max_G"), sp.get("max_D")]
+            row += [r["nonfinite"]["phases"], r["nonfinite"].get("frac"), (wall or {}).get(arm, {}).get(seed)]
+            writer.writerow(["" if v is None else v for v in row])
+    path = Path(path)
+    with atomic_open(path, "w") as fh:
+        fh.write(buffer.getvalue())
+    return path
+
+
 def write_report(
     out_dir: str | Path,
     runs: Runs,
@@ -234,21 +549,47 @@ def write_report(
     threshold: float | None = None,
     wall_s: Mapping[str, list[float]] | None = None,
     context: Mapping[str, Any] | None = None,
+    targets: Sequence[float] = (),
+    primary: str = "auc_mean",
+    baseline: str | None = None,
+    span: tuple[float, float] | None = None,
+    floors: Mapping[str, tuple[float, float]] | None = None,
+    pairing: Mapping[str, Any] | None = None,
+    arm_info: Mapping[str, Mapping[str, Any]] | None = None,
+    baselines: Mapping[str, str] | None = None,
+    wall_by_seed: Mapping[str, Mapping[int, float]] | None = None,
 ) -> dict[str, Any]:
     """Summarise ``runs`` on ``metric`` (default: :func:`default_metric`) and write ``compare.png``,
-    ``compare.md`` and ``compare.json`` into ``out_dir``; returns the JSON record.
+    ``forest.png`` (with two or more arms), ``compare.md``, ``compare.json`` and ``runs.csv`` (one row
+    per run, :func:`write_runs_csv`) into ``out_dir``; returns the JSON record.
 
-    ``compare.json`` holds ``context`` (commands, versions, ...), the summary, and per run the curves of
-    the metric and of ``Loss/G/loss`` / ``Loss/D/loss``.
+    ``compare.json`` holds ``context`` (commands, versions, ...), the curve summary (mean ± std,
+    :func:`rootedgan.compare.stats.summarize`), the analysis (:func:`analyze`: per-run summaries, per-arm
+    CIs, paired differences), the pairing check, and per run the curves of the metric and of
+    ``Loss/G/loss`` / ``Loss/D/loss``.
     """
     out_dir = Path(out_dir)
     context = dict(context or {})
     metric = metric or default_metric(runs)
     curves = select(runs, metric)
     summary = summarize(curves, lower_is_better=lower_is_better, threshold=threshold, wall_s=wall_s)
+    result = analyze(runs, metric, lower_is_better, targets, primary, baseline, span, floors, baselines)
     title = context.get("title") or ""
-    plot(out_dir / "compare.png", runs, metric, title, lower_is_better, summary["threshold"]["value"])
-    markdown = render_markdown(summary, metric, context, figure="compare.png")
+    levels = list(targets) if targets else summary["threshold"]["value"]
+    plot(out_dir / "compare.png", runs, metric, title, lower_is_better, levels)
+    forest = plot_forest(out_dir / "forest.png", result, title)
+    markdown = render_study_markdown(
+        result,
+        context,
+        figure="compare.png",
+        forest="forest.png" if forest else None,
+        wall_s=wall_s,
+        pairing=pairing,
+        arm_info=arm_info,
+    )
+    markdown += "\n" + render_markdown(summary, metric, {}, figure=None).replace(
+        "### Loss comparison", "#### Curve summary (mean ± std over seeds)", 1
+    )
     with atomic_open(out_dir / "compare.md", "w") as fh:
         fh.write(markdown)
     kept = (metric, *LOSS_KEYS)
@@ -257,6 +598,9 @@ def write_report(
         "metric": metric,
         "lower_is_better": lower_is_better,
         "summary": summary,
+        "analysis": result,
+        "pairing": pairing,
+        "arm_info": arm_info,
         "curves": {
             loss: {str(seed): {k: c[k] for k in kept if k in c} for seed, c in by_seed.items()}
             for loss, by_seed in runs.items()
@@ -264,4 +608,5 @@ def write_report(
     }
     with atomic_open(out_dir / "compare.json", "w") as fh:
         json.dump(to_jsonable(record), fh, indent=1)
+    write_runs_csv(out_dir / "runs.csv", result, wall_by_seed)
     return record

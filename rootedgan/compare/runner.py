@@ -1,7 +1,9 @@
-"""Run the same finetune once per (loss, seed), each in a fresh ``python -m rootedgan finetune`` process.
+"""Run the same finetune once per (loss, learning rate, seed), each in a fresh ``python -m rootedgan
+finetune`` process, ``jobs`` of them at a time.
 
-A run lives in ``OUT/<loss>/seed<S>`` (``rooted:4`` becomes the folder ``rooted-k4``) with its output
-teed to ``finetune.log``. When it exits with status 0, ``run.json`` is written there (atomically) with
+A run lives in ``OUT/<loss>/seed<S>``, or ``OUT/<loss>/lr<M>/seed<S>`` with learning-rate multipliers
+(``rooted:4`` becomes the folder ``rooted-k4``, ``logistic*2`` ``logistic-x2``), with its output teed
+to ``finetune.log``. When it exits with status 0, ``run.json`` is written there (atomically) with
 its arguments, wall time and log folder; a later comparison with the same arguments skips it, so an
 interrupted comparison continues where it stopped. A run without that record (interrupted, failed, or
 with other arguments) is run again from the start, in a new ``lightning_logs/version_*`` folder.
@@ -10,11 +12,14 @@ with other arguments) is run again from the start, in a new ``lightning_logs/ver
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,8 @@ from rootedgan.fileio import atomic_open
 from rootedgan.losses import AdversarialLoss
 
 LOG_NAME = "finetune.log"
+#: Added to every run: writes pairing.json (rootedgan.compare.pairing), so the paired design is checked.
+PAIRING_CALLBACK = "rootedgan.compare.pairing.PairingRecorder"
 
 
 def parse_losses(spec: str | Sequence[str]) -> list[str]:
@@ -40,7 +47,10 @@ def parse_losses(spec: str | Sequence[str]) -> list[str]:
         try:
             AdversarialLoss.parse(loss)
         except ValueError as err:
-            raise UserError(f"--losses: {err} (values: logistic, rooted, rooted:K with K > 1)") from None
+            raise UserError(
+                f"--losses: {err} (values: logistic, rooted, rooted:K with K > 1, optionally *C for a "
+                "constant scale C > 0, or logistic*rooted:K)"
+            ) from None
     duplicates = sorted({x for x in losses if losses.count(x) > 1})
     if duplicates:
         raise UserError(f"--losses lists {', '.join(duplicates)} more than once")
@@ -48,22 +58,59 @@ def parse_losses(spec: str | Sequence[str]) -> list[str]:
 
 
 def loss_dirname(loss: str) -> str:
-    """Folder name of a loss: ``rooted:4`` -> ``rooted-k4`` (no ``:`` in paths)."""
-    return loss.replace(":", "-k")
+    """Folder name of a loss: ``rooted:4`` -> ``rooted-k4``, ``logistic*2`` -> ``logistic-x2`` (no ``:``
+    or ``*`` in paths)."""
+    return loss.replace(":", "-k").replace("*", "-x")
+
+
+def parse_lrs(spec: str | Sequence[float] | None) -> list[float] | None:
+    """``'0.25,0.5,1'`` -> ``[0.25, 0.5, 1.0]`` (learning-rate multipliers, each finite and > 0, no
+    duplicates); None or empty -> None (the config's learning rates)."""
+    if spec is None:
+        return None
+    items = [x.strip() for x in spec.split(",")] if isinstance(spec, str) else [str(x) for x in spec]
+    items = [x for x in items if x]
+    if not items:
+        return None
+    lrs = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserError(f"--lrs: cannot read {item!r} as a number (e.g. --lrs 0.25,0.5,1)") from None
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--lrs: multipliers must be finite and > 0, got {item}")
+        lrs.append(value)
+    if len(set(lrs)) != len(lrs):
+        raise UserError(f"--lrs {spec!r} lists a multiplier more than once")
+    return lrs
+
+
+def arm_name(loss: str, lr: float | None) -> str:
+    """``loss`` with the config's learning rates, ``loss@lrM`` with multiplier ``M``."""
+    return loss if lr is None else f"{loss}@lr{lr:g}"
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One finetune of the comparison: ``args`` are the arguments after ``rootedgan finetune``."""
+    """One finetune of the comparison: ``args`` are the arguments after ``rootedgan finetune``; ``lr`` is
+    the learning-rate multiplier (None: the config's learning rates); ``label`` names the arm in
+    reports (default :func:`arm_name`), it is not part of the run's identity."""
 
     loss: str
     seed: int
     run_dir: Path
     args: tuple[str, ...]
+    lr: float | None = None
+    label: str | None = None
+
+    @property
+    def arm(self) -> str:
+        return self.label if self.label is not None else arm_name(self.loss, self.lr)
 
     @property
     def name(self) -> str:
-        return f"{self.loss}/seed{self.seed}"
+        return f"{self.arm}/seed{self.seed}"
 
     @property
     def command(self) -> list[str]:
@@ -94,28 +141,98 @@ def plan_runs(
     kimg: float | None = None,
     extra: Sequence[str] = (),
     log_every: int | None = 1,
+    lrs: Sequence[float] | None = None,
+    base_lr: tuple[float, float] | None = None,
+    pairing: bool = True,
 ) -> list[RunSpec]:
-    """One :class:`RunSpec` per (loss, seed), losses outermost.
+    """One :class:`RunSpec` per (loss, lr, seed), losses outermost, then learning rates, then seeds.
 
-    Each run gets ``--model.loss L --model.seed S --data.seed S`` (so every loss sees the same latents,
+    Each run gets ``--model.loss L --model.seed S --data.seed S`` (so every arm sees the same latents,
     data subset and data order for a given seed), ``--model.total_kimg`` when ``kimg`` is given,
-    ``--trainer.default_root_dir OUT/<loss>/seed<S>``, ``--trainer.log_every_n_steps`` and no progress
-    bar; ``extra`` comes last, so it can override any of them.
+    ``--trainer.default_root_dir``, ``--trainer.log_every_n_steps`` and no progress bar; then ``extra``,
+    which can override any of them; then (``pairing``) the
+    :class:`rootedgan.compare.pairing.PairingRecorder` callback, appended after ``extra`` so that
+    ``--trainer.callbacks.init_args.*`` in ``extra`` still set the config's last callback. With ``lrs``
+    (multipliers), ``--model.g_lr`` and ``--model.d_lr`` are the multiplier times ``base_lr`` (G's, D's;
+    default :func:`base_learning_rates` of the config and ``extra``), last, since they include ``extra``.
     """
     out = Path(out)
+    if lrs is not None and base_lr is None:
+        base_lr = base_learning_rates(config, extra)
     specs = []
     for loss in losses:
-        for seed in seeds:
-            run_dir = out / loss_dirname(loss) / f"seed{seed}"
-            args = ["--config", str(config), "--model.loss", loss, "--model.seed", str(seed)]
-            args += ["--data.seed", str(seed)]
-            if kimg is not None:
-                args += ["--model.total_kimg", f"{kimg:g}"]
-            args += ["--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
-            if log_every is not None:
-                args += ["--trainer.log_every_n_steps", str(log_every)]
-            specs.append(RunSpec(loss, int(seed), run_dir, tuple([*args, *extra])))
+        for lr in lrs if lrs is not None else [None]:
+            for seed in seeds:
+                folder = out / loss_dirname(loss)
+                run_dir = (folder if lr is None else folder / f"lr{lr:g}") / f"seed{seed}"
+                args = ["--config", str(config), "--model.loss", loss, "--model.seed", str(seed)]
+                args += ["--data.seed", str(seed)]
+                if kimg is not None:
+                    args += ["--model.total_kimg", f"{kimg:g}"]
+                args += ["--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
+                if log_every is not None:
+                    args += ["--trainer.log_every_n_steps", str(log_every)]
+                args += list(extra)
+                if pairing:  # after extra: its --trainer.callbacks.init_args.* still reach the config's own
+                    args += [f"--trainer.callbacks+={PAIRING_CALLBACK}"]
+                if lr is not None:
+                    assert base_lr is not None
+                    args += [
+                        "--model.g_lr",
+                        f"{base_lr[0] * lr:.6g}",
+                        "--model.d_lr",
+                        f"{base_lr[1] * lr:.6g}",
+                    ]
+                specs.append(RunSpec(loss, int(seed), run_dir, tuple(args), lr))
     return specs
+
+
+def _yaml_lrs(path: str | Path) -> dict[str, float]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read the learning rates of {path}: {err}") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    found = {}
+    for key in ("g_lr", "d_lr"):
+        if isinstance(model, dict) and model.get(key) is not None:
+            try:
+                found[key] = float(model[key])
+            except (TypeError, ValueError):
+                raise UserError(f"{path}: model.{key} is not a number: {model[key]!r}") from None
+    return found
+
+
+def base_learning_rates(config: str | Path, extra: Sequence[str] = ()) -> tuple[float, float]:
+    """``(g_lr, d_lr)`` a finetune with ``--config config`` and ``extra`` would use: FinetuneModule's
+    defaults, then the config's ``model.g_lr``/``model.d_lr``, then ``extra`` in order (its ``--config``
+    files and ``--model.g_lr``/``--model.d_lr`` values, ``--key value`` or ``--key=value``)."""
+    import inspect
+
+    from rootedgan.module import FinetuneModule
+
+    params = inspect.signature(FinetuneModule.__init__).parameters
+    lrs = {key: float(params[key].default) for key in ("g_lr", "d_lr")}
+    lrs.update(_yaml_lrs(config))
+    items = list(extra)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        key, eq, value = item.partition("=")
+        if not eq:
+            value = items[i + 1] if i + 1 < len(items) else ""
+            i += 1
+        i += 1
+        if key == "--config":
+            lrs.update(_yaml_lrs(value))
+        elif key in ("--model.g_lr", "--model.d_lr"):
+            try:
+                lrs[key[len("--model.") :]] = float(value)
+            except ValueError:
+                raise UserError(f"{key} {value!r} is not a number") from None
+    return lrs["g_lr"], lrs["d_lr"]
 
 
 def finished_record(spec: RunSpec) -> dict[str, Any] | None:
@@ -136,13 +253,25 @@ def _tail(path: Path, lines: int) -> list[str]:
         return []
 
 
-def execute(spec: RunSpec, echo: bool = True, tail_lines: int = 20) -> RunResult:
+_ECHO_LOCK = threading.Lock()
+
+
+def run_env(threads: int | None = None) -> dict[str, str]:
+    """The environment of a run: ours, unbuffered, and with ``threads`` set, ``OMP_NUM_THREADS`` and
+    ``MKL_NUM_THREADS`` (PyTorch's CPU thread count at start-up)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def execute(spec: RunSpec, echo: bool = True, tail_lines: int = 20, threads: int | None = None) -> RunResult:
     """Run ``spec`` in a subprocess, its stdout and stderr teed to ``run_dir/finetune.log`` (and to our
-    stdout when ``echo``); on success write ``run.json``."""
+    stdout when ``echo``, each line prefixed with the run's name); on success write ``run.json``."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = spec.run_dir / LOG_NAME
     before = {p.name for p in log_dirs(spec.run_dir)}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = run_env(threads)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(spec.command) + "\n")
@@ -155,8 +284,9 @@ def execute(spec: RunSpec, echo: bool = True, tail_lines: int = 20) -> RunResult
             for line in proc.stdout:
                 log.write(line)
                 if echo:
-                    sys.stdout.write(f"[{spec.name}] {line}")
-                    sys.stdout.flush()
+                    with _ECHO_LOCK:
+                        sys.stdout.write(f"[{spec.name}] {line}")
+                        sys.stdout.flush()
             returncode = proc.wait()
         except BaseException:
             proc.terminate()
@@ -170,6 +300,7 @@ def execute(spec: RunSpec, echo: bool = True, tail_lines: int = 20) -> RunResult
     log_dir = found[-1].relative_to(spec.run_dir).as_posix() if found else None
     record = {
         "loss": spec.loss,
+        "lr": spec.lr,
         "seed": spec.seed,
         "args": list(spec.args),
         "command": spec.command,
@@ -177,6 +308,7 @@ def execute(spec: RunSpec, echo: bool = True, tail_lines: int = 20) -> RunResult
         "status": "ok",
         "returncode": returncode,
         "wall_s": wall,
+        "threads": threads,
         "log_dir": log_dir,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -190,31 +322,42 @@ def run_all(
     force: bool = False,
     echo: bool = True,
     say: Callable[[str], None] = print,
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> list[RunResult]:
-    """Run every spec in order (skipping finished ones unless ``force``); a failure does not stop the rest."""
-    results = []
-    for i, spec in enumerate(specs, 1):
+    """Run every spec (skipping finished ones unless ``force``), ``jobs`` at a time in spec order, each
+    process with ``threads`` CPU threads (:func:`run_env`); a failure does not stop the rest. Results come
+    back in spec order."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    lock = threading.Lock()
+
+    def say_locked(msg: str) -> None:
+        with lock, _ECHO_LOCK:
+            say(msg)
+
+    def one(i: int, spec: RunSpec) -> RunResult:
         record = None if force else finished_record(spec)
         if record is not None:
-            say(f"[{i}/{len(specs)}] {spec.name}: finished earlier ({spec.run_dir / RUN_RECORD}), skipped")
-            results.append(
-                RunResult(
-                    spec,
-                    "skipped",
-                    record.get("returncode", 0),
-                    record.get("wall_s"),
-                    spec.run_dir / LOG_NAME,
-                )
+            say_locked(
+                f"[{i}/{len(specs)}] {spec.name}: finished earlier ({spec.run_dir / RUN_RECORD}), skipped"
             )
-            continue
-        say(f"[{i}/{len(specs)}] {spec.name}: running, log in {spec.run_dir / LOG_NAME}")
-        result = execute(spec, echo=echo)
+            return RunResult(
+                spec, "skipped", record.get("returncode", 0), record.get("wall_s"), spec.run_dir / LOG_NAME
+            )
+        say_locked(f"[{i}/{len(specs)}] {spec.name}: running, log in {spec.run_dir / LOG_NAME}")
+        result = execute(spec, echo=echo, threads=threads)
         if result.ok:
-            say(f"[{i}/{len(specs)}] {spec.name}: done in {result.wall_s:.1f} s")
+            say_locked(f"[{i}/{len(specs)}] {spec.name}: done in {result.wall_s:.1f} s")
         else:
-            say(f"[{i}/{len(specs)}] {spec.name}: FAILED with exit status {result.returncode}")
-        results.append(result)
-    return results
+            say_locked(f"[{i}/{len(specs)}] {spec.name}: FAILED with exit status {result.returncode}")
+        return result
+
+    if jobs == 1:
+        return [one(i, spec) for i, spec in enumerate(specs, 1)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, i, spec) for i, spec in enumerate(specs, 1)]
+        return [f.result() for f in futures]
 
 
 def failure_report(result: RunResult) -> str:

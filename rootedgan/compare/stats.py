@@ -144,3 +144,156 @@ def summarize(
         "threshold": {"value": float(threshold), "rule": rule, "baseline": baseline},
         "losses": losses,
     }
+
+
+# -- per-run summaries and their statistics over seeds ------------------------------------------------
+
+#: Bootstrap defaults of the comparison (seeded: the same data give the same intervals).
+N_RESAMPLES = 10_000
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
+
+
+def auc(curve: Curve, lo: float | None = None, hi: float | None = None) -> float:
+    """Area under ``curve`` against kimg on ``[lo, hi]`` (trapezoids between the logged points).
+
+    ``lo``/``hi`` default to the first/last logged kimg. A curve that ends before ``hi`` (a run that
+    stopped early) is continued at its last value; one that starts after ``lo`` is continued back at
+    its first value. NaN when a value inside the range is not finite or the curve is empty.
+    """
+    if not len(curve):
+        return math.nan
+    lo = float(curve.kimg[0]) if lo is None else float(lo)
+    hi = float(curve.kimg[-1]) if hi is None else float(hi)
+    if hi < lo:
+        raise ValueError(f"auc: hi={hi} < lo={lo}")
+    inside = (curve.kimg > lo) & (curve.kimg < hi)
+    kimg = np.concatenate([[lo], curve.kimg[inside], [hi]])
+    value = np.interp(kimg, curve.kimg, curve.value)
+    if not np.all(np.isfinite(value)):
+        return math.nan
+    return float(np.sum((kimg[1:] - kimg[:-1]) * (value[1:] + value[:-1]) / 2))
+
+
+def spikes(
+    curve: Curve, factor: float = 10.0, window: int = 50, min_history: int = 5, floor: float = 0.0
+) -> np.ndarray:
+    """Indices of the points of a loss curve that are spikes: ``value - floor > factor * m``, where ``m``
+    is the median of ``value - floor`` over the (up to) ``window`` finite points before it (at least
+    ``min_history`` of them). ``floor`` is the loss's lower bound (e.g. ``k`` for a rooted G loss), so a
+    constant offset does not hide spikes. Non-finite points are not spikes (they are counted apart) and
+    are left out of the medians."""
+    excess = curve.value - floor
+    finite = np.flatnonzero(np.isfinite(excess))
+    hits = []
+    for j, i in enumerate(finite):
+        history = excess[finite[max(0, j - window) : j]]
+        if len(history) >= min_history and excess[i] > factor * float(np.median(history)):
+            hits.append(int(i))
+    return np.array(hits, dtype=np.int64)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Mean of ``values`` with a percentile bootstrap confidence interval.
+
+    ``n_resamples`` resamples of ``len(values)`` values drawn with replacement (numpy's PCG64 seeded
+    with ``seed``); the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
+    of the resample means (numpy's default linear quantiles). Returns ``{"mean", "lo", "hi", "n",
+    "std", "values"}`` (``std`` with ddof 1); NaN bounds for fewer than 2 values, NaN everything for
+    none. Non-finite values are an error: decide what a missing value means before calling.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"bootstrap_ci: non-finite values {arr.tolist()}")
+    out: dict[str, Any] = {"n": len(arr), "values": [float(v) for v in arr]}
+    if len(arr) == 0:
+        return {**out, "mean": math.nan, "lo": math.nan, "hi": math.nan, "std": math.nan}
+    out["mean"] = float(arr.mean())
+    out["std"] = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
+    if len(arr) < 2:
+        return {**out, "lo": math.nan, "hi": math.nan}
+    means = bootstrap_means(arr, n_resamples, seed)
+    alpha = 1 - confidence
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return {**out, "lo": float(lo), "hi": float(hi)}
+
+
+def bootstrap_means(values: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Any:
+    """Means of ``n_resamples`` resamples (with replacement) along the first axis of ``values``
+    (``[n]`` or ``[n, T]``: all columns share each resample's indices); ``[n_resamples(, T)]``."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_resamples, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def sign_flip_p(diffs: Sequence[float], exact_up_to: int = 16, n_resamples: int = N_RESAMPLES) -> float:
+    """Two-sided p-value of the paired sign-flip (permutation) test of "mean difference = 0".
+
+    Under the null each difference is as likely ``+d`` as ``-d``; the p-value is the share of the
+    ``2^n`` sign patterns whose ``|mean|`` is at least the observed one (exact up to ``exact_up_to``
+    pairs, Monte Carlo with the observed pattern counted above that). With n pairs the smallest
+    possible p-value is ``2 / 2^n`` (0.0625 for 5 pairs).
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) == 0 or not np.all(np.isfinite(d)):
+        return math.nan
+    observed = abs(d.mean())
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    if len(d) <= exact_up_to:
+        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+        stats = np.abs((signs * d).mean(axis=1))
+        return float(np.mean(stats >= observed - tol))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    signs = rng.choice([-1.0, 1.0], size=(n_resamples, len(d)))
+    stats = np.abs((signs * d).mean(axis=1))
+    return float((np.sum(stats >= observed - tol) + 1) / (n_resamples + 1))
+
+
+def paired_difference(
+    arm: Mapping[int, float],
+    baseline: Mapping[int, float],
+    lower_is_better: bool = True,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """``arm - baseline`` per seed both have (finite), its mean with a percentile bootstrap CI (seeds
+    resampled, :func:`bootstrap_ci`), the sign-flip p-value (:func:`sign_flip_p`) and the number of seeds
+    on which the arm was better (lower, or higher with ``lower_is_better=False``)."""
+    seeds = sorted(s for s in arm if s in baseline and math.isfinite(arm[s]) and math.isfinite(baseline[s]))
+    diffs = [float(arm[s]) - float(baseline[s]) for s in seeds]
+    out = bootstrap_ci(diffs, confidence, n_resamples, seed)
+    better = sum((d < 0) if lower_is_better else (d > 0) for d in diffs)
+    out.update(seeds=seeds, p_sign_flip=sign_flip_p(diffs), better=int(better))
+    return out
+
+
+def ci_band(
+    curves: Sequence[Curve],
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, np.ndarray]:
+    """Pointwise mean and percentile bootstrap CI of the mean of ``curves`` on their common grid
+    (:func:`common_grid`, linear interpolation); ``{"kimg", "mean", "lo", "hi"}`` (``lo``/``hi`` NaN for
+    one curve). Every grid point uses the same resamples of the curves."""
+    curves = [c for c in curves if len(c)]
+    grid = common_grid(curves)
+    if len(grid) == 0:
+        empty = np.zeros(0)
+        return {"kimg": empty, "mean": empty, "lo": empty, "hi": empty}
+    stacked = np.stack([np.interp(grid, c.kimg, c.value) for c in curves])
+    mean = stacked.mean(axis=0)
+    if len(curves) < 2:
+        nan = np.full(len(grid), math.nan)
+        return {"kimg": grid, "mean": mean, "lo": nan, "hi": nan}
+    means = bootstrap_means(stacked, n_resamples, seed)
+    alpha = 1 - confidence
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    return {"kimg": grid, "mean": mean, "lo": lo, "hi": hi}

@@ -1,0 +1,90 @@
+"""Copy the study's small outputs from runs/study/ (ignored) into docs/study/, and write what it cost.
+
+    python docs/study/collect.py [--runs runs/study] [--docs docs/study]
+
+Per study (``demo``, ``scratch``): the reports (``compare.md``, ``compare.json`` with every curve and
+command, ``compare.png``, ``forest.png``, ``runs.csv``) of each stage (``tune``/``eval``, or the single
+comparison) and the lr ``selection.md``/``.json``; no checkpoints, snapshots or logs. ``cost.json`` and
+``cost.md``: runs, kimg, the summed run wall time and the span from the first start to the last finish
+(from each run's ``run.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+REPORT_FILES = ("compare.md", "compare.json", "compare.png", "forest.png", "runs.csv")
+TOP_FILES = ("selection.md", "selection.json")
+
+
+def _stamp(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+
+
+def cost(study: Path) -> dict:
+    records = [json.loads(p.read_text()) for p in sorted(study.glob("**/run.json"))]
+    if not records:
+        return {}
+    ends = [_stamp(r["finished"]) for r in records]
+    starts = [e - float(r["wall_s"]) for e, r in zip(ends, records, strict=True)]
+    kimg = sorted(
+        {a for r in records for i, a in enumerate(r["args"][:-1]) if r["args"][i - 1] == "--model.total_kimg"}
+    )
+    return {
+        "runs": len(records),
+        "kimg_per_run": kimg,
+        "run_wall_s_total": round(sum(float(r["wall_s"]) for r in records), 1),
+        "run_wall_s_mean": round(sum(float(r["wall_s"]) for r in records) / len(records), 1),
+        "run_wall_s_min": round(min(float(r["wall_s"]) for r in records), 1),
+        "run_wall_s_max": round(max(float(r["wall_s"]) for r in records), 1),
+        "first_start": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(min(starts))),
+        "last_finish": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(max(ends))),
+        "span_h": round((max(ends) - min(starts)) / 3600, 2),
+        "threads_per_run": sorted({r.get("threads") for r in records}, key=str),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/study")
+    parser.add_argument("--docs", default="docs/study")
+    args = parser.parse_args(argv)
+    runs, docs = Path(args.runs), Path(args.docs)
+    costs = {}
+    for study in sorted(p for p in runs.iterdir() if p.is_dir()):
+        target = docs / study.name
+        stages = [s for s in ("tune", "eval") if (study / s / "compare.json").is_file()] or ["."]
+        for stage in stages:
+            for name in REPORT_FILES:
+                src = study / stage / name
+                if src.is_file():
+                    dst = target / stage / name
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
+        for name in TOP_FILES:
+            if (study / name).is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(study / name, target / name)
+        costs[study.name] = cost(study)
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "cost.json").write_text(json.dumps(costs, indent=1) + "\n")
+    lines = ["| study | runs | kimg per run | summed run time | span (first start to last finish) |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, c in costs.items():
+        if c:
+            lines.append(
+                f"| {name} | {c['runs']} | {', '.join(c['kimg_per_run'])} "
+                f"| {c['run_wall_s_total'] / 3600:.2f} h (mean {c['run_wall_s_mean'] / 60:.1f} min per run) "
+                f"| {c['span_h']:.2f} h |"
+            )
+    (docs / "cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

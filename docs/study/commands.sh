@@ -1,0 +1,15 @@
+#!/bin/sh
+# The exact commands of the study (docs/study/README.md). Run from the repository root; each is resumable
+# (finished runs are skipped), and writes its runs under runs/ (ignored) and its reports into --out.
+set -e
+# 1. the digits demo: 6 arms x 3 lr multipliers on 2 tuning seeds, then each arm at its best lr on 5 seeds
+nice -n 19 rootedgan compare --config docs/study/demo-study.yaml \
+    --losses 'logistic,rooted:2,rooted:4,rooted:8,rooted:20,logistic*rooted:2' --lrs 0.25,0.5,1 \
+    --tune-seeds 100,101 --seeds 0-4 --kimg 4 --targets 1000,800,600 --primary auc \
+    --jobs 2 --threads 1 --quiet --out runs/study/demo
+# 2. the authors' scenario in miniature: from scratch on 200 target digits, 3 losses x 3 seeds, config lr
+nice -n 19 rootedgan compare --config docs/study/scratch200.yaml --losses 'logistic,rooted:2,rooted:20' \
+    --seeds 0-2 --kimg 8 --targets 1500,1000,700 --primary auc --jobs 2 --threads 1 --quiet \
+    --out runs/study/scratch
+# 3. copy the small outputs (reports, summaries, figures; no checkpoints) into docs/study/
+python docs/study/collect.py
