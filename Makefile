@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo demo-baseline bench gpu-wheels gpu-check gpu-rehearsal clean
+.PHONY: install test wheel-check lint format demo demo-baseline bench gpu-wheels gpu-check gpu-rehearsal clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ format: install
 test: lint
 	$(PY) -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# the wheel alone: built, installed into a fresh venv outside the checkout, `rootedgan demo` + `generate` there
+wheel-check: install
+	bash .ci/wheel_check.sh $(PY)
 
 demo: install
 	$(VENV)/bin/rootedgan demo

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     # the Frechet distance on 2048-d statistics: ours vs clean-fid's sqrtm
     exact = run_ours(evaluators["clean"], keep=True)
     ref_dir = tmp / "reference"
-    from rootedgan.synthetic_data import make_shapes_dataset
+    from bench.synthetic_data import make_shapes_dataset
 
     make_shapes_dataset(ref_dir, count=args.ref_images or min(num_gen, 1000), resolution=G.img_resolution)
     ref = evaluators["clean"].images_stats(FolderImages(ref_dir))

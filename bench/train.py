@@ -28,7 +28,7 @@ Comparing with NVIDIA's implementation (stylegan2-ada-pytorch; it cannot run her
 this repository). On the same GPU, in NVIDIA's checkout and environment (it targets PyTorch 1.7-1.9; a
 newer PyTorch, as an H100 needs, runs it with a ``conv2d_gradfix ... Falling back`` warning)::
 
-    python -m rootedgan.synthetic_data /tmp/shapes256 --count 2000 --resolution 256   # any 256x256 images
+    python bench/synthetic_data.py /tmp/shapes256 --count 2000 --resolution 256   # any 256x256 images
     python train.py --outdir=/tmp/nv-runs --data=/tmp/shapes256 --gpus=1 --cfg=paper256 --batch=32 \\
         --kimg=40 --aug=noaug --metrics=none --snap=1000
 

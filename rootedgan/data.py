@@ -676,7 +676,7 @@ class ResumableShuffleSampler(torch.utils.data.Sampler[int]):
         generator.manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
         return torch.randperm(self.size, generator=generator)
 
-    def __iter__(self):  # noqa: ANN204 - an endless iterator of ints
+    def __iter__(self):
         position = self.start * self.world + self.rank
         epoch, perm = -1, None
         while True:

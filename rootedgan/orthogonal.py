@@ -386,11 +386,6 @@ def rotations(net: nn.Module) -> dict[str, OrthogonalRotation]:
     return out
 
 
-def is_orthogonal(net: nn.Module) -> bool:
-    """Whether ``net`` carries orthogonal parametrizations."""
-    return bool(rotations(net))
-
-
 def trainable_names(net: nn.Module, cfg: OrthogonalConfig) -> list[str]:
     """Parameter names that train in orthogonal mode: rotations, magnitudes, and ``cfg.train_extra``."""
     names = []

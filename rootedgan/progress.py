@@ -151,7 +151,7 @@ class TrainingProgress(L.Callback):
         self._stream = sys.stdout
         if self.log_file:
             run.mkdir(parents=True, exist_ok=True)
-            self._log = open(run / "log.txt", "a")  # noqa: SIM115 - kept open for the run
+            self._log = open(run / "log.txt", "a")
         show_bar = self.bar == "on" or (self.bar == "auto" and sys.stderr.isatty())
         if show_bar:
             from tqdm.auto import tqdm

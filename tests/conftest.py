@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # bench/ (test scaffolding such as bench.synthetic_data) importable
+    sys.path.insert(0, str(REPO_ROOT))
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 
@@ -39,7 +42,7 @@ def tiny32(nvidia_fixture_dir: Path) -> str:
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32-image, 32x32 generated shapes data set (read-only for the tests that share it)."""
-    from rootedgan.synthetic_data import make_shapes_dataset
+    from bench.synthetic_data import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, resolution=32)
 

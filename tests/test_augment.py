@@ -592,7 +592,7 @@ class _RecordAda(L.Callback):
         self.history.append((float(module.ada.rt), module.augment_pipe.p_value))
 
 
-def test_ada_fit_moves_p_by_the_rule(tmp_path, shapes, tiny32):  # noqa: F811
+def test_ada_fit_moves_p_by_the_rule(tmp_path, shapes, tiny32):
     record = _RecordAda()
     module, trainer = fit(
         tmp_path, shapes, network=tiny32, total_kimg=0.032, augment="ada", augment_p=0.3, ada_interval=2,
@@ -611,7 +611,7 @@ def test_ada_fit_moves_p_by_the_rule(tmp_path, shapes, tiny32):  # noqa: F811
     assert "Progress/ada_rt" in trainer.logged_metrics
 
 
-def test_resume_keeps_p_and_is_exact(tmp_path, shapes, tiny32):  # noqa: F811
+def test_resume_keeps_p_and_is_exact(tmp_path, shapes, tiny32):
     """2 + 2 steps from a checkpoint == 4 steps straight with ADA adjusting p every 3 steps: the checkpoint
     falls mid-interval, so the controller's counters must be saved too."""
     settings = dict(network=tiny32, augment="ada", augment_p=0.2, ada_interval=3, ada_kimg=0.05)
@@ -634,7 +634,7 @@ def test_resume_keeps_p_and_is_exact(tmp_path, shapes, tiny32):  # noqa: F811
         assert torch.equal(a[key], b[key]) or (a[key].isnan().all() and b[key].isnan().all()), key
 
 
-def test_augment_none_leaves_training_unchanged(tmp_path, shapes, tiny32):  # noqa: F811
+def test_augment_none_leaves_training_unchanged(tmp_path, shapes, tiny32):
     """augment none adds nothing to the module; the ADA pipe at p = 0 is an exact no-op in training (same
     weights bit for bit, so it draws no random numbers either)."""
     plain, _ = fit(tmp_path / "a", shapes, network=tiny32, total_kimg=0.016)
@@ -650,14 +650,14 @@ def test_augment_none_leaves_training_unchanged(tmp_path, shapes, tiny32):  # no
     [dict(augment="fixed", augment_p=0.9, augment_preset="bgcfnc"), dict(augment="diffaugment")],
     ids=["ada-bgcfnc", "diffaugment"],
 )
-def test_r1_through_augmentation_in_training(tmp_path, shapes, tiny32, settings):  # noqa: F811
+def test_r1_through_augmentation_in_training(tmp_path, shapes, tiny32, settings):
     module, trainer = fit(tmp_path, shapes, network=tiny32, total_kimg=0.008, r1_interval=1, **settings)
     assert module.phase_counts["Dreg"] == 2 and int(module.bad_phases) == 0
     assert all(math.isfinite(float(v)) for v in trainer.logged_metrics.values())
 
 
 @pytest.mark.slow
-def test_two_process_ddp_keeps_p_identical_on_every_rank(tmp_path, shapes, tiny32):  # noqa: F811
+def test_two_process_ddp_keeps_p_identical_on_every_rank(tmp_path, shapes, tiny32):
     """Each rank sees different reals, so only the all-reduced statistic keeps p (a buffer, part of the
     checksummed state) the same everywhere; p must still move."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -55,7 +55,7 @@ class TFEraPickler(pickle._Pickler):
         id(_SCALAR): ("numpy.core.multiarray", "scalar"),
     }
 
-    def save_global(self, obj, name=None):  # noqa: ANN001
+    def save_global(self, obj, name=None):
         target = self.NAMES.get(id(obj))
         if target is None:
             return super().save_global(obj, name)
@@ -332,11 +332,11 @@ def test_converted_kwargs_are_nvidias(tmp_path):
 
 
 class _RecordingUnpickler(tf_legacy.TFUnpickler):
-    def __init__(self, f) -> None:  # noqa: ANN001
+    def __init__(self, f) -> None:
         super().__init__(f)
         self.seen: set[tuple[str, str]] = set()
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
+    def find_class(self, module: str, name: str):
         self.seen.add((module, name))
         return super().find_class(module, name)
 
@@ -394,7 +394,7 @@ def test_convert_cli_writes_native(tmp_path):
 def test_build_module_src_is_never_executed(tmp_path, monkeypatch):
     marker = tmp_path / "PWNED"
 
-    def edit(g, d, gs):  # noqa: ANN001
+    def edit(g, d, gs):
         for net in (g, d, gs, g.state["components"]["synthesis"]):
             net.state["build_module_src"] = (
                 f"open({str(marker)!r}, 'w').close()\nimport os; os.system('touch {marker}2')\n"
@@ -412,7 +412,7 @@ def test_a_code_payload_inside_a_tf_pickle_is_refused(tmp_path):
         def __reduce__(self):
             return os.system, (f"touch {tmp_path / 'PWNED'}",)
 
-    def edit(g, d, gs):  # noqa: ANN001
+    def edit(g, d, gs):
         g.state["static_kwargs"]["fmap_base"] = Payload()
 
     path = tmp_path / "payload.pkl"
@@ -433,8 +433,8 @@ def test_an_object_array_is_refused(tmp_path):
     assert "'O8'" in str(info.value)
 
 
-def _edit_static(key, value, which="G"):  # noqa: ANN001, ANN202
-    def edit(g, d, gs):  # noqa: ANN001
+def _edit_static(key, value, which="G"):
+    def edit(g, d, gs):
         {"G": g, "D": d}[which].state["static_kwargs"][key] = value
 
     return edit

@@ -134,7 +134,7 @@ class _ImageBank(torch.nn.Module):
         self.register_buffer("images", images.float() / 127.5 - 1)
         self.dummy = torch.nn.Parameter(torch.zeros([]))
 
-    def forward(self, z, c, truncation_psi=1, noise_mode="const"):  # noqa: ARG002 - G's signature
+    def forward(self, z, c, truncation_psi=1, noise_mode="const"):
         idx = (z[:, 0].abs() * 1e4).long() % len(self.images)
         return self.images[idx]
 

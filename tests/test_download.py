@@ -28,7 +28,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         rng = self.headers.get("Range")
         type(self).requests.append((self.path, rng))
         data = self.files.get(self.path)

@@ -27,6 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.synthetic_data import make_shapes_dataset
 from rootedgan.data import ImageDataset
 from rootedgan.metrics import (
     DatasetImages,
@@ -39,7 +40,6 @@ from rootedgan.metrics import (
 from rootedgan.metrics._cleanfid_import import import_cleanfid
 from rootedgan.metrics.features import to_uint8_nchw
 from rootedgan.networks import Generator
-from rootedgan.synthetic_data import make_shapes_dataset
 
 pytest.importorskip("cleanfid", reason="FID needs clean-fid (pip install clean-fid)")
 CPU = torch.device("cpu")

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.synthetic_data import make_shapes_dataset
 from rootedgan.cli import main as cli_main
 from rootedgan.errors import UserError
 from rootedgan.metrics import Evaluator, features, folder_fid, make_standin_inception
 from rootedgan.metrics import inception as inc
 from rootedgan.networks import Generator
-from rootedgan.synthetic_data import make_shapes_dataset
 
 pytest.importorskip("cleanfid", reason="FID needs clean-fid (pip install clean-fid)")
 NVIDIA_KEYS = {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl", "timestamp"}

@@ -277,7 +277,7 @@ class _Response:
 def test_vgg16_is_downloaded_into_the_cache(cache, vgg_file, monkeypatch):
     served = []
 
-    def urlopen(request, timeout=None):  # noqa: ANN001
+    def urlopen(request, timeout=None):
         served.append(request.full_url)
         return _Response(vgg_file.read_bytes())
 
@@ -296,7 +296,7 @@ def test_vgg16_is_downloaded_into_the_cache(cache, vgg_file, monkeypatch):
 def test_offline_names_the_url_and_where_to_put_the_file(
     cache, tmp_path, tiny32, target, monkeypatch, capsys
 ):
-    def offline(request, timeout=None):  # noqa: ANN001
+    def offline(request, timeout=None):
         raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
@@ -352,14 +352,14 @@ def _fake_imageio(monkeypatch, ffmpeg: bool) -> list:
     writers = []
 
     class Writer:
-        def __init__(self, path, **kwargs):  # noqa: ANN001
+        def __init__(self, path, **kwargs):
             self.path, self.kwargs, self.frames, self.closed = path, kwargs, [], False
             writers.append(self)
 
-        def append_data(self, frame):  # noqa: ANN001
+        def append_data(self, frame):
             self.frames.append(np.array(frame))
 
-        def close(self):  # noqa: ANN201
+        def close(self):
             self.closed = True
 
     imageio = types.ModuleType("imageio")

@@ -284,7 +284,7 @@ class _MetaDevice(TorchFunctionMode):
     tensor by a number are answered directly: torch's meta kernels for them are written in Python and their
     first use imports ~1 s of modules (sympy among them)."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func in (torch.tensor, torch.as_tensor, torch.asarray):
             pass
@@ -409,25 +409,6 @@ def build_all(
         else:
             nets[name] = build_network(rec, device, source=source, name=name)
     return nets
-
-
-def load_result(
-    records: Mapping[str, NetworkRecord | None],
-    extra_meta: Mapping[str, Any],
-    fmt: str,
-    source: str,
-    device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """What every loader returns: the built networks plus ``meta`` (``extra_meta`` from the file, then
-    ``format``, ``source`` and each network's ``init_kwargs``)."""
-    nets = build_all(records, device, source=source)
-    meta = {
-        **extra_meta,
-        "format": fmt,
-        "source": source,
-        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
-    }
-    return {**nets, "meta": meta}
 
 
 def module_record(module: torch.nn.Module, kind: str | None = None) -> NetworkRecord:

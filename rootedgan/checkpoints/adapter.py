@@ -141,7 +141,7 @@ def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torc
     try:
         with safe_open(source, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            flat = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            flat = {key: f.get_tensor(key) for key in f.keys()}  # safe_open has no __iter__
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{source} is truncated or corrupt (safetensors: {err})") from err
     if metadata.get("kind") != KIND:

@@ -24,7 +24,6 @@ from rootedgan.checkpoints._build import (
     atomic_write,
     check_metadata,
     jsonable,
-    load_result,
     module_record,
     write_chunks,
 )
@@ -122,7 +121,7 @@ def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord |
                     f"(its metadata has format={metadata.get('format')!r}, expected {FORMAT_TAG!r}); "
                     f"tensors found: {', '.join(list(f.keys())[:8])}"
                 )
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # safe_open has no __iter__
     except CheckpointError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -155,9 +154,3 @@ def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord |
     if records["G"] is None and records["G_ema"] is None:
         raise CheckpointError(f"{source} holds no generator (G or G_ema)")
     return records, meta if isinstance(meta, dict) else {"meta": meta}
-
-
-def load_native(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a native checkpoint into our networks: ``dict(G=..., D=..., G_ema=..., meta=...)``."""
-    records, stored = read_native(path)
-    return load_result(records, stored, FORMAT, str(path), device)

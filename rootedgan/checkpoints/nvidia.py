@@ -32,7 +32,6 @@ from rootedgan.checkpoints._build import (
     NetworkRecord,
     check_metadata,
     jsonable,
-    load_result,
     plain,
 )
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError
@@ -486,9 +485,3 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkR
         "training_set_kwargs": _aux_meta(data.get("training_set_kwargs"), f"{source}: training_set_kwargs"),
     }
     return records, extra
-
-
-def load_nvidia_pickle(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an NVIDIA pickle into our networks: ``dict(G=..., D=..., G_ema=..., meta=...)``."""
-    records, extra = read_nvidia_pickle(path)
-    return load_result(records, extra, FORMAT, str(path), device)

@@ -32,7 +32,6 @@ from rootedgan.checkpoints._build import (
     check_metadata,
     default_resample_filter,
     jsonable,
-    load_result,
     write_chunks,
 )
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError
@@ -400,17 +399,6 @@ def read_rosinality(
     if "ada_aug_p" in ckpt:
         meta["ada_aug_p"] = jsonable(ckpt["ada_aug_p"])
     return records, meta
-
-
-def load_rosinality(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu", ckpt: Any = None
-) -> dict[str, Any]:
-    """Load a rosinality ``.pt`` into our networks: ``dict(G=..., D=..., G_ema=..., meta=...)``."""
-    source = str(path)
-    if ckpt is None:
-        ckpt = torch_load(path)
-    records, extra = read_rosinality(ckpt, source)
-    return load_result(records, extra, FORMAT, source, device)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from rootedgan.errors import UserError
 
 HELP = "finetune the shipped digits StyleGAN2 from digits 0-4 to 5-9 (offline, minutes on a CPU)"
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+# shipped inside the package (configs/ in a checkout links here), so an installed wheel has it too
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kimg", type=float, default=None, help="training length (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="model.seed (latents, noise, data order)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--config", default=str(REPO_CONFIG), help="demo config (default: configs/demo.yaml)")
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: configs/demo.yaml)")
     parser.add_argument(
         "extra", nargs=argparse.REMAINDER, help="after `--`: more `rootedgan finetune` options"
     )
@@ -42,7 +43,7 @@ def _finetune_args(args: argparse.Namespace) -> list[str]:
 
     config = Path(args.config)
     if not config.is_file():
-        raise UserError(f"demo config {config} not found; run from a source checkout or pass --config")
+        raise UserError(f"demo config {config} not found: pass --config PATH (the default is {DEMO_CONFIG})")
     for asset in (PRETRAINED, TARGET_ZIP):
         if not asset.is_file():
             raise UserError(f"demo asset {asset} is missing; reinstall rootedgan or check out the repository")

@@ -94,7 +94,7 @@ class RootedganCLI(LightningCLI):
     """LightningCLI without sub-commands, with the snapshot and progress options, our loggers, a safe
     ``--ckpt_path`` and one-line errors."""
 
-    def add_core_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+    def add_core_arguments_to_parser(self, parser) -> None:
         # Our options first (the help lists them in this order), Lightning's Trainer last.
         parser.add_lightning_class_args(self._model_class, "model")
         parser.add_lightning_class_args(self._datamodule_class, "data")
@@ -106,7 +106,7 @@ class RootedganCLI(LightningCLI):
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
-    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
+    def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
 
         try:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _project(args: argparse.Namespace, outdir, video) -> None:  # noqa: ANN001
+def _project(args: argparse.Namespace, outdir, video) -> None:
     from rootedgan import projector
     from rootedgan.checkpoints import load_network
     from rootedgan.checkpoints.download import sha256_of

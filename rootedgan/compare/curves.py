@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +56,6 @@ class Curve:
             "kimg": [float(k) for k in self.kimg],
             "value": [float(v) if math.isfinite(v) else None for v in self.value],
         }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Curve:
-        values = [math.nan if v is None else v for v in data["value"]]
-        return cls.from_points(zip(data["kimg"], values, strict=True))
 
 
 def _float(cell: str | None) -> float | None:

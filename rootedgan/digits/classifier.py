@@ -128,7 +128,7 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
     model = DigitsClassifier()
     try:
         model.load_state_dict(load_file(str(path)))
-    except Exception as err:  # noqa: BLE001 - any parse/shape error means the file is not ours
+    except Exception as err:
         raise UserError(f"{path} is not a digits classifier file ({err})") from None
     return model.to(device).eval()
 

@@ -124,7 +124,7 @@ class _CompatLinalg(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         return getattr(self._linalg, name)
 
-    def sqrtm(self, A: Any, disp: bool = True, blocksize: Any = None) -> Any:  # noqa: N803 - SciPy's name
+    def sqrtm(self, A: Any, disp: bool = True, blocksize: Any = None) -> Any:
         """SciPy's ``sqrtm(A)``; ``disp=False`` also returns the error estimate SciPy < 1.18 returned."""
         X = self._linalg.sqrtm(A)
         if disp:

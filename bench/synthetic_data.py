@@ -1,6 +1,7 @@
 """A small deterministic image set (coloured discs and squares on tinted backgrounds).
 
-Used by the smoke config, the tests, and the stand-in demo: ``python -m rootedgan.synthetic_data OUTDIR``.
+Test and benchmark scaffolding (not part of the package): the smoke configs' data, the tests and
+``bench/``. ``python bench/synthetic_data.py OUTDIR [--count N] [--resolution R]``.
 """
 
 from __future__ import annotations
