@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rootedgan.augment import build_augment
+from rootedgan.checkpoints.adapter import base_reference, save_adapter
 from rootedgan.errors import UserError
 from rootedgan.losses import (
     DEFAULT_MAX_GRAD,
@@ -196,6 +197,7 @@ class FinetuneModule(L.LightningModule):
         self.D.train()
         self.G_ema.requires_grad_(False)
         self.orth = self._setup_orthogonal(mode, orthogonal, network)
+        self._adapter_base: dict[str, Any] | None = None  # see save_adapter
         self.d_frozen = self._freeze_d_layers(freeze_d)
         if channels_last:
             use_channels_last(self.G, self.D, self.G_ema)
@@ -346,9 +348,12 @@ class FinetuneModule(L.LightningModule):
     def save_adapter(self, path: str | Path) -> Path | None:
         """Orthogonal mode with a pretrained base: write the adapter file (rotations of G and G_ema and a
         reference to the base checkpoint) and return its path; otherwise None."""
-        if self.orth is None:
+        if self.orth is None or self.orth.base_source is None:
             return None
-        return self.orth.save_adapter(path, self.G, self.G_ema, meta=self.provenance())
+        if self._adapter_base is None:  # path, size, sha256 of the base file: hashed once per run
+            self._adapter_base = base_reference(self.orth.base_source)
+        nets = {"G": self.G, "G_ema": self.G_ema}
+        return save_adapter(path, nets, self.orth.cfg, self._adapter_base, self.provenance())
 
     def d_params(self) -> list[nn.Parameter]:
         return [p for n, p in self.D.named_parameters() if n not in self.d_frozen]

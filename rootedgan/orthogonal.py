@@ -535,8 +535,7 @@ class OrthogonalFinetune:
             raise UserError("G and G_ema of the checkpoint have different layers; cannot rotate them alike")
         self.trainable = freeze_base(G, self.cfg)
         G_ema.requires_grad_(False)
-        self.base_source = base
-        self._base_ref: dict[str, Any] | None = None
+        self.base_source = base  # the pretrained file (as given); rootedgan.checkpoints.adapter references it
         self._stats: dict[str, torch.Tensor] | None = None
 
     def parameters(self, G: nn.Module) -> list[nn.Parameter]:
@@ -570,24 +569,3 @@ class OrthogonalFinetune:
     def export(self, G: nn.Module, D: nn.Module, G_ema: nn.Module) -> dict[str, nn.Module]:
         """Plain networks for ``save_network``: merged copies of G and G_ema, D as is."""
         return {"G": merge(G), "D": D, "G_ema": merge(G_ema)}
-
-    def base_reference(self) -> dict[str, Any] | None:
-        """The base checkpoint (as given, resolved path, size, sha256), computed once; None from scratch."""
-        if self.base_source is None:
-            return None
-        if self._base_ref is None:
-            from rootedgan.checkpoints.adapter import base_reference
-
-            self._base_ref = base_reference(self.base_source)
-        return self._base_ref
-
-    def save_adapter(
-        self, path: Any, G: nn.Module, G_ema: nn.Module, meta: Mapping[str, Any] | None = None
-    ) -> Any:
-        """Write the adapter file (rotations of G and G_ema + base reference); None without a base."""
-        base = self.base_reference()
-        if base is None:
-            return None
-        from rootedgan.checkpoints.adapter import save_adapter
-
-        return save_adapter(path, {"G": G, "G_ema": G_ema}, self.cfg, base, meta)

@@ -19,11 +19,12 @@ The kernel module (``plugin``) is normally the compiled CUDA extension from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from stylegan_ops.bias_act import ActivationSpec
+if TYPE_CHECKING:  # a type only: importing bias_act here would make an import cycle
+    from stylegan_ops.bias_act import ActivationSpec
 
 MODE_FORWARD = 0
 MODE_GRAD = 1

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from stylegan_ops.upfirdn2d import output_size
+from stylegan_ops._upfirdn2d_ref import output_size, upfirdn2d_ref
 
 
 def adjoint_axis(
@@ -191,8 +191,6 @@ def upfirdn2d_cuda(
             f"{fh}x{fw} filter leaves no output"
         )
     if f.requires_grad and torch.is_grad_enabled():
-        from stylegan_ops.upfirdn2d import upfirdn2d_ref
-
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     if plugin is None:
         from stylegan_ops.build import get_plugin

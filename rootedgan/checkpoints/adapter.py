@@ -13,13 +13,13 @@ Tensors are ``G.<key>`` / ``G_ema.<key>`` with the keys of the parametrized gene
 (``synthesis.b8.conv0.parametrizations.weight.0.q``, ...), plus any ``train_extra`` parameters and
 ``mapping.w_avg``. The discriminator is trained in full and is not part of an adapter.
 
-:func:`load_adapter` (what ``load_network`` calls for such a file) finds the base -- ``base=`` if given (a
-path, URL or shortcut: what the user names is used), else only a file in the adapter's own folder whose
-name is the recorded ``source``'s or ``local_path``'s file name, or an http(s) source already in the
-download cache -- and refuses a file whose size or sha256 differ. The recorded ``source`` and
-``local_path`` are never opened or fetched as such: a file must not make rootedgan read an arbitrary path
-or reach the network. Then it rotates the base generators like the training run did, loads the adapter
-tensors and returns merged plain networks.
+:func:`rootedgan.checkpoints.loader.load_adapter` (what ``load_network`` calls for such a file) finds the
+base -- ``base=`` if given (a path, URL or shortcut: what the user names is used), else only a file in the
+adapter's own folder whose name is the recorded ``source``'s or ``local_path``'s file name, or an http(s)
+source already in the download cache -- and refuses a file whose size or sha256 differ. The recorded
+``source`` and ``local_path`` are never opened or fetched as such: a file must not make rootedgan read an
+arbitrary path or reach the network. Then it rotates the base generators like the training run did, loads
+the adapter tensors and returns merged plain networks.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import torch
 
 from rootedgan.checkpoints._build import atomic_write, jsonable, write_chunks
 from rootedgan.checkpoints.native import FORMAT_TAG, FORMAT_VERSION
+from rootedgan.checkpoints.sources import detect_format, resolve_source
 from rootedgan.errors import CheckpointError
 
 KIND = "adapter"
@@ -54,7 +55,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
 
 def base_reference(source: str | os.PathLike[str]) -> dict[str, Any]:
     """What an adapter records about its base: ``source`` as given, ``local_path``, ``size``, ``sha256``."""
-    from rootedgan.checkpoints import resolve_source
 
     path = resolve_source(source, progress=False).resolve()
     return {
@@ -119,7 +119,6 @@ def _metadata(path: str | os.PathLike[str]) -> dict[str, str] | None:
 
 def is_adapter(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an adapter file (by content: safetensors metadata ``kind = adapter``)."""
-    from rootedgan.checkpoints import detect_format
 
     try:
         if detect_format(path) != "safetensors":
@@ -218,7 +217,6 @@ def _check_base(path: Path, want_size: Any, want_sha: str | None) -> str | None:
 
 def find_base(adapter: str | os.PathLike[str], base: Mapping[str, Any], override: Any = None) -> Path:
     """The local base checkpoint file of an adapter, checked by size and sha256 (module docstring)."""
-    from rootedgan.checkpoints import resolve_source
 
     adapter = Path(adapter)
     want_size = base.get("size")
@@ -251,67 +249,3 @@ def find_base(adapter: str | os.PathLike[str], base: Mapping[str, Any], override
         "base explicitly: load_network(adapter, base=PATH) or --base PATH (a path, URL or network name), "
         "or copy it next to the adapter."
     )
-
-
-def load_adapter(
-    path: str | os.PathLike[str],
-    base: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    source: str | None = None,
-) -> dict[str, Any]:
-    """Load an adapter on its base: ``dict(G=..., D=None, G_ema=..., meta=...)``, merged plain networks."""
-    from rootedgan.checkpoints import load_network
-    from rootedgan.errors import UserError
-    from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal, merge_
-
-    path = Path(path)
-    tensors, info = read_adapter(path)
-    base_path = find_base(path, info["base"], base)
-    if is_adapter(base_path):
-        raise CheckpointError(
-            f"{base_path}: the base of an adapter must be a full checkpoint, not an adapter"
-        )
-    nets = load_network(base_path, device="cpu")
-    try:
-        cfg = OrthogonalConfig.from_any(info["orthogonal"])
-    except UserError as err:
-        raise CheckpointError(f"{path}: its orthogonal settings are invalid ({err})") from err
-    out: dict[str, Any] = {"G": None, "D": None, "G_ema": None}
-    for name, state in tensors.items():
-        net = nets.get(name)
-        if net is None:
-            raise CheckpointError(f"{path} holds {name} rotations but the base {base_path} has no {name}")
-        layers = apply_orthogonal(net, cfg)
-        if layers != info["layers"].get(name, layers):
-            raise CheckpointError(
-                f"{path}: the base {base_path} gives rotated layers {layers}, the adapter was trained on "
-                f"{info['layers'][name]}: a different architecture"
-            )
-        expected = net.state_dict()
-        needed = {k for k in expected if ".parametrizations.weight." in k and not k.endswith(".original")}
-        problems = [f"unexpected {k}" for k in state if k not in expected]
-        problems += [f"missing {k}" for k in sorted(needed - set(state))]
-        problems += [
-            f"wrong shape {k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-            for k, v in state.items()
-            if k in expected and v.shape != expected[k].shape
-        ]
-        if problems:
-            raise CheckpointError(
-                f"{path}: the {name} tensors do not fit the base: {'; '.join(problems[:8])}"
-            )
-        net.load_state_dict(state, strict=False)  # the rest is the base, checked above
-        out[name] = merge_(net).to(device).eval()
-    meta = {
-        **{k: v for k, v in (info.get("meta") or {}).items() if k not in ("format", "source")},
-        "format": FORMAT,
-        "source": source or str(path),
-        "adapter": {"base": info["base"], "base_path": str(base_path), "orthogonal": cfg.to_dict()},
-        "layers": info["layers"],
-        "init_kwargs": {k: v for k, v in nets["meta"]["init_kwargs"].items() if k in tensors},
-        "notes": [
-            "an adapter holds G/G_ema rotations only; D (trained in full) is in the run's "
-            "network-snapshot-*.safetensors"
-        ],
-    }
-    return {**out, "meta": meta}

@@ -1,0 +1,332 @@
+"""The loader behind :mod:`rootedgan.checkpoints` (which re-exports it): one loader for StyleGAN2
+networks: NVIDIA ``.pkl``, rosinality ``.pt`` and our ``.safetensors``.
+
+``load_network(path_or_url)`` detects the format from the file's first bytes (never its name), never
+executes code from the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our
+``Generator``/``Discriminator`` modules (eval mode; a missing network is ``None``). ``meta`` always has
+``format`` (``'nvidia-pkl'``, ``'nvidia-tf-pkl'`` for a TensorFlow-era StyleGAN2 pickle, ``'rosinality-pt'``
+or ``'native'``), ``source`` and ``init_kwargs``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rootedgan.checkpoints import adapter
+from rootedgan.checkpoints._build import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
+from rootedgan.checkpoints.native import save_records
+from rootedgan.checkpoints.sources import detect_format, resolve_source
+from rootedgan.errors import CheckpointError, UnsafeCheckpointError, UserError
+from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal, merge_
+
+
+def read_records(path: str | os.PathLike[str]) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
+    """Read any supported checkpoint into (format, records, extra meta) without building networks.
+
+    Every failure is a :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) naming the file.
+    """
+    path = Path(path)
+    try:
+        return _read_records(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a malformed file that got past the format checks: never a raw stack trace
+        raise CheckpointError(
+            f"{path} is corrupt or malformed ({type(err).__name__}: {str(err).strip()[:300]})"
+        ) from err
+
+
+def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
+    from rootedgan.checkpoints import native, nvidia, rosinality
+
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a folder, FIFO, device or socket)")
+    try:
+        kind = detect_format(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
+    if kind == "nvidia-pkl":
+        records, extra = nvidia.read_nvidia_pickle(path)
+        if "tensorflow" in extra:
+            from rootedgan.checkpoints import tf_legacy
+
+            return tf_legacy.FORMAT, records, extra
+        return nvidia.FORMAT, records, extra
+    if kind in ("torch-zip", "torch-legacy"):
+        try:
+            ckpt = rosinality.torch_load(path)
+        except UnsafeCheckpointError:
+            if kind == "torch-zip" and _names_lightning(path):
+                raise CheckpointError(lightning_checkpoint_message(path)) from None
+            raise
+        if is_lightning_checkpoint(ckpt):
+            raise CheckpointError(lightning_checkpoint_message(path))
+        if not rosinality.is_rosinality(ckpt):
+            found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise CheckpointError(
+                f"{path} is a torch.save file but not a rosinality StyleGAN2 checkpoint: expected the keys "
+                f"g, d, g_ema (state dicts with style.*, input.input, convs.*), found {found}"
+            )
+        records, extra = rosinality.read_rosinality(ckpt, str(path))
+        return rosinality.FORMAT, records, extra
+    if kind == "safetensors":
+        from rootedgan.checkpoints.adapter import is_adapter
+
+        if is_adapter(path):
+            raise CheckpointError(
+                f"{path} is an orthogonal-finetuning adapter (rotations only): load it with load_network, "
+                "which applies it to its base checkpoint"
+            )
+        records, extra = native.read_native(path)
+        return native.FORMAT, records, extra
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
+    raise CheckpointError(
+        f"{path} has an unknown format: it is not an NVIDIA network pickle, a torch.save (rosinality) "
+        "checkpoint or a rootedgan .safetensors file (it may also be truncated or corrupt)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lightning training checkpoints (checkpoints/last.ckpt) are not network files: say which file to use.
+
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "loops", "optimizer_states")
+_SNAPSHOT_RX = re.compile(r"network-snapshot-(\d+)(?:\.(\d+))?\.safetensors")
+
+
+def is_lightning_checkpoint(ckpt: Any) -> bool:
+    """Whether a ``torch.load``-ed object is a Lightning training checkpoint (``trainer.save_checkpoint``)."""
+    return isinstance(ckpt, dict) and "state_dict" in ckpt and any(k in ckpt for k in _LIGHTNING_KEYS)
+
+
+def _names_lightning(path: Path, limit: int = 64 << 20) -> bool:
+    """Whether a torch zip archive's pickle names Lightning's version key (read as bytes, nothing loaded)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith("data.pkl") and info.file_size <= limit:
+                    return b"pytorch-lightning_version" in archive.read(info)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return False
+    return False
+
+
+def newest_snapshot(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest ``network-snapshot-KKKKKK[.III].safetensors`` of a run folder (by kimg), else None.
+
+    Adapter files (``*.adapter.safetensors``) are left out: the plain snapshot next to each is loadable alone.
+    """
+    found = []
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        match = _SNAPSHOT_RX.fullmatch(entry.name)
+        if match and entry.is_file():
+            found.append(((int(match.group(1)), int(match.group(2) or 0)), entry))
+    return max(found)[1] if found else None
+
+
+def lightning_checkpoint_message(path: str | os.PathLike[str]) -> str:
+    """One line: ``path`` is a Lightning checkpoint (for resuming), and which network file to use instead."""
+    path = Path(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    text = (
+        f"{path} is a Lightning training checkpoint (for resuming a run with `rootedgan finetune "
+        "--ckpt_path`), not a network file"
+    )
+    newest = newest_snapshot(run)
+    if newest is not None:
+        return f"{text}: use the run's newest network snapshot instead, {newest}"
+    return (
+        f"{text}, and {run} holds no network-snapshot-*.safetensors yet (a run writes one every snap_kimg "
+        "and at its end): give a network-snapshot-*.safetensors file of the run"
+    )
+
+
+def load_network(
+    path_or_url: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    base: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Load a StyleGAN2 checkpoint: ``dict(G=..., D=..., G_ema=..., meta=...)``.
+
+    Accepts a path, an http(s)/file URL or an NVIDIA shortcut name (see
+    :data:`rootedgan.checkpoints.download.NVIDIA_NETWORKS`); the format is detected from the content.
+    Networks are in eval mode on ``device`` (gradients left enabled, for finetuning). A network the file
+    does not hold is ``None``. An orthogonal-finetuning adapter (:mod:`rootedgan.checkpoints.adapter`) is
+    applied to its base checkpoint (found next to the adapter, as recorded, or ``base``; checked by sha256)
+    and comes back as merged plain G and G_ema (``D`` None, ``meta["format"] == "adapter"``).
+    """
+    path = resolve_source(path_or_url)
+    if adapter.is_adapter(path):
+        return load_adapter(path, base=base, device=device, source=str(path_or_url))
+    if base is not None:
+        raise CheckpointError(f"base= is only for orthogonal-finetuning adapters; {path} is a full one")
+    fmt, records, extra = read_records(path)
+    nets = build_all(records, device, source=str(path))
+    meta = {
+        **extra,
+        "format": fmt,
+        "source": str(path_or_url),
+        "init_kwargs": {name: jsonable(rec.init_kwargs) for name, rec in records.items() if rec is not None},
+    }
+    if str(path_or_url) != str(path):
+        meta["local_path"] = str(path)
+    return {**nets, "meta": meta}
+
+
+def load_adapter(
+    path: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Load an adapter on its base: ``dict(G=..., D=None, G_ema=..., meta=...)``, merged plain networks."""
+    path = Path(path)
+    tensors, info = adapter.read_adapter(path)
+    base_path = adapter.find_base(path, info["base"], base)
+    if adapter.is_adapter(base_path):
+        raise CheckpointError(
+            f"{base_path}: the base of an adapter must be a full checkpoint, not an adapter"
+        )
+    nets = load_network(base_path, device="cpu")
+    try:
+        cfg = OrthogonalConfig.from_any(info["orthogonal"])
+    except UserError as err:
+        raise CheckpointError(f"{path}: its orthogonal settings are invalid ({err})") from err
+    out: dict[str, Any] = {"G": None, "D": None, "G_ema": None}
+    for name, state in tensors.items():
+        net = nets.get(name)
+        if net is None:
+            raise CheckpointError(f"{path} holds {name} rotations but the base {base_path} has no {name}")
+        layers = apply_orthogonal(net, cfg)
+        if layers != info["layers"].get(name, layers):
+            raise CheckpointError(
+                f"{path}: the base {base_path} gives rotated layers {layers}, the adapter was trained on "
+                f"{info['layers'][name]}: a different architecture"
+            )
+        expected = net.state_dict()
+        needed = {k for k in expected if ".parametrizations.weight." in k and not k.endswith(".original")}
+        problems = [f"unexpected {k}" for k in state if k not in expected]
+        problems += [f"missing {k}" for k in sorted(needed - set(state))]
+        problems += [
+            f"wrong shape {k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+            for k, v in state.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if problems:
+            raise CheckpointError(
+                f"{path}: the {name} tensors do not fit the base: {'; '.join(problems[:8])}"
+            )
+        net.load_state_dict(state, strict=False)  # the rest is the base, checked above
+        out[name] = merge_(net).to(device).eval()
+    meta = {
+        **{k: v for k, v in (info.get("meta") or {}).items() if k not in ("format", "source")},
+        "format": adapter.FORMAT,
+        "source": source or str(path),
+        "adapter": {"base": info["base"], "base_path": str(base_path), "orthogonal": cfg.to_dict()},
+        "layers": info["layers"],
+        "init_kwargs": {k: v for k, v in nets["meta"]["init_kwargs"].items() if k in tensors},
+        "notes": [
+            "an adapter holds G/G_ema rotations only; D (trained in full) is in the run's "
+            "network-snapshot-*.safetensors"
+        ],
+    }
+    return {**out, "meta": meta}
+
+
+def output_format(dst: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The output format for ``dst``: ``fmt`` if given, else from the suffix (.safetensors / .pt)."""
+    suffix = Path(dst).suffix.lower()
+    if (fmt is None and suffix == ".pkl") or fmt in ("pkl", "nvidia", "nvidia-pkl"):
+        raise CheckpointError(
+            "writing NVIDIA .pkl files is not offered: an NVIDIA network pickle has to embed NVIDIA's "
+            "source code, which is under a non-commercial licence. Write .safetensors (rootedgan) or "
+            ".pt (rosinality) instead; rootedgan and most tools load both."
+        )
+    if fmt is None:
+        if suffix == ".safetensors":
+            return "native"
+        if suffix == ".pt":
+            return "rosinality"
+        raise CheckpointError(
+            f"cannot tell the output format from the name {Path(dst).name!r}: use a .safetensors (rootedgan) "
+            "or .pt (rosinality) file name, or pass the format explicitly (--format native|rosinality)"
+        )
+    if fmt not in ("native", "rosinality"):
+        raise CheckpointError(f"unknown output format {fmt!r}: choose 'native' or 'rosinality'")
+    return fmt
+
+
+def _merge_adapters(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold orthogonal-finetuning adapters into plain weights (via rootedgan.orthogonal, when present)."""
+    try:
+        from rootedgan import orthogonal
+    except ImportError as err:
+        raise CheckpointError("--merge needs rootedgan.orthogonal, which is not available") from err
+    merge = getattr(orthogonal, "merge", None) or getattr(orthogonal, "merge_orthogonal", None)
+    if merge is None:
+        raise CheckpointError("--merge: rootedgan.orthogonal offers no merge function")
+    merged = merge(module)
+    return module if merged is None else merged
+
+
+def convert_network(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    fmt: str | None = None,
+    merge: bool = False,
+    base: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Convert a checkpoint to ``fmt`` (``'native'`` .safetensors or ``'rosinality'`` .pt).
+
+    ``fmt=None`` picks the format from ``dst``'s suffix. ``merge=True`` folds orthogonal-finetuning
+    adapters into plain weights first; it is required for an adapter file, whose base checkpoint is found
+    as :func:`load_network` does (or given as ``base``). The networks are built and loaded strictly on the
+    way, so a broken conversion fails here, not later.
+    Returns ``dict(path, format, source_format, networks, notes)``.
+    """
+    from rootedgan.checkpoints import rosinality
+
+    fmt = output_format(dst, fmt)
+    loaded = load_network(src, base=base)
+    if loaded["meta"]["format"] == "adapter" and not merge:
+        base_source = loaded["meta"]["adapter"]["base"].get("source")
+        raise CheckpointError(
+            f"{src} is an orthogonal-finetuning adapter (rotations on top of {base_source}): add --merge to "
+            "write the merged plain weights"
+        )
+    notes: list[str] = list(loaded["meta"].get("notes") or [])
+    records: dict[str, NetworkRecord | None] = {}
+    for name in NETWORK_NAMES:
+        net = loaded.get(name)
+        if net is not None and merge:
+            net = _merge_adapters(net)
+        records[name] = None if net is None else module_record(net)
+    src_meta = loaded["meta"]
+    if fmt == "native":
+        meta = {
+            k: v for k, v in src_meta.items() if k not in ("format", "source", "init_kwargs", "local_path")
+        }
+        meta["converted_from"] = {"format": src_meta["format"], "source": src_meta["source"]}
+        path = save_records(dst, records, meta)
+    else:
+        notes += rosinality.save_rosinality(dst, records, src_meta)
+        path = Path(dst)
+    return {
+        "path": path,
+        "format": fmt,
+        "source_format": src_meta["format"],
+        "networks": [name for name in NETWORK_NAMES if records[name] is not None],
+        "notes": notes,
+    }

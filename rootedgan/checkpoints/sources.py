@@ -1,0 +1,60 @@
+"""Where a checkpoint's bytes come from and what they are: a local regular file for a path, URL or NVIDIA
+shortcut name (:func:`resolve_source`), and the format from the first bytes (:func:`detect_format`).
+
+A leaf of :mod:`rootedgan.checkpoints`: the loader and the adapter files both use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rootedgan.checkpoints import download as _download
+from rootedgan.errors import CheckpointError
+
+# torch's legacy (pre-zip) serialisation starts with a pickled magic number (protocol 2, LONG1).
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """``'nvidia-pkl'``, ``'torch-zip'``, ``'torch-legacy'``, ``'safetensors'`` or None, from the content."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        size = os.fstat(f.fileno()).st_size
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "torch-legacy"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "nvidia-pkl"
+    if len(head) >= 9:
+        header_len = int.from_bytes(head[:8], "little")
+        if 2 <= header_len <= min(_SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def resolve_source(path_or_url: str | os.PathLike[str], progress: bool = True) -> Path:
+    """A local regular file for a path, URL or NVIDIA shortcut name (downloading into the cache if needed).
+
+    Folders, FIFOs, devices and sockets are refused with one line (reading them could block forever)."""
+    if isinstance(path_or_url, str) and _download.is_url(path_or_url):
+        known = _download.resolve(path_or_url)
+        return _download.download(path_or_url, known.sha256 if known else None, progress=progress)
+    path = Path(path_or_url).expanduser()
+    if not path.exists() and isinstance(path_or_url, str) and path_or_url in _download.NVIDIA_NETWORKS:
+        return _download.fetch(path_or_url, progress=progress)
+    if not path.exists():
+        names = ", ".join(sorted(_download.NVIDIA_NETWORKS))
+        raise CheckpointError(
+            f"{path} does not exist. Give a checkpoint file (.pkl, .pt or .safetensors), an http(s):// "
+            f"URL, or a known network name ({names})."
+        )
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it")
+    if not path.is_file():  # a FIFO, device or socket: reading it could block forever or never end
+        raise CheckpointError(
+            f"{path} is not a regular file (a FIFO, device or socket); give a checkpoint file"
+        )
+    return path
