@@ -44,6 +44,7 @@ LightningModule maps images to the network range [-1, 1] with :func:`uint8_to_fl
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -402,6 +403,14 @@ class ImageDataset(torch.utils.data.Dataset):
         state["_zip"] = None
         state["_zip_pid"] = None
         return state
+
+    def with_xflip(self, xflip: bool) -> ImageDataset:
+        """A copy of this data set with x-flipped copies on or off (same files, labels and checks; its own
+        zip handle). ``self`` is unchanged."""
+        other = copy.copy(self)
+        other.__dict__.update(self.__getstate__())
+        other.xflip = bool(xflip)
+        return other
 
     def __del__(self) -> None:
         try:

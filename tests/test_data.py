@@ -115,6 +115,21 @@ def test_zip_matches_folder(tree: tuple[Path, dict[str, Image.Image]], tmp_path:
         assert torch.equal(zip_ds[i][0], folder_ds[i][0])
 
 
+def test_with_xflip_is_a_copy_with_its_own_zip_handle(
+    tree: tuple[Path, dict[str, Image.Image]], tmp_path: Path
+) -> None:
+    root, _ = tree
+    base = ImageDataset(zip_folder(root, tmp_path / "data.zip"))
+    first = base[0][0]  # opens base's zip handle
+    flipped = base.with_xflip(True)
+    assert not base.xflip and len(base) == base.num_images  # the original is unchanged
+    assert flipped.xflip and len(flipped) == 2 * base.num_images
+    assert torch.equal(flipped[0][0], first)
+    assert torch.equal(flipped[base.num_images][0], first.flip(-1))  # the mirrored copy of image 0
+    flipped.close()
+    assert torch.equal(base[0][0], first)  # closing the copy's handle leaves the original's open
+
+
 def test_zip_detected_by_content(tmp_path: Path) -> None:
     make_set(tmp_path / "src", 3)
     archive = zip_folder(tmp_path / "src", tmp_path / "images.dat")

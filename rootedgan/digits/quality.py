@@ -28,9 +28,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from rootedgan.callbacks import KimgSchedule
 from rootedgan.digits.classifier import DigitsClassifier, load_classifier
 from rootedgan.fileio import atomic_open
+from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.metrics.features import generated_uint8
 from rootedgan.metrics.stats import GaussianStats, frechet_distance
 
@@ -84,7 +84,7 @@ def digits_fid(
     return out
 
 
-class DigitsQualityCallback(L.Callback):
+class DigitsQualityCallback(KimgMetricCallback):
     """Digits FID and target-class share of ``G_ema`` every ``every_kimg`` (module docstring).
 
     Args:
@@ -108,10 +108,9 @@ class DigitsQualityCallback(L.Callback):
         plot: bool = True,
         inception: bool | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(every_kimg)
         if num_gen < 2:
             raise ValueError(f"DigitsQualityCallback: num_gen must be >= 2, got {num_gen}")
-        self.every_kimg = every_kimg
         self.num_gen = num_gen
         self.data_path = data_path
         self.classifier_path = classifier
@@ -129,11 +128,9 @@ class DigitsQualityCallback(L.Callback):
         self._classifier: DigitsClassifier | None = None
         self._reference: GaussianStats | None = None
         self._targets: set[int] = set()
-        self._schedule = KimgSchedule(every_kimg)
-        self._last_nimg: int | None = None
-        self._out: Path | None = None
 
-    def _setup(self, trainer: L.Trainer, module: Any) -> None:
+    def prepare(self, trainer: L.Trainer, module: Any) -> None:
+        """The classifier, the reference features and target classes (and Inception's, when on)."""
         if self._reference is not None:
             return
         from rootedgan.metrics.callback import reference_dataset
@@ -168,17 +165,17 @@ class DigitsQualityCallback(L.Callback):
         self._inception_reference = self._evaluator.reference_stats(DatasetImages(dataset))
 
     def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
+        """Digits FID and target share now (and Inception FID when on): ``{logged key: value}``, also
+        appended to ``metric-digits.jsonl`` in the run folder."""
         start = time.time()
-        with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
-            self._setup(trainer, module)
-            assert self._classifier is not None and self._reference is not None
-            res = digits_fid(
-                module.G_ema, self._reference, self._classifier, self.num_gen, self.seed, self._targets
-            )
-            if self._evaluator is not None:
-                gen = self._evaluator.generator_stats(module.G_ema, self.num_gen, seed=self.seed)
-                res["inception_fid"] = self._evaluator.fid(self._inception_reference, gen)
-        self._last_nimg = int(module.cur_nimg)
+        self.prepare(trainer, module)
+        assert self._classifier is not None and self._reference is not None
+        res = digits_fid(
+            module.G_ema, self._reference, self._classifier, self.num_gen, self.seed, self._targets
+        )
+        if self._evaluator is not None:
+            gen = self._evaluator.generator_stats(module.G_ema, self.num_gen, seed=self.seed)
+            res["inception_fid"] = self._evaluator.fid(self._inception_reference, gen)
         record = {
             "kimg": float(module.cur_nimg) / 1000,
             self.fid_key: res["fid"],
@@ -195,33 +192,16 @@ class DigitsQualityCallback(L.Callback):
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "metric-digits.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
-            values = {k: v for k, v in record.items() if k.startswith("metrics/")}
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step if step is None else int(step))
-        return res
+        return {k: v for k, v in record.items() if k.startswith("metrics/")}
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
-        from rootedgan.callbacks import run_dir
-
-        self._out = run_dir(trainer)
-        self._schedule.start(float(module.cur_nimg) / 1000)
-        if int(module.cur_nimg) == 0:
-            self.evaluate(trainer, module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
-        kimg = float(module.cur_nimg) / 1000
+    def on_step(self, trainer: L.Trainer, module: Any, kimg: float) -> None:
         metrics = trainer.callback_metrics
         if all(k in metrics for k in _LOSS_KEYS):  # tensors: converted when plotted, so no GPU sync here
             self.losses.append({"kimg": kimg, **{k: metrics[k].detach().clone() for k in _LOSS_KEYS}})
-        if self._schedule.due(kimg):
-            self.evaluate(trainer, module)
 
-    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        if self._last_nimg != int(module.cur_nimg):
-            self.evaluate(trainer, module)
+    def on_finish(self, trainer: L.Trainer, module: Any) -> None:
         if not trainer.is_global_zero or not self.history:
             return
         out = self._out or Path(trainer.default_root_dir)

@@ -30,7 +30,6 @@ statistics are summed over ranks; training's random state is left untouched.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from rootedgan.callbacks import KimgSchedule
+from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.metrics.evaluator import (
     DEFAULT_MODE,
     Evaluator,
@@ -78,14 +77,11 @@ def reference_dataset(
             f"{who} needs the reference images: use rootedgan's ImageDataModule or set data_path"
         )
     if mirror is not None and bool(mirror) != bool(dataset.xflip):
-        dataset = copy.copy(dataset)
-        dataset.xflip = bool(mirror)
-        dataset._zip = None
-        dataset._zip_pid = None
+        dataset = dataset.with_xflip(bool(mirror))  # a copy: the training set is never modified
     return dataset
 
 
-class FIDCallback(L.Callback):
+class FIDCallback(KimgMetricCallback):
     """FID (and optionally KID) of ``G_ema`` every ``every_kimg`` thousand images (module docstring)."""
 
     def __init__(
@@ -130,19 +126,14 @@ class FIDCallback(L.Callback):
             noise_mode: G's noise inputs (NVIDIA's metrics use ``random``, seeded here).
             progress: show progress bars (rank 0).
         """
-        super().__init__()
+        super().__init__(every_kimg, at_start=at_start, at_end=at_end)
         if num_gen < 2:
             raise ValueError(f"FIDCallback: num_gen must be >= 2, got {num_gen}")
-        if every_kimg < 0:
-            raise ValueError(f"FIDCallback: every_kimg must be >= 0, got {every_kimg}")
         mode = check_mode(mode)
         if bf16 and mode != "fast":
             raise ValueError(f"FIDCallback: bf16 needs mode 'fast' (the {mode} protocol runs in float32)")
-        self.every_kimg = every_kimg
         self.num_gen = num_gen
         self.kid = kid
-        self.at_start = at_start
-        self.at_end = at_end
         self.data_path = data_path
         self.mirror = mirror
         self.inception = inception
@@ -158,9 +149,6 @@ class FIDCallback(L.Callback):
         self.fid_name = metric_name("fid", num_gen, mode)
         self.kid_name = metric_name("kid", num_gen, mode)
         self.history: list[dict[str, Any]] = []
-        self._schedule = KimgSchedule(every_kimg)
-        self._last_nimg: int | None = None
-        self._out: Path | None = None
         self._evaluator: Evaluator | None = None
         self._reference: GaussianStats | None = None
         self._labels: Any = None
@@ -177,7 +165,8 @@ class FIDCallback(L.Callback):
     def _dataset(self, trainer: L.Trainer, module: Any) -> Any:
         return reference_dataset(trainer, module, self.data_path, self.mirror, "FIDCallback")
 
-    def _setup(self, trainer: L.Trainer, module: Any) -> None:
+    def prepare(self, trainer: L.Trainer, module: Any) -> None:
+        """The Inception file and the reference statistics (on every rank)."""
         from rootedgan.metrics.features import DatasetImages
 
         if self._evaluator is None:
@@ -200,28 +189,25 @@ class FIDCallback(L.Callback):
     # -- evaluation --------------------------------------------------------------------------------
 
     def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
-        """Compute the metrics of ``module.G_ema`` now (every rank must call); returns ``{name: value}``."""
+        """Compute the metrics of ``module.G_ema`` now (every rank must call); ``{"metrics/<name>": value}``,
+        each also appended to ``metric-<name>.jsonl`` in the run folder."""
         start = time.time()
-        device = module.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            self._setup(trainer, module)
-            assert self._evaluator is not None and self._reference is not None
-            G = module.G_ema
-            gen = self._evaluator.generator_stats(
-                G,
-                self.num_gen,
-                keep_features=self.kid,
-                seed=self.seed,
-                labels=self._labels,
-                truncation_psi=self.truncation_psi,
-                noise_mode=self.noise_mode,
-            )
-            results = {self.fid_name: self._evaluator.fid(self._reference, gen)}
-            if self.kid:
-                results[self.kid_name] = self._evaluator.kid(self._reference, gen, seed=self.seed)
-        self._last_nimg = int(module.cur_nimg)
+        self.prepare(trainer, module)
+        assert self._evaluator is not None and self._reference is not None
+        gen = self._evaluator.generator_stats(
+            module.G_ema,
+            self.num_gen,
+            keep_features=self.kid,
+            seed=self.seed,
+            labels=self._labels,
+            truncation_psi=self.truncation_psi,
+            noise_mode=self.noise_mode,
+        )
+        results = {self.fid_name: self._evaluator.fid(self._reference, gen)}
+        if self.kid:
+            results[self.kid_name] = self._evaluator.kid(self._reference, gen, seed=self.seed)
         self._record(trainer, module, results, time.time() - start)
-        return results
+        return {f"metrics/{name}": value for name, value in results.items()}
 
     def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
         from rootedgan.callbacks import snapshot_path
@@ -251,45 +237,3 @@ class FIDCallback(L.Callback):
                 out.mkdir(parents=True, exist_ok=True)
                 with open(out / f"metric-{name}.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-
-    def _log_direct(self, trainer: L.Trainer, results: dict[str, float]) -> None:
-        """Write to the loggers now (Lightning would pass in-loop values on only every
-        ``log_every_n_steps``-th step, and ``LightningModule.log`` is not allowed outside the loop)."""
-        if trainer.is_global_zero:
-            # the step Lightning's own logging uses (batches), so the curves line up
-            step = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
-            step = trainer.global_step if step is None else int(step)
-            for logger in trainer.loggers:
-                logger.log_metrics({f"metrics/{k}": v for k, v in results.items()}, step=step)
-
-    # -- hooks -------------------------------------------------------------------------------------
-
-    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
-        from rootedgan.callbacks import run_dir
-
-        self._out = run_dir(trainer)  # a collective under DDP: resolved on every rank
-        nimg = int(module.cur_nimg)
-        self._schedule.start(nimg / 1000)
-        # Everything an evaluation needs (the Inception file, the reference statistics) is checked now,
-        # also on resume and without at_start: a missing file must not end a run hours in.
-        with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
-            self._setup(trainer, module)
-        if nimg > 0:
-            self._last_nimg = nimg  # a resumed run: this point was evaluated (or passed) before
-        if self.at_start and nimg == 0:
-            self._log_direct(trainer, self.evaluate(trainer, module))
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
-        if not self._schedule.due(float(module.cur_nimg) / 1000):
-            return
-        results = self.evaluate(trainer, module)
-        self._log_direct(trainer, results)
-        for name, value in results.items():  # for callback_metrics (ModelCheckpoint): same on every rank
-            value64 = torch.tensor(value, dtype=torch.float64)
-            module.log(
-                f"metrics/{name}", value64, on_step=True, on_epoch=False, sync_dist=False, logger=False
-            )
-
-    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        if self.at_end and self._last_nimg != int(module.cur_nimg):
-            self._log_direct(trainer, self.evaluate(trainer, module))

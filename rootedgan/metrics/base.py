@@ -1,0 +1,117 @@
+"""The skeleton every metric callback shares: evaluate ``G_ema`` at the start, every ``every_kimg`` thousand
+images and at the end, and write the values to the loggers at the step Lightning's own logging uses.
+
+Subclasses implement :meth:`KimgMetricCallback.prepare` (load what an evaluation needs; called at the start
+of training, so a missing file fails then and not hours in) and :meth:`KimgMetricCallback.evaluate` (compute,
+record, return ``{logged key: value}``); :meth:`on_step` and :meth:`on_finish` are optional hooks.
+Only public Lightning API is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from rootedgan.callbacks import KimgSchedule, run_dir
+
+
+class KimgMetricCallback(L.Callback):
+    """Evaluate on a kimg schedule (see module docstring).
+
+    Args:
+        every_kimg: interval in thousands of real images (0: only at the start and the end).
+        at_start: evaluate the starting network before the first step (fresh runs only).
+        at_end: evaluate when training ends (unless that point was just evaluated).
+    """
+
+    def __init__(self, every_kimg: float, at_start: bool = True, at_end: bool = True) -> None:
+        super().__init__()
+        if every_kimg < 0:
+            raise ValueError(f"{type(self).__name__}: every_kimg must be >= 0, got {every_kimg}")
+        self.every_kimg = every_kimg
+        self.at_start = at_start
+        self.at_end = at_end
+        self._schedule = KimgSchedule(every_kimg)
+        self._last_nimg: int | None = None
+        self._out: Path | None = None
+        self._in_batch_end = False
+
+    # -- for subclasses ------------------------------------------------------------------------------
+
+    def prepare(self, trainer: L.Trainer, module: Any) -> None:
+        """Load and check what an evaluation needs (every rank; random state is preserved)."""
+
+    def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
+        """Compute the metrics of ``module.G_ema`` now (every rank calls); ``{logged key: value}``."""
+        raise NotImplementedError
+
+    def on_step(self, trainer: L.Trainer, module: Any, kimg: float) -> None:
+        """Called after every training batch, before a due evaluation."""
+
+    def on_finish(self, trainer: L.Trainer, module: Any) -> None:
+        """Called at the end of training, after the final evaluation."""
+
+    # -- shared --------------------------------------------------------------------------------------
+
+    @property
+    def out_dir(self) -> Path:
+        """The run folder (``version_N``), known from the start of training."""
+        return self._out if self._out is not None else Path(".")
+
+    def logger_step(self, module: Any) -> int:
+        """The step Lightning writes this batch's logged values under (batches trained before it), so that
+        metric curves line up with the losses; from the module's own step counter."""
+        step = int(module.step_idx)
+        return step - 1 if self._in_batch_end else step
+
+    def log_to_loggers(self, trainer: L.Trainer, module: Any, values: dict[str, float]) -> None:
+        """Write ``values`` to every logger now (rank 0): ``LightningModule.log`` is not allowed outside the
+        loop, and in the loop it would reach the loggers only on every ``log_every_n_steps``-th step."""
+        if trainer.is_global_zero and values:
+            step = self.logger_step(module)
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=step)
+
+    def _fork_rng(self, module: Any) -> Any:
+        return torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else [])
+
+    def _evaluate_and_log(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
+        with self._fork_rng(module):  # an evaluation must not change the training's random stream
+            values = self.evaluate(trainer, module)
+        self._last_nimg = int(module.cur_nimg)
+        self.log_to_loggers(trainer, module, values)
+        return values
+
+    # -- Lightning hooks -----------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        self._out = run_dir(trainer)  # a collective under DDP: resolved on every rank
+        nimg = int(module.cur_nimg)
+        self._schedule.start(nimg / 1000)
+        with self._fork_rng(module):
+            self.prepare(trainer, module)
+        if nimg > 0:
+            self._last_nimg = nimg  # a resumed run: this point was evaluated (or passed) before
+        if self.at_start and nimg == 0:
+            self._evaluate_and_log(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        kimg = float(module.cur_nimg) / 1000
+        self._in_batch_end = True
+        try:
+            self.on_step(trainer, module, kimg)
+            if self._schedule.due(kimg):
+                values = self._evaluate_and_log(trainer, module)
+                for key, value in values.items():  # callback_metrics (ModelCheckpoint): same on every rank
+                    value64 = torch.tensor(value, dtype=torch.float64)
+                    module.log(key, value64, on_step=True, on_epoch=False, sync_dist=False, logger=False)
+        finally:
+            self._in_batch_end = False
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.at_end and self._last_nimg != int(module.cur_nimg):
+            self._evaluate_and_log(trainer, module)
+        self.on_finish(trainer, module)
