@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "ImageDataModule", "ImageDataset", "uint8_to_float"]
@@ -828,9 +829,7 @@ class ImageDataModule(L.LightningDataModule):
             )
         # Endless and resumable: a finetune is measured in images (kimg), not epochs. The start
         # position comes from the model's image counter, restored before the loader is built.
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        rank, world = rank_world()
         consumed = int(getattr(self._model(), "cur_nimg", 0)) // world
         sampler = ResumableShuffleSampler(n, seed=self.seed, rank=rank, world=world, start=consumed)
         return torch.utils.data.DataLoader(

@@ -39,6 +39,7 @@ from torch import nn
 
 from rootedgan.augment import build_augment
 from rootedgan.checkpoints.adapter import base_reference, save_adapter
+from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
 from rootedgan.losses import (
     DEFAULT_MAX_GRAD,
@@ -54,13 +55,6 @@ from rootedgan.randomness import SeededRandomness, StepRandomness
 
 class NonFiniteTrainingError(UserError, RuntimeError):
     """Training produced non-finite losses or gradients for too many consecutive steps."""
-
-
-def dist_world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def d_layers_from_input(D: nn.Module) -> list[nn.Module]:
@@ -439,7 +433,7 @@ class FinetuneModule(L.LightningModule):
     @staticmethod
     def _rank_mean(value: torch.Tensor) -> torch.Tensor:
         """Mean of ``value`` over all ranks (itself when not distributed)."""
-        _, world = dist_world()
+        _, world = rank_world()
         if world == 1:
             return value
         value = value.clone()
@@ -458,7 +452,7 @@ class FinetuneModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         loss_bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        _, world = dist_world()
+        _, world = rank_world()
         if world > 1:  # same gradients, and so the same decision, on every rank
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             flat = torch.cat([g.flatten() for g in grads] + [loss_bad])
@@ -584,7 +578,7 @@ class FinetuneModule(L.LightningModule):
         self._opt_g, self._opt_d = self.optimizers()
         real, self._real_c = self._real_batch(batch)
         batch_size = real.shape[0]
-        _, world = dist_world()
+        _, world = rank_world()
         step, nimg = self._counters()
         logs: dict[str, Any] = {}  # tensors, not floats: reading each one back would stall the GPU
         ok = True
@@ -639,7 +633,7 @@ class FinetuneModule(L.LightningModule):
         self.last_step_logs = logs  # tensors; the progress display reads a few of them now and then
         now = time.perf_counter()
         if self._last_step_time is not None:
-            logs["Timing/img_per_s"] = batch_size * dist_world()[1] / max(now - self._last_step_time, 1e-9)
+            logs["Timing/img_per_s"] = batch_size * rank_world()[1] / max(now - self._last_step_time, 1e-9)
         self._last_step_time = now
         step, nimg = self._counters()
         every = self.trainer.log_every_n_steps if self._trainer is not None else 1
@@ -697,7 +691,7 @@ class FinetuneModule(L.LightningModule):
             self.logger.log_hyperparams({"optimizer/G": describe(opt_g), "optimizer/D": describe(opt_d)})
         # trainer.log_dir is a collective under DDP: resolve it on every rank now, not on rank 0 later.
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        rank, _ = dist_world()
+        rank, _ = rank_world()
         if isinstance(self.randomness, SeededRandomness):
             self.randomness.rank = rank
         self._host_counters = None
@@ -721,7 +715,7 @@ class FinetuneModule(L.LightningModule):
     def check_ddp_consistency(self) -> list[float] | None:
         """Under several ranks, compare a checksum of all weights and buffers across ranks; rank 0
         writes ``ddp_consistency.json`` in the run dir. Raises if the ranks have diverged."""
-        rank, world = dist_world()
+        rank, world = rank_world()
         if world == 1:
             return None
         tensors = [

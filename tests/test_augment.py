@@ -50,9 +50,9 @@ from rootedgan.augment import (
     scale2d,
     translate2d,
 )
-from rootedgan.callbacks import NetworkSnapshot
 from rootedgan.checkpoints import load_network
 from rootedgan.errors import UserError
+from rootedgan.run_folder import NetworkSnapshot
 
 LN2 = math.log(2)
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rootedgan.checkpoints import _build, convert_network, detect_format, load_network, save_network
+from rootedgan.checkpoints import convert_network, detect_format, load_network, records, save_network
 from rootedgan.checkpoints import native as native_mod
 from rootedgan.checkpoints.nvidia import read_nvidia_pickle
 from rootedgan.errors import CheckpointError
@@ -75,7 +75,7 @@ def test_file_layout(tmp_path):
     """Tensor names and string metadata as documented (checked with safetensors directly)."""
     from safetensors import safe_open
 
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"a.weight": torch.ones(2, 2)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"a.weight": torch.ones(2, 2)})
     path = native_mod.save_records(tmp_path / "x.safetensors", {"G_ema": rec}, {"kimg": 1})
     with safe_open(str(path), framework="pt") as f:
         md = f.metadata()
@@ -107,7 +107,7 @@ def test_generator_required(tmp_path):
 
 
 def _existing_checkpoint(tmp_path: Path) -> tuple[Path, bytes]:
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
     path = native_mod.save_records(tmp_path / "ckpt.safetensors", {"G": rec}, {"v": 1})
     return path, path.read_bytes()
 
@@ -120,7 +120,7 @@ def test_atomic_write_failure_mid_write(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(native_mod, "write_chunks", write_half_then_fail)
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.ones(1000)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.ones(1000)})
     with pytest.raises(CheckpointError, match="No space left on device") as info:
         native_mod.save_records(path, {"G": rec}, {"v": 2})
     assert str(path) in str(info.value)
@@ -134,8 +134,8 @@ def test_atomic_write_failure_at_rename(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(_build.os, "replace", failing_replace)
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.ones(3)})
+    monkeypatch.setattr(records.os, "replace", failing_replace)
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.ones(3)})
     with pytest.raises(CheckpointError):
         native_mod.save_records(path, {"G": rec}, {"v": 2})
     monkeypatch.undo()
@@ -151,7 +151,7 @@ def test_interrupt_leaves_no_temp_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(native_mod, "write_chunks", interrupted)
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.ones(3)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.ones(3)})
     with pytest.raises(KeyboardInterrupt):
         native_mod.save_records(path, {"G": rec})
     assert path.read_bytes() == before
@@ -159,7 +159,7 @@ def test_interrupt_leaves_no_temp_file(tmp_path, monkeypatch):
 
 
 def test_unwritable_destination(tmp_path):
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     with pytest.raises(CheckpointError, match="cannot write") as info:
@@ -169,7 +169,7 @@ def test_unwritable_destination(tmp_path):
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
 def test_read_only_folder(tmp_path):
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
@@ -181,7 +181,7 @@ def test_read_only_folder(tmp_path):
 
 
 def test_creates_missing_parent_folders(tmp_path):
-    rec = _build.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
+    rec = records.NetworkRecord("Generator", {"z_dim": 4}, {"w": torch.zeros(3)})
     path = native_mod.save_records(tmp_path / "a" / "b" / "out.safetensors", {"G": rec})
     assert path.is_file()
 

@@ -34,9 +34,9 @@ from rootedgan.compare import (
     spikes,
 )
 from rootedgan.compare import runner as runner_mod
+from rootedgan.compare.bootstrap import bootstrap_means
 from rootedgan.compare.pairing import _RecordingRandomness
 from rootedgan.compare.runner import RunResult, base_learning_rates, parse_lrs
-from rootedgan.compare.stats import bootstrap_means
 from rootedgan.errors import UserError
 from rootedgan.randomness import SeededRandomness
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from rootedgan.callbacks import NetworkSnapshot
 from rootedgan.checkpoints import load_network
 from rootedgan.checkpoints.adapter import base_reference, save_adapter
 from rootedgan.cli import main as cli_main
@@ -34,6 +33,7 @@ from rootedgan.orthogonal import (
     rotations,
     skew_from_triu,
 )
+from rootedgan.run_folder import NetworkSnapshot
 
 REPO = Path(__file__).resolve().parents[1]
 

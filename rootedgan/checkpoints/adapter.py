@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from rootedgan.checkpoints._build import atomic_write, jsonable, write_chunks
 from rootedgan.checkpoints.native import FORMAT_TAG, FORMAT_VERSION
+from rootedgan.checkpoints.records import atomic_write, jsonable, write_chunks
 from rootedgan.checkpoints.sources import detect_format, resolve_source
 from rootedgan.errors import CheckpointError
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from rootedgan.checkpoints import adapter
-from rootedgan.checkpoints._build import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
 from rootedgan.checkpoints.native import save_records
+from rootedgan.checkpoints.records import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
 from rootedgan.checkpoints.sources import detect_format, resolve_source
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError, UserError
 from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal, merge_

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rootedgan.checkpoints._build import (
+from rootedgan.checkpoints.records import (
     DISCRIMINATOR,
     GENERATOR,
     NETWORK_NAMES,

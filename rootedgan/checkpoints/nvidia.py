@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rootedgan.checkpoints._build import (
+from rootedgan.checkpoints.records import (
     DISCRIMINATOR,
     GENERATOR,
     NETWORK_NAMES,

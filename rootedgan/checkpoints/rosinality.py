@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rootedgan.checkpoints._build import (
+from rootedgan.checkpoints.records import (
     DISCRIMINATOR,
     GENERATOR,
     NetworkRecord,
@@ -42,7 +42,7 @@ FORMAT = "rosinality-pt"
 NVIDIA_CHANNEL_BASE = 32768
 _ROSINALITY_NETS = {"g": "G", "d": "D", "g_ema": "G_ema"}
 _MBSTD = {"mbstd_group_size": 4, "mbstd_num_channels": 1}
-_W_AVG_SAMPLES = 10000  # as in _build.estimate_w_avg
+_W_AVG_SAMPLES = 10000  # as in records.estimate_w_avg
 
 
 def _first_line(err: BaseException) -> str:

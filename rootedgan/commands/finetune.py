@@ -23,10 +23,10 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from rootedgan.callbacks import NetworkSnapshot
 from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir
 from rootedgan.progress import TrainingProgress
+from rootedgan.run_folder import NetworkSnapshot
 
 RUN_VERSION_ENV = "ROOTEDGAN_RUN_VERSION"
 DESCRIPTION = (

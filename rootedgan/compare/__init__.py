@@ -3,8 +3,8 @@
 * :mod:`rootedgan.compare.runner`: one ``rootedgan finetune`` subprocess per (loss, lr, seed), ``jobs`` at
   a time, finished runs skipped (:func:`plan_runs`, :func:`run_all`);
 * :mod:`rootedgan.compare.curves`: a run's logged curves against kimg (:func:`collect_run`);
-* :mod:`rootedgan.compare.stats`: mean/std, bootstrap CIs, sign-flip tests, areas, spikes (:func:`summarize`,
-  :func:`bootstrap_ci`, :func:`paired_difference`);
+* :mod:`rootedgan.compare.bootstrap`: mean/std, bootstrap CIs, sign-flip tests, areas, spikes
+  (:func:`summarize`, :func:`bootstrap_ci`, :func:`paired_difference`);
 * :mod:`rootedgan.compare.analysis`: per-run summaries, per-arm statistics, paired differences, the lr choice;
 * :mod:`rootedgan.compare.pairing`: the paired design, recorded per run and checked across arms;
 * :mod:`rootedgan.compare.report`: ``compare.png`` / ``forest.png`` / ``compare.md`` / ``compare.json``
@@ -12,6 +12,19 @@
 """
 
 from rootedgan.compare.analysis import arm_statistics, paired_statistics, run_summary, select_learning_rates
+from rootedgan.compare.bootstrap import (
+    Band,
+    auc,
+    band,
+    bootstrap_ci,
+    ci_band,
+    crossing_kimg,
+    mean_std,
+    paired_difference,
+    sign_flip_p,
+    spikes,
+    summarize,
+)
 from rootedgan.compare.curves import Curve, collect_run, read_metric_jsonl, read_metrics_csv
 from rootedgan.compare.pairing import PairingRecorder, check_pairing
 from rootedgan.compare.report import (
@@ -25,19 +38,6 @@ from rootedgan.compare.report import (
     write_report,
 )
 from rootedgan.compare.runner import RunResult, RunSpec, parse_losses, parse_lrs, plan_runs, run_all
-from rootedgan.compare.stats import (
-    Band,
-    auc,
-    band,
-    bootstrap_ci,
-    ci_band,
-    crossing_kimg,
-    mean_std,
-    paired_difference,
-    sign_flip_p,
-    spikes,
-    summarize,
-)
 
 __all__ = [
     "Band",

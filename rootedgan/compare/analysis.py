@@ -12,7 +12,7 @@ seed. Per run (:func:`run_summary`), of the quality metric's curve against kimg:
 and of the training losses ``Loss/G/loss``, ``Loss/D/loss``:
 
 * ``spikes``: logged steps at which G's or D's loss exceeds ``spike_factor`` (10) times its running
-  median (:func:`rootedgan.compare.stats.spikes`; measured above the loss's lower bound, so rooted's
+  median (:func:`rootedgan.compare.bootstrap.spikes`; measured above the loss's lower bound, so rooted's
   constant ``k`` does not hide them);
 * ``nonfinite``: ``phases``, the logged G, D, R1 and path-length losses that were not finite (each such
   phase was skipped by the training step), and ``frac``, the run's last ``Progress/nonfinite_frac``: the
@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from rootedgan.compare.curves import Curve
-from rootedgan.compare.stats import (
+from rootedgan.compare.bootstrap import (
     BOOTSTRAP_SEED,
     CONFIDENCE,
     N_RESAMPLES,
@@ -46,6 +45,7 @@ from rootedgan.compare.stats import (
     paired_difference,
     spikes,
 )
+from rootedgan.compare.curves import Curve
 
 G_LOSS, D_LOSS = "Loss/G/loss", "Loss/D/loss"
 PHASE_LOSSES = (G_LOSS, D_LOSS, "Loss/r1_penalty", "Loss/pl_penalty")
@@ -206,7 +206,7 @@ def paired_statistics(
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Any]:
-    """Paired differences ``arm - baseline`` per seed (:func:`rootedgan.compare.stats.paired_difference`)
+    """Paired differences ``arm - baseline`` per seed (:func:`rootedgan.compare.bootstrap.paired_difference`)
     of every :data:`VALUE_KEYS` value, of the censored kimg to each target (fewer kimg is better) and of
     the spike count (fewer is better)."""
 

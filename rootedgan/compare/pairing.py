@@ -145,7 +145,7 @@ class PairingRecorder(L.Callback):
             "evaluation": evaluation,
         }
         if trainer.is_global_zero:
-            from rootedgan.callbacks import run_dir
+            from rootedgan.run_folder import run_dir
 
             out = run_dir(trainer)
             out.mkdir(parents=True, exist_ok=True)

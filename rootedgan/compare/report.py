@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rootedgan.compare import analysis
+from rootedgan.compare.bootstrap import band, ci_band, summarize
 from rootedgan.compare.curves import Curve
-from rootedgan.compare.stats import band, ci_band, summarize
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 
@@ -424,7 +424,7 @@ def render_study_markdown(
 def _wall(wall_s: Mapping[str, Sequence[float]] | None, arm: str) -> dict[str, Any] | None:
     if not wall_s or not wall_s.get(arm):
         return None
-    from rootedgan.compare.stats import mean_std
+    from rootedgan.compare.bootstrap import mean_std
 
     return mean_std(list(wall_s[arm]))
 
@@ -564,7 +564,7 @@ def write_report(
     per run, :func:`write_runs_csv`) into ``out_dir``; returns the JSON record.
 
     ``compare.json`` holds ``context`` (commands, versions, ...), the curve summary (mean ± std,
-    :func:`rootedgan.compare.stats.summarize`), the analysis (:func:`analyze`: per-run summaries, per-arm
+    :func:`rootedgan.compare.bootstrap.summarize`), the analysis (:func:`analyze`: per-run summaries, per-arm
     CIs, paired differences), the pairing check, and per run the curves of the metric and of
     ``Loss/G/loss`` / ``Loss/D/loss``.
     """

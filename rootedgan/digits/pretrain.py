@@ -78,10 +78,10 @@ def pretrain(
     """
     import lightning as L
 
-    from rootedgan.callbacks import NetworkSnapshot
     from rootedgan.checkpoints import save_network
     from rootedgan.data import ImageDataModule
     from rootedgan.module import FinetuneModule
+    from rootedgan.run_folder import NetworkSnapshot
 
     L.seed_everything(seed, verbose=False)
     module = FinetuneModule(

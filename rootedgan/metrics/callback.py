@@ -38,12 +38,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from rootedgan.distributed import rank_world
 from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.metrics.evaluator import (
     DEFAULT_MODE,
     Evaluator,
     check_mode,
-    dist_rank_world,
     format_time,
     metric_name,
 )
@@ -210,9 +210,9 @@ class FIDCallback(KimgMetricCallback):
         return {f"metrics/{name}": value for name, value in results.items()}
 
     def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
-        from rootedgan.callbacks import snapshot_path
+        from rootedgan.run_folder import snapshot_path
 
-        _, world = dist_rank_world()
+        _, world = rank_world()
         assert self._evaluator is not None
         protocol = self._evaluator.record_fields()
         kimg = float(module.cur_nimg) / 1000

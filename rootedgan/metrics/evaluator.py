@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
 from rootedgan.metrics import cache
 from rootedgan.metrics.features import DEFAULT_MODE, MODES, FeatureExtractor, ImageSource, Mode
@@ -64,7 +65,6 @@ __all__ = [
     "PROTOCOLS",
     "Evaluator",
     "MetricSpec",
-    "dist_rank_world",
     "format_time",
     "metric_mode",
     "metric_name",
@@ -152,16 +152,9 @@ def format_time(seconds: float) -> str:
     return f"{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s"
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of ``torch.distributed``; ``(0, 1)`` when it is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (itself in a single process)."""
-    _, world = dist_rank_world()
+    _, world = rank_world()
     if world == 1:
         return obj
     box = [obj]
@@ -231,7 +224,7 @@ class Evaluator:
             self._extractor = FeatureExtractor(
                 net, self.mode, self.batch_size, self.num_workers, self.progress
             )
-            if self.announce and dist_rank_world()[0] == 0:
+            if self.announce and rank_world()[0] == 0:
                 print(f"FID protocol: {self.mode} ({PROTOCOLS[self.mode]})", flush=True)
                 print(f"Inception: {net.describe()}", flush=True)
         return self._extractor
@@ -309,7 +302,7 @@ class Evaluator:
             if named is not None:
                 meta = {"mode": named}
         note = self.check_stats_meta(meta, f"statistics file {p}")
-        if note and self.announce and dist_rank_world()[0] == 0:
+        if note and self.announce and rank_world()[0] == 0:
             print(note, flush=True)
         if need_features and stats.features is None:
             raise UserError(f"KID needs features, but {p} holds only mu/sigma")
@@ -332,7 +325,7 @@ class Evaluator:
     ) -> GaussianStats:
         """Statistics of (the first ``max_images`` of) an image set, computed by all ranks together."""
         _check_count(source, max_images)
-        rank, world = dist_rank_world()
+        rank, world = rank_world()
         stats = self._new_stats(keep_features)
         self.extractor.images_stats(source, stats, rank=rank, world=world, desc=desc, max_images=max_images)
         return stats.compute()
@@ -340,7 +333,7 @@ class Evaluator:
     def reference_stats(self, source: ImageSource, keep_features: bool = False) -> GaussianStats:
         """Statistics of a reference set, from the on-disk cache when there (then written to it)."""
         _check_count(source, None)
-        rank, _ = dist_rank_world()
+        rank, _ = rank_world()
         key = meta = None
         cached = None
         if self.use_cache and rank == 0:
@@ -371,7 +364,7 @@ class Evaluator:
         latents: torch.Tensor | None = None,
     ) -> GaussianStats:
         """Statistics of ``num_gen`` images of ``G`` (each rank generates its share; see features.py)."""
-        rank, world = dist_rank_world()
+        rank, world = rank_world()
         stats = self._new_stats(keep_features)
         self.extractor.generator_stats(
             G,
@@ -391,7 +384,7 @@ class Evaluator:
 
     def fid(self, a: GaussianStats, b: GaussianStats) -> float:
         """FID between two statistics (computed on rank 0, the same value returned on every rank)."""
-        rank, _ = dist_rank_world()
+        rank, _ = rank_world()
         value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma, device=self.device) if rank == 0 else None
         return float(_broadcast(value))
 
@@ -406,7 +399,7 @@ class Evaluator:
         """KID with clean-fid's subset procedure, ``kernel_distance(reference, other)`` (rank 0, shared)."""
         if reference.features is None or other.features is None:
             raise ValueError("KID needs the features of both sets (keep_features=True)")
-        rank, _ = dist_rank_world()
+        rank, _ = rank_world()
         value = None
         if rank == 0:
             value = kernel_inception_distance(

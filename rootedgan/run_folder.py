@@ -1,4 +1,6 @@
-"""Lightning callbacks of a finetune run: snapshots, sample grids and resume checkpoints every ``snap_kimg``.
+"""The run folder of a finetune: where it is (:func:`run_dir`), its kimg schedule (:class:`KimgSchedule`),
+snapshot names (:func:`snapshot_tag`, :func:`snapshot_path`) and the callback that writes them
+(:class:`NetworkSnapshot`): snapshots, sample grids and resume checkpoints every ``snap_kimg``.
 
 Every ``snap_kimg`` thousand images (and at the end):
 
