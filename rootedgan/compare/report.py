@@ -83,6 +83,20 @@ def _seconds(stats: Mapping[str, Any] | None) -> str:
     return f"{text} {unit}"
 
 
+def _setup_lines(context: dict[str, Any]) -> list[str]:
+    """The report's "Setup: config ...; N kimg per run; seeds ...; overrides ..." line (none if empty)."""
+    setup = []
+    if context.get("config"):
+        setup.append(f"config `{context['config']}`")
+    if context.get("kimg") is not None:
+        setup.append(f"{context['kimg']:g} kimg per run")
+    if context.get("seeds") is not None:
+        setup.append(f"seeds {', '.join(str(s) for s in context['seeds'])}")
+    if context.get("extra"):
+        setup.append("overrides `" + " ".join(context["extra"]) + "`")
+    return ["Setup: " + "; ".join(setup) + ".", ""] if setup else []
+
+
 def render_markdown(
     summary: Mapping[str, Any],
     metric: str,
@@ -96,17 +110,7 @@ def render_markdown(
     reach = "<=" if summary["lower_is_better"] else ">="
     thr = summary["threshold"]
     lines = [f"### Loss comparison: `{metric}` ({better})", ""]
-    setup = []
-    if context.get("config"):
-        setup.append(f"config `{context['config']}`")
-    if context.get("kimg") is not None:
-        setup.append(f"{context['kimg']:g} kimg per run")
-    if context.get("seeds") is not None:
-        setup.append(f"seeds {', '.join(str(s) for s in context['seeds'])}")
-    if context.get("extra"):
-        setup.append("overrides `" + " ".join(context["extra"]) + "`")
-    if setup:
-        lines += ["Setup: " + "; ".join(setup) + ".", ""]
+    lines += _setup_lines(context)
     if figure:
         lines += [f"![{metric} against kimg per loss]({figure})", ""]
     lines += [
@@ -319,17 +323,7 @@ def render_study_markdown(
     metric, primary, baseline = result["metric"], result["primary"], result["baseline"]
     better = "lower is better" if result["lower_is_better"] else "higher is better"
     lines = [f"### `{metric}` ({better}) per arm, and paired differences vs `{baseline}`", ""]
-    setup = []
-    if context.get("config"):
-        setup.append(f"config `{context['config']}`")
-    if context.get("kimg") is not None:
-        setup.append(f"{context['kimg']:g} kimg per run")
-    if context.get("seeds") is not None:
-        setup.append(f"seeds {', '.join(str(s) for s in context['seeds'])}")
-    if context.get("extra"):
-        setup.append("overrides `" + " ".join(context["extra"]) + "`")
-    if setup:
-        lines += ["Setup: " + "; ".join(setup) + ".", ""]
+    lines += _setup_lines(context)
     if figure:
         lines += [f"![{metric} against kimg per arm, mean and 95 % CI]({figure})", ""]
     targets = [analysis.target_key(t) for t in result["targets"]]
