@@ -22,7 +22,7 @@ from rootedgan.checkpoints.native import save_records
 from rootedgan.checkpoints.records import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
 from rootedgan.checkpoints.sources import detect_format, resolve_source
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError, UserError
-from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal, merge_
+from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal, merge, merge_
 
 
 def read_records(path: str | os.PathLike[str]) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
@@ -269,16 +269,8 @@ def output_format(dst: str | os.PathLike[str], fmt: str | None = None) -> str:
 
 
 def _merge_adapters(module: torch.nn.Module) -> torch.nn.Module:
-    """Fold orthogonal-finetuning adapters into plain weights (via rootedgan.orthogonal, when present)."""
-    try:
-        from rootedgan import orthogonal
-    except ImportError as err:
-        raise CheckpointError("--merge needs rootedgan.orthogonal, which is not available") from err
-    merge = getattr(orthogonal, "merge", None) or getattr(orthogonal, "merge_orthogonal", None)
-    if merge is None:
-        raise CheckpointError("--merge: rootedgan.orthogonal offers no merge function")
-    merged = merge(module)
-    return module if merged is None else merged
+    """Fold orthogonal-finetuning rotations into plain weights (a copy; ``module`` unchanged)."""
+    return merge(module)
 
 
 def convert_network(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
+from rootedgan import networks
 from rootedgan.errors import CheckpointError
 from rootedgan.fileio import atomic_open
 
@@ -136,11 +137,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def network_class(kind: str) -> type[torch.nn.Module]:
-    """Our ``Generator`` or ``Discriminator`` class (imported lazily: readers work without it)."""
-    try:
-        from rootedgan import networks
-    except ImportError as err:  # pragma: no cover - only while the package is incomplete
-        raise CheckpointError(f"cannot build networks: rootedgan.networks is not importable ({err})") from err
+    """Our ``Generator`` or ``Discriminator`` class."""
     if kind == GENERATOR:
         return networks.Generator
     if kind == DISCRIMINATOR:
