@@ -128,6 +128,70 @@ def _is_image_name(rel_name: str) -> bool:
     return os.path.splitext(rel_name)[1].lower() in IMAGE_EXTENSIONS and not _is_hidden(rel_name)
 
 
+def is_image_name(rel_name: str) -> bool:
+    """Whether a relative name (``a/b.png``) is an image file rootedgan reads: a known extension, not hidden
+    (no part starting with ``.``) and not macOS resource-fork litter (``__MACOSX/``)."""
+    return _is_image_name(rel_name)
+
+
+def list_files(
+    path: str, error: type[UserError] = UserError, what: str = "image path"
+) -> tuple[bool, list[str]]:
+    """``(is_zip, names)`` of a folder (searched recursively, hidden folders skipped) or a zip file
+    (detected by content): every file's name relative to it with ``/`` separators, sorted. Anything else
+    (a missing path, a FIFO or device, another file, an unreadable zip) raises ``error`` in one line."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{what} {path} does not exist")
+    if not p.is_dir() and not p.is_file():
+        raise error(f"{what} {path} is not a folder or a regular file (a FIFO or device?)")
+    if p.is_dir():
+        names = []
+        for dirpath, dirnames, filenames in os.walk(p):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            names += [os.path.relpath(os.path.join(dirpath, f), p).replace(os.sep, "/") for f in filenames]
+        return False, sorted(names)
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                return True, sorted(i.filename for i in zf.infolist() if not i.is_dir())
+        except (zipfile.BadZipFile, OSError) as err:
+            raise error(f"cannot read zip file {path}: {err}") from None
+    raise error(f"{what} {path} is neither a folder nor a zip file")
+
+
+class ZipHandle:
+    """A per-process handle on the zip file ``self.path`` (for classes with ``path`` and ``is_zip``): a handle
+    inherited through fork shares its file offset with the parent, so each DataLoader worker opens its own;
+    the handle is never pickled."""
+
+    path: str
+    is_zip: bool
+    _zip: zipfile.ZipFile | None = None
+    _zip_pid: int | None = None
+
+    def _get_zip(self) -> zipfile.ZipFile | None:
+        if not self.is_zip:
+            return None
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def close(self) -> None:
+        """Close the zip handle of this process (it is reopened on the next access)."""
+        if self._zip is not None and self._zip_pid == os.getpid():
+            self._zip.close()
+        self._zip = None
+        self._zip_pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_zip"] = None
+        state["_zip_pid"] = None
+        return state
+
+
 def _shorten(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_NAMES_SHOWN])
     return shown + (f", ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
@@ -237,7 +301,7 @@ def _fit_square(img: Image.Image, resolution: int) -> Image.Image:
     return img
 
 
-class ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(ZipHandle, torch.utils.data.Dataset):
     """Images from a folder or zip as ``(img uint8 [C, R, R], label float32 [c_dim])``.
 
     Args:
@@ -292,26 +356,8 @@ class ImageDataset(torch.utils.data.Dataset):
             )
         self.max_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.skipped: list[str] = []
-        self._zip: zipfile.ZipFile | None = None
-        self._zip_pid: int | None = None
 
-        p = Path(self.path)
-        if not p.exists():
-            raise DatasetError(f"data path {self.path} does not exist")
-        if not p.is_dir() and not p.is_file():
-            raise DatasetError(f"data path {self.path} is not a folder or a regular file (a FIFO or device?)")
-        if p.is_dir():
-            self.is_zip = False
-            all_names = self._list_folder(p)
-        elif zipfile.is_zipfile(p):
-            self.is_zip = True
-            try:
-                with zipfile.ZipFile(p) as zf:
-                    all_names = sorted(i.filename for i in zf.infolist() if not i.is_dir())
-            except (zipfile.BadZipFile, OSError) as err:
-                raise DatasetError(f"cannot read zip file {self.path}: {err}") from None
-        else:
-            raise DatasetError(f"data path {self.path} is neither a folder nor a zip file")
+        self.is_zip, all_names = list_files(self.path, DatasetError, "data path")
 
         names = sorted(n for n in all_names if _is_image_name(n))
         if not names:
@@ -374,37 +420,6 @@ class ImageDataset(torch.utils.data.Dataset):
     # ----------------------------------------------------------------------------------------------
     # File access
 
-    @staticmethod
-    def _list_folder(root: Path) -> list[str]:
-        names = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fname in filenames:
-                rel = os.path.relpath(os.path.join(dirpath, fname), root).replace(os.sep, "/")
-                names.append(rel)
-        return sorted(names)
-
-    def _get_zip(self) -> zipfile.ZipFile:
-        # Opened lazily and per process: a handle inherited through fork shares its file offset with
-        # the parent, so a DataLoader worker opens its own.
-        if self._zip is None or self._zip_pid != os.getpid():
-            self._zip = zipfile.ZipFile(self.path)
-            self._zip_pid = os.getpid()
-        return self._zip
-
-    def close(self) -> None:
-        """Close the zip handle of this process (it is reopened on the next access)."""
-        if self._zip is not None and self._zip_pid == os.getpid():
-            self._zip.close()
-        self._zip = None
-        self._zip_pid = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_zip"] = None
-        state["_zip_pid"] = None
-        return state
-
     def with_xflip(self, xflip: bool) -> ImageDataset:
         """A copy of this data set with x-flipped copies on or off (same files, labels and checks; its own
         zip handle). ``self`` is unchanged."""
@@ -421,7 +436,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _read_bytes(self, name: str) -> bytes:
         """The file's bytes, within ``max_image_mb`` (a :class:`DatasetError` naming it otherwise)."""
-        return read_image_bytes(self.path, name, self._get_zip() if self.is_zip else None, self.max_bytes)
+        return read_image_bytes(self.path, name, self._get_zip(), self.max_bytes)
 
     def _open(self, data: bytes) -> Image.Image:
         return open_image(data, self.max_pixels)

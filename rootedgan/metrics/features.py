@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rootedgan import data
+from rootedgan.data import ZipHandle
 from rootedgan.errors import UserError
 from rootedgan.metrics.inception import INPUT_SIZE, InceptionFeatures
 from rootedgan.metrics.stats import FeatureStats
@@ -179,7 +180,7 @@ class DatasetImages(ImageSource):
         return f"{d.num_images} images{flip} at {d.resolution}x{d.resolution} in {self.path}"
 
 
-class FolderImages(ImageSource):
+class FolderImages(ZipHandle, ImageSource):
     """Every image file under a folder or in a zip, any size, decoded as clean-fid does (``convert("RGB")``).
 
     Files are ordered by relative path; hidden files and folders are skipped. A file or zip member larger
@@ -195,69 +196,28 @@ class FolderImages(ImageSource):
         max_image_pixels: int | None = None,
         xflip: bool = False,
     ) -> None:
-        from rootedgan import data
-
         self.path = str(path)
         self.xflip = bool(xflip)
         self.max_bytes = data.max_bytes_of(
             data.DEFAULT_MAX_IMAGE_MB if max_image_mb is None else max_image_mb
         )
         self.max_pixels = data.DEFAULT_MAX_IMAGE_PIXELS if max_image_pixels is None else int(max_image_pixels)
-        p = Path(self.path)
-        if not p.exists():
-            raise UserError(f"image path {self.path} does not exist")
-        if not p.is_dir() and not p.is_file():
-            raise UserError(f"image path {self.path} is not a folder or a regular file (a FIFO or device?)")
-        self.is_zip = p.is_file() and zipfile.is_zipfile(p)
-        if p.is_dir():
-            names = []
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for fname in filenames:
-                    names.append(os.path.relpath(os.path.join(dirpath, fname), p).replace(os.sep, "/"))
-        elif self.is_zip:
-            try:
-                with zipfile.ZipFile(p) as zf:
-                    names = [i.filename for i in zf.infolist() if not i.is_dir()]
-            except (zipfile.BadZipFile, OSError) as err:
-                raise UserError(f"cannot read zip file {self.path}: {err}") from None
-        else:
-            raise UserError(f"image path {self.path} is neither a folder nor a zip file")
-
-        def usable(name: str) -> bool:
-            parts = name.split("/")
-            hidden = any(s.startswith(".") for s in parts) or parts[0] == "__MACOSX"
-            return os.path.splitext(name)[1].lower() in data.IMAGE_EXTENSIONS and not hidden
-
-        self.names = sorted(n for n in names if usable(n))
+        self.is_zip, names = data.list_files(self.path, UserError, "image path")
+        self.names = [n for n in names if data.is_image_name(n)]
         if not self.names:
             raise UserError(f"no images found under {self.path}")
-        self._zip: zipfile.ZipFile | None = None
-        self._zip_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.names) * (2 if self.xflip else 1)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_zip": None, "_zip_pid": None}
-
     def _read(self, name: str) -> bytes:
-        from rootedgan.data import read_image_bytes
-
-        zf = None
-        if self.is_zip:
-            if self._zip is None or self._zip_pid != os.getpid():
-                self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
-            zf = self._zip
-        return read_image_bytes(self.path, name, zf, self.max_bytes)
+        return data.read_image_bytes(self.path, name, self._get_zip(), self.max_bytes)
 
     def image(self, index: int) -> np.ndarray:
-        from rootedgan.data import open_image
-
         flip = index >= len(self.names)
         name = self.names[index - len(self.names) if flip else index]
         try:
-            with open_image(self._read(name), self.max_pixels) as img:
+            with data.open_image(self._read(name), self.max_pixels) as img:
                 arr = np.array(img.convert("RGB"))
             return np.ascontiguousarray(arr[:, ::-1]) if flip else arr
         except UserError:
