@@ -10,8 +10,8 @@ replica of NVIDIA's training-loop inner loop, both on NVIDIA's unmodified networ
 
 Licence and location
 --------------------
-NVIDIA's code (NVlabs/stylegan3, NVlabs/stylegan2-ada-pytorch) is under the NVIDIA Source Code License
-(non-commercial). It must never enter this repository: it lives only in the git-ignored folder ``.ref/``
+NVIDIA's StyleGAN repositories (stylegan3, stylegan2-ada-pytorch) may be used for non-commercial work
+only, so their code must never enter this repository: it lives only in the git-ignored folder ``.ref/``
 (``.ref/stylegan3`` for running, ``.ref/stylegan2-ada-pytorch`` for reading). This file is ours: it
 imports NVIDIA's modules from ``--ref`` at run time and copies none of their code. ``.ref`` is made
 from a checkout of each repository, keeping only what training needs (about 1 MB)::

@@ -148,6 +148,20 @@ def _loss_color(index: int) -> Any:
     return matplotlib.colormaps["tab10"](index % 10)
 
 
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it atomically as a PNG at ``path`` and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plot(
     path: str | Path,
     runs: Runs,
@@ -220,14 +234,7 @@ def plot(
         ax2.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def analyze(
@@ -472,14 +479,7 @@ def plot_forest(path: str | Path, result: Mapping[str, Any], title: str = "") ->
         f"({better} is better; green/red: CI excludes 0)",
         fontsize=9,
     )
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def to_jsonable(obj: Any) -> Any:
