@@ -9,7 +9,10 @@ Times, per shape and dtype, the forward pass and forward+backward of
 * ``upsample2d`` / ``downsample2d`` / ``filter2d`` with the ``[1, 3, 3, 1]`` filter (R = the output
   resolution for upsampling, the input resolution otherwise),
 
-with CUDA events after a warm-up, and prints a table (median milliseconds, speed-up) and writes JSON
+with CUDA events after a warm-up, for the reference (``ref``), our kernels (``cuda``: plain filtering on
+the shared-memory tiles) and, where it differs, ``gather`` (plain filtering on the one-thread-per-output
+gather kernel, ``STYLEGAN_OPS_FILTER_KERNEL=gather``), and prints a table (median milliseconds,
+speed-up) and writes JSON
 with the machine's details. Without a GPU it says so, times the reference on the CPU for a couple of
 small shapes, and exits 0.
 """
@@ -17,6 +20,8 @@ small shapes, and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -32,6 +37,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import machine_info, write_json  # noqa: E402
 from stylegan_ops import bias_act, downsample2d, filter2d, setup_filter, upsample2d  # noqa: E402
+from stylegan_ops._upfirdn2d_cuda import FILTER_KERNEL_ENV_VAR  # noqa: E402
 
 BATCH = 32
 # Resolution -> channels of StyleGAN2 config F at 256x256: min(32768 // res, 512).
@@ -39,6 +45,7 @@ CHANNELS = {res: min(32768 // res, 512) for res in (8, 16, 32, 64, 128, 256)}
 BIAS_ACT_SHAPES = [(BATCH, c, res, res) for res, c in CHANNELS.items()]
 RESAMPLE_RES = [8, 16, 32, 64, 128, 256]
 DEFAULT_OUT = REPO / "bench" / "results" / "ops.json"
+GPU_IMPLS = ["ref", "cuda", "gather"]  # gather: filter2d rows only
 
 
 def _time_cuda(fn: Callable[[], Any], warmup: int, iters: int) -> float:
@@ -103,21 +110,40 @@ def _cases(device: torch.device, dtype: torch.dtype, small: bool) -> list[dict[s
     return cases
 
 
+@contextlib.contextmanager
+def _filter_kernel(name: str | None):
+    """``STYLEGAN_OPS_FILTER_KERNEL`` set to ``name`` (None: unchanged) for the block."""
+    old = os.environ.get(FILTER_KERNEL_ENV_VAR)
+    if name is not None:
+        os.environ[FILTER_KERNEL_ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(FILTER_KERNEL_ENV_VAR, None)
+        else:
+            os.environ[FILTER_KERNEL_ENV_VAR] = old
+
+
 def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iters: int) -> dict[str, Any]:
     inputs = case["make"]()
     row: dict[str, Any] = {"op": case["op"], "shape": case["shape"]}
     for impl in impls:
+        if impl == "gather" and case["op"] != "filter2d":
+            continue  # resampling always takes the gather kernel: same as "cuda"
+        kernel, impl_arg = ("gather", "cuda") if impl == "gather" else (None, impl)
 
-        def fwd(impl=impl):
+        def fwd(impl=impl_arg):
             with torch.no_grad():
                 case["fn"](inputs, impl)
 
-        def fwd_bwd(impl=impl):
+        def fwd_bwd(impl=impl_arg):
             y = case["fn"](inputs, impl)
             torch.autograd.grad(y, inputs, torch.ones_like(y))
 
-        row[f"{impl}_fwd_ms"] = timer(fwd, warmup, iters)
-        row[f"{impl}_fwd_bwd_ms"] = timer(fwd_bwd, warmup, iters)
+        with _filter_kernel(kernel):
+            row[f"{impl}_fwd_ms"] = timer(fwd, warmup, iters)
+            row[f"{impl}_fwd_bwd_ms"] = timer(fwd_bwd, warmup, iters)
     if "cuda" in impls:
         row["speedup_fwd"] = row["ref_fwd_ms"] / row["cuda_fwd_ms"]
         row["speedup_fwd_bwd"] = row["ref_fwd_bwd_ms"] / row["cuda_fwd_bwd_ms"]
@@ -138,7 +164,7 @@ def _print_table(rows: list[dict[str, Any]], impls: list[str]) -> None:
             return "x".join(str(i) for i in v)
         return str(v)
 
-    table = [cols] + [[fmt(r[c]) for c in cols] for r in rows]
+    table = [cols] + [[fmt(r.get(c, "-")) for c in cols] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     for i, line in enumerate(table):
         cells = [
@@ -183,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for dtype in dtypes:
         for case in _cases(torch.device("cuda"), dtype, small=False):
-            row = _bench_case(case, ["ref", "cuda"], _time_cuda, args.warmup, args.iters)
+            row = _bench_case(case, GPU_IMPLS, _time_cuda, args.warmup, args.iters)
             rows.append({"dtype": str(dtype).replace("torch.", ""), **row})
             torch.cuda.empty_cache()
-    _print_table(rows, ["ref", "cuda"])
+    _print_table(rows, GPU_IMPLS)
     record = {"machine": info, "batch": BATCH, "iters": args.iters, "results": rows}
     write_json(args.out or DEFAULT_OUT, record)
     return 0

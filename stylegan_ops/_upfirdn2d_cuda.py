@@ -22,17 +22,36 @@ output length comes out as exactly ``L``.
 
 The kernel module (``plugin``) is normally the compiled CUDA extension from
 :func:`stylegan_ops.build.get_plugin`; the tests pass the CPU emulation instead, which has the same
-``upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain)`` function.
+``upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain, tiled)`` function
+(``tiled``: -1 the shared-memory tiles for plain filtering, 0 the gather everywhere).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from stylegan_ops._impl import ImplSettingError
 from stylegan_ops._upfirdn2d_ref import output_size, upfirdn2d_ref
+
+#: Kernel for plain filtering (up = down = 1): unset or ``auto``, the shared-memory tiles
+#: (``filter2d_tiled_kernel``); ``gather``, the one-thread-per-output gather that resampling uses, kept
+#: selectable so a benchmark can compare the two in one run (bench/train.py lever ``gather_filter``).
+FILTER_KERNEL_ENV_VAR = "STYLEGAN_OPS_FILTER_KERNEL"
+_FILTER_KERNELS = {"auto": -1, "gather": 0}
+
+
+def filter_kernel_code() -> int:
+    """The kernel's ``tiled`` argument from ``STYLEGAN_OPS_FILTER_KERNEL``: -1 (auto) or 0 (gather)."""
+    name = os.environ.get(FILTER_KERNEL_ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in _FILTER_KERNELS:
+        raise ImplSettingError(
+            f"environment variable {FILTER_KERNEL_ENV_VAR} is {name!r}; expected auto or gather (or unset it)"
+        )
+    return _FILTER_KERNELS[name]
 
 
 def adjoint_axis(
@@ -87,6 +106,7 @@ class _Config:
     padding: tuple[int, int, int, int]
     flip_filter: bool
     gain: float
+    tiled: int = -1
 
 
 def _run(plugin: Any, x: torch.Tensor, f: torch.Tensor, cfg: _Config) -> torch.Tensor:
@@ -100,16 +120,14 @@ def _run(plugin: Any, x: torch.Tensor, f: torch.Tensor, cfg: _Config) -> torch.T
     upx, upy = cfg.up
     downx, downy = cfg.down
     px0, px1, py0, py1 = cfg.padding
+    flip, tiled = cfg.flip_filter, cfg.tiled
     if f.ndim == 2:
         return plugin.upfirdn2d(
-            x, f.contiguous(), upx, upy, downx, downy, px0, px1, py0, py1, cfg.flip_filter, cfg.gain
+            x, f.contiguous(), upx, upy, downx, downy, px0, px1, py0, py1, flip, cfg.gain, tiled
         )
-    y = plugin.upfirdn2d(
-        x, f.reshape(1, -1).contiguous(), upx, 1, downx, 1, px0, px1, 0, 0, cfg.flip_filter, cfg.gain
-    )
-    return plugin.upfirdn2d(
-        y, f.reshape(-1, 1).contiguous(), 1, upy, 1, downy, 0, 0, py0, py1, cfg.flip_filter, 1.0
-    )
+    fx, fy = f.reshape(1, -1).contiguous(), f.reshape(-1, 1).contiguous()
+    y = plugin.upfirdn2d(x, fx, upx, 1, downx, 1, px0, px1, 0, 0, flip, cfg.gain, tiled)
+    return plugin.upfirdn2d(y, fy, 1, upy, 1, downy, 0, 0, py0, py1, flip, 1.0, tiled)
 
 
 class _UpFirDn2d(torch.autograd.Function):
@@ -197,6 +215,12 @@ def upfirdn2d_cuda(
 
         plugin = get_plugin("upfirdn2d", required=True)
     cfg = _Config(
-        plugin=plugin, up=up, down=down, padding=padding, flip_filter=bool(flip_filter), gain=float(gain)
+        plugin=plugin,
+        up=up,
+        down=down,
+        padding=padding,
+        flip_filter=bool(flip_filter),
+        gain=float(gain),
+        tiled=filter_kernel_code(),
     )
     return _UpFirDn2d.apply(x, f, cfg)

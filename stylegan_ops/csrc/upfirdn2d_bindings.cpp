@@ -7,15 +7,12 @@
 #include "binding_common.h"
 #include "upfirdn2d_launch.h"
 
-namespace {
-
-}  // namespace
-
 // One upfirdn2d pass with a 2-D filter, see upfirdn2d_math.h. x: [N, C, H, W] contiguous CUDA tensor;
-// f: [fh, fw] contiguous, float64 for float64 x and float32 otherwise. Returns [N, C, out_h, out_w].
+// f: [fh, fw] contiguous, float64 for float64 x and float32 otherwise. tiled: see upfirdn2d_launch.h.
+// Returns [N, C, out_h, out_w].
 torch::Tensor upfirdn2d(const torch::Tensor& x, const torch::Tensor& f, int64_t upx, int64_t upy, int64_t downx,
                         int64_t downy, int64_t padx0, int64_t padx1, int64_t pady0, int64_t pady1, bool flip,
-                        double gain) {
+                        double gain, int64_t tiled) {
   TORCH_CHECK(x.is_cuda(), "upfirdn2d: x must be a CUDA tensor");
   TORCH_CHECK(x.dim() == 4, "upfirdn2d: x must be NCHW, got ", x.dim(), " dims");
   TORCH_CHECK(x.is_contiguous(), "upfirdn2d: x must be contiguous");
@@ -41,7 +38,7 @@ torch::Tensor upfirdn2d(const torch::Tensor& x, const torch::Tensor& f, int64_t 
   const sgops::UpFirDn2dParams p = sgops::make_upfirdn2d_params(
       x.size(0) * x.size(1), in_h, in_w, out_h, out_w, fh, fw, upx, upy, downx, downy, padx0, pady0, flip);
   const char* err = sgops::launch_upfirdn2d(dtype, out.data_ptr(), x.data_ptr(), f.data_ptr(), p, gain,
-                                            c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+                                            int(tiled), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
   TORCH_CHECK(err == nullptr, "upfirdn2d: CUDA kernel launch failed: ", err);
   return out;
 }
@@ -51,5 +48,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("upfirdn2d", &upfirdn2d, "Upsample, FIR-filter, downsample (one pass, 2-D filter)", pybind11::arg("x"),
         pybind11::arg("f"), pybind11::arg("upx"), pybind11::arg("upy"), pybind11::arg("downx"),
         pybind11::arg("downy"), pybind11::arg("padx0"), pybind11::arg("padx1"), pybind11::arg("pady0"),
-        pybind11::arg("pady1"), pybind11::arg("flip"), pybind11::arg("gain"));
+        pybind11::arg("pady1"), pybind11::arg("flip"), pybind11::arg("gain"), pybind11::arg("tiled") = -1);
 }

@@ -1,8 +1,12 @@
-// CPU emulation of the upfirdn2d CUDA kernel, for tests: the same per-output-sample function
-// (sgops::upfirdn2d_linear_element from upfirdn2d_math.h) in a plain loop over CPU tensors, with the
-// same call signature as the CUDA binding in upfirdn2d_bindings.cpp. Registered as
-// torch.ops.sgops_emulation.upfirdn2d.
+// CPU emulation of the upfirdn2d CUDA kernels, for tests: the same path choice and the same functions
+// from upfirdn2d_math.h as the launcher in upfirdn2d_kernel.cu, in plain loops over CPU tensors -- the
+// tiled path block by block (all "threads" stage, then all compute, as around the kernel's barrier),
+// the gather output by output -- with the call signature of the CUDA binding in
+// upfirdn2d_bindings.cpp. Registered as torch.ops.sgops_emulation.upfirdn2d; `tiled` (optional) forces
+// the path: -1 as the kernel chooses, 0 gather, 1 tiled (an error where it does not apply).
 #include <torch/library.h>
+
+#include <vector>
 
 #include "emulation_common.h"  // must precede the math header: c10 half/bfloat16 loads and stores
 
@@ -12,7 +16,7 @@ namespace {
 
 at::Tensor upfirdn2d_emulation(const at::Tensor& x_in, const at::Tensor& f_in, int64_t upx, int64_t upy,
                                int64_t downx, int64_t downy, int64_t padx0, int64_t padx1, int64_t pady0,
-                               int64_t pady1, bool flip, double gain) {
+                               int64_t pady1, bool flip, double gain, int64_t tiled) {
   TORCH_CHECK(x_in.device().is_cpu(), "upfirdn2d emulation: x must be a CPU tensor");
   TORCH_CHECK(x_in.dim() == 4, "upfirdn2d emulation: x must be NCHW");
   TORCH_CHECK(f_in.dim() == 2 && f_in.numel() > 0, "upfirdn2d emulation: f must be a non-empty [fh, fw]");
@@ -35,6 +39,34 @@ at::Tensor upfirdn2d_emulation(const at::Tensor& x_in, const at::Tensor& f_in, i
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const acc_t* fp = f.data_ptr<acc_t>();
+    sgops::Filter2dTiling t;
+    const bool can_tile = sgops::plan_filter2d_tiling(p, int(sizeof(acc_t)), &t);
+    TORCH_CHECK(tiled != 1 || can_tile, "upfirdn2d emulation: the tiled path does not apply here");
+    if (can_tile && tiled != 0) {
+      constexpr int threads = 256;  // the kernel's block size
+      std::vector<acc_t> shared(size_t(sgops::filter2d_tiling_shared_bytes(p, t, int(sizeof(acc_t))) / sizeof(acc_t)));
+      acc_t* taps = shared.data();
+      acc_t* win = taps + p.fh * p.fw;
+      for (int64_t group = 0; group < t.groups; ++group) {
+        for (int ty = 0; ty < t.tiles_y; ++ty) {
+          for (int tx = 0; tx < t.tiles_x; ++tx) {
+            for (int th = 0; th < threads; ++th) {
+              sgops::filter2d_stage<scalar_t, acc_t>(p, t, xp, fp, group, ty, tx, taps, win, th, threads);
+            }
+            for (int th = 0; th < threads; ++th) {  // the kernel's two instantiations
+              if (p.fh == 4 && p.fw == 4) {
+                sgops::filter2d_compute<scalar_t, acc_t, 4, 4>(p, t, taps, win, acc_t(gain), o, group, ty, tx,
+                                                               th, threads);
+              } else {
+                sgops::filter2d_compute<scalar_t, acc_t, 0, 0>(p, t, taps, win, acc_t(gain), o, group, ty, tx,
+                                                               th, threads);
+              }
+            }
+          }
+        }
+      }
+      return;
+    }
     for (int64_t i = 0; i < n; ++i) {
       sgops::upfirdn2d_linear_element<scalar_t, acc_t>(i, p, o, xp, fp, acc_t(gain));
     }
@@ -47,6 +79,6 @@ at::Tensor upfirdn2d_emulation(const at::Tensor& x_in, const at::Tensor& f_in, i
 TORCH_LIBRARY_FRAGMENT(sgops_emulation, m) {
   m.def(
       "upfirdn2d(Tensor x, Tensor f, int upx, int upy, int downx, int downy, int padx0, int padx1, "
-      "int pady0, int pady1, bool flip, float gain) -> Tensor",
+      "int pady0, int pady1, bool flip, float gain, int tiled=-1) -> Tensor",
       &upfirdn2d_emulation);
 }

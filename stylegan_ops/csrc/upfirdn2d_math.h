@@ -110,4 +110,139 @@ SG_HD inline void upfirdn2d_linear_element(int64_t i, const UpFirDn2dParams& p, 
   sg_store(out + i, upfirdn2d_element<scalar_t, acc_t>(p, in, f, gain, oy, ox));
 }
 
+
+// ---- Tiled path for plain filtering (up = down = 1) ------------------------------------------------
+//
+// With up = down = 1 the op is a padded 2-D correlation: out[oy, ox] = gain * sum_{ty, tx}
+// in[oy - P0y + ty, ox - P0x + tx] * w[ty, tx] (zeros outside the input). Neighbouring outputs share
+// all but one row or column of their taps, so a block stages the input window of a whole output tile
+// once, in accumulation type, and every output reads its taps from there: each input sample is read
+// from global memory about once instead of fh * fw times, and the per-output index arithmetic of the
+// gather above disappears. Small planes are packed several to a block so that every thread has work.
+//
+// Zero taps outside the input are summed as exact zeros in the same order as the gather, so both paths
+// give the same values. The stage / compute split mirrors the kernel's two phases around a barrier;
+// the CPU emulation runs them as two loops over the "threads" of each block.
+
+// Tiling of one plain-filtering launch. Tiles and planes per block are powers of two.
+struct Filter2dTiling {
+  int tile_h, tile_w;    // outputs per tile
+  int log2_tile_w;       // log2(tile_w)
+  int log2_tile_area;    // log2(tile_h * tile_w)
+  int win_h, win_w;      // staged input window: tile + filter - 1
+  int planes;            // planes per block
+  int tiles_x, tiles_y;  // tiles per plane
+  int64_t groups;        // blocks along the planes: ceil(nc / planes)
+};
+
+constexpr int kTiledOutputsPerBlock = 1024;  // outputs per block (4 per thread with 256 threads)
+constexpr int kTiledMaxTaps = 64;            // larger filters take the gather
+constexpr int kTiledMaxSharedBytes = 48 * 1024;  // static limit without an opt-in
+
+inline int ilog2_at_least(int v) {  // smallest k with 2^k >= v
+  int k = 0;
+  while ((1 << k) < v) ++k;
+  return k;
+}
+
+// Fills `t` and returns true when the tiled path applies to `p`; false for resampling, filters of
+// more than kTiledMaxTaps taps, and windows that do not fit the shared-memory limit.
+inline bool plan_filter2d_tiling(const UpFirDn2dParams& p, int acc_bytes, Filter2dTiling* t) {
+  if (p.upx != 1 || p.upy != 1 || p.downx != 1 || p.downy != 1) return false;
+  if (p.fh * p.fw > kTiledMaxTaps) return false;
+  const int lw = ilog2_at_least(p.out_w) < 5 ? ilog2_at_least(p.out_w) : 5;  // tile_w <= 32
+  const int max_lh = ilog2_at_least(kTiledOutputsPerBlock) - lw;
+  const int lh = ilog2_at_least(p.out_h) < max_lh ? ilog2_at_least(p.out_h) : max_lh;
+  t->tile_w = 1 << lw;
+  t->tile_h = 1 << lh;
+  t->log2_tile_w = lw;
+  t->log2_tile_area = lw + lh;
+  t->win_h = t->tile_h + p.fh - 1;
+  t->win_w = t->tile_w + p.fw - 1;
+  int planes = kTiledOutputsPerBlock >> (lw + lh);
+  if (planes < 1) planes = 1;
+  while (planes > 1 && planes / 2 >= p.nc) planes /= 2;  // no block of mostly absent planes
+  const int64_t window = int64_t(t->win_h) * t->win_w;
+  while (planes > 1 && (planes * window + p.fh * p.fw) * acc_bytes > kTiledMaxSharedBytes) planes /= 2;
+  if ((planes * window + p.fh * p.fw) * acc_bytes > kTiledMaxSharedBytes) return false;
+  t->planes = planes;
+  t->tiles_x = (p.out_w + t->tile_w - 1) / t->tile_w;
+  t->tiles_y = (p.out_h + t->tile_h - 1) / t->tile_h;
+  t->groups = (p.nc + planes - 1) / planes;
+  return true;
+}
+
+// Bytes of shared memory of one block: the oriented taps, then the windows of its planes.
+inline int filter2d_tiling_shared_bytes(const UpFirDn2dParams& p, const Filter2dTiling& t, int acc_bytes) {
+  return int((int64_t(t.planes) * t.win_h * t.win_w + p.fh * p.fw) * acc_bytes);
+}
+
+// Phase 1 of block (group, tile_y, tile_x), the share of thread `thread` of `threads`: writes the taps
+// in correlation order (taps[ty * fw + tx] multiplies in[oy - P0y + ty, ox - P0x + tx]) and the input
+// windows [planes, win_h, win_w] (zeros outside the input and beyond the last plane).
+template <typename scalar_t, typename acc_t>
+SG_HD inline void filter2d_stage(const UpFirDn2dParams& p, const Filter2dTiling& t, const scalar_t* x,
+                                 const acc_t* f, int64_t group, int tile_y, int tile_x, acc_t* taps,
+                                 acc_t* win, int thread, int threads) {
+  const int ntaps = p.fh * p.fw;
+  for (int j = thread; j < ntaps; j += threads) {
+    taps[j] = p.flip ? f[j] : f[ntaps - 1 - j];  // true convolution: the filter reversed in y and x
+  }
+  const int window = t.win_h * t.win_w;
+  const int iy0 = tile_y * t.tile_h - p.pady0;
+  const int ix0 = tile_x * t.tile_w - p.padx0;
+  const int64_t plane0 = group * t.planes;
+  for (int j = thread; j < t.planes * window; j += threads) {
+    const int pl = j / window;
+    const int r = j - pl * window;
+    const int wy = r / t.win_w;
+    const int wx = r - wy * t.win_w;
+    const int iy = iy0 + wy;
+    const int ix = ix0 + wx;
+    const int64_t plane = plane0 + pl;
+    acc_t v = acc_t(0);
+    if (plane < p.nc && iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w) {
+      v = sg_load(x + (plane * p.in_h + iy) * p.in_w + ix);
+    }
+    win[j] = v;
+  }
+}
+
+// Phase 2: the outputs of the block from the staged taps and windows. FH, FW > 0 fix the filter size
+// at compile time (unrolled taps); 0 reads it from p.
+template <typename scalar_t, typename acc_t, int FH, int FW>
+SG_HD inline void filter2d_compute(const UpFirDn2dParams& p, const Filter2dTiling& t, const acc_t* taps,
+                                   const acc_t* win, acc_t gain, scalar_t* out, int64_t group, int tile_y,
+                                   int tile_x, int thread, int threads) {
+  const int fh = FH > 0 ? FH : p.fh;
+  const int fw = FW > 0 ? FW : p.fw;
+  const int area_mask = (1 << t.log2_tile_area) - 1;
+  const int w_mask = t.tile_w - 1;
+  const int window = t.win_h * t.win_w;
+  const int64_t plane0 = group * t.planes;
+  for (int j = thread; j < (t.planes << t.log2_tile_area); j += threads) {
+    const int pl = j >> t.log2_tile_area;
+    const int ly = (j & area_mask) >> t.log2_tile_w;
+    const int lx = j & w_mask;
+    const int64_t plane = plane0 + pl;
+    const int oy = tile_y * t.tile_h + ly;
+    const int ox = tile_x * t.tile_w + lx;
+    if (plane >= p.nc || oy >= p.out_h || ox >= p.out_w) continue;
+    const acc_t* src = win + pl * window + ly * t.win_w + lx;
+    acc_t acc = acc_t(0);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int ty = 0; ty < fh; ++ty) {
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+      for (int tx = 0; tx < fw; ++tx) {
+        acc += src[ty * t.win_w + tx] * taps[ty * fw + tx];
+      }
+    }
+    sg_store(out + (plane * p.out_h + oy) * p.out_w + ox, acc * gain);
+  }
+}
+
 }  // namespace sgops
