@@ -169,13 +169,22 @@ def render_ops(data: dict[str, Any]) -> str:
     if cuda:
         header = ["dtype", "op", "shape", "ref fwd ms", "CUDA fwd ms", "speed-up fwd"]
         header += ["ref fwd+bwd ms", "CUDA fwd+bwd ms", "speed-up fwd+bwd"]
+        gather = any("gather_fwd_bwd_ms" in r for r in rows)
+        if gather:
+            header += ["gather fwd+bwd ms"]
         body = [
             [r["dtype"], r["op"], _fmt(r["shape"]), r["ref_fwd_ms"], r["cuda_fwd_ms"],
              f"x{r['ref_fwd_ms'] / r['cuda_fwd_ms']:.2f}", r["ref_fwd_bwd_ms"], r["cuda_fwd_bwd_ms"],
              f"x{r['ref_fwd_bwd_ms'] / r['cuda_fwd_bwd_ms']:.2f}"]
+            + ([r.get("gather_fwd_bwd_ms", "–")] if gather else [])
             for r in rows
         ]  # fmt: skip
         note = f"Median of {data.get('iters', '?')} iterations, batch {data.get('batch', '?')}, milliseconds."
+        if gather:
+            note += (
+                " *gather*: plain filtering (filter2d) on the one-thread-per-output kernel of resampling"
+                " (`STYLEGAN_OPS_FILTER_KERNEL=gather`) instead of the shared-memory tiles (CUDA column)."
+            )
     else:
         header = ["dtype", "op", "shape", "ref fwd ms", "ref fwd+bwd ms"]
         body = [[r["dtype"], r["op"], _fmt(r["shape"]), r["ref_fwd_ms"], r["ref_fwd_bwd_ms"]] for r in rows]
