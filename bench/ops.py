@@ -10,9 +10,9 @@ Times, per shape and dtype, the forward pass and forward+backward of
   resolution for upsampling, the input resolution otherwise),
 
 with CUDA events after a warm-up, for the reference (``ref``), our kernels (``cuda``: plain filtering on
-the shared-memory tiles) and, where it differs, ``gather`` (plain filtering on the one-thread-per-output
-gather kernel, ``STYLEGAN_OPS_FILTER_KERNEL=gather``), and prints a table (median milliseconds,
-speed-up) and writes JSON
+shared-memory tiles) and, for the upfirdn2d ops, ``gather`` (the one-thread-per-output gather kernel,
+``STYLEGAN_OPS_UPFIRDN2D_KERNEL=gather``), and prints a table (median milliseconds, speed-up) and writes
+JSON
 with the machine's details. Without a GPU it says so, times the reference on the CPU for a couple of
 small shapes, and exits 0.
 """
@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import machine_info, write_json  # noqa: E402
 from stylegan_ops import bias_act, downsample2d, filter2d, setup_filter, upsample2d  # noqa: E402
-from stylegan_ops._upfirdn2d_cuda import FILTER_KERNEL_ENV_VAR  # noqa: E402
+from stylegan_ops._upfirdn2d_cuda import KERNEL_ENV_VAR  # noqa: E402
 
 BATCH = 32
 # Resolution -> channels of StyleGAN2 config F at 256x256: min(32768 // res, 512).
@@ -45,7 +45,7 @@ CHANNELS = {res: min(32768 // res, 512) for res in (8, 16, 32, 64, 128, 256)}
 BIAS_ACT_SHAPES = [(BATCH, c, res, res) for res, c in CHANNELS.items()]
 RESAMPLE_RES = [8, 16, 32, 64, 128, 256]
 DEFAULT_OUT = REPO / "bench" / "results" / "ops.json"
-GPU_IMPLS = ["ref", "cuda", "gather"]  # gather: filter2d rows only
+GPU_IMPLS = ["ref", "cuda", "gather"]  # gather: upfirdn2d rows only
 
 
 def _time_cuda(fn: Callable[[], Any], warmup: int, iters: int) -> float:
@@ -111,26 +111,26 @@ def _cases(device: torch.device, dtype: torch.dtype, small: bool) -> list[dict[s
 
 
 @contextlib.contextmanager
-def _filter_kernel(name: str | None):
-    """``STYLEGAN_OPS_FILTER_KERNEL`` set to ``name`` (None: unchanged) for the block."""
-    old = os.environ.get(FILTER_KERNEL_ENV_VAR)
+def _upfirdn2d_kernel(name: str | None):
+    """``STYLEGAN_OPS_UPFIRDN2D_KERNEL`` set to ``name`` (None: unchanged) for the block."""
+    old = os.environ.get(KERNEL_ENV_VAR)
     if name is not None:
-        os.environ[FILTER_KERNEL_ENV_VAR] = name
+        os.environ[KERNEL_ENV_VAR] = name
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(FILTER_KERNEL_ENV_VAR, None)
+            os.environ.pop(KERNEL_ENV_VAR, None)
         else:
-            os.environ[FILTER_KERNEL_ENV_VAR] = old
+            os.environ[KERNEL_ENV_VAR] = old
 
 
 def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iters: int) -> dict[str, Any]:
     inputs = case["make"]()
     row: dict[str, Any] = {"op": case["op"], "shape": case["shape"]}
     for impl in impls:
-        if impl == "gather" and case["op"] != "filter2d":
-            continue  # resampling always takes the gather kernel: same as "cuda"
+        if impl == "gather" and case["op"].startswith("bias_act"):
+            continue  # gather vs tiles is upfirdn2d's choice
         kernel, impl_arg = ("gather", "cuda") if impl == "gather" else (None, impl)
 
         def fwd(impl=impl_arg):
@@ -141,7 +141,7 @@ def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iter
             y = case["fn"](inputs, impl)
             torch.autograd.grad(y, inputs, torch.ones_like(y))
 
-        with _filter_kernel(kernel):
+        with _upfirdn2d_kernel(kernel):
             row[f"{impl}_fwd_ms"] = timer(fwd, warmup, iters)
             row[f"{impl}_fwd_bwd_ms"] = timer(fwd_bwd, warmup, iters)
     if "cuda" in impls:

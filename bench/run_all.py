@@ -182,8 +182,9 @@ def render_ops(data: dict[str, Any]) -> str:
         note = f"Median of {data.get('iters', '?')} iterations, batch {data.get('batch', '?')}, milliseconds."
         if gather:
             note += (
-                " *gather*: plain filtering (filter2d) on the one-thread-per-output kernel of resampling"
-                " (`STYLEGAN_OPS_FILTER_KERNEL=gather`) instead of the shared-memory tiles (CUDA column)."
+                " *gather*: upfirdn2d on the one-thread-per-output gather kernel"
+                " (`STYLEGAN_OPS_UPFIRDN2D_KERNEL=gather`) instead of the shared-memory tiles (CUDA column;"
+                " in session 3's run the tiles served plain filtering only)."
             )
     else:
         header = ["dtype", "op", "shape", "ref fwd ms", "ref fwd+bwd ms"]

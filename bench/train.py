@@ -86,7 +86,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "nvidia_flags": {"cudnn_benchmark": True, "tf32": False},
     "ref_ops": {"ops_impl": "ref"},  # the pure-PyTorch reference ops instead of our CUDA kernels
     "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (STYLEGAN_OPS_FILTER_IMPL)
-    "gather_filter": {"filter_kernel": "gather"},  # our gather kernel for plain filtering, not the tiles
+    "gather_kernel": {"upfirdn2d_kernel": "gather"},  # upfirdn2d on our gather kernel, not the tiles
 }
 MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer", "torch_compile")
 # levers that change which kernels run: profiled like the baseline rows, to see where the time moved
@@ -211,8 +211,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         os.environ["STYLEGAN_OPS_IMPL"] = levers.pop("ops_impl")
     if levers.get("filter_impl"):
         os.environ["STYLEGAN_OPS_FILTER_IMPL"] = levers.pop("filter_impl")
-    if levers.get("filter_kernel"):
-        os.environ["STYLEGAN_OPS_FILTER_KERNEL"] = levers.pop("filter_kernel")
+    if levers.get("upfirdn2d_kernel"):
+        os.environ["STYLEGAN_OPS_UPFIRDN2D_KERNEL"] = levers.pop("upfirdn2d_kernel")
     if levers.get("tf32") is not None:  # the module applies it at fit start; set here for the record too
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(levers["tf32"])
     if levers.get("torch_compile") and spec.get("compile_backend"):

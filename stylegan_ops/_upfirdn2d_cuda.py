@@ -23,7 +23,7 @@ output length comes out as exactly ``L``.
 The kernel module (``plugin``) is normally the compiled CUDA extension from
 :func:`stylegan_ops.build.get_plugin`; the tests pass the CPU emulation instead, which has the same
 ``upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain, tiled)`` function
-(``tiled``: -1 the shared-memory tiles for plain filtering, 0 the gather everywhere).
+(``tiled``: -1 the shared-memory tiles where they apply, 0 the gather everywhere).
 """
 
 from __future__ import annotations
@@ -37,21 +37,22 @@ import torch
 from stylegan_ops._impl import ImplSettingError
 from stylegan_ops._upfirdn2d_ref import output_size, upfirdn2d_ref
 
-#: Kernel for plain filtering (up = down = 1): unset or ``auto``, the shared-memory tiles
-#: (``filter2d_tiled_kernel``); ``gather``, the one-thread-per-output gather that resampling uses, kept
-#: selectable so a benchmark can compare the two in one run (bench/train.py lever ``gather_filter``).
-FILTER_KERNEL_ENV_VAR = "STYLEGAN_OPS_FILTER_KERNEL"
-_FILTER_KERNELS = {"auto": -1, "gather": 0}
+#: Which CUDA kernel runs upfirdn2d: unset or ``auto``, the shared-memory tiles (``upfirdn2d_tiled_kernel``)
+#: wherever they apply (filters up to 64 taps, factors up to 8), else the gather; ``gather``, the
+#: one-thread-per-output gather everywhere, kept selectable so a benchmark can compare the two in one run
+#: (bench/train.py lever ``gather_kernel``).
+KERNEL_ENV_VAR = "STYLEGAN_OPS_UPFIRDN2D_KERNEL"
+_KERNELS = {"auto": -1, "gather": 0}
 
 
-def filter_kernel_code() -> int:
-    """The kernel's ``tiled`` argument from ``STYLEGAN_OPS_FILTER_KERNEL``: -1 (auto) or 0 (gather)."""
-    name = os.environ.get(FILTER_KERNEL_ENV_VAR, "auto").strip().lower() or "auto"
-    if name not in _FILTER_KERNELS:
+def kernel_code() -> int:
+    """The kernel's ``tiled`` argument from ``STYLEGAN_OPS_UPFIRDN2D_KERNEL``: -1 (auto) or 0 (gather)."""
+    name = os.environ.get(KERNEL_ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in _KERNELS:
         raise ImplSettingError(
-            f"environment variable {FILTER_KERNEL_ENV_VAR} is {name!r}; expected auto or gather (or unset it)"
+            f"environment variable {KERNEL_ENV_VAR} is {name!r}; expected auto or gather (or unset it)"
         )
-    return _FILTER_KERNELS[name]
+    return _KERNELS[name]
 
 
 def adjoint_axis(
@@ -221,6 +222,6 @@ def upfirdn2d_cuda(
         padding=padding,
         flip_filter=bool(flip_filter),
         gain=float(gain),
-        tiled=filter_kernel_code(),
+        tiled=kernel_code(),
     )
     return _UpFirDn2d.apply(x, f, cfg)

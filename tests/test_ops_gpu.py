@@ -233,41 +233,45 @@ def test_upfirdn2d_large_grid_stride(dev) -> None:
     )
 
 
-TILED_GPU_CASES = [  # (shape, filter, padding) for the shared-memory tiles of plain filtering
-    ((4, 64, 128, 128), (4, 4), (2, 1, 2, 1)),  # filter2d as StyleGAN2 calls it, 4 x 4 tiles per plane
-    ((2, 3, 70, 45), (4, 4), (2, 1, 2, 1)),  # ragged tiles
-    ((3, 5, 8, 8), (4, 4), (1, 2, 2, 1)),  # 16 small planes to a block, the last block short
-    ((1, 37, 4, 6), (4, 4), (-1, 2, 3, -2)),  # crops
-    ((2, 2, 33, 65), (3, 2), (0, 0, 0, 0)),  # generic filter size (not the unrolled 4 x 4)
-    ((1, 2, 16, 16), (8, 8), (3, 4, 4, 3)),  # 64 taps, the largest tiled filter
-    ((1, 66000, 32, 32), (4, 4), (2, 1, 2, 1)),  # more blocks along the planes than gridDim.z allows
+TILED_GPU_CASES = [  # (shape, filter, up, down, padding) for the shared-memory tiles
+    ((4, 64, 128, 128), (4, 4), 1, 1, (2, 1, 2, 1)),  # filter2d as StyleGAN2 calls it, 4 x 4 tiles per plane
+    ((4, 64, 64, 64), (4, 4), 2, 1, (2, 1, 2, 1)),  # upsample2d
+    ((4, 64, 128, 128), (4, 4), 1, 2, (1, 1, 1, 1)),  # downsample2d
+    ((2, 3, 70, 45), (4, 4), 1, 1, (2, 1, 2, 1)),  # ragged tiles
+    ((3, 5, 8, 8), (4, 4), 1, 1, (1, 2, 2, 1)),  # 16 small planes to a block, the last block short
+    ((1, 37, 4, 6), (4, 4), 1, 1, (-1, 2, 3, -2)),  # crops
+    ((1, 4, 9, 7), (4, 4), 2, 1, (-3, 4, 5, -2)),  # up with crops
+    ((2, 2, 33, 65), (3, 2), 1, 1, (0, 0, 0, 0)),  # generic filter size (not an unrolled case)
+    ((1, 2, 11, 13), (5, 3), 3, 2, (1, 2, 3, 4)),  # generic factors
+    ((1, 2, 16, 16), (8, 8), 1, 1, (3, 4, 4, 3)),  # 64 taps, the largest tiled filter
+    ((1, 66000, 32, 32), (4, 4), 1, 1, (2, 1, 2, 1)),  # more blocks along the planes than gridDim.z allows
 ]
 
 
 @pytest.mark.parametrize(
     "dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=["f64", "f32", "f16", "bf16"]
 )
-def test_filter2d_tiles_equal_gather_and_reference(dev, dtype: torch.dtype) -> None:
+def test_upfirdn2d_tiles_equal_gather_and_reference(dev, dtype: torch.dtype) -> None:
     """The tiled kernel sums the same products in the same order as the gather: bit-equal on the GPU."""
     plugin = build.get_plugin("upfirdn2d", required=True)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     g = torch.Generator(device=dev).manual_seed(5)
-    for shape, (fh, fw), pad in TILED_GPU_CASES:
+    for shape, (fh, fw), up, down, pad in TILED_GPU_CASES:
         if shape[1] > 1000 and dtype == torch.float64:
             continue  # the grid-stride case once per storage size is enough
         x = torch.randn(shape, generator=g, device=dev).to(dtype)
         f = torch.randn(fh, fw, generator=g, device=dev).to(acc)
         for flip, gain in [(False, 1.0), (True, 0.3)]:
-            args = (x, f, 1, 1, 1, 1, *pad, flip, gain)
+            args = (x, f, up, up, down, down, *pad, flip, gain)
             tiled, gather = plugin.upfirdn2d(*args, 1), plugin.upfirdn2d(*args, 0)
-            assert torch.equal(tiled, gather), (shape, fh, fw, pad, flip)
-            want = upfirdn2d_ref(x.to(acc), f, padding=pad, flip_filter=flip, gain=gain)
+            assert torch.equal(tiled, gather), (shape, fh, fw, up, down, pad, flip)
+            want = upfirdn2d_ref(x.to(acc), f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain)
             tol = _tol(dtype)
             torch.testing.assert_close(tiled.to(acc), want, rtol=tol["rtol"], atol=tol["atol"] * fh * fw / 4)
         del x
     with pytest.raises(RuntimeError, match="tiled path does not apply"):
-        ones = torch.ones(1, 1, 8, 8, device=dev)
-        plugin.upfirdn2d(ones, torch.ones(4, 4, device=dev), 2, 2, 1, 1, 2, 1, 2, 1, False, 1.0, 1)
+        ones = torch.ones(1, 1, 12, 12, device=dev)
+        plugin.upfirdn2d(ones, torch.ones(9, 9, device=dev), 1, 1, 1, 1, 4, 4, 4, 4, False, 1.0, 1)
 
 
 def test_doctor_style_status(dev) -> None:

@@ -310,42 +310,63 @@ def test_upfirdn2d_kernel_half_storage(emu, dtype: torch.dtype) -> None:
     torch.testing.assert_close(got.float(), want, **_tol(dtype))
 
 
-TILED_CASES = [  # (shape, filter, padding): multi-tile planes, packed small planes, crops, non-square
-    ((2, 3, 70, 45), (4, 4), (2, 1, 2, 1)),  # 3 x 2 tiles of 32 x 32, ragged edges
-    ((3, 5, 8, 8), (4, 4), (1, 2, 2, 1)),  # 15 planes packed 16 to a block, the last group short
-    ((1, 37, 4, 6), (4, 4), (-1, 2, 3, -2)),  # crops (negative padding) and zeros in one tile
-    ((2, 2, 33, 65), (3, 2), (0, 0, 0, 0)),  # generic filter size, one output column past a tile
-    ((1, 3, 5, 40), (1, 5), (2, 2, 0, 0)),  # separable x pass
-    ((1, 3, 40, 5), (5, 1), (0, 0, 2, 2)),  # separable y pass
-    ((1, 2, 16, 16), (8, 8), (3, 4, 4, 3)),  # 64 taps: the largest tiled filter
+TILED_CASES = [  # (shape, filter, up, down, padding): multi-tile planes, packed planes, crops, non-square
+    ((2, 3, 70, 45), (4, 4), 1, 1, (2, 1, 2, 1)),  # 3 x 2 tiles of 32 x 32, ragged edges
+    ((3, 5, 8, 8), (4, 4), 1, 1, (1, 2, 2, 1)),  # 15 planes packed 16 to a block, the last group short
+    ((1, 37, 4, 6), (4, 4), 1, 1, (-1, 2, 3, -2)),  # crops (negative padding) and zeros in one tile
+    ((2, 2, 33, 65), (3, 2), 1, 1, (0, 0, 0, 0)),  # generic filter size, one output column past a tile
+    ((1, 3, 5, 40), (1, 5), 1, 1, (2, 2, 0, 0)),  # separable x pass
+    ((1, 3, 40, 5), (5, 1), 1, 1, (0, 0, 2, 2)),  # separable y pass
+    ((1, 2, 16, 16), (8, 8), 1, 1, (3, 4, 4, 3)),  # 64 taps: the largest tiled filter
+    ((2, 3, 20, 37), (4, 4), 2, 1, (2, 1, 2, 1)),  # upsample2d: 2 x 3 tiles of 32 x 32 outputs
+    ((2, 3, 70, 45), (4, 4), 1, 2, (1, 1, 1, 1)),  # downsample2d
+    ((1, 4, 9, 7), (4, 4), 2, 1, (-3, 4, 5, -2)),  # up with crops: tap phases on both sides of 0
+    ((1, 4, 30, 29), (4, 4), 1, 2, (-2, 3, 4, -1)),  # down with crops
+    ((1, 2, 11, 13), (5, 3), 3, 2, (1, 2, 3, 4)),  # generic up and down together
+    ((1, 2, 40, 40), (4, 4), 1, 8, (1, 2, 2, 1)),  # the largest tiled factor: smaller tiles to fit
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=["f64", "f32", "f16"])
 def test_upfirdn2d_tiled_path_equals_gather_and_reference(emu, dtype: torch.dtype) -> None:
-    """Plain filtering (up = down = 1) takes the shared-memory tiles: bit-equal to the gather path (same
-    products summed in the same order, zeros for the padding) and close to the reference."""
+    """The shared-memory tiles are bit-equal to the gather (same products summed in the same order,
+    zeros for the padding) and close to the reference; the default choice is the tiles."""
     g = torch.Generator().manual_seed(7)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    for shape, (fh, fw), pad in TILED_CASES:
+    for shape, (fh, fw), up, down, pad in TILED_CASES:
         x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
         f = torch.randn(fh, fw, generator=g, dtype=torch.float64).to(acc)
         for flip, gain in [(False, 1.0), (True, 0.3)]:
-            args = (x, f, 1, 1, 1, 1, *pad, flip, gain)
+            args = (x, f, up, up, down, down, *pad, flip, gain)
             tiled = emu.upfirdn2d(*args, 1)
             gather = emu.upfirdn2d(*args, 0)
             assert torch.equal(emu.upfirdn2d(*args), tiled)  # the default choice is the tiled path
-            assert torch.equal(tiled, gather), (shape, fh, fw, pad, flip)
-            want = upfirdn2d_ref(x.to(acc), f, padding=pad, flip_filter=flip, gain=gain)
+            assert torch.equal(tiled, gather), (shape, fh, fw, up, down, pad, flip)
+            want = upfirdn2d_ref(x.to(acc), f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain)
             torch.testing.assert_close(tiled.to(acc), want, **_tol(dtype, terms=fh * fw))
 
 
 @pytest.mark.slow
-def test_upfirdn2d_tiled_path_applies_only_to_plain_filtering(emu) -> None:
-    """Resampling and filters over 64 taps keep the gather; forcing the tiles there is refused."""
+def test_upfirdn2d_tiles_equal_gather_over_the_whole_grid(emu) -> None:
+    """Every up/down/padding/filter case of the reference test: tiles == gather, bit for bit."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 7, 5, generator=g)
+    count = 0
+    for (fh, fw), up, down, pad in _upfirdn_cases():
+        f = torch.randn(fh, fw, generator=g)
+        for flip in (False, True):
+            args = (x, f, up[0], up[1], down[0], down[1], *pad, flip, 1.5)
+            assert torch.equal(emu.upfirdn2d(*args, 1), emu.upfirdn2d(*args, 0)), (fh, fw, up, down, pad)
+            count += 1
+    assert count > 300
+
+
+@pytest.mark.slow
+def test_upfirdn2d_tiled_path_limits(emu) -> None:
+    """Filters over 64 taps and factors over 8 keep the gather; forcing the tiles there is refused."""
     x = torch.randn(1, 2, 12, 12)
-    for f, up, down in [(torch.ones(4, 4), 2, 1), (torch.ones(4, 4), 1, 2), (torch.ones(9, 9), 1, 1)]:
+    for f, up, down in [(torch.ones(9, 9), 1, 1), (torch.ones(4, 4), 9, 1), (torch.ones(4, 4), 1, 9)]:
         with pytest.raises(RuntimeError, match="tiled path does not apply"):
             emu.upfirdn2d(x, f, up, up, down, down, 4, 4, 4, 4, False, 1.0, 1)
         want = upfirdn2d_ref(x, f, up=up, down=down, padding=(4, 4, 4, 4))

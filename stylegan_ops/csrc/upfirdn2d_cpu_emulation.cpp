@@ -1,11 +1,12 @@
 // CPU emulation of the upfirdn2d CUDA kernels, for tests: the same path choice and the same functions
-// from upfirdn2d_math.h as the launcher in upfirdn2d_kernel.cu, in plain loops over CPU tensors -- the
-// tiled path block by block (all "threads" stage, then all compute, as around the kernel's barrier),
-// the gather output by output -- with the call signature of the CUDA binding in
+// and instantiations from upfirdn2d_math.h as the launcher in upfirdn2d_kernel.cu, in plain loops over CPU
+// tensors -- the tiled path block by block (all "threads" stage, then all compute, as around the
+// kernel's barrier), the gather output by output -- with the call signature of the CUDA binding in
 // upfirdn2d_bindings.cpp. Registered as torch.ops.sgops_emulation.upfirdn2d; `tiled` (optional) forces
 // the path: -1 as the kernel chooses, 0 gather, 1 tiled (an error where it does not apply).
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "emulation_common.h"  // must precede the math header: c10 half/bfloat16 loads and stores
@@ -39,29 +40,29 @@ at::Tensor upfirdn2d_emulation(const at::Tensor& x_in, const at::Tensor& f_in, i
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const acc_t* fp = f.data_ptr<acc_t>();
-    sgops::Filter2dTiling t;
-    const bool can_tile = sgops::plan_filter2d_tiling(p, int(sizeof(acc_t)), &t);
+    sgops::UpFirDn2dTiling t;
+    const bool can_tile = sgops::plan_upfirdn2d_tiling(p, int(sizeof(acc_t)), &t);
     TORCH_CHECK(tiled != 1 || can_tile, "upfirdn2d emulation: the tiled path does not apply here");
     if (can_tile && tiled != 0) {
       constexpr int threads = 256;  // the kernel's block size
-      std::vector<acc_t> shared(size_t(sgops::filter2d_tiling_shared_bytes(p, t, int(sizeof(acc_t))) / sizeof(acc_t)));
+      const size_t elems = size_t(sgops::upfirdn2d_tiling_shared_bytes(p, t, int(sizeof(acc_t))) / sizeof(acc_t));
+      // NaN after the last window: a read past the staged windows shows up in the output.
+      std::vector<acc_t> shared(elems + size_t(t.win_h) * t.win_w, std::numeric_limits<acc_t>::quiet_NaN());
       acc_t* taps = shared.data();
       acc_t* win = taps + p.fh * p.fw;
       for (int64_t group = 0; group < t.groups; ++group) {
         for (int ty = 0; ty < t.tiles_y; ++ty) {
           for (int tx = 0; tx < t.tiles_x; ++tx) {
             for (int th = 0; th < threads; ++th) {
-              sgops::filter2d_stage<scalar_t, acc_t>(p, t, xp, fp, group, ty, tx, taps, win, th, threads);
+              sgops::upfirdn2d_stage<scalar_t, acc_t>(p, t, xp, fp, group, ty, tx, taps, win, th, threads);
             }
-            for (int th = 0; th < threads; ++th) {  // the kernel's two instantiations
-              if (p.fh == 4 && p.fw == 4) {
-                sgops::filter2d_compute<scalar_t, acc_t, 4, 4>(p, t, taps, win, acc_t(gain), o, group, ty, tx,
-                                                               th, threads);
-              } else {
-                sgops::filter2d_compute<scalar_t, acc_t, 0, 0>(p, t, taps, win, acc_t(gain), o, group, ty, tx,
-                                                               th, threads);
+            sgops::dispatch_tile_case(p, [&](auto up, auto down, auto fh, auto fw) {  // as the kernel does
+              for (int th = 0; th < threads; ++th) {
+                sgops::upfirdn2d_tile_compute<scalar_t, acc_t, decltype(up)::value, decltype(down)::value,
+                                              decltype(fh)::value, decltype(fw)::value>(
+                    p, t, taps, win, acc_t(gain), o, group, ty, tx, th, threads);
               }
-            }
+            });
           }
         }
       }

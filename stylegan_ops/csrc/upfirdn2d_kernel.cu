@@ -1,8 +1,7 @@
-// CUDA kernels of upfirdn2d (math in upfirdn2d_math.h): plain filtering (up = down = 1) stages each
-// output tile's input window in shared memory (filter2d_tiled_kernel); resampling, and filters too
-// large for the tiles, take a grid-stride loop over output samples, each a direct gather over the
-// filter taps (upfirdn2d_kernel). Needs only the CUDA runtime headers (no torch headers), see
-// upfirdn2d_launch.h.
+// CUDA kernels of upfirdn2d (math in upfirdn2d_math.h): each block stages the input window of an output
+// tile in shared memory (upfirdn2d_tiled_kernel); filters and factors too large for the tiles take a
+// grid-stride loop over output samples, each a direct gather over the filter taps (upfirdn2d_kernel).
+// Needs only the CUDA runtime headers (no torch headers), see upfirdn2d_launch.h.
 #include <cuda_runtime.h>
 
 #include "upfirdn2d_launch.h"
@@ -24,30 +23,21 @@ __global__ void upfirdn2d_kernel(scalar_t* __restrict__ out, const scalar_t* __r
 }
 
 // One block per (tile_x, tile_y, group of planes); blockIdx.z strides over the groups.
-template <typename scalar_t, typename acc_t, int FH, int FW>
-__global__ void filter2d_tiled_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
-                                      const acc_t* __restrict__ f, UpFirDn2dParams p, Filter2dTiling t,
-                                      acc_t gain) {
+template <typename scalar_t, typename acc_t, int UP, int DOWN, int FH, int FW>
+__global__ void upfirdn2d_tiled_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
+                                       const acc_t* __restrict__ f, UpFirDn2dParams p, UpFirDn2dTiling t,
+                                       acc_t gain) {
   extern __shared__ __align__(16) unsigned char shared_raw[];
   acc_t* taps = reinterpret_cast<acc_t*>(shared_raw);
   acc_t* win = taps + p.fh * p.fw;
   for (int64_t group = blockIdx.z; group < t.groups; group += gridDim.z) {
-    filter2d_stage<scalar_t, acc_t>(p, t, x, f, group, blockIdx.y, blockIdx.x, taps, win, threadIdx.x,
-                                    blockDim.x);
+    upfirdn2d_stage<scalar_t, acc_t>(p, t, x, f, group, blockIdx.y, blockIdx.x, taps, win, threadIdx.x,
+                                     blockDim.x);
     __syncthreads();
-    filter2d_compute<scalar_t, acc_t, FH, FW>(p, t, taps, win, gain, out, group, blockIdx.y, blockIdx.x,
-                                              threadIdx.x, blockDim.x);
+    upfirdn2d_tile_compute<scalar_t, acc_t, UP, DOWN, FH, FW>(p, t, taps, win, gain, out, group, blockIdx.y,
+                                                              blockIdx.x, threadIdx.x, blockDim.x);
     __syncthreads();  // the next group overwrites the windows
   }
-}
-
-template <typename scalar_t, typename acc_t, int FH, int FW>
-void launch_tiled(scalar_t* out, const scalar_t* x, const acc_t* f, const UpFirDn2dParams& p,
-                  const Filter2dTiling& t, acc_t gain, cudaStream_t stream) {
-  const int64_t z = t.groups < kMaxGrid ? t.groups : kMaxGrid;
-  const dim3 grid(unsigned(t.tiles_x), unsigned(t.tiles_y), unsigned(z));
-  const int shared = filter2d_tiling_shared_bytes(p, t, int(sizeof(acc_t)));
-  filter2d_tiled_kernel<scalar_t, acc_t, FH, FW><<<grid, kBlock, shared, stream>>>(out, x, f, p, t, gain);
 }
 
 template <typename scalar_t>
@@ -56,19 +46,22 @@ const char* launch_typed(void* out, const void* x, const void* f, const UpFirDn2
   using acc_t = typename AccType<scalar_t>::type;
   const int64_t n = p.nc * int64_t(p.out_h) * p.out_w;
   if (n <= 0) return nullptr;
-  Filter2dTiling t;
+  UpFirDn2dTiling t;
   const bool can_tile =
-      plan_filter2d_tiling(p, int(sizeof(acc_t)), &t) && t.tiles_x <= kMaxGrid && t.tiles_y <= kMaxGrid;
+      plan_upfirdn2d_tiling(p, int(sizeof(acc_t)), &t) && t.tiles_x <= kMaxGrid && t.tiles_y <= kMaxGrid;
   if (tiled == 1 && !can_tile) return "upfirdn2d: the tiled path does not apply here";
   if (can_tile && tiled != 0) {
+    const int64_t z = t.groups < kMaxGrid ? t.groups : kMaxGrid;
+    const dim3 grid(unsigned(t.tiles_x), unsigned(t.tiles_y), unsigned(z));
+    const int shared = upfirdn2d_tiling_shared_bytes(p, t, int(sizeof(acc_t)));
     scalar_t* o = static_cast<scalar_t*>(out);
     const scalar_t* xi = static_cast<const scalar_t*>(x);
     const acc_t* fi = static_cast<const acc_t*>(f);
-    if (p.fh == 4 && p.fw == 4) {  // StyleGAN2's [1, 3, 3, 1] filter
-      launch_tiled<scalar_t, acc_t, 4, 4>(o, xi, fi, p, t, acc_t(gain), stream);
-    } else {
-      launch_tiled<scalar_t, acc_t, 0, 0>(o, xi, fi, p, t, acc_t(gain), stream);
-    }
+    const acc_t g = acc_t(gain);
+    dispatch_tile_case(p, [&](auto up, auto down, auto fh, auto fw) {
+      upfirdn2d_tiled_kernel<scalar_t, acc_t, decltype(up)::value, decltype(down)::value, decltype(fh)::value,
+                             decltype(fw)::value><<<grid, kBlock, shared, stream>>>(o, xi, fi, p, t, g);
+    });
     const cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
   }

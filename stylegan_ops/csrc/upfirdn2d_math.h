@@ -111,32 +111,38 @@ SG_HD inline void upfirdn2d_linear_element(int64_t i, const UpFirDn2dParams& p, 
 }
 
 
-// ---- Tiled path for plain filtering (up = down = 1) ------------------------------------------------
+// ---- Tiled path ---------------------------------------------------------------------------------
 //
-// With up = down = 1 the op is a padded 2-D correlation: out[oy, ox] = gain * sum_{ty, tx}
-// in[oy - P0y + ty, ox - P0x + tx] * w[ty, tx] (zeros outside the input). Neighbouring outputs share
-// all but one row or column of their taps, so a block stages the input window of a whole output tile
-// once, in accumulation type, and every output reads its taps from there: each input sample is read
-// from global memory about once instead of fh * fw times, and the per-output index arithmetic of the
-// gather above disappears. Small planes are packed several to a block so that every thread has work.
+// Neighbouring outputs share most of their input samples, so a block stages the input window of a whole
+// output tile once, in accumulation type, and every output reads its taps from there: each input sample
+// is read from global memory about once instead of once per tap, and the per-output index arithmetic of
+// the gather above shrinks to a phase and an offset. Small planes are packed several to a block so that
+// every thread has work.
 //
-// Zero taps outside the input are summed as exact zeros in the same order as the gather, so both paths
-// give the same values. The stage / compute split mirrors the kernel's two phases around a barrier;
-// the CPU emulation runs them as two loops over the "threads" of each block.
+// Along one axis (names as at the top of this file), the outputs [o0, o0 + T) of a tile read the real
+// samples at positions s = o * D - P0 + t of the zero-inserted signal, i.e. input indices from
+// i0 = floor((o0 * D - P0) / U) on, at most ((T - 1) * D + K - 1 + U - 1) / U + 1 of them (the window).
+// Output o's first contributing tap is t = (-(o * D - P0)) mod U, reading input (o * D - P0 + t) / U; each
+// further tap (t += U) reads the next input sample. Inputs outside [0, L) are staged as zeros.
+//
+// Zero taps are summed as exact zeros in the same order as the gather, so both paths give the same
+// values bit for bit. The stage / compute split mirrors the kernel's two phases around a barrier; the CPU
+// emulation runs them as two loops over the "threads" of each block.
 
-// Tiling of one plain-filtering launch. Tiles and planes per block are powers of two.
-struct Filter2dTiling {
+// Tiling of one launch. Tiles and planes per block are powers of two.
+struct UpFirDn2dTiling {
   int tile_h, tile_w;    // outputs per tile
   int log2_tile_w;       // log2(tile_w)
   int log2_tile_area;    // log2(tile_h * tile_w)
-  int win_h, win_w;      // staged input window: tile + filter - 1
+  int win_h, win_w;      // staged input window per plane
   int planes;            // planes per block
   int tiles_x, tiles_y;  // tiles per plane
   int64_t groups;        // blocks along the planes: ceil(nc / planes)
 };
 
-constexpr int kTiledOutputsPerBlock = 1024;  // outputs per block (4 per thread with 256 threads)
-constexpr int kTiledMaxTaps = 64;            // larger filters take the gather
+constexpr int kTiledOutputsPerBlock = 1024;      // outputs per block (4 per thread with 256 threads)
+constexpr int kTiledMaxTaps = 64;                // larger filters take the gather
+constexpr int kTiledMaxFactor = 8;               // larger up/down factors take the gather
 constexpr int kTiledMaxSharedBytes = 48 * 1024;  // static limit without an opt-in
 
 inline int ilog2_at_least(int v) {  // smallest k with 2^k >= v
@@ -145,52 +151,71 @@ inline int ilog2_at_least(int v) {  // smallest k with 2^k >= v
   return k;
 }
 
-// Fills `t` and returns true when the tiled path applies to `p`; false for resampling, filters of
-// more than kTiledMaxTaps taps, and windows that do not fit the shared-memory limit.
-inline bool plan_filter2d_tiling(const UpFirDn2dParams& p, int acc_bytes, Filter2dTiling* t) {
-  if (p.upx != 1 || p.upy != 1 || p.downx != 1 || p.downy != 1) return false;
+SG_HD inline int floor_div(int a, int b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// Input samples of a window for a tile of `tile` outputs along one axis.
+inline int tile_window(int tile, int up, int down, int taps) {
+  return ((tile - 1) * down + taps - 1 + up - 1) / up + 1;
+}
+
+inline int64_t tiling_shared_elems(const UpFirDn2dParams& p, const UpFirDn2dTiling& t) {
+  return int64_t(t.planes) * t.win_h * t.win_w + p.fh * p.fw;
+}
+
+// Fills `t` and returns true when the tiled path applies to `p`; false for filters of more than
+// kTiledMaxTaps taps, factors above kTiledMaxFactor, and windows that do not fit in shared memory even
+// for the smallest tile.
+inline bool plan_upfirdn2d_tiling(const UpFirDn2dParams& p, int acc_bytes, UpFirDn2dTiling* t) {
   if (p.fh * p.fw > kTiledMaxTaps) return false;
-  const int lw = ilog2_at_least(p.out_w) < 5 ? ilog2_at_least(p.out_w) : 5;  // tile_w <= 32
+  if (p.upx > kTiledMaxFactor || p.upy > kTiledMaxFactor || p.downx > kTiledMaxFactor ||
+      p.downy > kTiledMaxFactor)
+    return false;
+  int lw = ilog2_at_least(p.out_w) < 5 ? ilog2_at_least(p.out_w) : 5;  // tile_w <= 32
   const int max_lh = ilog2_at_least(kTiledOutputsPerBlock) - lw;
-  const int lh = ilog2_at_least(p.out_h) < max_lh ? ilog2_at_least(p.out_h) : max_lh;
-  t->tile_w = 1 << lw;
-  t->tile_h = 1 << lh;
+  int lh = ilog2_at_least(p.out_h) < max_lh ? ilog2_at_least(p.out_h) : max_lh;
+  for (;;) {
+    t->tile_w = 1 << lw;
+    t->tile_h = 1 << lh;
+    t->win_h = tile_window(t->tile_h, p.upy, p.downy, p.fh);
+    t->win_w = tile_window(t->tile_w, p.upx, p.downx, p.fw);
+    int planes = kTiledOutputsPerBlock >> (lw + lh);
+    if (planes < 1) planes = 1;
+    while (planes > 1 && planes / 2 >= p.nc) planes /= 2;  // no block of mostly absent planes
+    t->planes = planes;
+    while (t->planes > 1 && tiling_shared_elems(p, *t) * acc_bytes > kTiledMaxSharedBytes) t->planes /= 2;
+    if (tiling_shared_elems(p, *t) * acc_bytes <= kTiledMaxSharedBytes) break;
+    if (lh == 0 && lw == 0) return false;
+    if (lh >= lw) --lh; else --lw;  // a smaller tile, a smaller window
+  }
   t->log2_tile_w = lw;
   t->log2_tile_area = lw + lh;
-  t->win_h = t->tile_h + p.fh - 1;
-  t->win_w = t->tile_w + p.fw - 1;
-  int planes = kTiledOutputsPerBlock >> (lw + lh);
-  if (planes < 1) planes = 1;
-  while (planes > 1 && planes / 2 >= p.nc) planes /= 2;  // no block of mostly absent planes
-  const int64_t window = int64_t(t->win_h) * t->win_w;
-  while (planes > 1 && (planes * window + p.fh * p.fw) * acc_bytes > kTiledMaxSharedBytes) planes /= 2;
-  if ((planes * window + p.fh * p.fw) * acc_bytes > kTiledMaxSharedBytes) return false;
-  t->planes = planes;
   t->tiles_x = (p.out_w + t->tile_w - 1) / t->tile_w;
   t->tiles_y = (p.out_h + t->tile_h - 1) / t->tile_h;
-  t->groups = (p.nc + planes - 1) / planes;
+  t->groups = (p.nc + t->planes - 1) / t->planes;
   return true;
 }
 
 // Bytes of shared memory of one block: the oriented taps, then the windows of its planes.
-inline int filter2d_tiling_shared_bytes(const UpFirDn2dParams& p, const Filter2dTiling& t, int acc_bytes) {
-  return int((int64_t(t.planes) * t.win_h * t.win_w + p.fh * p.fw) * acc_bytes);
+inline int upfirdn2d_tiling_shared_bytes(const UpFirDn2dParams& p, const UpFirDn2dTiling& t, int acc_bytes) {
+  return int(tiling_shared_elems(p, t) * acc_bytes);
 }
 
 // Phase 1 of block (group, tile_y, tile_x), the share of thread `thread` of `threads`: writes the taps
-// in correlation order (taps[ty * fw + tx] multiplies in[oy - P0y + ty, ox - P0x + tx]) and the input
-// windows [planes, win_h, win_w] (zeros outside the input and beyond the last plane).
+// in correlation order (taps[ty * fw + tx] multiplies the sample at s = o * D - P0 + t along each axis)
+// and the input windows [planes, win_h, win_w] (zeros outside the input and beyond the last plane).
 template <typename scalar_t, typename acc_t>
-SG_HD inline void filter2d_stage(const UpFirDn2dParams& p, const Filter2dTiling& t, const scalar_t* x,
-                                 const acc_t* f, int64_t group, int tile_y, int tile_x, acc_t* taps,
-                                 acc_t* win, int thread, int threads) {
+SG_HD inline void upfirdn2d_stage(const UpFirDn2dParams& p, const UpFirDn2dTiling& t, const scalar_t* x,
+                                  const acc_t* f, int64_t group, int tile_y, int tile_x, acc_t* taps,
+                                  acc_t* win, int thread, int threads) {
   const int ntaps = p.fh * p.fw;
   for (int j = thread; j < ntaps; j += threads) {
     taps[j] = p.flip ? f[j] : f[ntaps - 1 - j];  // true convolution: the filter reversed in y and x
   }
   const int window = t.win_h * t.win_w;
-  const int iy0 = tile_y * t.tile_h - p.pady0;
-  const int ix0 = tile_x * t.tile_w - p.padx0;
+  const int iy0 = floor_div(tile_y * t.tile_h * p.downy - p.pady0, p.upy);
+  const int ix0 = floor_div(tile_x * t.tile_w * p.downx - p.padx0, p.upx);
   const int64_t plane0 = group * t.planes;
   for (int j = thread; j < t.planes * window; j += threads) {
     const int pl = j / window;
@@ -208,40 +233,95 @@ SG_HD inline void filter2d_stage(const UpFirDn2dParams& p, const Filter2dTiling&
   }
 }
 
-// Phase 2: the outputs of the block from the staged taps and windows. FH, FW > 0 fix the filter size
-// at compile time (unrolled taps); 0 reads it from p.
-template <typename scalar_t, typename acc_t, int FH, int FW>
-SG_HD inline void filter2d_compute(const UpFirDn2dParams& p, const Filter2dTiling& t, const acc_t* taps,
-                                   const acc_t* win, acc_t gain, scalar_t* out, int64_t group, int tile_y,
-                                   int tile_x, int thread, int threads) {
+// First tap of output `o` (relative to the tile's first output o0) and its offset in the window.
+struct TileTap {
+  int t;    // first tap index with a real sample
+  int off;  // its input sample's index in the window
+};
+
+SG_HD inline TileTap tile_first_tap(int o, int o0, int up, int down, int pad0) {
+  const int s = o * down - pad0;           // position of tap 0 in the zero-inserted signal
+  const int phase = floor_div(s, up) * up;  // the real sample at or before s
+  TileTap r;
+  r.t = phase == s ? 0 : phase + up - s;
+  r.off = (s + r.t) / up - floor_div(o0 * down - pad0, up);
+  return r;
+}
+
+// Phase 2: the outputs of the block from the staged taps and windows. UP, DOWN > 0 fix both axes'
+// factors and FH, FW > 0 the filter size at compile time (the common cases); 0 reads them from p.
+template <typename scalar_t, typename acc_t, int UP, int DOWN, int FH, int FW>
+SG_HD inline void upfirdn2d_tile_compute(const UpFirDn2dParams& p, const UpFirDn2dTiling& t,
+                                         const acc_t* taps, const acc_t* win, acc_t gain, scalar_t* out,
+                                         int64_t group, int tile_y, int tile_x, int thread, int threads) {
   const int fh = FH > 0 ? FH : p.fh;
   const int fw = FW > 0 ? FW : p.fw;
+  const int upx = UP > 0 ? UP : p.upx;
+  const int upy = UP > 0 ? UP : p.upy;
+  const int downx = DOWN > 0 ? DOWN : p.downx;
+  const int downy = DOWN > 0 ? DOWN : p.downy;
   const int area_mask = (1 << t.log2_tile_area) - 1;
   const int w_mask = t.tile_w - 1;
   const int window = t.win_h * t.win_w;
   const int64_t plane0 = group * t.planes;
+  const int oy0 = tile_y * t.tile_h;
+  const int ox0 = tile_x * t.tile_w;
   for (int j = thread; j < (t.planes << t.log2_tile_area); j += threads) {
     const int pl = j >> t.log2_tile_area;
     const int ly = (j & area_mask) >> t.log2_tile_w;
     const int lx = j & w_mask;
     const int64_t plane = plane0 + pl;
-    const int oy = tile_y * t.tile_h + ly;
-    const int ox = tile_x * t.tile_w + lx;
+    const int oy = oy0 + ly;
+    const int ox = ox0 + lx;
     if (plane >= p.nc || oy >= p.out_h || ox >= p.out_w) continue;
-    const acc_t* src = win + pl * window + ly * t.win_w + lx;
     acc_t acc = acc_t(0);
+    if (UP == 1) {  // every tap has a sample: one dense loop (unrolled for the fixed filter)
+      const acc_t* src = win + pl * window + ly * downy * t.win_w + lx * downx;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-    for (int ty = 0; ty < fh; ++ty) {
+      for (int ty = 0; ty < fh; ++ty) {
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-      for (int tx = 0; tx < fw; ++tx) {
-        acc += src[ty * t.win_w + tx] * taps[ty * fw + tx];
+        for (int tx = 0; tx < fw; ++tx) {
+          acc += src[ty * t.win_w + tx] * taps[ty * fw + tx];
+        }
+      }
+    } else {
+      const TileTap ry = tile_first_tap(oy, oy0, upy, downy, p.pady0);
+      const TileTap rx = tile_first_tap(ox, ox0, upx, downx, p.padx0);
+      const acc_t* src = win + pl * window + ry.off * t.win_w + rx.off;
+      for (int ty = ry.t, wy = 0; ty < fh; ty += upy, ++wy) {
+        for (int tx = rx.t, wx = 0; tx < fw; tx += upx, ++wx) {
+          acc += src[wy * t.win_w + wx] * taps[ty * fw + tx];
+        }
       }
     }
     sg_store(out + (plane * p.out_h + oy) * p.out_w + ox, acc * gain);
+  }
+}
+
+// Calls fn(std::integral_constant UP, DOWN, FH, FW) with the compile-time case of `p`: up = down = 1,
+// up = 2 or down = 2 (both axes), each with a 4 x 4 filter (StyleGAN2's [1, 3, 3, 1]); else all 0.
+template <int V>
+struct IntC {
+  static constexpr int value = V;
+};
+
+template <typename Fn>
+inline void dispatch_tile_case(const UpFirDn2dParams& p, Fn&& fn) {
+  const bool f44 = p.fh == 4 && p.fw == 4;
+  const bool up1 = p.upx == 1 && p.upy == 1, down1 = p.downx == 1 && p.downy == 1;
+  const bool up2 = p.upx == 2 && p.upy == 2, down2 = p.downx == 2 && p.downy == 2;
+  if (f44 && up1 && down1) {
+    fn(IntC<1>{}, IntC<1>{}, IntC<4>{}, IntC<4>{});
+  } else if (f44 && up2 && down1) {
+    fn(IntC<2>{}, IntC<1>{}, IntC<4>{}, IntC<4>{});
+  } else if (f44 && up1 && down2) {
+    fn(IntC<1>{}, IntC<2>{}, IntC<4>{}, IntC<4>{});
+  } else {
+    fn(IntC<0>{}, IntC<0>{}, IntC<0>{}, IntC<0>{});
   }
 }
 
