@@ -434,3 +434,16 @@ def test_real_runs_of_two_arms_share_data_order_latents_and_evaluation_samples(
     assert other["evaluation"] == a["evaluation"]  # evaluation latents do not depend on the run's seed
     record = json.loads((out / "compare.json").read_text())  # the seed-1 comparison: one arm
     assert record["pairing"] is None
+
+
+def test_forest_colours_follow_the_better_side_of_each_panel():
+    """Green only when the CI excludes 0 on the better side: a worse arm (FID up, later to a target) is red,
+    whatever the panel's title says (a regression coloured every panel with "kimg" in its title green)."""
+    from rootedgan.compare.report import ci_colour
+
+    assert ci_colour(122.0, 219.0, lower_is_better=True) == "tab:red"  # FID worse on every resample
+    assert ci_colour(-219.0, -122.0, lower_is_better=True) == "tab:green"
+    assert ci_colour(0.5, 1.6, lower_is_better=True) == "tab:red"  # reaches the target later
+    assert ci_colour(0.5, 1.6, lower_is_better=False) == "tab:green"  # a score that went up
+    assert ci_colour(-11.0, 114.0, lower_is_better=True) == "0.2"  # CI contains 0
+    assert ci_colour(float("nan"), float("nan"), lower_is_better=True) == "0.2"

@@ -8,8 +8,9 @@ nice -n 19 rootedgan compare --config docs/study/demo-study.yaml \
     --tune-seeds 100,101 --seeds 0-4 --kimg 4 --targets 1000,800,600 --primary auc \
     --jobs 2 --threads 1 --quiet --out runs/study/demo
 # 2. the authors' scenario in miniature: from scratch on 200 target digits, 3 losses x 3 seeds, config lr
+#    (run with 4 kimg, not the 8 of PLAN.md, to fit the session; --kimg 8 resumes nothing: rerun for 8)
 nice -n 19 rootedgan compare --config docs/study/scratch200.yaml --losses 'logistic,rooted:2,rooted:20' \
-    --seeds 0-2 --kimg 8 --targets 1500,1000,700 --primary auc --jobs 2 --threads 1 --quiet \
+    --seeds 0-2 --kimg 4 --targets 1500,1000,700 --primary auc --jobs 2 --threads 1 --quiet \
     --out runs/study/scratch
 # 3. copy the small outputs (reports, summaries, figures; no checkpoints) into docs/study/
 python docs/study/collect.py

@@ -3,8 +3,8 @@
 Runs ``rootedgan finetune --config configs/demo.yaml`` with the packaged assets (pretrained network,
 target digits, digits classifier), then composes ``before_after.png`` (G_ema on the same seeds before
 and after) next to the run's ``report.png`` and prints the quality numbers, each with its feature
-space. ``--baseline`` runs the same finetune with the logistic loss too (same seed and budget) through
-``rootedgan compare`` and writes its curves and table.
+space. ``--baseline`` runs the logistic loss and a rooted one (``--loss``, or the config's k when ``--loss``
+is logistic) with the same seed and budget through ``rootedgan compare`` and writes its curves and table.
 """
 
 from __future__ import annotations
@@ -24,10 +24,15 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--loss", default="rooted", help="model.loss of the demo run (default: rooted, k = 2)"
+        "--loss",
+        default="logistic",
+        help="model.loss of the demo run (default: logistic; rooted uses the config's k = 20)",
     )
     parser.add_argument(
-        "--baseline", action="store_true", help="also run the logistic loss, same seed/budget"
+        "--baseline",
+        action="store_true",
+        help="compare with the logistic baseline, same seed/budget (the rooted loss with the config's k "
+        "when --loss is logistic)",
     )
     parser.add_argument("--kimg", type=float, default=None, help="training length (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="model.seed (latents, noise, data order)")
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline:
         from rootedgan.cli import main as cli_main
 
-        losses = [args.loss] if args.loss == "logistic" else ["logistic", args.loss]  # baseline first
+        other = "rooted" if args.loss == "logistic" else args.loss
+        losses = ["logistic", other]  # baseline first
         compare = ["compare", "--config", argv[1], "--losses", ",".join(losses), "--seeds", str(args.seed)]
         compare += ["--out", str(out / "compare")]  # metric: the first metrics/* key, the digits FID
         if args.kimg is not None:

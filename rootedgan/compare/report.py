@@ -430,6 +430,14 @@ def _wall(wall_s: Mapping[str, Sequence[float]] | None, arm: str) -> dict[str, A
     return mean_std(list(wall_s[arm]))
 
 
+def ci_colour(lo: float, hi: float, lower_is_better: bool) -> str:
+    """Colour of a paired difference's CI ``[lo, hi]`` in the forest plot: green when it excludes 0 on the
+    better side, red on the worse side, dark grey when it contains 0 (or is undefined)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 <= hi:
+        return "0.2"
+    return "tab:green" if (hi < 0) == lower_is_better else "tab:red"
+
+
 def plot_forest(path: str | Path, result: Mapping[str, Any], title: str = "") -> Path | None:
     """Paired differences against the baseline with their 95 % CIs, one panel per value (primary first,
     then the others and the first target's kimg), one row per arm. None when there is nothing to plot."""
@@ -442,26 +450,26 @@ def plot_forest(path: str | Path, result: Mapping[str, Any], title: str = "") ->
     if not paired:
         return None
     keys = [result["primary"]] + [k for k in analysis.VALUE_KEYS if k != result["primary"]]
-    panels: list[tuple[str, Any]] = [(VALUE_LABELS[k], lambda d, k=k: d[k]) for k in keys]
+    # (title, getter, lower difference is better)
+    panels: list[tuple[str, Any, bool]] = [
+        (VALUE_LABELS[k], lambda d, k=k: d[k], result["lower_is_better"]) for k in keys
+    ]
     if result["targets"]:
         t = analysis.target_key(result["targets"][0])
-        panels.append((f"kimg to reach {t}", lambda d, t=t: d["to_target"][t]))
+        panels.append((f"kimg to reach {t}", lambda d, t=t: d["to_target"][t], True))  # sooner is better
     arms = list(paired)
     several = len({d["vs"] for d in paired.values()}) > 1
     fig, axes = plt.subplots(
         1, len(panels), figsize=(3.6 * len(panels), 0.45 * len(arms) + 1.6), squeeze=False, sharey=True
     )
-    for ax, (label, get) in zip(axes[0], panels, strict=True):
+    for ax, (label, get, lower_better) in zip(axes[0], panels, strict=True):
         for row, arm in enumerate(arms):
             d = get(paired[arm])
             if not d["n"]:
                 continue
             y = len(arms) - 1 - row
             lo, hi = d.get("lo", math.nan), d.get("hi", math.nan)
-            color = "0.2"
-            if math.isfinite(lo) and (hi < 0 or lo > 0):
-                good = (hi < 0) == result["lower_is_better"] or "kimg" in label
-                color = "tab:green" if good else "tab:red"
+            color = ci_colour(lo, hi, lower_better)
             if math.isfinite(lo):
                 ax.plot([lo, hi], [y, y], color=color, linewidth=2)
             ax.plot([d["mean"]], [y], "o", color=color, ms=5)
