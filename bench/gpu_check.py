@@ -54,7 +54,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 NVIDIA_REF = REPO / ".ref" / "stylegan3"
-LEVERS_GPU = "gather_kernel,ref_filter,ref_ops,channels_last,tf32,no_tf32,fused_optimizer,cudnn_benchmark,nvidia_flags"
+LEVERS_GPU = (
+    "gather_kernel,ref_filter,ref_ops,channels_last,tf32,no_tf32,fused_optimizer,cudnn_benchmark,nvidia_flags"
+)
 
 
 class Budget:
