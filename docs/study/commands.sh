@@ -14,3 +14,7 @@ nice -n 19 rootedgan compare --config docs/study/scratch200.yaml --losses 'logis
     --out runs/study/scratch
 # 3. copy the small outputs (reports, summaries, figures; no checkpoints) into docs/study/
 python docs/study/collect.py
+# 4. (added after the study) lr x2, the next step above the grid, on the tuning seeds: does any arm's choice move?
+nice -n 19 rootedgan compare --config docs/study/demo-study.yaml --losses 'logistic,rooted:2,rooted:4,rooted:8,rooted:20' \
+    --lrs 2 --seeds 100,101 --kimg 4 --targets 1000,800,600 --primary auc --jobs 2 --threads 1 --quiet \
+    --out runs/study/demo-x2   # reports copied by hand into docs/study/demo-x2/
