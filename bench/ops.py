@@ -9,18 +9,16 @@ Times, per shape and dtype, the forward pass and forward+backward of
 * ``upsample2d`` / ``downsample2d`` / ``filter2d`` with the ``[1, 3, 3, 1]`` filter (R = the output
   resolution for upsampling, the input resolution otherwise),
 
-with CUDA events after a warm-up, for the reference (``ref``), our kernels (``cuda``: plain filtering on
+with CUDA events after a warm-up, for the reference (``ref``), our kernels (``cuda``: upfirdn2d on its
 shared-memory tiles) and, for the upfirdn2d ops, ``gather`` (the one-thread-per-output gather kernel,
 ``STYLEGAN_OPS_UPFIRDN2D_KERNEL=gather``), and prints a table (median milliseconds, speed-up) and writes
-JSON
-with the machine's details. Without a GPU it says so, times the reference on the CPU for a couple of
+JSON with the machine's details. Without a GPU it says so, times the reference on the CPU for a couple of
 small shapes, and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -28,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -110,28 +109,13 @@ def _cases(device: torch.device, dtype: torch.dtype, small: bool) -> list[dict[s
     return cases
 
 
-@contextlib.contextmanager
-def _upfirdn2d_kernel(name: str | None):
-    """``STYLEGAN_OPS_UPFIRDN2D_KERNEL`` set to ``name`` (None: unchanged) for the block."""
-    old = os.environ.get(KERNEL_ENV_VAR)
-    if name is not None:
-        os.environ[KERNEL_ENV_VAR] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(KERNEL_ENV_VAR, None)
-        else:
-            os.environ[KERNEL_ENV_VAR] = old
-
-
 def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iters: int) -> dict[str, Any]:
     inputs = case["make"]()
     row: dict[str, Any] = {"op": case["op"], "shape": case["shape"]}
     for impl in impls:
         if impl == "gather" and case["op"].startswith("bias_act"):
             continue  # gather vs tiles is upfirdn2d's choice
-        kernel, impl_arg = ("gather", "cuda") if impl == "gather" else (None, impl)
+        kernel_env, impl_arg = ({KERNEL_ENV_VAR: "gather"}, "cuda") if impl == "gather" else ({}, impl)
 
         def fwd(impl=impl_arg):
             with torch.no_grad():
@@ -141,7 +125,7 @@ def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iter
             y = case["fn"](inputs, impl)
             torch.autograd.grad(y, inputs, torch.ones_like(y))
 
-        with _upfirdn2d_kernel(kernel):
+        with mock.patch.dict(os.environ, kernel_env):  # restored after the timings
             row[f"{impl}_fwd_ms"] = timer(fwd, warmup, iters)
             row[f"{impl}_fwd_bwd_ms"] = timer(fwd_bwd, warmup, iters)
     if "cuda" in impls:

@@ -110,7 +110,6 @@ SG_HD inline void upfirdn2d_linear_element(int64_t i, const UpFirDn2dParams& p, 
   sg_store(out + i, upfirdn2d_element<scalar_t, acc_t>(p, in, f, gain, oy, ox));
 }
 
-
 // ---- Tiled path ---------------------------------------------------------------------------------
 //
 // Neighbouring outputs share most of their input samples, so a block stages the input window of a whole
@@ -172,16 +171,16 @@ inline bool plan_upfirdn2d_tiling(const UpFirDn2dParams& p, int acc_bytes, UpFir
   if (p.upx > kTiledMaxFactor || p.upy > kTiledMaxFactor || p.downx > kTiledMaxFactor ||
       p.downy > kTiledMaxFactor)
     return false;
-  int lw = ilog2_at_least(p.out_w) < 5 ? ilog2_at_least(p.out_w) : 5;  // tile_w <= 32
+  const int need_w = ilog2_at_least(p.out_w), need_h = ilog2_at_least(p.out_h);
+  int lw = need_w < 5 ? need_w : 5;  // tile_w <= 32
   const int max_lh = ilog2_at_least(kTiledOutputsPerBlock) - lw;
-  int lh = ilog2_at_least(p.out_h) < max_lh ? ilog2_at_least(p.out_h) : max_lh;
+  int lh = need_h < max_lh ? need_h : max_lh;
   for (;;) {
     t->tile_w = 1 << lw;
     t->tile_h = 1 << lh;
     t->win_h = tile_window(t->tile_h, p.upy, p.downy, p.fh);
     t->win_w = tile_window(t->tile_w, p.upx, p.downx, p.fw);
-    int planes = kTiledOutputsPerBlock >> (lw + lh);
-    if (planes < 1) planes = 1;
+    int planes = kTiledOutputsPerBlock >> (lw + lh);  // >= 1: lw + lh <= log2(kTiledOutputsPerBlock)
     while (planes > 1 && planes / 2 >= p.nc) planes /= 2;  // no block of mostly absent planes
     t->planes = planes;
     while (t->planes > 1 && tiling_shared_elems(p, *t) * acc_bytes > kTiledMaxSharedBytes) t->planes /= 2;
