@@ -650,18 +650,24 @@ def _groups(plan: list[dict[str, Any]], one_process: bool = False) -> list[list[
     return ([shared] if shared else []) + alone
 
 
+def _cpu_baseline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first smoke row (or spec) on the CPU without a lever: the one compared with NVIDIA's loop."""
+    return next(
+        (r for r in rows if r["preset"] == "smoke" and r["device"] == "cpu" and not r.get("lever")), None
+    )
+
+
 def _nvidia_cpu_side_by_side(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:
     """NVIDIA's inner loop (its networks and loss, replicated loop; bench/nvidia_ref.py) on the CPU with the
     steps, warm-up and threads of our smoke rows; None when there is no such row."""
-    ours = [r for r in rows if r["preset"] == "smoke" and r["device"] == "cpu" and not r.get("lever")]
-    if not ours or "error" in ours[0]:
+    r = _cpu_baseline(rows)
+    if r is None or "error" in r:
         return None
     from bench import nvidia_ref
 
     if not nvidia_ref.DEFAULT_REF.is_dir():
         print(f"--vs-nvidia-cpu: {nvidia_ref.DEFAULT_REF} not there (NVIDIA's stylegan3, never committed)")
         return {"error": f"{nvidia_ref.DEFAULT_REF} missing"}
-    r = ours[0]
     print(f"measuring NVIDIA's inner loop on cpu: {r['warmup']} warm-up + {r['steps']} steps ...", flush=True)
     return nvidia_ref.run_cpu_step_subprocess(
         steps=r["steps"], warmup=r["warmup"], threads=args.threads or torch.get_num_threads()
@@ -691,6 +697,91 @@ def _report_nvidia_cpu(rows: list[dict[str, Any]], nvidia: dict[str, Any]) -> No
         lines.append([row_label(r), *cells])
         r["ratio_vs_nvidia_cpu_step"] = r["ms_per_step"] / nvidia["ms_per_step"]
     _print_table(header, lines, left=1)
+
+
+def _round_record(order: str, ours: dict[str, Any], nvidia: dict[str, Any]) -> dict[str, Any]:
+    """One paired measurement: step and per-phase ms of ours and NVIDIA's, and their ratios."""
+    rec: dict[str, Any] = {"order": order}
+    if "error" in ours or "error" in nvidia:
+        rec["error"] = ours.get("error") or nvidia.get("error")
+        return rec
+    rec.update(ours_ms=ours["ms_per_step"], nvidia_ms=nvidia["ms_per_step"])
+    rec["ratio"] = ours["ms_per_step"] / nvidia["ms_per_step"]
+    rec["phase_ratio"] = {}
+    for p in PHASES[:4]:
+        a = ours["phases_ms"].get(p, {}).get("mean")
+        b = nvidia["phases_ms"].get(p, {}).get("mean")
+        if a is not None and b:
+            rec["phase_ratio"][p] = a / b
+    rec["other_cpu_cores"] = [ours.get("other_cpu_cores"), nvidia.get("other_cpu_cores")]
+    return rec
+
+
+def _more_nvidia_cpu_rounds(
+    plan: list[dict[str, Any]], rows: list[dict[str, Any]], nvidia: dict[str, Any], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Rounds 2..``--rounds`` of the CPU side-by-side: our smoke baseline row and NVIDIA's loop measured
+    again, each in a fresh process, NVIDIA first in even rounds (drift then favours neither side)."""
+    first = next(
+        (r for r in rows if r["preset"] == "smoke" and r["device"] == "cpu" and not r.get("lever")), None
+    )
+    if first is None or "error" in nvidia:
+        return []
+    rounds = [_round_record("ours first", first, nvidia)]
+    spec = dict(_cpu_baseline(plan), profile=0)
+    for i in range(2, args.rounds + 1):
+        print(f"round {i} of {args.rounds} ...", flush=True)
+        if i % 2 == 0:
+            theirs = _nvidia_cpu_side_by_side(rows, args) or {"error": "not measured"}
+            ours = _measure_group([spec], args.verbose, None)[0]
+            rounds.append(_round_record("NVIDIA first", ours, theirs))
+        else:
+            ours = _measure_group([spec], args.verbose, None)[0]
+            theirs = _nvidia_cpu_side_by_side(rows, args) or {"error": "not measured"}
+            rounds.append(_round_record("ours first", ours, theirs))
+    return rounds
+
+
+def _report_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Print every round and the median ratios; returns the summary stored in the JSON."""
+    print("\nstep time, ours vs NVIDIA's inner loop, round by round (< 1x: ours faster):")
+    lines = []
+    for i, r in enumerate(rounds, 1):
+        if "error" in r:
+            lines.append([str(i), r["order"], "failed", "", "", "", "", "", ""])
+            continue
+        phases = [f"{r['phase_ratio'][p]:.2f}x" if p in r["phase_ratio"] else "-" for p in PHASES[:4]]
+        lines.append(
+            [
+                str(i),
+                r["order"],
+                f"{r['ours_ms']:.1f}",
+                f"{r['nvidia_ms']:.1f}",
+                f"{r['ratio']:.3f}x",
+                *phases,
+            ]
+        )
+    _print_table(["round", "order", "ours ms", "NVIDIA ms", "ratio", *PHASES[:4]], lines, left=2)
+    good = [r for r in rounds if "error" not in r]
+    if not good:
+        return {}
+    ratios = [r["ratio"] for r in good]
+    summary = {
+        "rounds": len(good),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "phase_ratio_median": {
+            p: statistics.median(r["phase_ratio"][p] for r in good if p in r["phase_ratio"])
+            for p in PHASES[:4]
+            if any(p in r["phase_ratio"] for r in good)
+        },
+    }
+    print(
+        f"median step ratio {summary['ratio_median']:.3f}x over {len(good)} rounds "
+        f"(range {summary['ratio_min']:.3f}-{summary['ratio_max']:.3f}x)"
+    )
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -767,6 +858,13 @@ def main(argv: list[str] | None = None) -> int:
         "with the same steps and threads, and print the per-phase split side by side",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --vs-nvidia-cpu: measure ours and NVIDIA's loop this many times, alternating which goes "
+        "first, and report the median ratio (a shared CPU drifts by several %% between runs)",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -785,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         run_worker_specs(json.loads(Path(args.worker[0]).read_text()), Path(args.worker[1]))
         return 0
 
-    for name in ("steps", "warmup", "batch", "threads"):
+    for name in ("steps", "warmup", "batch", "threads", "rounds"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name} must be >= {0 if name == 'warmup' else 1}, got {value}")
@@ -838,11 +936,15 @@ def main(argv: list[str] | None = None) -> int:
         # the rows so far, so that a caller's timeout (the GPU check) still leaves the finished ones
         write_json(args.out, {"machine": info, "partial": True, "results": rows, "skipped": skipped})
     nvidia_cpu = _nvidia_cpu_side_by_side(rows, args) if args.vs_nvidia_cpu else None
+    rounds = _more_nvidia_cpu_rounds(plan, rows, nvidia_cpu, args) if nvidia_cpu else []
     print()
     nvidia_img_s = 1000 / args.nvidia_sec_per_kimg if args.nvidia_sec_per_kimg else None
     _report(rows, nvidia_img_s)
     if nvidia_cpu:
         _report_nvidia_cpu(rows, nvidia_cpu)
+        if len(rounds) > 1:
+            nvidia_cpu["rounds"] = rounds
+            nvidia_cpu["rounds_summary"] = _report_rounds(rounds)
     for r in rows:  # another load on the CPU, or whole cycles of very different length
         if "error" in r:
             continue

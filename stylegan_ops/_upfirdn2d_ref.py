@@ -117,26 +117,40 @@ def upfirdn2d_ref(
             f"{fh}x{fw} filter leaves no output"
         )
 
-    # Zero insertion: each sample is followed by up-1 zeros.
-    x = x.reshape(n, c, h, 1, w, 1)
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-    x = x.reshape(n, c, h * upy, w * upx)
+    # Zero insertion: each sample is followed by up-1 zeros. Steps that would change nothing are skipped:
+    # a pad by zero still copies, and a full slice still costs a zero-fill and a copy in its backward.
+    if upx > 1 or upy > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape(n, c, h * upy, w * upx)
 
-    # Pad (positive part), then crop (negative part).
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
+    # Pad (positive part), then crop (negative part). conv2d pads equal amounts on both sides itself,
+    # without the padded copy (and without the slice of the gradient that its backward would need).
+    pad = [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)]
+    conv_pad = (0, 0)
+    if min(px0, px1, py0, py1) >= 0 and px0 == px1 and py0 == py1:
+        conv_pad = (py0, px0)
+    elif any(pad):
+        x = F.pad(x, pad)
+    if min(px0, px1, py0, py1) < 0:
+        x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
 
     # FIR filter: a depthwise convolution (one group per channel, the batch kept as the batch; folding
     # the batch into the groups makes PyTorch's double backward run one small convolution per group).
-    # conv2d correlates, so a true convolution flips the filter first.
+    # conv2d correlates, so a true convolution flips the filter first. Keeping every down-th sample is the
+    # convolution's stride: the samples in between are never computed.
     f = f.to(dtype=x.dtype, device=x.device)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     f = f * (gain ** (f.ndim / 2))
     if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
-    else:
-        x = F.conv2d(x, f[None, None, None, :].repeat(c, 1, 1, 1), groups=c)
-        x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
-
-    return x[:, :, ::downy, ::downx]
+        return F.conv2d(
+            x, f[None, None].repeat(c, 1, 1, 1), stride=(downy, downx), padding=conv_pad, groups=c
+        )
+    # Separable: along x, then along y (each pass pads and strides its own axis).
+    x = F.conv2d(
+        x, f[None, None, None, :].repeat(c, 1, 1, 1), stride=(1, downx), padding=(0, conv_pad[1]), groups=c
+    )
+    return F.conv2d(
+        x, f[None, None, :, None].repeat(c, 1, 1, 1), stride=(downy, 1), padding=(conv_pad[0], 0), groups=c
+    )

@@ -1,7 +1,10 @@
 """Fused bias + activation + gain + clamp: ``clamp(act(x + b) * gain, -clamp, clamp)``.
 
 The pure-PyTorch reference here is the specification; the CUDA kernel must match it, including
-first and second derivatives (R1 and path-length regularization differentiate twice).
+first and second derivatives (R1 and path-length regularization differentiate twice). Without a kernel
+(CPU tensors), ``impl='auto'`` runs linear/relu/lrelu as one autograd node of PyTorch ops
+(:mod:`stylegan_ops._bias_act_fused`: the reference's values, less memory and fewer passes);
+``impl='ref'`` forces the reference.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from stylegan_ops._impl import resolve_impl
+from stylegan_ops._bias_act_fused import bias_act_fused, fusable
+from stylegan_ops._impl import requested_impl, resolve_impl
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,16 @@ def bias_act(
     Returns:
         A tensor shaped and typed like ``x``.
     """
-    if resolve_impl("bias_act", impl, x) == "cuda":
+    chosen = resolve_impl("bias_act", impl, x)
+    if chosen == "cuda":
         from stylegan_ops._bias_act_cuda import bias_act_cuda
 
         spec, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
         _check_bias(x, b, dim)
         return bias_act_cuda(x, b, dim=dim, spec=spec, alpha=alpha_, gain=gain_, clamp=clamp_)
+    if requested_impl(impl) != "ref":  # auto without a kernel (CPU tensors): one autograd node if it applies
+        _, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
+        _check_bias(x, b, dim)
+        if fusable(act, x, b, alpha_, gain_, clamp_):
+            return bias_act_fused(x, b, dim=dim, act=act, alpha=alpha_, gain=gain_, clamp=clamp_)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)

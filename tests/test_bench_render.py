@@ -228,3 +228,39 @@ def test_train_table_has_levers_against_their_baseline_and_nvidias_row():
         in text
     )
     assert "NVIDIA's row: stylegan3." in text
+
+
+# -- bench/train.py: rounds of the CPU side-by-side with NVIDIA's loop ----------------------------------
+
+
+def _timing(step: float, **phases: float) -> dict:
+    return {"ms_per_step": step, "phases_ms": {k: {"mean": v} for k, v in phases.items()}}
+
+
+def test_cpu_rounds_pair_ours_with_nvidia_and_take_the_median(capsys):
+    from bench import train
+
+    rounds = [
+        train._round_record("ours first", _timing(90.0, Gmain=30.0), _timing(100.0, Gmain=40.0)),
+        train._round_record("NVIDIA first", _timing(80.0, Gmain=30.0), _timing(100.0, Gmain=30.0)),
+        train._round_record("ours first", _timing(99.0), _timing(90.0)),
+        train._round_record("NVIDIA first", {"error": "exit 1"}, _timing(90.0)),
+    ]
+    assert rounds[0]["ratio"] == pytest.approx(0.9) and rounds[0]["phase_ratio"] == {"Gmain": 0.75}
+    assert rounds[2]["phase_ratio"] == {}
+    summary = train._report_rounds(rounds)
+    assert summary["rounds"] == 3  # the failed round is shown, not counted
+    assert summary["ratio_median"] == pytest.approx(0.9)
+    assert (summary["ratio_min"], summary["ratio_max"]) == pytest.approx((0.8, 1.1))
+    assert summary["phase_ratio_median"] == pytest.approx({"Gmain": 0.875})
+    out = capsys.readouterr().out
+    assert "NVIDIA first" in out and "failed" in out
+    assert "median step ratio 0.900x over 3 rounds (range 0.800-1.100x)" in out
+
+
+def test_rounds_must_be_positive(capsys):
+    from bench import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--device", "cpu", "--rounds", "0"])
+    assert "--rounds must be >= 1" in capsys.readouterr().err

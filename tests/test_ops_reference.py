@@ -72,6 +72,9 @@ CASES = [
     ((1, 1), (2, 2), (3, 3, 3, 3), True, 1.0, "sep", 9, 11),
     ((1, 2), (3, 1), (3, -1, 2, 0), False, 0.5, "sep", 7, 8),
     ((4, 4), (1, 1), (-3, 0, 1, 1), False, 16.0, "sep", 3, 3),
+    # equal padding on both sides of each axis (conv2d pads) with a different amount and stride per axis
+    ((1, 1), (1, 2), (2, 2, 1, 1), False, 1.0, "2d", 7, 8),
+    ((1, 1), (2, 1), (1, 1, 2, 2), True, 2.0, "sep", 6, 9),
 ]
 
 

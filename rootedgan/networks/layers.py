@@ -222,8 +222,10 @@ def modulated_conv2d(
     """StyleGAN2's modulated (and optionally demodulated) convolution.
 
     Per sample n: ``w' = weight * styles[n, in]``; demodulation divides each output filter by
-    ``sqrt(sum(w'^2) + 1e-8)``. ``fused_modconv`` runs one grouped conv with per-sample weights;
-    otherwise activations are scaled before and after a shared conv (same result).
+    ``sqrt(sum(w'^2) + 1e-8)``. ``fused_modconv`` runs one grouped conv with per-sample weights (NVIDIA's
+    arithmetic, bit for bit); otherwise activations are scaled before and after a shared conv and the
+    demodulation sums are factored (same result up to rounding, without the ``[N, O, I, k, k]`` weights:
+    9x fewer elements at 3x3 and 1/9 of the memory passes; NVIDIA's non-fused path materializes them).
 
     Args:
         x: ``[N, I, H, W]``; weight: ``[O, I, k, k]``; styles: ``[N, I]``;
@@ -242,12 +244,18 @@ def modulated_conv2d(
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv:
         w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1)  # [N, O, I, k, k]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
-        if fused_modconv:
+        if demodulate:
+            dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
             w = w * dcoefs.reshape(batch, out_ch, 1, 1, 1)
+    elif demodulate:
+        # The same sum factored, sum_i s[n,i]^2 * sum_k weight[o,i,k]^2, without materializing the [N, O, I,
+        # k, k] weights (equal up to rounding; fp32 even under autocast, like the per-sample weights).
+        dtype = torch.promote_types(weight.dtype, styles.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            w_sq = weight.to(dtype).square().sum(dim=[2, 3])  # [O, I]
+            dcoefs = (styles.to(dtype).square() @ w_sq.t() + 1e-8).rsqrt()  # [N, O]
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)

@@ -1,0 +1,152 @@
+"""``bias_act`` for linear, relu and lrelu as one autograd node made of PyTorch ops (no compiled kernel).
+
+The reference (:func:`stylegan_ops.bias_act.bias_act_ref`) records four autograd nodes per call (add, act,
+gain, clamp), keeps two full-size tensors for the backward pass (the pre-activation and the pre-clamp
+value) and spends one full pass per node in each direction. Here the forward pass runs the reference's
+arithmetic in place on one fresh tensor -- so the output is bit-for-bit the reference's -- and keeps only
+that output ``y``, which the next layer keeps anyway. The derivative of a piecewise-linear activation
+follows from ``y`` alone (with ``gain > 0`` and ``alpha >= 0``, ``y > 0`` exactly where ``x + b > 0``):
+
+* backward:  ``dx = [|y| < clamp] * act'(y) * (gain * dy)``, ``db = sum of dx over the non-``dim`` axes``
+* double:    ``d(dx)/d(dy)`` is the same masked scaling; ``d(dx)/dy = 0`` almost everywhere.
+
+On CPU tensors a clamp that changes nothing (every value strictly inside, the usual case) is found with one
+``aminmax`` read and skipped, with its mask in every backward pass.
+
+So the pass is differentiable to any order. The values equal the reference's except where the unclamped
+output is exactly ``+-clamp``: the reference passes the gradient there, this path (like NVIDIA's CUDA
+plugin, which also decides from ``y``) does not -- a set of measure zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Activations this path covers (their names in :data:`stylegan_ops.bias_act.ACTIVATIONS`).
+FUSED_ACTIVATIONS = ("linear", "relu", "lrelu")
+
+
+def fusable(
+    act: str, x: torch.Tensor, b: torch.Tensor | None, alpha: float, gain: float, clamp: float
+) -> bool:
+    """Whether :func:`bias_act_fused` applies: a covered activation with a bias of ``x``'s dtype, a
+    positive gain, a non-negative lrelu slope and no zero clamp (``y`` must have the sign of ``x + b``)."""
+    return (
+        act in FUSED_ACTIVATIONS
+        and b is not None
+        and b.dtype == x.dtype
+        and x.dtype.is_floating_point
+        and gain > 0
+        and alpha >= 0
+        and clamp != 0
+    )
+
+
+class _Config:
+    """The resolved arguments of one call (plain Python numbers, fixed for its backward passes)."""
+
+    __slots__ = ("act", "alpha", "clamp", "dim", "gain")
+
+    def __init__(self, act: str, dim: int, alpha: float, gain: float, clamp: float) -> None:
+        self.act, self.dim, self.alpha, self.gain, self.clamp = act, dim, alpha, gain, clamp
+
+
+def _masked_slope(dy: torch.Tensor, y: torch.Tensor, cfg: _Config, transposed: bool) -> torch.Tensor:
+    """``[|y| < clamp] * act'(y) * gain * dy`` in the reference's order of rounding: gain, slope, mask for
+    the backward pass; the transpose (mask, slope, gain) for the double backward; and so on alternately."""
+    steps = (_times_gain, _times_slope, _times_mask)
+    for step in reversed(steps) if transposed else steps:
+        dy = step(dy, y, cfg)
+    return dy
+
+
+def _times_gain(d: torch.Tensor, y: torch.Tensor, cfg: _Config) -> torch.Tensor:
+    return d * cfg.gain if cfg.gain != 1 else d
+
+
+def _times_slope(d: torch.Tensor, y: torch.Tensor, cfg: _Config) -> torch.Tensor:
+    if cfg.act == "lrelu":
+        return torch.ops.aten.leaky_relu_backward(d, y, cfg.alpha, True)
+    if cfg.act == "relu":
+        return torch.ops.aten.threshold_backward(d, y, 0)
+    return d
+
+
+def _times_mask(d: torch.Tensor, y: torch.Tensor, cfg: _Config) -> torch.Tensor:
+    return torch.ops.aten.hardtanh_backward(d, y, -cfg.clamp, cfg.clamp) if cfg.clamp >= 0 else d
+
+
+class _BiasActGrad(torch.autograd.Function):
+    """``dx`` from ``dy`` and the saved output ``y``; linear in ``dy``, constant in ``y`` (a.e.)."""
+
+    @staticmethod
+    def forward(ctx: Any, dy: torch.Tensor, y: torch.Tensor, cfg: _Config, transposed: bool) -> torch.Tensor:
+        ctx.save_for_backward(y)
+        ctx.cfg, ctx.transposed = cfg, transposed
+        return _masked_slope(dy, y, cfg, transposed)
+
+    @staticmethod
+    def backward(ctx: Any, ddx: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (y,) = ctx.saved_tensors
+        grad = _BiasActGrad.apply(ddx, y, ctx.cfg, not ctx.transposed) if ctx.needs_input_grad[0] else None
+        return grad, None, None, None
+
+
+def _inside(y: torch.Tensor, clamp: float) -> bool:
+    """Whether every element lies strictly inside ``(-clamp, clamp)`` (False with a NaN): then the clamp
+    changes nothing and its mask passes every gradient, so both can be skipped. Reads back to the host."""
+    if y.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(y)
+    return bool(-clamp < lo.item() and hi.item() < clamp)
+
+
+class _BiasAct(torch.autograd.Function):
+    """``y = clamp(act(x + b) * gain)`` computed in place on the sum; only ``y`` is saved."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, b: torch.Tensor, cfg: _Config) -> torch.Tensor:
+        shape = [1] * x.ndim
+        shape[cfg.dim] = -1
+        y = x + b.reshape(shape)
+        if cfg.act == "lrelu":
+            F.leaky_relu(y, cfg.alpha, inplace=True)
+        elif cfg.act == "relu":
+            y.relu_()
+        if cfg.gain != 1:
+            y.mul_(cfg.gain)
+        if cfg.clamp >= 0:
+            if y.device.type == "cpu" and _inside(y, cfg.clamp):  # one read instead of two read-writes
+                cfg = _Config(cfg.act, cfg.dim, cfg.alpha, cfg.gain, -1.0)
+            else:
+                y.clamp_(-cfg.clamp, cfg.clamp)
+        ctx.save_for_backward(y)
+        ctx.cfg = cfg
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        (y,) = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        dx = _BiasActGrad.apply(dy, y, cfg, False)
+        db = None
+        if ctx.needs_input_grad[1]:
+            db = dx.sum(dim=[d for d in range(dx.ndim) if d != cfg.dim])
+        return (dx if ctx.needs_input_grad[0] else None), db, None
+
+
+def bias_act_fused(
+    x: torch.Tensor, b: torch.Tensor, *, dim: int, act: str, alpha: float, gain: float, clamp: float
+) -> torch.Tensor:
+    """``clamp(act(x + b) * gain, -clamp, clamp)`` as one autograd node (arguments already resolved and
+    checked with :func:`fusable`; ``clamp < 0`` for none).
+
+    Args:
+        x: input of any shape and float dtype; b: ``[x.shape[dim]]`` bias of ``x``'s dtype.
+    Returns:
+        A new tensor shaped and typed like ``x``, equal to the reference's output bit for bit.
+    """
+    return _BiasAct.apply(x, b, _Config(act, int(dim), float(alpha), float(gain), float(clamp)))
