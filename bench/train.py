@@ -84,7 +84,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "compile": {"torch_compile": "inductor"},
     "nvidia_flags": {"cudnn_benchmark": True, "tf32": False},
-    "ref_ops": {"ops_impl": "ref"},  # the pure-PyTorch reference ops instead of our CUDA kernels
+    "ref_ops": {"ops_impl": "ref"},  # the plain reference ops (no CUDA kernel, no fused CPU bias_act)
     "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (STYLEGAN_OPS_FILTER_IMPL)
     "gather_kernel": {"upfirdn2d_kernel": "gather"},  # upfirdn2d on our gather kernel, not the tiles
 }
