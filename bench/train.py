@@ -2,7 +2,8 @@
 
     python bench/train.py [--device auto|cpu|cuda] [--preset all|smoke|paper256] [--steps N]
                           [--warmup N] [--batch N] [--precision 32|bf16-mixed|16-mixed]
-                          [--nvidia-sec-per-kimg X] [--out bench/results/train.json]
+                          [--nvidia-sec-per-kimg X] [--vs-nvidia-cpu [--rounds N]] [--threads N]
+                          [--out bench/results/train.json]
 
 Presets (networks built from scratch with random weights; nothing is downloaded):
 
@@ -47,6 +48,14 @@ sets what NVIDIA's training loop sets (``cudnn.benchmark = True``, TF32 off for 
 without it the benchmark runs with PyTorch's defaults, as ``rootedgan finetune`` does. NVIDIA's
 ``gpumem`` column is its peak ``max_memory_allocated`` in GiB, comparable to ours
 (``--nvidia-gpumem-gb`` adds it to the JSON).
+
+On the CPU, NVIDIA's inner loop runs here (``bench/nvidia_ref.py cpu-step``, its code from ``.ref/``)::
+
+    python bench/train.py --device cpu --preset smoke --loss logistic --threads 1 --vs-nvidia-cpu --rounds 6
+
+times our smoke step and NVIDIA's loop on the same steps and threads, each in a fresh process, ``--rounds``
+times, alternating which goes first, and prints every round, the per-phase split and the median ratio
+(< 1: ours is faster; the JSON's ``nvidia_cpu.rounds_summary``).
 """
 
 from __future__ import annotations
