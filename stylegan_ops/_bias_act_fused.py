@@ -119,7 +119,8 @@ class _BiasAct(torch.autograd.Function):
         if cfg.gain != 1:
             y.mul_(cfg.gain)
         if cfg.clamp >= 0:
-            if y.device.type == "cpu" and _inside(y, cfg.clamp):  # one read instead of two read-writes
+            # one read instead of two read-writes; not under torch.compile (a host read breaks the graph)
+            if y.device.type == "cpu" and not torch.compiler.is_compiling() and _inside(y, cfg.clamp):
                 cfg = _Config(cfg.act, cfg.dim, cfg.alpha, cfg.gain, -1.0)
             else:
                 y.clamp_(-cfg.clamp, cfg.clamp)

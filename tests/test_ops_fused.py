@@ -203,3 +203,19 @@ def test_factored_demodulation_is_computed_in_float32_under_autocast():
     products = [dtypes for name, shapes, dtypes in ops if name == "aten.mm" and (2, 16) in shapes]
     assert products == [[torch.float32]], products
     assert conv_dtypes == {torch.bfloat16}  # autocast was on: the check above can fail
+
+
+def test_fused_bias_act_compiles_without_a_graph_break():
+    """Under torch.compile the clamp is always applied (no host read of aminmax), so the graph stays whole
+    and the values stay the eager ones."""
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+
+    def fn(xx, bb):
+        return so.bias_act(xx, bb, act="lrelu", clamp=256)
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(x, b)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(fn, backend="aot_eager")(x, b)
+    assert torch.equal(compiled, fn(x, b))
