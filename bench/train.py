@@ -731,23 +731,20 @@ def _more_nvidia_cpu_rounds(
 ) -> list[dict[str, Any]]:
     """Rounds 2..``--rounds`` of the CPU side-by-side: our smoke baseline row and NVIDIA's loop measured
     again, each in a fresh process, NVIDIA first in even rounds (drift then favours neither side)."""
-    first = next(
-        (r for r in rows if r["preset"] == "smoke" and r["device"] == "cpu" and not r.get("lever")), None
-    )
+    first = _cpu_baseline(rows)
     if first is None or "error" in nvidia:
         return []
     rounds = [_round_record("ours first", first, nvidia)]
     spec = dict(_cpu_baseline(plan), profile=0)
     for i in range(2, args.rounds + 1):
         print(f"round {i} of {args.rounds} ...", flush=True)
-        if i % 2 == 0:
+        nvidia_first = i % 2 == 0
+        if nvidia_first:
             theirs = _nvidia_cpu_side_by_side(rows, args) or {"error": "not measured"}
-            ours = _measure_group([spec], args.verbose, None)[0]
-            rounds.append(_round_record("NVIDIA first", ours, theirs))
-        else:
-            ours = _measure_group([spec], args.verbose, None)[0]
+        ours = _measure_group([spec], args.verbose, None)[0]
+        if not nvidia_first:
             theirs = _nvidia_cpu_side_by_side(rows, args) or {"error": "not measured"}
-            rounds.append(_round_record("ours first", ours, theirs))
+        rounds.append(_round_record("NVIDIA first" if nvidia_first else "ours first", ours, theirs))
     return rounds
 
 
