@@ -1,4 +1,4 @@
-"""Cost of discriminator augmentation per training step at 256x256 (rootedgan.augment).
+"""Cost of discriminator augmentation per training step at 256x256 (rootedgan.training.augment).
 
     python bench/augment.py [--device cpu|cuda] [--batches 8,32] [--repeats N] [--warmup N]
                             [--threads N] [--out bench/results/augment.json]
@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.common import machine_info, write_json  # noqa: E402
-from rootedgan.augment import P_MAX, AugmentPipe, DiffAugment  # noqa: E402
+from rootedgan.training.augment import P_MAX, AugmentPipe, DiffAugment  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "augment.json"
 RESOLUTION = 256

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rootedgan.orthogonal import cayley, cayley_neumann, skew_from_triu
+from rootedgan.training.orthogonal import cayley, cayley_neumann, skew_from_triu
 
 SCALES = (0.02, 0.05, 0.1, 0.2, 0.4)
 TERMS = tuple(range(1, 9))

@@ -74,7 +74,7 @@ def module_kwargs(variant: str) -> dict[str, Any]:
 def count_params(g_kwargs: dict[str, Any], variant: str) -> dict[str, int]:
     """Total G parameters and those that train (``g_params``) for a variant, on a randomly built G."""
     from rootedgan.networks import Generator
-    from rootedgan.orthogonal import OrthogonalConfig, OrthogonalFinetune
+    from rootedgan.training.orthogonal import OrthogonalConfig, OrthogonalFinetune
 
     torch.manual_seed(0)
     G = Generator(**g_kwargs)

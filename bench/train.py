@@ -201,7 +201,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the module, train ``warmup + steps`` steps through a Trainer, return the measurements."""
     import lightning as L
 
-    from rootedgan.module import FinetuneModule
+    from rootedgan.training.module import FinetuneModule
 
     device = spec["device"]
     cuda = device == "cuda"

@@ -1,5 +1,5 @@
-"""Discriminator augmentation (rootedgan.augment): ADA's pipeline and p controller, DiffAugment, and the
-training module with augmentation on.
+"""Discriminator augmentation (rootedgan.training.augment): ADA's pipeline and p controller, DiffAugment, and
+the training module with augmentation on.
 
 Oracles: closed forms (transform statistics against the ADA paper's distributions, E[colour matrix],
 the p-update rule), exact pixel permutations (flips, 90-degree rotations, integer shifts), torch's own
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from test_finetune import fit  # the fit helper
 
-from rootedgan.augment import (
+from rootedgan.checkpoints import load_network
+from rootedgan.errors import UserError
+from rootedgan.training.augment import (
     BRIGHTNESS_STD,
     COLOR,
     CONTRAST_STD,
@@ -50,9 +52,7 @@ from rootedgan.augment import (
     scale2d,
     translate2d,
 )
-from rootedgan.checkpoints import load_network
-from rootedgan.errors import UserError
-from rootedgan.run_folder import NetworkSnapshot
+from rootedgan.training.snapshots import NetworkSnapshot
 
 LN2 = math.log(2)
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,10 @@ import fractions
 import pytest
 import torch
 
-from rootedgan.checkpoints import lightning_checkpoint_message, load_network, newest_snapshot
+from rootedgan.checkpoints import lightning_checkpoint_message, load_network
 from rootedgan.cli import main as cli_main
 from rootedgan.errors import CheckpointError
+from rootedgan.runs import newest_snapshot
 
 
 def lightning_like(path, hyper_parameters=None) -> None:

@@ -38,7 +38,7 @@ from rootedgan.compare.bootstrap import bootstrap_means
 from rootedgan.compare.pairing import _RecordingRandomness
 from rootedgan.compare.runner import RunResult, base_learning_rates, parse_lrs
 from rootedgan.errors import UserError
-from rootedgan.randomness import SeededRandomness
+from rootedgan.training.randomness import SeededRandomness
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")

@@ -19,9 +19,9 @@ import torch
 from rootedgan.checkpoints import load_network
 from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataModule
-from rootedgan.losses import AdversarialLoss
-from rootedgan.module import FinetuneModule, NonFiniteTrainingError, d_layers_from_input
-from rootedgan.run_folder import NetworkSnapshot
+from rootedgan.training.losses import AdversarialLoss
+from rootedgan.training.module import FinetuneModule, NonFiniteTrainingError, d_layers_from_input
+from rootedgan.training.snapshots import NetworkSnapshot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -324,7 +324,7 @@ def test_finish_phase_with_and_without_a_grad_scaler(tiny32, monkeypatch, with_s
 
 
 def test_snapshot_tags_do_not_collide_below_one_kimg():
-    from rootedgan.run_folder import snapshot_tag
+    from rootedgan.runs import snapshot_tag
 
     assert snapshot_tag(12_000, 50) == "000012" and snapshot_tag(12_480, 1.0) == "000012"  # NVIDIA's names
     tags = [snapshot_tag(n, 0.25) for n in (250, 500, 750, 1000, 1250)]
@@ -334,7 +334,7 @@ def test_snapshot_tags_do_not_collide_below_one_kimg():
 
 
 def test_fractional_snap_kimg_keeps_every_snapshot(tmp_path, shapes, tiny32):
-    from rootedgan.run_folder import snapshot_path
+    from rootedgan.runs import snapshot_path
 
     run = tmp_path / "r"
     fit(
@@ -352,7 +352,7 @@ def test_fractional_snap_kimg_keeps_every_snapshot(tmp_path, shapes, tiny32):
 
 
 def test_kimg_schedule_fires_once_per_multiple_without_drift():
-    from rootedgan.run_folder import KimgSchedule
+    from rootedgan.runs import KimgSchedule
 
     sched = KimgSchedule(0.004)
     sched.start(0.0)

@@ -136,7 +136,7 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def adapter_parts():
     """The orthogonally parametrized G/G_ema of tiny32 and its config (built once: it takes a second)."""
-    from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal
+    from rootedgan.training.orthogonal import OrthogonalConfig, apply_orthogonal
 
     nets = load_network(TINY32)
     cfg = OrthogonalConfig(block_size=16)

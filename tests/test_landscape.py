@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from rootedgan import landscape as ls
+from rootedgan.tools import landscape as ls
 
 
 def _sgd(losses, x0: np.ndarray, steps: int, lr, seed: int = 0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rootedgan.losses import (
+from rootedgan.training.losses import (
     AdversarialLoss,
     capped_fraction,
     lazy_regularization,

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from rootedgan.data import ImageDataModule
 from rootedgan.metrics import FIDCallback, make_standin_inception
-from rootedgan.module import FinetuneModule
+from rootedgan.training.module import FinetuneModule
 
 pytest.importorskip("cleanfid", reason="FID needs clean-fid (pip install clean-fid)")
 REPO = Path(__file__).resolve().parents[1]

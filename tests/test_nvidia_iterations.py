@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import fit_batches
 
-from rootedgan.module import FinetuneModule
-from rootedgan.randomness import ReplayRandomness
+from rootedgan.training.module import FinetuneModule
+from rootedgan.training.randomness import ReplayRandomness
 
 # Tolerances, from what fp32 allows. Adam divides each gradient element by its running RMS, so an
 # element whose gradient is ~1e-8 (Adam's eps) turns rounding noise into a visible fraction of a step

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rootedgan.errors import UserError
-from rootedgan.module import FinetuneModule
-from rootedgan.optim import GOLDEN_LR, GOLDEN_MOMENTUM, PHI, build_optimizer, describe
+from rootedgan.training.module import FinetuneModule
+from rootedgan.training.optim import GOLDEN_LR, GOLDEN_MOMENTUM, PHI, build_optimizer, describe
 
 
 def test_golden_constants_satisfy_their_closed_forms():

@@ -1,5 +1,6 @@
-"""Orthogonal finetuning (rootedgan.orthogonal): the parameterizations against closed forms and independent
-oracles, hyperspherical energy, merging, COFT, adapters, convert --merge, and finetuning end to end."""
+"""Orthogonal finetuning (rootedgan.training.orthogonal): the parameterizations against closed forms and
+independent oracles, hyperspherical energy, merging, COFT, adapters, convert --merge, and finetuning end to
+end."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from rootedgan.checkpoints.adapter import base_reference, save_adapter
 from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataModule
 from rootedgan.errors import CheckpointError, UserError
-from rootedgan.module import FinetuneModule
 from rootedgan.networks.generator import SynthesisLayer
-from rootedgan.orthogonal import (
+from rootedgan.training.module import FinetuneModule
+from rootedgan.training.orthogonal import (
     OrthogonalConfig,
     OrthogonalRotation,
     apply_orthogonal,
@@ -33,7 +34,7 @@ from rootedgan.orthogonal import (
     rotations,
     skew_from_triu,
 )
-from rootedgan.run_folder import NetworkSnapshot
+from rootedgan.training.snapshots import NetworkSnapshot
 
 REPO = Path(__file__).resolve().parents[1]
 

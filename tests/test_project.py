@@ -1,7 +1,7 @@
 """`rootedgan project` (NVIDIA's projector into W) and `rootedgan generate --projected-w`.
 
 The VGG16 LPIPS network is NVIDIA's download; these tests use a tiny torchscript with its interface
-(:func:`rootedgan.projector.make_standin_vgg16`), the real download code against a faked server, and the
+(:func:`rootedgan.tools.projector.make_standin_vgg16`), the real download code against a faked server, and the
 NVIDIA fixture network (32x32).
 """
 
@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from rootedgan import projector
 from rootedgan.checkpoints import load_network
 from rootedgan.cli import main as cli_main
 from rootedgan.errors import UserError
 from rootedgan.imaging import to_uint8
+from rootedgan.tools import projector
 
 
 @pytest.fixture(scope="module")

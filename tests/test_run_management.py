@@ -265,7 +265,7 @@ def test_model_seed_and_data_seed_may_differ(tmp_path, shapes, tiny32):
 
 
 def test_checkpoint_writes_never_leave_a_partial_file(tmp_path, monkeypatch):
-    from rootedgan.resume import SafeCheckpointIO, read_checkpoint, remove_stale_temp_files
+    from rootedgan.training.resume import SafeCheckpointIO, read_checkpoint, remove_stale_temp_files
 
     io_ = SafeCheckpointIO()
     target = tmp_path / "checkpoints" / "last.ckpt"
@@ -282,7 +282,7 @@ def test_checkpoint_writes_never_leave_a_partial_file(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.real, name)
 
-    import rootedgan.resume as resume
+    import rootedgan.training.resume as resume
 
     real_open = resume.atomic_open
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import fit_batches
 
-from rootedgan.module import FinetuneModule, use_channels_last
+from rootedgan.training.module import FinetuneModule, use_channels_last
 
 G_KWARGS = dict(
     z_dim=32,

@@ -11,7 +11,6 @@ from rootedgan.checkpoints.loader import (
     convert_network,
     lightning_checkpoint_message,
     load_network,
-    newest_snapshot,
     output_format,
     read_records,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "detect_format",
     "lightning_checkpoint_message",
     "load_network",
-    "newest_snapshot",
     "output_format",
     "read_records",
     "resolve_source",

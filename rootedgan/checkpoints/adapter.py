@@ -3,7 +3,7 @@
 An adapter is a native ``.safetensors`` file (see :mod:`rootedgan.checkpoints.native`) whose string metadata
 has ``format = "rootedgan-native"``, ``format_version = "1"`` and ``kind = "adapter"``, plus JSON fields:
 
-* ``orthogonal``: the :class:`rootedgan.orthogonal.OrthogonalConfig` it was trained with;
+* ``orthogonal``: the :class:`rootedgan.training.orthogonal.OrthogonalConfig` it was trained with;
 * ``base``: the base checkpoint as given (``source``: path, URL or shortcut), its resolved ``local_path``
   when saved, its ``size`` in bytes and ``sha256``;
 * ``layers``: the rotated layers of each stored network; ``base_init_kwargs``: their constructor kwargs;
@@ -76,7 +76,7 @@ def save_adapter(
     atomically; ``base`` is :func:`base_reference` of the checkpoint they were loaded from."""
     from safetensors.torch import save as st_save
 
-    from rootedgan.orthogonal import OrthogonalConfig, adapter_state, rotations
+    from rootedgan.training.orthogonal import OrthogonalConfig, adapter_state, rotations
 
     cfg = OrthogonalConfig.from_any(cfg)
     tensors: dict[str, torch.Tensor] = {}

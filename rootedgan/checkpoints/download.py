@@ -87,7 +87,7 @@ NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
 
 # NVIDIA's FID Inception torchscript (rootedgan.metrics.inception downloads it; its docs name its place).
 _INCEPTION_URL = f"{_ADA}/metrics/inception-2015-12-05.pt"
-# NVIDIA's VGG16 LPIPS torchscript (the distance of `rootedgan project`, rootedgan.projector).
+# NVIDIA's VGG16 LPIPS torchscript (the distance of `rootedgan project`, rootedgan.tools.projector).
 VGG16_URL = f"{_ADA}/metrics/vgg16.pt"
 
 

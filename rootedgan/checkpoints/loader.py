@@ -11,7 +11,6 @@ or ``'native'``), ``source`` and ``init_kwargs``.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from rootedgan.checkpoints.native import save_records
 from rootedgan.checkpoints.records import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
 from rootedgan.checkpoints.sources import detect_format, resolve_source
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError, UserError
-from rootedgan.orthogonal import OrthogonalConfig, apply_orthogonal, merge, merge_
+from rootedgan.runs import newest_snapshot
+from rootedgan.training.orthogonal import OrthogonalConfig, apply_orthogonal, merge, merge_
 
 
 def read_records(path: str | os.PathLike[str]) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
@@ -97,7 +97,6 @@ def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dic
 # Lightning training checkpoints (checkpoints/last.ckpt) are not network files: say which file to use.
 
 _LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "loops", "optimizer_states")
-_SNAPSHOT_RX = re.compile(r"network-snapshot-(\d+)(?:\.(\d+))?\.safetensors")
 
 
 def is_lightning_checkpoint(ckpt: Any) -> bool:
@@ -117,23 +116,6 @@ def _names_lightning(path: Path, limit: int = 64 << 20) -> bool:
     except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
         return False
     return False
-
-
-def newest_snapshot(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest ``network-snapshot-KKKKKK[.III].safetensors`` of a run folder (by kimg), else None.
-
-    Adapter files (``*.adapter.safetensors``) are left out: the plain snapshot next to each is loadable alone.
-    """
-    found = []
-    try:
-        entries = list(Path(run_dir).iterdir())
-    except OSError:
-        return None
-    for entry in entries:
-        match = _SNAPSHOT_RX.fullmatch(entry.name)
-        if match and entry.is_file():
-            found.append(((int(match.group(1)), int(match.group(2) or 0)), entry))
-    return max(found)[1] if found else None
 
 
 def lightning_checkpoint_message(path: str | os.PathLike[str]) -> str:

@@ -199,8 +199,8 @@ class _Collected:
     def __init__(self, results: list[Any], base_lr: tuple[float, float] | None) -> None:
         from rootedgan.compare import collect_run
         from rootedgan.compare.analysis import loss_floors, run_hparams
-        from rootedgan.compare.curves import run_log_dir
         from rootedgan.compare.pairing import read_pairing
+        from rootedgan.runs import run_log_dir
 
         self.results = results
         self.runs: dict[str, dict[int, Any]] = {}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rootedgan.errors import UserError
+from rootedgan.runs import latest_run
 
 HELP = "finetune the shipped digits StyleGAN2 from digits 0-4 to 5-9 (offline, minutes on a CPU)"
 
@@ -58,16 +59,6 @@ def _finetune_args(args: argparse.Namespace) -> list[str]:
         argv += ["--model.total_kimg", str(args.kimg)]
     extra = [a for a in args.extra if a != "--"]
     return argv + extra
-
-
-def latest_run(root: Path) -> Path:
-    """The newest ``lightning_logs/version_*`` folder under ``root``."""
-    from rootedgan.compare.curves import log_dirs
-
-    runs = log_dirs(root)
-    if not runs:
-        raise UserError(f"no run found under {root}/lightning_logs")
-    return runs[-1]
 
 
 def before_after(run: Path, out: Path) -> Path | None:

@@ -27,13 +27,13 @@ Reference statistics are cached (``$ROOTEDGAN_CACHE/fid-stats``). NVIDIA's Incep
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from rootedgan.errors import UserError
+from rootedgan.runs import append_metric_record
 
 HELP = "FID/KID of a network or an image folder against a data set (NVIDIA's or clean-fid's protocol)."
 MODES = ("legacy_tensorflow", "clean", "fast")  # rootedgan.metrics.MODES, without importing it for --help
@@ -227,8 +227,7 @@ def run(args: argparse.Namespace) -> int:
             "reference": ref_desc,
             **protocol,
         }
-        with open(outdir / f"metric-{name}.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_metric_record(outdir, name, record)
         print(f"{name}: {value:.6g}")
     print(f"({format_time(seconds)}; results appended to {outdir}/metric-*.jsonl)")
     return 0

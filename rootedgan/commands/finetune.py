@@ -3,7 +3,7 @@
 ``rootedgan finetune --config configs/X.yaml [--network PATH] [--model.k 4] [--ckpt_path last.ckpt]``.
 ``--network`` is short for ``--model.network`` (the pretrained start); resuming a run is ``--ckpt_path``
 (read without executing code; settings given now win over the checkpoint's, except those that define
-the run, see :mod:`rootedgan.resume`). The resolved config is saved as ``config.yaml`` in the run
+the run, see :mod:`rootedgan.training.resume`). The resolved config is saved as ``config.yaml`` in the run
 directory, the metrics as ``metrics.csv`` (and TensorBoard events when TensorBoard is installed), the
 progress as ``log.txt``. Several devices select the ``gan_ddp`` strategy.
 """
@@ -25,10 +25,10 @@ from lightning.pytorch.cli import LightningCLI
 
 from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir
-from rootedgan.progress import TrainingProgress
-from rootedgan.run_folder import NetworkSnapshot
+from rootedgan.runs import claim_version
+from rootedgan.training.progress import TrainingProgress
+from rootedgan.training.snapshots import NetworkSnapshot
 
-RUN_VERSION_ENV = "ROOTEDGAN_RUN_VERSION"
 DESCRIPTION = (
     "Finetune a pretrained StyleGAN2 (or train one from scratch) with the rooted or the logistic loss. "
     "Options come from a YAML config (--config) and the command line; --network PATH is short for "
@@ -59,27 +59,13 @@ def _wants_several_devices(devices: object, num_nodes: object) -> bool:
     return isinstance(devices, int) and (devices > 1 or (devices == -1 and torch.cuda.device_count() > 1))
 
 
-def run_version(save_dir: Path) -> int:
-    """The ``version_N`` of this run under ``save_dir/lightning_logs``: the next free one, chosen by the
-    launching process and handed to the other DDP ranks (started with ``LOCAL_RANK`` set) through the
-    environment, so that all ranks write to one folder."""
-    root = save_dir / "lightning_logs"
-    handed = os.environ.get(RUN_VERSION_ENV, "")
-    if os.environ.get("LOCAL_RANK") not in (None, "0") and handed.startswith(f"{root.resolve()}::"):
-        return int(handed.rsplit("::", 1)[1])
-    taken = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    version = max(taken, default=-1) + 1
-    os.environ[RUN_VERSION_ENV] = f"{root.resolve()}::{version}"
-    return version
-
-
 def default_loggers(save_dir: str | None) -> list[Any]:
     """CSV (always: ``compare`` and the plots read ``metrics.csv``) and TensorBoard (when installed), in
     one run directory. The CSV file is flushed at every logged step, so a crash loses at most one interval."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     root = Path(save_dir or ".")
-    common = {"save_dir": str(root), "name": "lightning_logs", "version": run_version(root)}
+    common = {"save_dir": str(root), "name": "lightning_logs", "version": claim_version(root)}
     loggers: list[Any] = [CSVLogger(**common, flush_logs_every_n_steps=1)]
     try:
         import tensorboard  # noqa: F401
@@ -130,7 +116,7 @@ class RootedganCLI(LightningCLI):
             self._check_resume(config)
 
     def _check_resume(self, config: Any) -> None:
-        from rootedgan.resume import read_checkpoint, remove_stale_temp_files, resume_changes
+        from rootedgan.training.resume import read_checkpoint, remove_stale_temp_files, resume_changes
 
         ckpt = read_checkpoint(config["ckpt_path"])
         saved = dict(ckpt.get("hyper_parameters") or {})
@@ -149,7 +135,7 @@ class RootedganCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         from lightning.pytorch.plugins.io import CheckpointIO
 
-        from rootedgan.resume import SafeCheckpointIO
+        from rootedgan.training.resume import SafeCheckpointIO
 
         if config.get("logger") in (None, True):
             config["logger"] = default_loggers(config.get("default_root_dir"))
@@ -228,9 +214,9 @@ def quiet_lightning() -> None:
 
 def run_finetune_cli(argv: list[str]) -> int:
     """Entry point used by ``rootedgan finetune``; returns the exit status."""
-    import rootedgan.strategy  # noqa: F401 - registers the gan_ddp strategy name
+    import rootedgan.training.strategy  # noqa: F401 - registers the gan_ddp strategy name
     from rootedgan.data import ImageDataModule
-    from rootedgan.module import FinetuneModule
+    from rootedgan.training.module import FinetuneModule
 
     quiet_lightning()
     try:

@@ -126,7 +126,7 @@ def synthesize_ws(
 
 def run_projected(args: argparse.Namespace) -> int:
     """``--projected-w``: render each ``w`` of the file, as NVIDIA's generate.py does (``projNN.png``)."""
-    from rootedgan.projector import read_projected_w
+    from rootedgan.tools.projector import read_projected_w
 
     if args.seeds is not None:
         print("note: --seeds is ignored with --projected-w (as in NVIDIA's generate.py)")

@@ -1,7 +1,7 @@
 """``rootedgan landscape``: probe the alpha-beta condition (arXiv 2410.12455) along saved snapshots.
 
 Replays the generator objective with D frozen at one snapshot (the last, unless ``--d-snapshot``; see
-:mod:`rootedgan.landscape`), with the loss recorded in the snapshots unless ``--loss`` is given, and
+:mod:`rootedgan.tools.landscape`), with the loss recorded in the snapshots unless ``--loss`` is given, and
 writes ``landscape.json`` (per-step A, B, C, cos and a summary per run) and ``landscape.png``; the
 output states which D was frozen and where the loss came from.
 """
@@ -54,7 +54,7 @@ def _expand(pattern: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rootedgan import landscape as ls
+    from rootedgan.tools import landscape as ls
 
     if args.grid < 2 or args.alpha_max <= 0:
         raise UserError("--grid must be >= 2 and --alpha-max > 0")

@@ -7,7 +7,7 @@ Writes ``target.png`` (the target as the network sees it: center-cropped and res
 projection rendered by the unmodified network, noise ``const``), ``projected_w.npz`` (``w`` of
 ``[1, num_ws, w_dim]``, NVIDIA's file, read by ``rootedgan generate --projected-w``) and with
 ``--save-video`` ``proj.mp4`` (or ``proj.gif``): target and projection side by side, step by step.
-See :mod:`rootedgan.projector` for the method and the VGG16 file it downloads.
+See :mod:`rootedgan.tools.projector` for the method and the VGG16 file it downloads.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rootedgan import projector
     from rootedgan.sampling import check_ops_setting
+    from rootedgan.tools import projector
 
     if args.num_steps < 1:
         raise UserError(f"--num-steps must be >= 1, got {args.num_steps}")
@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _project(args: argparse.Namespace, outdir, video) -> None:
-    from rootedgan import projector
     from rootedgan.checkpoints import load_network
     from rootedgan.checkpoints.download import sha256_of
+    from rootedgan.tools import projector
 
     device = resolve_device(args.device)
     nets = load_network(args.network, base=args.base)

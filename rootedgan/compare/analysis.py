@@ -63,7 +63,7 @@ def target_key(target: float) -> str:
 
 def loss_floors(loss: str, subtract_k: bool = False) -> tuple[float, float]:
     """Lower bounds of the logged G loss and D loss (two terms) of ``loss`` (a ``model.loss`` value)."""
-    from rootedgan.losses import AdversarialLoss
+    from rootedgan.training.losses import AdversarialLoss
 
     try:
         floor = AdversarialLoss.parse(loss, subtract_k=subtract_k).lower_bound()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from rootedgan.errors import UserError
+from rootedgan.runs import run_log_dir
 
-RUN_RECORD = "run.json"  # written by rootedgan.compare.runner next to a finished run's logs
 _NOT_CURVES = ("step", "epoch", "kimg")
 
 
@@ -135,43 +133,6 @@ def read_metric_jsonl(path: str | Path) -> dict[str, Curve]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 points.setdefault(key, []).append((kimg, float(value)))
     return {key: Curve.from_points(p) for key, p in points.items()}
-
-
-def _version_number(path: Path) -> int:
-    match = re.fullmatch(r"version_(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def log_dirs(run_dir: str | Path) -> list[Path]:
-    """The folders holding a run's logs, oldest first: ``run_dir`` itself when it has a ``metrics.csv``
-    or ``metric-*.jsonl``, else its ``lightning_logs/version_*`` folders."""
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.csv").is_file() or any(run_dir.glob("metric-*.jsonl")):
-        return [run_dir]
-    versions = [p for p in (run_dir / "lightning_logs").glob("version_*") if p.is_dir()]
-    return sorted(versions, key=_version_number)
-
-
-def run_log_dir(run_dir: str | Path) -> Path:
-    """The log folder of a run: the one its ``run.json`` names, else the newest one with logs."""
-    run_dir = Path(run_dir)
-    record_path = run_dir / RUN_RECORD
-    if record_path.is_file():
-        try:
-            named = json.loads(record_path.read_text()).get("log_dir")
-        except ValueError:
-            named = None
-        if named and (run_dir / named).is_dir():
-            return run_dir / named
-    candidates = [
-        d for d in log_dirs(run_dir) if (d / "metrics.csv").is_file() or any(d.glob("metric-*.jsonl"))
-    ]
-    if not candidates:
-        raise UserError(
-            f"no logs in {run_dir}: expected lightning_logs/version_*/metrics.csv (Lightning's CSV logger) "
-            "or metric-*.jsonl files from rootedgan.metrics.FIDCallback"
-        )
-    return candidates[-1]
 
 
 def collect_run(run_dir: str | Path) -> dict[str, Curve]:

@@ -1,11 +1,11 @@
 """The paired design of a comparison, recorded by each run and checked across arms.
 
-A comparison is paired when, for a given seed, every arm (loss, learning rate) trains on the same data
-order with the same random draws and is evaluated on the same samples; then per-seed differences between
-arms cancel the luck of the seed. ``rootedgan compare`` makes this so by giving every run of a seed the
-same ``--model.seed`` (the training step's draws are a function of ``(seed, rank, step)``, see
-:mod:`rootedgan.randomness`) and ``--data.seed`` (subset and order), while the evaluation callbacks draw
-their latents from their own fixed ``seed``. This module checks it instead of assuming it:
+A comparison is paired when, for a given seed, every arm (loss, learning rate) trains on the same data order
+with the same random draws and is evaluated on the same samples; then per-seed differences between arms cancel
+the luck of the seed. ``rootedgan compare`` makes this so by giving every run of a seed the same
+``--model.seed`` (the training step's draws are a function of ``(seed, rank, step)``, see
+:mod:`rootedgan.training.randomness`) and ``--data.seed`` (subset and order), while the evaluation callbacks
+draw their latents from their own fixed ``seed``. This module checks it instead of assuming it:
 
 * :class:`PairingRecorder`, a callback ``compare`` adds to every run, writes ``pairing.json`` in the run's
   log folder: SHA-256 digests of the first ``steps`` real batches (images and labels, as the step
@@ -145,7 +145,7 @@ class PairingRecorder(L.Callback):
             "evaluation": evaluation,
         }
         if trainer.is_global_zero:
-            from rootedgan.run_folder import run_dir
+            from rootedgan.runs import run_dir
 
             out = run_dir(trainer)
             out.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rootedgan.compare.curves import RUN_RECORD, log_dirs
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
-from rootedgan.losses import AdversarialLoss
+from rootedgan.runs import RUN_RECORD, log_dirs
+from rootedgan.training.losses import AdversarialLoss
 
 LOG_NAME = "finetune.log"
 #: Added to every run: writes pairing.json (rootedgan.compare.pairing), so the paired design is checked.
@@ -211,7 +211,7 @@ def base_learning_rates(config: str | Path, extra: Sequence[str] = ()) -> tuple[
     files and ``--model.g_lr``/``--model.d_lr`` values, ``--key value`` or ``--key=value``)."""
     import inspect
 
-    from rootedgan.module import FinetuneModule
+    from rootedgan.training.module import FinetuneModule
 
     params = inspect.signature(FinetuneModule.__init__).parameters
     lrs = {key: float(params[key].default) for key in ("g_lr", "d_lr")}

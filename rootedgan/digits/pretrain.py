@@ -1,11 +1,11 @@
 """Train the demo's pretrained model: a small StyleGAN2 on the source digits (0-4), from scratch, on a CPU.
 
-The result, ``assets/digits-source-G.safetensors``, plays the role NVIDIA's pretrained pickles play
-for a real finetune: the demo starts from it and finetunes to the target digits (5-9). It is an
-ordinary StyleGAN2 (our ``Generator``/``Discriminator`` with NVIDIA's constructor arguments, at
-32x32 with reduced widths), trained by :class:`rootedgan.module.FinetuneModule` with the logistic loss
-and NVIDIA's CIFAR-style settings (2 mapping layers, no path-length regularization or style mixing).
-The file holds G_ema and D (the finetune starts G from G_ema), with the settings in its metadata.
+The result, ``assets/digits-source-G.safetensors``, plays the role NVIDIA's pretrained pickles play for a real
+finetune: the demo starts from it and finetunes to the target digits (5-9). It is an ordinary StyleGAN2 (our
+``Generator``/``Discriminator`` with NVIDIA's constructor arguments, at 32x32 with reduced widths), trained by
+:class:`rootedgan.training.module.FinetuneModule` with the logistic loss and NVIDIA's CIFAR-style settings (2
+mapping layers, no path-length regularization or style mixing). The file holds G_ema and D (the finetune
+starts G from G_ema), with the settings in its metadata.
 
 Reproduce it with ``python -m rootedgan.digits.pretrain`` (70 kimg at batch 32, seed 0; the same seed
 gives the same weights on the same machine and library versions). The shipped file took 43 minutes on
@@ -80,8 +80,8 @@ def pretrain(
 
     from rootedgan.checkpoints import save_network
     from rootedgan.data import ImageDataModule
-    from rootedgan.module import FinetuneModule
-    from rootedgan.run_folder import NetworkSnapshot
+    from rootedgan.training.module import FinetuneModule
+    from rootedgan.training.snapshots import NetworkSnapshot
 
     L.seed_everything(seed, verbose=False)
     module = FinetuneModule(

@@ -33,6 +33,7 @@ from rootedgan.fileio import atomic_open
 from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.metrics.features import generated_uint8
 from rootedgan.metrics.stats import GaussianStats, frechet_distance
+from rootedgan.runs import append_metric_record
 
 __all__ = ["DigitsQualityCallback", "digits_fid", "reference_features"]
 
@@ -188,10 +189,7 @@ class DigitsQualityCallback(KimgMetricCallback):
             record[self.inception_key] = res["inception_fid"]
         self.history.append(record)
         if trainer.is_global_zero:
-            out = self._out or Path(trainer.default_root_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            with open(out / "metric-digits.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_metric_record(self._out or Path(trainer.default_root_dir), "digits", record)
         return {k: v for k, v in record.items() if k.startswith("metrics/")}
 
     # -- hooks -------------------------------------------------------------------------------------

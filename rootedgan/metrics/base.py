@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rootedgan.run_folder import KimgSchedule, run_dir
+from rootedgan.runs import KimgSchedule, run_dir
 
 
 class KimgMetricCallback(L.Callback):

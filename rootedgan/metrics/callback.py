@@ -30,7 +30,6 @@ statistics are summed over ranks; training's random state is left untouched.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +47,7 @@ from rootedgan.metrics.evaluator import (
     metric_name,
 )
 from rootedgan.metrics.stats import GaussianStats
+from rootedgan.runs import append_metric_record, snapshot_path
 
 __all__ = ["FIDCallback", "reference_dataset"]
 
@@ -210,8 +210,6 @@ class FIDCallback(KimgMetricCallback):
         return {f"metrics/{name}": value for name, value in results.items()}
 
     def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
-        from rootedgan.run_folder import snapshot_path
-
         _, world = rank_world()
         assert self._evaluator is not None
         protocol = self._evaluator.record_fields()
@@ -234,6 +232,4 @@ class FIDCallback(KimgMetricCallback):
             }
             self.history.append(record)
             if trainer.is_global_zero:
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out / f"metric-{name}.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                append_metric_record(out, name, record)

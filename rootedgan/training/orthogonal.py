@@ -519,7 +519,8 @@ def layer_stats(net: nn.Module, s: float = HE_LOG_S) -> dict[str, dict[str, torc
 
 
 class OrthogonalFinetune:
-    """Orthogonal mode of :class:`rootedgan.module.FinetuneModule`: parametrizes G and G_ema alike, says which
+    """Orthogonal mode of :class:`~rootedgan.training.module.FinetuneModule`: parametrizes G and G_ema alike,
+    says which
     parameters train, the EMA pairs, the COFT projection, the logs, export and adapter files.
 
     G_ema is parametrized the same way, so the EMA generator is ``R(EMA(q))`` on G_ema's own (frozen)

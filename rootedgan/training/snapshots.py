@@ -1,21 +1,14 @@
-"""The run folder of a finetune: where it is (:func:`run_dir`), its kimg schedule (:class:`KimgSchedule`),
-snapshot names (:func:`snapshot_tag`, :func:`snapshot_path`) and the callback that writes them
-(:class:`NetworkSnapshot`): snapshots, sample grids and resume checkpoints every ``snap_kimg``.
-
-Every ``snap_kimg`` thousand images (and at the end):
+"""The callback that writes a run's snapshots, sample grids and resume checkpoints every ``snap_kimg``
+thousand images and at the end (names and folders: :mod:`rootedgan.runs`).
 
 * ``network-snapshot-KKKKKK.safetensors``: native checkpoint (G, D, G_ema + provenance), loadable by
   ``load_network`` / ``rootedgan generate``; written atomically on rank 0 (orthogonal mode: merged plain
   weights, plus ``network-snapshot-KKKKKK.adapter.safetensors`` with only the rotations and a reference to
-  the base checkpoint, see :mod:`rootedgan.checkpoints.adapter`);
+  the base checkpoint);
 * ``fakesKKKKKK.png``: NVIDIA-style grid of G_ema on fixed seeds (``fakes_init.png`` before training,
   ``reals.png`` once);
 * ``checkpoints/last.ckpt`` (and ``checkpoints/kimgKKKKKK.ckpt`` with ``keep_checkpoints``): a Lightning
   checkpoint to resume from with ``--ckpt_path``.
-
-``KKKKKK`` is the whole kimg as in NVIDIA's runs; with a ``snap_kimg`` that is not a whole number it is
-``KKKKKK.III`` (kimg and the remaining images), so snapshots less than 1 kimg apart do not overwrite
-each other.
 
 Progress is counted in images, not Lightning steps: with several optimizers Lightning's ``global_step``
 advances 2 to 4 times per batch, which makes ``ModelCheckpoint(every_n_train_steps=...)`` erratic.
@@ -24,7 +17,6 @@ advances 2 to 4 times per batch, which makes ``ModelCheckpoint(every_n_train_ste
 from __future__ import annotations
 
 import errno
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,60 +25,7 @@ import numpy as np
 import torch
 
 from rootedgan.imaging import make_grid, parse_grid, save_image_atomic, to_uint8
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """Where a run's artifacts go: the logger's version directory, else ``default_root_dir``.
-
-    Collective under DDP (``trainer.log_dir`` broadcasts from rank 0): call it on every rank.
-    """
-    return Path(trainer.log_dir or trainer.default_root_dir)
-
-
-class KimgSchedule:
-    """Fires at every multiple of ``every_kimg`` thousand images (``0``: never), at most once per call.
-
-    The next multiple is kept as an integer count, so long runs with a fractional interval do not drift;
-    a tolerance of 1e-9 kimg absorbs the rounding of ``nimg / 1000``.
-    """
-
-    def __init__(self, every_kimg: float) -> None:
-        self.every_kimg = float(every_kimg)
-        self._next: int | None = None  # index of the next multiple of every_kimg
-
-    def _index(self, cur_kimg: float) -> int:
-        return math.floor(cur_kimg / self.every_kimg + 1e-9) + 1
-
-    def start(self, cur_kimg: float) -> None:
-        """Arm the schedule at the first multiple after ``cur_kimg`` (a fresh run or a resume)."""
-        self._next = self._index(cur_kimg) if self.every_kimg else None
-
-    def due(self, cur_kimg: float) -> bool:
-        """True once ``cur_kimg`` has reached the next multiple; then arms the one after ``cur_kimg``."""
-        if self._next is None or cur_kimg < self._next * self.every_kimg - 1e-9:
-            return False
-        self._next = self._index(cur_kimg)
-        return True
-
-
-def snapshot_tag(cur_nimg: int, snap_kimg: float) -> str:
-    """The ``KKKKKK`` in snapshot and grid names: NVIDIA's whole kimg (``000012``), or, when the interval
-    is not a whole number of kimg, the kimg with its remaining images (``000000.250``) so that two
-    snapshots within one kimg never overwrite each other (names still sort in training order)."""
-    kimg, rest = divmod(int(cur_nimg), 1000)
-    if float(snap_kimg).is_integer():
-        return f"{kimg:06d}"
-    return f"{kimg:06d}.{rest:03d}"
-
-
-def snapshot_path(out: Path, cur_nimg: int) -> Path | None:
-    """The snapshot written at ``cur_nimg`` in ``out`` under either naming, or None."""
-    kimg, rest = divmod(int(cur_nimg), 1000)
-    for tag in (f"{kimg:06d}.{rest:03d}", f"{kimg:06d}"):
-        path = out / f"network-snapshot-{tag}.safetensors"
-        if path.exists():
-            return path
-    return None
+from rootedgan.runs import KimgSchedule, run_dir, snapshot_tag
 
 
 class NetworkSnapshot(L.Callback):

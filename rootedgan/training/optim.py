@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import torch
 
-from rootedgan.losses import lazy_regularization
+from rootedgan.training.losses import lazy_regularization
 
 PHI = (1 + math.sqrt(5)) / 2
 GOLDEN_MOMENTUM = math.sqrt(2) / PHI

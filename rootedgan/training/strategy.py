@@ -3,7 +3,7 @@
 A GAN step runs several backward passes (G main, G reg, D main + R1) through different sub-networks,
 and each leaves parameters unused. DistributedDataParallel's reducer expects one backward per forward
 over a fixed parameter set, so wrapping the module fails or needs ``find_unused_parameters`` and still
-syncs the wrong things. Like NVIDIA's training loop, :class:`rootedgan.module.FinetuneModule`
+syncs the wrong things. Like NVIDIA's training loop, :class:`rootedgan.training.module.FinetuneModule`
 all-reduces the gradients of each phase itself; this strategy keeps everything else from DDP
 (process group, ranks, launchers, samplers, checkpoint IO) and only skips the wrapping.
 """

@@ -1,6 +1,6 @@
 """Where the random draws of a training step come from: one replaceable source.
 
-A training step (:mod:`rootedgan.module`) asks its source for every random quantity it uses: each
+A training step (:mod:`rootedgan.training.module`) asks its source for every random quantity it uses: each
 phase's latents and generated labels, the style-mixing cutoff and second latents, the path-length probe,
 and the synthesis noise mode. Swapping the source changes nothing else in the step.
 

@@ -365,14 +365,14 @@ def plot_landscape(
 
 def loss_lower_bound(loss: Any) -> float:
     """Per-sample lower bound of ``loss.generator``: ``k`` for rooted without ``subtract_k`` (times the
-    loss's constant ``scale``), else 0 (:meth:`rootedgan.losses.AdversarialLoss.lower_bound`)."""
+    loss's constant ``scale``), else 0 (:meth:`rootedgan.training.losses.AdversarialLoss.lower_bound`)."""
     return float(loss.lower_bound())
 
 
 def recorded_loss(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The adversarial loss a snapshot was trained with, from its metadata (written by
-    :meth:`rootedgan.module.FinetuneModule.provenance`): ``{"loss", "subtract_k", "max_grad"}``, or None
-    for a file without it (e.g. an NVIDIA pickle)."""
+    :meth:`~rootedgan.training.module.FinetuneModule.provenance`): ``{"loss", "subtract_k", "max_grad"}``, or
+    None for a file without it (e.g. an NVIDIA pickle)."""
     label = meta.get("loss")
     if not isinstance(label, str) or not label:
         return None
@@ -432,7 +432,7 @@ def replay_generator_objective(
     """
     from rootedgan.checkpoints import load_network
     from rootedgan.errors import UserError
-    from rootedgan.losses import AdversarialLoss
+    from rootedgan.training.losses import AdversarialLoss
 
     if not snapshots:
         raise UserError("no snapshots to replay")

@@ -17,10 +17,10 @@ NVIDIA's own training iterations.
 A phase whose loss or gradient is not finite is skipped (weights and optimizer state untouched) and
 counted; ``max_bad_steps`` consecutive bad steps stop training with a clear error after saving the (still
 good) weights. Gradients of each phase are all-reduced by the module itself under the ``gan_ddp``
-strategy (see :mod:`rootedgan.strategy`).
+strategy (see :mod:`rootedgan.training.strategy`).
 
 Every random draw of a step (latents, labels, style mixing, the path-length probe, the synthesis noise
-mode) comes from ``self.randomness`` (:mod:`rootedgan.randomness`); the default source is seeded from
+mode) comes from ``self.randomness`` (:mod:`rootedgan.training.randomness`); the default source is seeded from
 ``(seed, rank, step)``, so resuming from a checkpoint reproduces the run exactly.
 """
 
@@ -37,20 +37,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rootedgan.augment import build_augment
 from rootedgan.checkpoints.adapter import base_reference, save_adapter
 from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
-from rootedgan.losses import (
+from rootedgan.training.augment import build_augment
+from rootedgan.training.losses import (
     DEFAULT_MAX_GRAD,
     AdversarialLoss,
     path_length,
     path_length_penalty,
     r1_penalty,
 )
-from rootedgan.optim import OPTIMIZERS, build_optimizer, describe
-from rootedgan.orthogonal import OrthogonalConfig, OrthogonalFinetune
-from rootedgan.randomness import SeededRandomness, StepRandomness
+from rootedgan.training.optim import OPTIMIZERS, build_optimizer, describe
+from rootedgan.training.orthogonal import OrthogonalConfig, OrthogonalFinetune
+from rootedgan.training.randomness import SeededRandomness, StepRandomness
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -140,7 +140,7 @@ class FinetuneModule(L.LightningModule):
             g_lr: generator learning rate (Adam).
             d_lr: discriminator learning rate (Adam).
             betas: Adam betas.
-            g_optimizer: ``adam`` (StyleGAN's) or ``golden`` (golden-ratio SGD preset, rootedgan.optim).
+            g_optimizer: ``adam`` (StyleGAN's) or ``golden`` (golden-ratio SGD preset, training.optim).
             d_optimizer: ``adam`` or ``golden`` for D.
             r1_gamma: R1 weight gamma (0 disables R1).
             r1_interval: lazy R1 interval in steps (0 = every step).
@@ -152,7 +152,7 @@ class FinetuneModule(L.LightningModule):
             ema_kimg: half-life of G_ema in thousands of images.
             ema_rampup: ramp the EMA half-life up to ema_kimg over ``ema_rampup * cur_nimg`` (None: off).
             freeze_d: freeze the first N layers of D from the input side (FreezeD).
-            augment: what D sees (reals and fakes, R1 included), see :mod:`rootedgan.augment`: ``none``,
+            augment: what D sees (reals and fakes, R1 included), see the augment module: ``none``,
                 ``ada`` (ADA pipeline, p adapted), ``fixed`` (ADA pipeline at constant ``augment_p``) or
                 ``diffaugment``.
             augment_p: initial (``ada``) or constant (``fixed``) probability p of each transform, in [0, 1).
@@ -168,7 +168,7 @@ class FinetuneModule(L.LightningModule):
                 has diverged: it ends with an error (after its final snapshot) instead of success.
             seed: seed for latents and noise (each rank and step derives its own).
             mode: ``full`` (every G parameter trains) or ``orthogonal`` (OFT: G's selected weights are frozen
-                and rotated by learned block-diagonal orthogonal matrices; see :mod:`rootedgan.orthogonal`).
+                and rotated by learned block-diagonal orthogonal matrices).
             orthogonal: settings of orthogonal mode (layers, block_size, shared, parameterization, eps, ...);
                 None: the defaults. Ignored in full mode.
             channels_last: speed lever: the fp16 blocks of G and D compute in channels-last memory format
@@ -369,7 +369,7 @@ class FinetuneModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         from lightning.pytorch.strategies import DDPStrategy
 
-        from rootedgan.strategy import GANDDPStrategy
+        from rootedgan.training.strategy import GANDDPStrategy
 
         strategy = self.trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, GANDDPStrategy):

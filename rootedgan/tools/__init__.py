@@ -1,0 +1,1 @@
+"""Tools around a trained network: the projector (image -> W) and the alpha-beta landscape probe."""
