@@ -46,10 +46,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import machine_info, usable_cores, write_json  # noqa: E402
-from rootedgan.metrics import Evaluator, FolderImages, make_standin_inception  # noqa: E402
+from bench.standins import make_random_inception_v3, make_standin_inception  # noqa: E402
+from rootedgan.metrics import Evaluator, FolderImages  # noqa: E402
 from rootedgan.metrics._cleanfid_import import import_cleanfid  # noqa: E402
 from rootedgan.metrics.features import to_uint8_nchw  # noqa: E402
-from rootedgan.metrics.inception import make_random_inception_v3  # noqa: E402
 from rootedgan.metrics.stats import FeatureStats, frechet_distance  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "fid.json"

@@ -22,8 +22,7 @@ value, each bounded by what is left of ``--budget-s``:
    cudnn.benchmark, NVIDIA's flags, the reference ops), and a profile of the baseline's steps;
 7. ``fid``: ``bench/fid.py`` for 10k generated 256 px images: ours (exact, fast) vs clean-fid, with an
    Inception-v3 of the real architecture and random weights when NVIDIA's file is absent;
-8. ``ops_bench``: ``bench/ops.py``, kernels vs reference;
-9. ``train_compile``: the ``torch.compile`` lever (slow to compile: last).
+8. ``ops_bench``: ``bench/ops.py``, kernels vs reference.
 
 Everything is written under ``--out`` as it goes (``gpu_check.log``, ``gpu_check.json`` after every
 step, and each benchmark's ``*-cuda.json``), so a run stopped from outside still returns what it did.
@@ -335,7 +334,7 @@ def step_pytest_gpu(check: Check) -> dict[str, Any]:
 def _train_cmd(check: Check, out: Path, extra: list[str]) -> list[str]:
     if check.rehearsal:
         base = ["--device", "cpu", "--preset", "smoke", "--steps", "2", "--warmup", "1",
-                "--compile-backend", "aot_eager", "--threads", "1", "--one-process"]  # fmt: skip
+                "--threads", "1", "--one-process"]  # fmt: skip
     else:
         base = ["--device", "cuda", "--preset", "paper256", "--batch", "32", "--steps", "32", "--warmup", "8"]
     return [_python(), "bench/train.py", *base, "--out", str(out), *extra]
@@ -357,14 +356,6 @@ def step_train(check: Check) -> dict[str, Any]:
         if summary.get("gpumem_gib_median"):
             extra += ["--nvidia-gpumem-gb", str(summary["gpumem_gib_median"])]
     code, text = check.run("train", _train_cmd(check, out, extra), timeout=max(budget, 45) + 30)
-    return {"status": _status(code), "json": out.name if out.exists() else None, "table": _table(text)}
-
-
-def step_train_compile(check: Check) -> dict[str, Any]:
-    out = check.out / ("train-compile-cpu-rehearsal.json" if check.rehearsal else "train-compile-cuda.json")
-    budget = check.budget.left() - 10
-    extra = ["--loss", "logistic", "--variants", "fp16", "--levers", "compile", "--budget-s", f"{budget:.0f}"]
-    code, text = check.run("train_compile", _train_cmd(check, out, extra), timeout=budget + 10)
     return {"status": _status(code), "json": out.name if out.exists() else None, "table": _table(text)}
 
 
@@ -459,7 +450,6 @@ STEPS = [
     Step("train", step_train, 60),
     Step("fid", step_fid, 60),
     Step("ops_bench", step_ops_bench, 30),
-    Step("train_compile", step_train_compile, 60),
 ]
 
 

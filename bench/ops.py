@@ -10,8 +10,8 @@ Times, per shape and dtype, the forward pass and forward+backward of
   resolution for upsampling, the input resolution otherwise),
 
 with CUDA events after a warm-up, for the reference (``ref``), our kernels (``cuda``: upfirdn2d on its
-shared-memory tiles) and, for the upfirdn2d ops, ``gather`` (the one-thread-per-output gather kernel,
-``STYLEGAN_OPS_UPFIRDN2D_KERNEL=gather``), and prints a table (median milliseconds, speed-up) and writes
+shared-memory tiles) and, for the upfirdn2d ops, ``gather`` (the one-thread-per-output gather kernel, set
+by :func:`bench.common.set_ops_hooks`), and prints a table (median milliseconds, speed-up) and writes
 JSON with the machine's details. Without a GPU it says so, times the reference on the CPU for a couple of
 small shapes, and exits 0.
 """
@@ -19,14 +19,12 @@ small shapes, and exits 0.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 
@@ -34,9 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import machine_info, write_json  # noqa: E402
+from bench.common import machine_info, set_ops_hooks, write_json  # noqa: E402
 from stylegan_ops import bias_act, downsample2d, filter2d, setup_filter, upsample2d  # noqa: E402
-from stylegan_ops._upfirdn2d_cuda import KERNEL_ENV_VAR  # noqa: E402
 
 BATCH = 32
 # Resolution -> channels of StyleGAN2 config F at 256x256: min(32768 // res, 512).
@@ -115,7 +112,7 @@ def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iter
     for impl in impls:
         if impl == "gather" and case["op"].startswith("bias_act"):
             continue  # gather vs tiles is upfirdn2d's choice
-        kernel_env, impl_arg = ({KERNEL_ENV_VAR: "gather"}, "cuda") if impl == "gather" else ({}, impl)
+        impl_arg = "cuda" if impl == "gather" else impl
 
         def fwd(impl=impl_arg):
             with torch.no_grad():
@@ -125,9 +122,10 @@ def _bench_case(case: dict[str, Any], impls: list[str], timer, warmup: int, iter
             y = case["fn"](inputs, impl)
             torch.autograd.grad(y, inputs, torch.ones_like(y))
 
-        with mock.patch.dict(os.environ, kernel_env):  # restored after the timings
-            row[f"{impl}_fwd_ms"] = timer(fwd, warmup, iters)
-            row[f"{impl}_fwd_bwd_ms"] = timer(fwd_bwd, warmup, iters)
+        set_ops_hooks(kernel="gather" if impl == "gather" else "auto")
+        row[f"{impl}_fwd_ms"] = timer(fwd, warmup, iters)
+        row[f"{impl}_fwd_bwd_ms"] = timer(fwd_bwd, warmup, iters)
+    set_ops_hooks()
     if "cuda" in impls:
         row["speedup_fwd"] = row["ref_fwd_ms"] / row["cuda_fwd_ms"]
         row["speedup_fwd_bwd"] = row["ref_fwd_bwd_ms"] / row["cuda_fwd_bwd_ms"]

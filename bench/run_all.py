@@ -183,7 +183,7 @@ def render_ops(data: dict[str, Any]) -> str:
         if gather:
             note += (
                 " *gather*: upfirdn2d on the one-thread-per-output gather kernel"
-                " (`STYLEGAN_OPS_UPFIRDN2D_KERNEL=gather`) instead of the shared-memory tiles (CUDA column;"
+                " (bench/ops.py's gather column) instead of the shared-memory tiles (CUDA column;"
                 " in session 3's run the tiles served plain filtering only)."
             )
     else:

@@ -79,7 +79,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.common import machine_info, write_json  # noqa: E402
+from bench.common import machine_info, set_ops_hooks, write_json  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "train.json"
 LOSSES = ("rooted", "logistic")
@@ -91,13 +91,12 @@ LEVERS: dict[str, dict[str, Any]] = {
     "no_tf32": {"tf32": False},
     "fused_optimizer": {"fused_optimizer": True},
     "cudnn_benchmark": {"cudnn_benchmark": True},
-    "compile": {"torch_compile": "inductor"},
     "nvidia_flags": {"cudnn_benchmark": True, "tf32": False},
     "ref_ops": {"ops_impl": "ref"},  # the plain reference ops (no CUDA kernel, no fused CPU bias_act)
-    "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (STYLEGAN_OPS_FILTER_IMPL)
+    "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (set_ops_hooks)
     "gather_kernel": {"upfirdn2d_kernel": "gather"},  # upfirdn2d on our gather kernel, not the tiles
 }
-MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer", "torch_compile")
+MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer")  # FinetuneModule's model.speed
 # levers that change which kernels run: profiled like the baseline rows, to see where the time moved
 PROFILED_LEVERS = ("ref_filter", "ref_ops")
 
@@ -202,6 +201,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
 
     from rootedgan.training.module import FinetuneModule
+    from rootedgan.training.settings import migrate
 
     device = spec["device"]
     cuda = device == "cuda"
@@ -218,14 +218,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = bool(levers.pop("cudnn_benchmark", False))
     if levers.get("ops_impl"):  # read by every op call (run_worker_specs restores the environment)
         os.environ["STYLEGAN_OPS_IMPL"] = levers.pop("ops_impl")
-    if levers.get("filter_impl"):
-        os.environ["STYLEGAN_OPS_FILTER_IMPL"] = levers.pop("filter_impl")
-    if levers.get("upfirdn2d_kernel"):
-        os.environ["STYLEGAN_OPS_UPFIRDN2D_KERNEL"] = levers.pop("upfirdn2d_kernel")
+    # stylegan_ops' benchmark hooks, set for every row (so a lever's choice never outlives its row)
+    set_ops_hooks(levers.pop("filter_impl", None), levers.pop("upfirdn2d_kernel", "auto"))
     if levers.get("tf32") is not None:  # the module applies it at fit start; set here for the record too
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(levers["tf32"])
-    if levers.get("torch_compile") and spec.get("compile_backend"):
-        levers["torch_compile"] = spec["compile_backend"]
     unknown = set(levers) - set(MODULE_LEVERS)
     if unknown:
         raise ValueError(f"unknown levers {sorted(unknown)}")
@@ -254,12 +250,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         network=None,
         g_kwargs=cfg["g_kwargs"],
         d_kwargs=cfg["d_kwargs"],
-        loss=spec["loss"],
         total_kimg=1e9,
-        **cfg["hparams"],
-        **levers,
+        **migrate({"loss": spec["loss"], **cfg["hparams"]}),  # NVIDIA-style flat settings -> sections
+        speed=levers,
     )
-    hp = module.hparams
+    hp = module.reg
     res = cfg["g_kwargs"]["img_resolution"]
 
     class Batches(torch.utils.data.IterableDataset):
@@ -634,7 +629,6 @@ def plan_runs(args: argparse.Namespace, has_cuda: bool, parser: argparse.Argumen
                         loss=loss,
                         lever=lever,
                         levers=dict(LEVERS[lever]) if lever else {},
-                        compile_backend=args.compile_backend,
                         precision=args.precision,
                         steps=steps,
                         warmup=warmup,
@@ -649,12 +643,10 @@ def plan_runs(args: argparse.Namespace, has_cuda: bool, parser: argparse.Argumen
 
 
 def _groups(plan: list[dict[str, Any]], one_process: bool = False) -> list[list[dict[str, Any]]]:
-    """Worker processes: on a GPU all rows but the compiled ones share one (peak memory is reset per row);
-    on the CPU every row gets its own (peak RSS cannot be reset), as does every compiled row.
-    ``one_process``: all rows but the compiled ones in one process (CPU peak RSS then accumulates)."""
-    shared = [
-        s for s in plan if (one_process or s["device"] == "cuda") and not s["levers"].get("torch_compile")
-    ]
+    """Worker processes: on a GPU all rows share one (peak memory is reset per row); on the CPU every row
+    gets its own (peak RSS cannot be reset). ``one_process``: all rows in one process (CPU peak RSS then
+    accumulates)."""
+    shared = [s for s in plan if one_process or s["device"] == "cuda"]
     alone = [[s] for s in plan if s not in shared]
     return ([shared] if shared else []) + alone
 
@@ -812,9 +804,6 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated speed levers, each measured alone on the first loss and variant: "
         + ", ".join(LEVERS),
-    )
-    parser.add_argument(
-        "--compile-backend", default="inductor", help="torch.compile backend of the compile lever"
     )
     parser.add_argument(
         "--steps",

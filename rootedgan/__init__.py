@@ -11,6 +11,7 @@ import importlib.abc
 import sys
 
 from rootedgan.checkpoints import convert_network, load_network, save_network
+from rootedgan.training import adapter as _adapter  # noqa: F401  (registers load_network's adapter loader)
 
 __version__ = "0.1.0"
 

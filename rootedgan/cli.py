@@ -1,7 +1,8 @@
 """The ``rootedgan`` console script: one sub-command per module in :mod:`rootedgan.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors a user can fix (:class:`rootedgan.errors.UserError`) print one clear message and exit 2;
+Errors a user can fix (:class:`rootedgan.errors.UserError`, and stylegan_ops' ``ImplSettingError`` for a bad
+``STYLEGAN_OPS_IMPL``) print one clear message and exit 2;
 they never show a stack trace.
 """
 
@@ -12,6 +13,7 @@ import importlib
 import sys
 
 from rootedgan.errors import UserError
+from stylegan_ops._impl import ImplSettingError
 
 FINETUNE_HELP = (
     "Finetune (or train) a StyleGAN2 with the rooted or the logistic loss, from a YAML config; "
@@ -50,15 +52,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "finetune":
-        from rootedgan.commands.finetune import run_finetune_cli
-
-        return run_finetune_cli(argv[1:])
-    args = _build_parser().parse_args(argv)
+    command = argv[0] if argv else ""
     try:
+        if command == "finetune":
+            from rootedgan.commands.finetune import run_finetune_cli
+
+            return run_finetune_cli(argv[1:])
+        args = _build_parser().parse_args(argv)
         return int(args._run(args) or 0)
-    except UserError as err:
-        print(f"rootedgan {args.command}: error: {err}", file=sys.stderr)
+    except (UserError, ImplSettingError) as err:  # a bad STYLEGAN_OPS_IMPL is a user error too
+        print(f"rootedgan {command}: error: {err}", file=sys.stderr)
         return 2
 
 

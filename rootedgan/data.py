@@ -62,9 +62,11 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
+from rootedgan.fileio import atomic_open
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "ImageDataModule", "ImageDataset", "uint8_to_float"]
 
@@ -856,3 +858,54 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+
+def _dataset_json_label(value: np.ndarray) -> int | list[float]:
+    """NVIDIA's dataset.json label: a class index for one-hot rows, else the vector."""
+    if value.size and np.count_nonzero(value) == 1 and value.max() == 1:
+        return int(np.argmax(value))
+    return [float(v) for v in value]
+
+
+def write_dataset_zip(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    resolution: int,
+    channels: int = 3,
+    labels: bool = False,
+    max_images: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> ImageDataset:
+    """A training zip in NVIDIA's layout (``00000/img00000000.png``, 1000 per folder, ``dataset.json``
+    with the labels of ``source`` when ``labels``) of every image of ``source`` read by the training rules
+    (:class:`ImageDataset`); an unreadable image is skipped (``strict``: an error). Written atomically;
+    returns the data set read (``skipped`` names the images left out)."""
+    dest = Path(dest)
+    if dest.suffix.lower() != ".zip":
+        raise UserError(f"{dest}: the output must be a .zip file")
+    if Path(source).resolve() == dest.resolve():
+        raise UserError("the output zip cannot be the source")
+    on_error: Literal["raise", "skip"] = "raise" if strict else "skip"
+    ds = ImageDataset(
+        source,
+        resolution=resolution,
+        channels=channels,
+        use_labels=labels,
+        max_images=max_images,
+        on_error=on_error,
+    )
+    names = []
+    with atomic_open(dest, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+        for i in tqdm(range(ds.num_images), desc="dataset", unit="img", disable=not progress):
+            arr = ds.load_image(i)
+            name = f"{i // 1000:05d}/img{i:08d}.png"
+            buf = io.BytesIO()
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(
+                buf, format="PNG", compress_level=6
+            )
+            zf.writestr(name, buf.getvalue())
+            if ds.has_labels:
+                names.append([name, _dataset_json_label(ds.labels[i])])
+        zf.writestr("dataset.json", json.dumps({"labels": names if ds.has_labels else None}))
+    return ds

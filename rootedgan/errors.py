@@ -17,3 +17,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 class DownloadError(UserError, OSError):
     """A network file could not be fetched (offline, bad URL, checksum mismatch)."""
+
+
+class SettingError(UserError, ValueError):
+    """A setting that cannot work: a loss, a section of the model settings, a value out of range."""

@@ -1,4 +1,4 @@
-"""Image conventions shared by `generate`, sample grids and the data pipeline.
+"""Image conventions shared by `generate`, sample grids and the data pipeline, and image files.
 
 Network images are NCHW float in [-1, 1]; files are uint8 HWC via NVIDIA's rule
 ``clamp(img * 127.5 + 128, 0, 255)``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from PIL import Image
 
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+
+MAX_GRID_PIXELS = 1 << 28  # e.g. 16x16 images of 1024 px; a grid is one image held in memory
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -40,6 +43,30 @@ def parse_grid(spec: str, count: int) -> tuple[int, int]:
     if rows < 1 or cols < 1:
         raise UserError(f"--grid needs positive rows and columns, got {spec!r}")
     return rows, cols
+
+
+def grid_shape(spec: str | None, count: int) -> tuple[int, int] | None:
+    """``--grid`` (``ROWSxCOLS`` or ``auto``; None or empty: no grid) for ``count`` images, checked to hold
+    them (:func:`parse_grid`)."""
+    if not spec:
+        return None
+    rows, cols = parse_grid(spec, count)
+    if rows * cols < count:
+        raise UserError(f"{count} images do not fit a {rows}x{cols} grid")
+    return rows, cols
+
+
+def check_grid_pixels(grid: tuple[int, int] | None, resolution: int) -> None:
+    """A grid of ``resolution``-pixel images is held in memory: at most :data:`MAX_GRID_PIXELS` pixels."""
+    if grid is None:
+        return
+    rows, cols = grid
+    pixels = rows * cols * int(resolution) ** 2
+    if pixels > MAX_GRID_PIXELS:
+        raise UserError(
+            f"a {rows}x{cols} grid of {resolution}px images has {pixels} pixels, more than "
+            f"{MAX_GRID_PIXELS}; use fewer images or a smaller grid (or write single images)"
+        )
 
 
 def make_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -70,3 +97,17 @@ def save_image_atomic(array: np.ndarray, path: str | os.PathLike) -> None:
     arr = array[..., 0] if array.shape[-1] == 1 else array
     with atomic_open(path, "wb") as fh:
         Image.fromarray(arr).save(fh, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")
+
+
+def write_images(
+    images: Iterable[tuple[str, np.ndarray]], outdir: Path, grid: tuple[int, int] | None
+) -> Path:
+    """Write ``(file name, image)`` pairs into ``outdir``, or (``grid = (rows, cols)``) all of them tiled
+    into ``outdir/grid.png``; returns ``outdir`` or the grid's path."""
+    if grid is None:
+        for name, arr in images:
+            save_image_atomic(arr, outdir / name)
+        return outdir
+    path = outdir / "grid.png"
+    save_image_atomic(make_grid(np.stack([arr for _, arr in images]), *grid), path)
+    return path

@@ -1,6 +1,6 @@
-"""Seeds, latents, labels and devices as NVIDIA's tools define them: the library side of ``generate``,
-``style-mixing``, ``project``, ``fid`` and the snapshot grids (commands import from here, never the
-other way round).
+"""Seeds, latents, labels, devices and images of a generator as NVIDIA's tools define them: the library side
+of ``generate``, ``style-mixing``, ``project``, ``fid`` and the snapshot grids (commands import from here,
+never the other way round).
 
 Seed ``s`` is ``numpy.random.RandomState(s).randn(1, z_dim)``, as in NVIDIA's ``generate.py``, so the same
 seed gives the same image as NVIDIA's tools on the same network.
@@ -9,12 +9,17 @@ seed gives the same image as NVIDIA's tools on the same network.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from rootedgan.checkpoints import load_network
 from rootedgan.errors import UserError
+from rootedgan.imaging import make_grid, to_uint8
+from stylegan_ops._impl import requested_impl
 
 MAX_SEEDS = 1_000_000  # one run writes at most this many images (latents are made batch by batch)
 
@@ -53,9 +58,7 @@ def parse_seeds(spec: str, max_count: int = MAX_SEEDS) -> list[int]:
 
 def check_ops_setting() -> None:
     """A bad ``STYLEGAN_OPS_IMPL`` is a one-line error before any work (not at the first forward pass)."""
-    from stylegan_ops._impl import requested_impl
-
-    requested_impl()  # raises ImplSettingError, a UserError
+    requested_impl()  # raises stylegan_ops' ImplSettingError, which the CLI prints as one line
 
 
 def check_truncation(psi: float, cutoff: int | None = None) -> None:
@@ -93,3 +96,111 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no CUDA device")
     return torch.device(name)
+
+
+def load_generator(
+    network: str | os.PathLike[str], which: str = "G_ema", base: str | os.PathLike[str] | None = None
+) -> torch.nn.Module:
+    """Generator ``which`` of a checkpoint (:func:`rootedgan.checkpoints.load_network`, ``base`` for an
+    adapter), else its G_ema or G; a :class:`UserError` when it holds none."""
+    nets = load_network(network, base=base)
+    G = nets.get(which) or nets.get("G_ema") or nets.get("G")
+    if G is None:
+        raise UserError(f"{network} holds no generator")
+    return G
+
+
+@torch.no_grad()
+def generate_images(
+    G: torch.nn.Module,
+    seeds: Sequence[int],
+    truncation_psi: float = 1.0,
+    truncation_cutoff: int | None = None,
+    class_idx: int | None = None,
+    noise_mode: str = "const",
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(seed, [H, W, C] uint8 image)`` for each seed, in order, computed in batches."""
+    check_truncation(truncation_psi, truncation_cutoff)
+    G = G.eval().to(device)
+    with tqdm(total=len(seeds), desc="generate", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(seeds), batch_size):
+            z = torch.from_numpy(seed_latents(seeds[start : start + batch_size], G.z_dim)).to(device)
+            c = class_labels(G.c_dim, class_idx, len(z)).to(device)
+            img = G(
+                z,
+                c,
+                truncation_psi=truncation_psi,
+                truncation_cutoff=truncation_cutoff,
+                noise_mode=noise_mode,
+            )
+            yield from zip(seeds[start : start + batch_size], to_uint8(img), strict=True)
+            bar.update(len(z))
+
+
+@torch.no_grad()
+def synthesize_ws(
+    G: torch.nn.Module,
+    ws: torch.Tensor,
+    noise_mode: str = "const",
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> Iterator[np.ndarray]:
+    """``[H, W, C]`` uint8 images of ``G.synthesis`` for ``ws [N, num_ws, w_dim]``, in batches."""
+    G = G.eval().to(device)
+    for start in range(0, len(ws), batch_size):
+        yield from to_uint8(G.synthesis(ws[start : start + batch_size].to(device), noise_mode=noise_mode))
+
+
+def parse_layers(spec: str, num_ws: int) -> list[int]:
+    """``'0-6'`` / ``'0,1,8-13'`` -> layer indices, each in ``[0, num_ws)``."""
+    try:
+        layers = parse_seeds(spec)
+    except UserError:
+        raise UserError(f"cannot parse --styles {spec!r}: use layer numbers and ranges like 0-6") from None
+    bad = [i for i in layers if not 0 <= i < num_ws]
+    if bad:
+        raise UserError(f"--styles {spec!r}: the network has layers 0-{num_ws - 1}, not {bad}")
+    return sorted(set(layers))
+
+
+@torch.no_grad()
+def style_mixing_grid(
+    G: torch.nn.Module,
+    row_seeds: list[int],
+    col_seeds: list[int],
+    styles: list[int],
+    truncation_psi: float = 1.0,
+    noise_mode: str = "const",
+    class_idx: int | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, dict[tuple[int, int], np.ndarray]]:
+    """NVIDIA's style-mixing figure: ``(figure [H', W', C] uint8, {(row_seed, col_seed) or (seed, -1) /
+    (-1, seed): image})``; cell (r, c) is row r's ``w`` with the ``styles`` layers of column c's."""
+    G = G.eval().to(device)
+    seeds = list(dict.fromkeys(row_seeds + col_seeds))
+    z = torch.from_numpy(seed_latents(seeds, G.z_dim)).to(device)
+    c = class_labels(G.c_dim, class_idx, len(seeds)).to(device)
+    ws = G.mapping(z, c, truncation_psi=truncation_psi)
+    w_of = dict(zip(seeds, ws, strict=True))
+
+    def render(w: torch.Tensor) -> np.ndarray:
+        return to_uint8(G.synthesis(w[None], noise_mode=noise_mode))[0]
+
+    images: dict[tuple[int, int], np.ndarray] = {}
+    for s in col_seeds:
+        images[(-1, s)] = render(w_of[s])
+    for r in row_seeds:
+        images[(r, -1)] = render(w_of[r])
+        for s in col_seeds:
+            w = w_of[r].clone()
+            w[styles] = w_of[s][styles]
+            images[(r, s)] = render(w)
+    blank = np.zeros_like(images[(-1, col_seeds[0])])
+    cells = [blank] + [images[(-1, s)] for s in col_seeds]
+    for r in row_seeds:
+        cells += [images[(r, -1)]] + [images[(r, s)] for s in col_seeds]
+    figure = make_grid(np.stack(cells), len(row_seeds) + 1, len(col_seeds) + 1)
+    return figure, images

@@ -13,17 +13,10 @@ import torch
 IMPL_ENV_VAR = "STYLEGAN_OPS_IMPL"
 VALID_IMPLS = ("auto", "cuda", "ref")
 
-try:  # inside rootedgan, a bad setting is a user error: its CLI prints the message as one line
-    from rootedgan.errors import UserError as _UserError
-except ImportError:  # stylegan_ops used on its own
 
-    class _UserError(Exception):  # type: ignore[no-redef]
-        pass
-
-
-class ImplSettingError(_UserError, ValueError):
-    """An unknown implementation name (``impl=`` or ``STYLEGAN_OPS_IMPL``): a ValueError, and a
-    :class:`rootedgan.errors.UserError` when rootedgan is installed."""
+class ImplSettingError(ValueError):
+    """An unknown implementation name (``impl=`` or ``STYLEGAN_OPS_IMPL``); rootedgan's CLI prints it as one
+    line, like its own user errors."""
 
 
 def requested_impl(impl: str | None = None) -> str:

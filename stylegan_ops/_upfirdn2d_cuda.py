@@ -28,31 +28,18 @@ The kernel module (``plugin``) is normally the compiled CUDA extension from
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from stylegan_ops._impl import ImplSettingError
-from stylegan_ops._upfirdn2d_ref import output_size, upfirdn2d_ref
+from stylegan_ops._upfirdn2d_ref import check_call, output_size, upfirdn2d_ref
 
-#: Which CUDA kernel runs upfirdn2d: unset or ``auto``, the shared-memory tiles (``upfirdn2d_tiled_kernel``)
-#: wherever they apply (filters up to 64 taps, factors up to 8), else the gather; ``gather``, the
-#: one-thread-per-output gather everywhere, kept selectable so a benchmark can compare the two in one run
-#: (bench/train.py lever ``gather_kernel``).
-KERNEL_ENV_VAR = "STYLEGAN_OPS_UPFIRDN2D_KERNEL"
-_KERNELS = {"auto": -1, "gather": 0}
-
-
-def kernel_code() -> int:
-    """The kernel's ``tiled`` argument from ``STYLEGAN_OPS_UPFIRDN2D_KERNEL``: -1 (auto) or 0 (gather)."""
-    name = os.environ.get(KERNEL_ENV_VAR, "auto").strip().lower() or "auto"
-    if name not in _KERNELS:
-        raise ImplSettingError(
-            f"environment variable {KERNEL_ENV_VAR} is {name!r}; expected auto or gather (or unset it)"
-        )
-    return _KERNELS[name]
+#: A benchmark hook, not a setting: the kernel's ``tiled`` argument. -1 runs the shared-memory tiles
+#: (``upfirdn2d_tiled_kernel``) wherever they apply (filters up to 64 taps, factors up to 8), else the gather;
+#: 0 the one-thread-per-output gather everywhere (bench/ops.py's gather column, bench/train.py's
+#: ``gather_kernel`` lever).
+_TILED = -1
 
 
 def adjoint_axis(
@@ -187,28 +174,7 @@ def upfirdn2d_cuda(
         to ``x`` to any order. A filter that requires grad takes the reference path (the kernel has no
         filter gradient).
     """
-    if x.ndim != 4:
-        raise ValueError(f"x must be NCHW, got shape {tuple(x.shape)}")
-    if f.ndim not in (1, 2) or f.numel() == 0:
-        raise ValueError(
-            f"filter must be a non-empty 1-D (separable) or 2-D tensor, got shape {tuple(f.shape)}"
-        )
-    up = (int(up[0]), int(up[1]))
-    down = (int(down[0]), int(down[1]))
-    padding = (int(padding[0]), int(padding[1]), int(padding[2]), int(padding[3]))
-    if min(up) < 1 or min(down) < 1:
-        raise ValueError(f"up and down must be >= 1, got up={up}, down={down}")
-    fw = f.shape[-1]
-    fh = f.shape[0]
-    h, w = x.shape[2], x.shape[3]
-    if (
-        output_size(w, up[0], down[0], padding[0], padding[1], fw) < 1
-        or output_size(h, up[1], down[1], padding[2], padding[3], fh) < 1
-    ):
-        raise ValueError(
-            f"upfirdn2d: input {h}x{w} with up={up}, down={down}, padding={padding} and a "
-            f"{fh}x{fw} filter leaves no output"
-        )
+    up, down, padding = check_call(x, f, up, down, padding)
     if f.requires_grad and torch.is_grad_enabled():
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     if plugin is None:
@@ -222,6 +188,6 @@ def upfirdn2d_cuda(
         padding=padding,
         flip_filter=bool(flip_filter),
         gain=float(gain),
-        tiled=kernel_code(),
+        tiled=_TILED,
     )
     return _UpFirDn2d.apply(x, f, cfg)

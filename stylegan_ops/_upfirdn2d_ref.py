@@ -92,6 +92,25 @@ def output_size(in_size: int, up: int, down: int, pad0: int, pad1: int, taps: in
     return (in_size * up + pad0 + pad1 - taps + down) // down
 
 
+def check_call(
+    x: torch.Tensor, f: torch.Tensor, up: IntPair, down: IntPair, padding: Padding
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """``(up, down, padding)`` of one upfirdn2d call, parsed; a ValueError for a call that cannot run (``x``
+    not NCHW, an empty or 3-D filter, a factor below 1, no output left)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be NCHW, got shape {tuple(x.shape)}")
+    if f.numel() == 0:
+        raise ValueError(f"filter must be non-empty, got shape {tuple(f.shape)}")
+    up, down, pad = _pair(up, "up"), _pair(down, "down"), parse_padding(padding)
+    (fw, fh), (h, w) = filter_size(f), x.shape[2:]
+    if output_size(w, up[0], down[0], *pad[:2], fw) < 1 or output_size(h, up[1], down[1], *pad[2:], fh) < 1:
+        raise ValueError(
+            f"upfirdn2d: input {h}x{w} with up={up}, down={down}, padding={pad} and a {fh}x{fw} filter "
+            "leaves no output"
+        )
+    return up, down, pad
+
+
 def upfirdn2d_ref(
     x: torch.Tensor,
     f: torch.Tensor | None,
@@ -102,20 +121,10 @@ def upfirdn2d_ref(
     gain: float = 1,
 ) -> torch.Tensor:
     """Reference implementation with plain PyTorch ops (differentiable to any order)."""
-    if x.ndim != 4:
-        raise ValueError(f"x must be NCHW, got shape {tuple(x.shape)}")
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    upx, upy = _pair(up, "up")
-    downx, downy = _pair(down, "down")
-    px0, px1, py0, py1 = parse_padding(padding)
-    fw, fh = filter_size(f)
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = check_call(x, f, up, down, padding)
     n, c, h, w = x.shape
-    if output_size(w, upx, downx, px0, px1, fw) < 1 or output_size(h, upy, downy, py0, py1, fh) < 1:
-        raise ValueError(
-            f"upfirdn2d: input {h}x{w} with up={up}, down={down}, padding={padding} and a "
-            f"{fh}x{fw} filter leaves no output"
-        )
 
     # Zero insertion: each sample is followed by up-1 zeros. Steps that would change nothing are skipped:
     # a pad by zero still copies, and a full slice still costs a zero-fill and a copy in its backward.

@@ -121,15 +121,13 @@ def bias_act(
         A tensor shaped and typed like ``x``.
     """
     chosen = resolve_impl("bias_act", impl, x)
+    spec, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
+    _check_bias(x, b, dim)
     if chosen == "cuda":
         from stylegan_ops._bias_act_cuda import bias_act_cuda
 
-        spec, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
-        _check_bias(x, b, dim)
         return bias_act_cuda(x, b, dim=dim, spec=spec, alpha=alpha_, gain=gain_, clamp=clamp_)
-    if requested_impl(impl) != "ref":  # auto without a kernel (CPU tensors): one autograd node if it applies
-        _, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
-        _check_bias(x, b, dim)
-        if fusable(act, x, b, alpha_, gain_, clamp_):
-            return bias_act_fused(x, b, dim=dim, act=act, alpha=alpha_, gain=gain_, clamp=clamp_)
+    # auto without a kernel (CPU tensors): one autograd node where it applies
+    if requested_impl(impl) != "ref" and fusable(act, x, b, alpha_, gain_, clamp_):
+        return bias_act_fused(x, b, dim=dim, act=act, alpha=alpha_, gain=gain_, clamp=clamp_)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)

@@ -7,8 +7,6 @@ with the FIR filter ``f`` (a true convolution; ``flip_filter=True`` makes it a c
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from stylegan_ops._impl import resolve_impl
@@ -24,7 +22,6 @@ from stylegan_ops._upfirdn2d_ref import (
 )
 
 __all__ = [  # the reference and its helpers live in stylegan_ops._upfirdn2d_ref; this is their public home
-    "FILTER_IMPL_ENV_VAR",
     "downsample2d",
     "filter2d",
     "filter_size",
@@ -36,11 +33,11 @@ __all__ = [  # the reference and its helpers live in stylegan_ops._upfirdn2d_ref
     "upsample2d",
 ]
 
-#: Implementation for plain filtering (up = down = 1) only, over ``STYLEGAN_OPS_IMPL``: ``ref`` sends those
-#: calls to the reference (a cuDNN depthwise convolution on a GPU). On an H200 that is 2x faster than our
-#: kernel forward and backward, but its double backward (R1, path length) is ~10x slower: the whole
-#: training step ran at 0.31x (README, Performance). For experiments; unset: the same choice as every call.
-FILTER_IMPL_ENV_VAR = "STYLEGAN_OPS_FILTER_IMPL"
+#: A benchmark hook, not a setting: the implementation of plain filtering (up = down = 1, ``impl=None``) over
+#: ``STYLEGAN_OPS_IMPL``. ``'ref'`` (bench/train.py's ``ref_filter`` lever) is a cuDNN depthwise convolution
+#: on a GPU: 2x faster than our kernel forward and backward on an H200, but ~10x slower in the double
+#: backward (R1, path length), so the training step ran at 0.31x (README, Performance).
+_FILTER_IMPL: str | None = None
 
 
 def upfirdn2d(
@@ -64,14 +61,13 @@ def upfirdn2d(
             negative values crop.
         flip_filter: False = true convolution (StyleGAN's convention), True = correlation.
         gain: overall filter gain.
-        impl: ``'cuda'``, ``'ref'``, ``'auto'`` or None (environment variable ``STYLEGAN_OPS_IMPL``; for plain
-            filtering, up = down = 1, ``STYLEGAN_OPS_FILTER_IMPL`` first when set).
+        impl: ``'cuda'``, ``'ref'``, ``'auto'`` or None (environment variable ``STYLEGAN_OPS_IMPL``).
 
     Returns:
         ``[N, C, H', W']`` with ``W' = ceil((W*up + x0 + x1 - fw + 1) / down)`` (same for H).
     """
     if impl is None and _pair(up, "up") == (1, 1) and _pair(down, "down") == (1, 1):
-        impl = os.environ.get(FILTER_IMPL_ENV_VAR) or None
+        impl = _FILTER_IMPL
     if resolve_impl("upfirdn2d", impl, x) == "cuda":
         from stylegan_ops._upfirdn2d_cuda import upfirdn2d_cuda
 

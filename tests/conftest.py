@@ -14,6 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # bench/ (test scaffolding such as bench.synthetic_data) importable
     sys.path.insert(0, str(REPO_ROOT))
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
+#: The tests' tiny finetune configs (NVIDIA's 32 px fixture network, 8 steps on the CPU).
+SMOKE = str(REPO_ROOT / "tests" / "configs" / "smoke.yaml")
+SMOKE_ORTHOGONAL = str(REPO_ROOT / "tests" / "configs" / "smoke-orthogonal.yaml")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

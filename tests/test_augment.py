@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMOKE
 from test_finetune import fit  # the fit helper
 
 from rootedgan.checkpoints import load_network
@@ -52,6 +53,7 @@ from rootedgan.training.augment import (
     scale2d,
     translate2d,
 )
+from rootedgan.training.settings import AugmentConfig
 from rootedgan.training.snapshots import NetworkSnapshot
 
 LN2 = math.log(2)
@@ -556,18 +558,18 @@ def test_fixed_p_is_measured_but_not_moved():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(kind="adaptive"), "model.augment"),
+        (dict(kind="adaptive"), "model.augment.kind must be one of"),
         (dict(kind="ada", preset="bgz"), "unknown augmentation preset"),
-        (dict(kind="ada", p=1.0), "augment_p"),
-        (dict(kind="ada", ada_target=1.5), "ada_target"),
-        (dict(kind="ada", ada_interval=0), "ada_interval"),
-        (dict(kind="ada", ada_kimg=0), "ada_kimg"),
-        (dict(kind="diffaugment", policy="color,blur"), "DiffAugment policy"),
+        (dict(kind="ada", p=1.0), "model.augment.p must be"),
+        (dict(kind="ada", ada_target=1.5), "model.augment.ada_target must be"),
+        (dict(kind="ada", ada_interval=0), "model.augment.ada_interval must be an integer >= 1"),
+        (dict(kind="ada", ada_kimg=0), "model.augment.ada_kimg must be"),
+        (dict(kind="diffaugment", diffaugment_policy="color,blur"), "DiffAugment policy"),
     ],
 )
 def test_bad_settings_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
-        build_augment(**kwargs)
+        build_augment(AugmentConfig(**kwargs))
 
 
 def test_p_is_a_buffer_restored_by_load_state_dict():
@@ -595,8 +597,8 @@ class _RecordAda(L.Callback):
 def test_ada_fit_moves_p_by_the_rule(tmp_path, shapes, tiny32):
     record = _RecordAda()
     module, trainer = fit(
-        tmp_path, shapes, network=tiny32, total_kimg=0.032, augment="ada", augment_p=0.3, ada_interval=2,
-        ada_kimg=0.1, callbacks=[record],
+        tmp_path, shapes, network=tiny32, total_kimg=0.032, callbacks=[record],
+        augment=dict(kind="ada", p=0.3, ada_interval=2, ada_kimg=0.1),
     )  # fmt: skip
     p = 0.3
     updates = 0
@@ -614,7 +616,7 @@ def test_ada_fit_moves_p_by_the_rule(tmp_path, shapes, tiny32):
 def test_resume_keeps_p_and_is_exact(tmp_path, shapes, tiny32):
     """2 + 2 steps from a checkpoint == 4 steps straight with ADA adjusting p every 3 steps: the checkpoint
     falls mid-interval, so the controller's counters must be saved too."""
-    settings = dict(network=tiny32, augment="ada", augment_p=0.2, ada_interval=3, ada_kimg=0.05)
+    settings = dict(network=tiny32, augment=dict(kind="ada", p=0.2, ada_interval=3, ada_kimg=0.05))
     snap = dict(snap_kimg=0, grid_seeds=4)
     full, _ = fit(tmp_path / "a", shapes, total_kimg=0.016, callbacks=[NetworkSnapshot(**snap)], **settings)
     fit(tmp_path / "b", shapes, total_kimg=0.008, callbacks=[NetworkSnapshot(**snap)], **settings)
@@ -640,18 +642,27 @@ def test_augment_none_leaves_training_unchanged(tmp_path, shapes, tiny32):
     plain, _ = fit(tmp_path / "a", shapes, network=tiny32, total_kimg=0.016)
     assert plain.augment_pipe is None and plain.ada is None
     assert not any(k.startswith(("augment_pipe", "ada")) for k in plain.state_dict())
-    fixed0, _ = fit(tmp_path / "b", shapes, network=tiny32, total_kimg=0.016, augment="fixed", augment_p=0.0)
+    fixed0, _ = fit(
+        tmp_path / "b", shapes, network=tiny32, total_kimg=0.016, augment=dict(kind="fixed", p=0.0)
+    )
     for key, value in plain.state_dict().items():
         assert torch.equal(value, fixed0.state_dict()[key]), key
 
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(augment="fixed", augment_p=0.9, augment_preset="bgcfnc"), dict(augment="diffaugment")],
+    [dict(kind="fixed", p=0.9, preset="bgcfnc"), dict(kind="diffaugment")],
     ids=["ada-bgcfnc", "diffaugment"],
 )
 def test_r1_through_augmentation_in_training(tmp_path, shapes, tiny32, settings):
-    module, trainer = fit(tmp_path, shapes, network=tiny32, total_kimg=0.008, r1_interval=1, **settings)
+    module, trainer = fit(
+        tmp_path,
+        shapes,
+        network=tiny32,
+        total_kimg=0.008,
+        reg=dict(r1_interval=1, pl_interval=2),
+        augment=settings,
+    )
     assert module.phase_counts["Dreg"] == 2 and int(module.bad_phases) == 0
     assert all(math.isfinite(float(v)) for v in trainer.logged_metrics.values())
 
@@ -662,11 +673,11 @@ def test_two_process_ddp_keeps_p_identical_on_every_rank(tmp_path, shapes, tiny3
     checksummed state) the same everywhere; p must still move."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [
-        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", str(REPO / "configs" / "smoke.yaml"),
+        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", SMOKE,
         "--network", tiny32, "--data.path", str(shapes), "--data.batch_size", "4",
         "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--model.augment", "ada", "--model.augment_p", "0.3",
-        "--model.ada_interval", "1", "--model.ada_kimg", "0.1",
+        "--trainer.enable_progress_bar", "false", "--model.augment.kind", "ada", "--model.augment.p", "0.3",
+        "--model.augment.ada_interval", "1", "--model.augment.ada_kimg", "0.1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

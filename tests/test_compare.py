@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMOKE
 from PIL import Image
 
+from bench.standins import make_standin_inception
 from rootedgan.cli import main as cli_main
 from rootedgan.compare import (
     Curve,
@@ -27,10 +29,8 @@ from rootedgan.compare import (
 from rootedgan.compare import runner as runner_mod
 from rootedgan.compare.runner import RunResult, finished_record, parse_losses, plan_runs, run_all
 from rootedgan.errors import UserError
-from rootedgan.metrics import make_standin_inception
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "configs" / "smoke.yaml")
 BATCH = 8  # configs/smoke.yaml data.batch_size
 KIMG = 0.04  # 5 steps of 8 images
 METRIC = "metrics/fid16_full"  # FIDCallback with num_gen 16
@@ -284,11 +284,11 @@ def test_skip_needs_the_same_arguments_and_force_reruns(tmp_path, monkeypatch):
 def test_failing_run_is_reported_and_exits_nonzero(tmp_path, shapes, nvidia_fixture_dir, capsys):
     out = tmp_path / "cmp"
     argv = compare_argv(out, shapes, nvidia_fixture_dir / "tiny32.pkl", "logistic")
-    argv += ["--model.max_bad_steps", "0"]  # rejected by FinetuneModule: the finetune exits 2
+    argv += ["--model.guard.max_bad_steps", "0"]  # rejected by FinetuneModule: the finetune exits 2
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
     assert "run logistic/seed0 failed with exit status 2" in err
-    assert "max_bad_steps must be >= 1" in err  # the log's last lines are shown
+    assert "max_bad_steps must be an integer >= 1" in err  # the log's last lines are shown
     assert "no report written" in err
     assert not (out / "logistic" / "seed0" / "run.json").exists()
     assert not (out / "compare.md").exists()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from conftest import SMOKE
 
 from rootedgan.cli import main as cli_main
 from rootedgan.compare import (
@@ -41,7 +42,6 @@ from rootedgan.errors import UserError
 from rootedgan.training.randomness import SeededRandomness
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "configs" / "smoke.yaml")
 
 # -- bootstrap, paired differences, sign-flip test -------------------------------------------------
 
@@ -215,11 +215,11 @@ def test_select_learning_rates_on_tuning_seeds():
 
 def test_grid_plan_scales_the_config_learning_rates(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("model:\n  g_lr: 0.003\n  d_lr: 0.002\n")
+    config.write_text("model:\n  optim: {g_lr: 0.003, d_lr: 0.002}\n")
     assert base_learning_rates(config) == (0.003, 0.002)
-    assert base_learning_rates(config, ["--model.g_lr=0.004", "--x", "1"]) == (0.004, 0.002)
+    assert base_learning_rates(config, ["--model.optim.g_lr=0.004", "--x", "1"]) == (0.004, 0.002)
     other = tmp_path / "o.yaml"
-    other.write_text("model:\n  d_lr: 0.001\n")
+    other.write_text("model:\n  optim:\n    d_lr: 0.001\n")
     assert base_learning_rates(config, ["--config", str(other)]) == (0.003, 0.001)
     specs = plan_runs(config, ["logistic", "rooted:2"], [7, 8], tmp_path / "out", kimg=2.0,
                       lrs=[0.5, 1.0], extra=["--data.batch_size", "8"])  # fmt: skip
@@ -231,15 +231,15 @@ def test_grid_plan_scales_the_config_learning_rates(tmp_path):
     ]
     assert specs[0].run_dir == tmp_path / "out" / "logistic" / "lr0.5" / "seed7"
     args = list(specs[0].args)
-    assert args[-4:] == ["--model.g_lr", "0.0015", "--model.d_lr", "0.001"]  # after extra: they include it
+    assert args[-4:] == ["--model.optim.g_lr", "0.0015", "--model.optim.d_lr", "0.001"]  # after extra
     extra_at = args.index("--data.batch_size")
     assert args.index("--trainer.callbacks+=rootedgan.compare.pairing.PairingRecorder") > extra_at
     assert args[args.index("--model.seed") + 1] == args[args.index("--data.seed") + 1] == "7"
     # the same seed: the same arguments in every arm except the loss and the learning rates
     a, b = list(specs[1].args), list(specs[7].args)
     differ = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-    assert [a[i - 1] for i in differ] == ["--model.loss", "--trainer.default_root_dir", "--model.g_lr",
-                                          "--model.d_lr"]  # fmt: skip
+    assert [a[i - 1] for i in differ] == ["--model.loss", "--trainer.default_root_dir", "--model.optim.g_lr",
+                                          "--model.optim.d_lr"]  # fmt: skip
     assert plan_runs(config, ["logistic*2"], [0], tmp_path)[0].run_dir.parts[-2] == "logistic-x2"
     assert parse_lrs("0.25, 0.5,1") == [0.25, 0.5, 1.0] and parse_lrs(None) is None
     for bad, message in [("0.5,x", "cannot read"), ("0,1", "> 0"), ("1,1", "more than once")]:
@@ -292,7 +292,7 @@ def fake_finetune(spec, echo=True, threads=None, tail_lines=20):
 
 def test_two_stage_study_picks_each_lr_on_tuning_seeds_and_resumes(tmp_path, monkeypatch, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text("model:\n  g_lr: 0.002\n  d_lr: 0.002\n")
+    config.write_text("model:\n  optim: {g_lr: 0.002, d_lr: 0.002}\n")
     calls = []
     monkeypatch.setattr(
         runner_mod, "execute", lambda spec, **kw: calls.append(spec.name) or fake_finetune(spec)
@@ -343,7 +343,7 @@ def test_study_options_are_checked_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     assert cli_main(base + ["--lrs", "0.5,1", "--tune-seeds", "5", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("--model.g_lr 0.001 ") == 2 and "then each loss at the lr chosen" in out
+    assert out.count("--model.optim.g_lr 0.001 ") == 2 and "then each loss at the lr chosen" in out
 
 
 # -- the paired design ---------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_real_runs_of_two_arms_share_data_order_latents_and_evaluation_samples(
     """Two arms (losses and learning rates differ) on seed 0, and one arm on seed 1, finetuned for real:
     the first batches' data, the training latents and the evaluation latents are identical across arms
     for a seed, and differ between seeds (so the check is not vacuous)."""
-    from rootedgan.metrics import make_standin_inception
+    from bench.standins import make_standin_inception
 
     standin = make_standin_inception(tmp_path / "standin.pt")
     fid = tmp_path / "fid.yaml"

@@ -15,11 +15,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import SMOKE
 
 from rootedgan.checkpoints import load_network
 from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataModule
-from rootedgan.training.losses import AdversarialLoss
+from rootedgan.training.losses import Rooted
 from rootedgan.training.module import FinetuneModule, NonFiniteTrainingError, d_layers_from_input
 from rootedgan.training.snapshots import NetworkSnapshot
 
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def fit(root: Path, data: Path, ckpt: str | None = None, callbacks=None, **model_kwargs) -> tuple:
-    kwargs = dict(r1_interval=2, pl_interval=2, ema_kimg=0.01, seed=1)
+    kwargs = dict(reg=dict(r1_interval=2, pl_interval=2), ema=dict(kimg=0.01), seed=1)
     kwargs.update(model_kwargs)
     module = FinetuneModule(**kwargs)
     datamodule = ImageDataModule(str(data), batch_size=4, num_workers=0)
@@ -42,7 +43,7 @@ def fit(root: Path, data: Path, ckpt: str | None = None, callbacks=None, **model
 
 def test_cli_smoke_finetune_writes_snapshots_logs_and_resume_checkpoint(tmp_path, shapes, tiny32):
     code = cli_main(
-        ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", tiny32,
+        ["finetune", "--config", SMOKE, "--network", tiny32,
          "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
          "--trainer.enable_progress_bar", "false"]
     )  # fmt: skip
@@ -94,8 +95,8 @@ def test_resume_is_exact(tmp_path, shapes, tiny32):
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        (dict(pl_interval=2, r1_interval=4), dict(Gmain=8, Greg=4, Dmain=8, Dreg=2)),
-        (dict(pl_weight=0.0, r1_gamma=0.0), dict(Gmain=8, Greg=0, Dmain=8, Dreg=0)),
+        (dict(reg=dict(pl_interval=2, r1_interval=4)), dict(Gmain=8, Greg=4, Dmain=8, Dreg=2)),
+        (dict(reg=dict(pl_weight=0.0, r1_gamma=0.0)), dict(Gmain=8, Greg=0, Dmain=8, Dreg=0)),
     ],
 )
 def test_phase_counts(tmp_path, shapes, tiny32, overrides, expected):
@@ -104,14 +105,16 @@ def test_phase_counts(tmp_path, shapes, tiny32, overrides, expected):
     assert int(module.cur_nimg) == 32
 
 
-class NaNGeneratorLoss(AdversarialLoss):
+class NaNGeneratorLoss(Rooted):
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return super().generator(fake_logits) * float("nan")
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path, shapes, tiny32):
-    module = FinetuneModule(network=tiny32, pl_weight=0.0, max_bad_steps=3, total_kimg=10.0)
-    module.adv_loss = NaNGeneratorLoss("rooted", k=2.0)
+    module = FinetuneModule(
+        network=tiny32, reg=dict(pl_weight=0.0), guard=dict(max_bad_steps=3), total_kimg=10.0
+    )
+    module.adv_loss = NaNGeneratorLoss(k=2.0)
     g_before = copy.deepcopy(module.G.state_dict())
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=-1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
@@ -141,8 +144,8 @@ def _trainer(root) -> L.Trainer:
 def test_a_skipped_step_leaves_w_avg_and_pl_mean_finite(tmp_path, shapes, tiny32):
     """The running statistics updated inside the forward passes are guarded like the weights, so the
     "last good" weights and every later snapshot keep a finite w_avg."""
-    module = FinetuneModule(network=tiny32, max_bad_steps=2, total_kimg=10.0)
-    module.adv_loss = NaNGeneratorLoss("rooted", k=2.0)
+    module = FinetuneModule(network=tiny32, guard=dict(max_bad_steps=2), total_kimg=10.0)
+    module.adv_loss = NaNGeneratorLoss(k=2.0)
     mapping_forward = module.G.mapping.forward
 
     def poisoned(*args, **kwargs):  # a forward pass that went non-finite, as with a huge learning rate
@@ -161,7 +164,7 @@ def test_a_skipped_step_leaves_w_avg_and_pl_mean_finite(tmp_path, shapes, tiny32
         assert torch.isfinite(saved[net].mapping.w_avg).all(), net
 
 
-class EveryOtherStepNaNLoss(AdversarialLoss):
+class EveryOtherStepNaNLoss(Rooted):
     """G's loss is NaN on every second call: never 2 bad steps in a row, half of the Gmain phases bad."""
 
     calls = 0
@@ -173,8 +176,8 @@ class EveryOtherStepNaNLoss(AdversarialLoss):
 
 
 def test_a_run_with_many_skipped_phases_ends_as_failed(tmp_path, shapes, tiny32):
-    module = FinetuneModule(network=tiny32, pl_weight=0.0, r1_gamma=0.0, total_kimg=0.016)
-    module.adv_loss = EveryOtherStepNaNLoss("rooted", k=2.0)
+    module = FinetuneModule(network=tiny32, reg=dict(pl_weight=0.0, r1_gamma=0.0), total_kimg=0.016)
+    module.adv_loss = EveryOtherStepNaNLoss(k=2.0)
     with pytest.raises(NonFiniteTrainingError, match=r"diverged: 2 of 8 phases \(25%\)"):
         _trainer(tmp_path).fit(module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
     assert int(module.step_idx) == 4  # trained to the end: no run of max_bad_steps bad steps
@@ -199,7 +202,7 @@ def test_freeze_d_keeps_input_side_layers(tmp_path, shapes, tiny32):
 
 
 def test_ema_rule(tiny32):
-    module = FinetuneModule(network=tiny32, ema_kimg=0.1, ema_rampup=None)
+    module = FinetuneModule(network=tiny32, ema=dict(kimg=0.1, rampup=None))
     with torch.no_grad():
         for p in module.G.parameters():
             p.fill_(1.0)
@@ -214,7 +217,7 @@ def test_ema_rule(tiny32):
 def test_ema_rampup_reads_the_images_before_the_batch(tiny32):
     """NVIDIA's ramp-up: half-life min(ema_kimg * 1000, cur_nimg * ema_rampup) with cur_nimg counted
     before the current batch (its training loop updates G_ema, then adds the batch)."""
-    module = FinetuneModule(network=tiny32, ema_kimg=0.1, ema_rampup=0.05)
+    module = FinetuneModule(network=tiny32, ema=dict(kimg=0.1, rampup=0.05))
     with torch.no_grad():
         for p in module.G.parameters():
             p.fill_(1.0)
@@ -228,7 +231,7 @@ def test_ema_rampup_reads_the_images_before_the_batch(tiny32):
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, shapes, tiny32):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [
-        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", str(REPO / "configs" / "smoke.yaml"),
+        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", SMOKE,
         "--network", tiny32, "--data.path", str(shapes), "--data.batch_size", "4",
         "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false",
@@ -247,7 +250,11 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, shapes, tiny32):
 @pytest.mark.parametrize(
     "override,message",
     [
-        (["--model.k", "1"], "k > 1"),
+        (["--model.loss", "rooted:1"], "k > 1"),
+        (["--model.loss", "{{name: rooted, k: 0.5}}"], "k > 1"),
+        (["--model.reg.r1_gamma", "-1"], "model.reg.r1_gamma must be"),
+        (["--model.k", "4"], "model.k moved into model.loss"),
+        (["--model.g_lr", "0.1"], "model.g_lr moved: use model.optim.g_lr"),
         (["--model.loss", "hinge"], "unknown loss"),
         (["--data.path", "/nonexistent/images"], "/nonexistent/images"),
         (["--data.batch_size", "1000"], "batch_size"),
@@ -259,7 +266,7 @@ def test_cli_rejects_bad_settings_with_a_readable_error(tmp_path, shapes, tiny32
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
     override = [arg.format(blocked=blocked) for arg in override]
-    args = ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", tiny32,
+    args = ["finetune", "--config", SMOKE, "--network", tiny32,
             "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path), *override]  # fmt: skip
     assert cli_main(args) == 2
     err = capsys.readouterr().err
@@ -268,7 +275,13 @@ def test_cli_rejects_bad_settings_with_a_readable_error(tmp_path, shapes, tiny32
 
 def test_cli_rejects_unknown_options(tmp_path, capsys):
     code = cli_main(
-        ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.no_such_option", "3"]
+        [
+            "finetune",
+            "--config",
+            SMOKE,
+            "--model.no_such_option",
+            "3",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -276,7 +289,7 @@ def test_cli_rejects_unknown_options(tmp_path, capsys):
 
 
 def test_bf16_mixed_precision_runs_finite(tmp_path, shapes, tiny32):
-    module = FinetuneModule(network=tiny32, total_kimg=0.008, r1_interval=1, pl_interval=1)
+    module = FinetuneModule(network=tiny32, total_kimg=0.008, reg=dict(r1_interval=1, pl_interval=1))
     trainer = L.Trainer(
         accelerator="cpu", precision="bf16-mixed", max_epochs=-1, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,

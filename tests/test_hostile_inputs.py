@@ -33,11 +33,11 @@ from PIL import Image
 
 from rootedgan.checkpoints import download as dl
 from rootedgan.checkpoints import load_network
-from rootedgan.checkpoints.adapter import base_reference, save_adapter
 from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataset
 from rootedgan.errors import CheckpointError, DownloadError, UserError
 from rootedgan.metrics.features import FolderImages
+from rootedgan.training.adapter import base_reference, save_adapter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY32 = FIXTURES / "nvidia" / "tiny32.pkl"

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from rootedgan.errors import SettingError
 from rootedgan.training.losses import (
-    AdversarialLoss,
+    DEFAULT_LOSS,
+    DEFAULT_ROOT,
+    Logistic,
+    Rooted,
+    RootedStepLogistic,
     capped_fraction,
     lazy_regularization,
     logistic,
+    make_loss,
     path_length,
     path_length_penalty,
     r1_penalty,
@@ -101,8 +107,10 @@ def test_rooted_tends_to_softplus_and_bounds_it():
 def test_rooted_rejects_bad_roots(k):
     with pytest.raises(ValueError, match="k > 1"):
         rooted(torch.zeros(3), k=k)
-    with pytest.raises(ValueError, match="k > 1"):
-        AdversarialLoss("rooted", k=k)
+    with pytest.raises(SettingError, match="k > 1"):
+        Rooted(k=k)
+    with pytest.raises(SettingError, match="k > 1"):
+        make_loss({"name": "rooted", "k": k})
 
 
 def test_logistic_is_finite_over_the_range():
@@ -119,34 +127,40 @@ def test_logistic_is_finite_over_the_range():
 
 def test_adversarial_loss_objectives_and_parsing():
     logits = torch.tensor([-3.0, 0.0, 2.0])
-    loss = AdversarialLoss.parse("rooted:4")
-    assert loss.k == 4.0 and loss.label == "rooted:4"
+    loss = make_loss("rooted:4")
+    assert loss == Rooted(k=4.0) == make_loss({"name": "rooted", "k": 4}) and loss.label == "rooted:4"
+    assert make_loss(loss.spec()) == loss and make_loss(loss) is loss
     torch.testing.assert_close(loss.generator(logits), rooted(-logits, k=4.0))
     torch.testing.assert_close(loss.discriminator_fake(logits), rooted(logits, k=4.0))
     torch.testing.assert_close(loss.discriminator_real(logits), rooted(-logits, k=4.0))
-    lg = AdversarialLoss.parse("logistic")
+    lg = make_loss("logistic")
+    assert lg == Logistic() == make_loss(None) == make_loss(DEFAULT_LOSS)
     torch.testing.assert_close(lg.generator(logits), torch.nn.functional.softplus(-logits))
-    with pytest.raises(ValueError, match="unknown loss"):
-        AdversarialLoss.parse("hinge")
-    with pytest.raises(ValueError, match="root"):
-        AdversarialLoss.parse("rooted:two")
+    with pytest.raises(SettingError, match="unknown loss"):
+        make_loss("hinge")
+    with pytest.raises(SettingError, match="rooted:two"):
+        make_loss("rooted:two")
+    with pytest.raises(SettingError, match="has no setting kk"):
+        make_loss({"name": "rooted", "kk": 2})
+    with pytest.raises(SettingError, match="only the rooted loss takes a root"):
+        make_loss("logistic:4")
     assert float(capped_fraction(torch.tensor([0.0, 100.0]), 2.0)) == 0.5
 
 
 def test_scaled_loss_is_the_base_times_the_constant():
     logits = torch.tensor([-3.0, 0.0, 2.0])
     for spec, base in [("logistic*2", "logistic"), ("rooted:4*0.5", "rooted:4")]:
-        scaled, plain = AdversarialLoss.parse(spec), AdversarialLoss.parse(base)
+        scaled, plain = make_loss(spec), make_loss(base)
         c = scaled.scale
         assert scaled.label == spec and c in (2.0, 0.5)
         torch.testing.assert_close(scaled.generator(logits), c * plain.generator(logits))
         torch.testing.assert_close(scaled.discriminator_fake(logits), c * plain.discriminator_fake(logits))
         torch.testing.assert_close(scaled.discriminator_real(logits), c * plain.discriminator_real(logits))
-    assert AdversarialLoss.parse("rooted:4*0.5").lower_bound() == 2.0
-    assert AdversarialLoss.parse("logistic*3").lower_bound() == 0.0
+    assert make_loss("rooted:4*0.5").lower_bound() == 2.0
+    assert make_loss("logistic*3").lower_bound() == 0.0
     for bad in ("logistic*0", "logistic*-1", "logistic*nan", "logistic*x", "rooted*rooted:2"):
-        with pytest.raises(ValueError):
-            AdversarialLoss.parse(bad)
+        with pytest.raises(SettingError):
+            make_loss(bad)
 
 
 def test_adam_cancels_a_constant_loss_scale():
@@ -171,8 +185,9 @@ def test_matched_logistic_has_rooted_total_gradient_and_logistic_weights(k):
     """logistic*rooted:K: per batch the same sum of per-sample gradients as rooted:K, in logistic's
     proportions (closed forms: rooted' = exp(softplus(u)/k) sigmoid(u), logistic' = sigmoid(u))."""
     u64 = np.array([-4.0, -1.0, 0.0, 0.5, 3.0, 9.0])
-    matched = AdversarialLoss.parse(f"logistic*rooted:{k:g}")
-    assert matched.match_k == k and matched.label == f"logistic*rooted:{k:g}" and matched.lower_bound() == 0
+    matched = make_loss(f"logistic*rooted:{k:g}")
+    assert matched == RootedStepLogistic(k=k) and matched.label == f"logistic*rooted:{k:g}"
+    assert matched.lower_bound() == 0
     u = torch.tensor(u64, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(matched.discriminator_fake(u).sum(), u)  # discriminator_fake: phi(u)
     rooted_grad = np.exp(softplus64(u64) / k) * sigmoid64(u64)
@@ -240,3 +255,11 @@ def test_lazy_regularization_rescaling():
     assert lr == pytest.approx(0.0025 * 16 / 17)
     assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
     assert lazy_regularization(0.002, (0.0, 0.99), 0) == (0.002, (0.0, 0.99))
+
+
+def test_one_default_root_everywhere():
+    """The root's default is defined once: the primitive, the loss class and the short form agree."""
+    u = torch.linspace(-5, 5, 11)
+    torch.testing.assert_close(rooted(u), rooted(u, k=DEFAULT_ROOT))
+    assert make_loss("rooted") == Rooted() and Rooted().k == DEFAULT_ROOT == 20.0
+    assert make_loss("logistic*rooted") == RootedStepLogistic(k=DEFAULT_ROOT)

@@ -13,11 +13,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+from conftest import SMOKE
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from bench.standins import make_standin_inception
 from rootedgan.data import ImageDataModule
-from rootedgan.metrics import FIDCallback, make_standin_inception
+from rootedgan.metrics import FIDCallback
 from rootedgan.training.module import FinetuneModule
 
 pytest.importorskip("cleanfid", reason="FID needs clean-fid (pip install clean-fid)")
@@ -41,7 +43,10 @@ def test_callback_logs_fid_every_n_kimg_and_modelcheckpoint_keeps_the_best(
         filename="best-fid",
     )  # fmt: skip
     module = FinetuneModule(
-        network=str(nvidia_fixture_dir / "tiny32.pkl"), total_kimg=0.016, r1_interval=2, pl_interval=2, seed=1
+        network=str(nvidia_fixture_dir / "tiny32.pkl"),
+        total_kimg=0.016,
+        reg=dict(r1_interval=2, pl_interval=2),
+        seed=1,
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=-1, logger=CSVLogger(tmp_path, name="logs"),
@@ -166,7 +171,7 @@ def test_callback_from_yaml_under_two_process_ddp(tmp_path, shapes, standin, nvi
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1", ROOTEDGAN_CACHE=str(tmp_path / "cache"))
     cmd = [
-        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", str(REPO / "configs" / "smoke.yaml"),
+        sys.executable, "-m", "rootedgan.cli", "finetune", "--config", SMOKE,
         "--config", str(config), "--network", str(nvidia_fixture_dir / "tiny32.pkl"),
         "--data.path", str(shapes), "--data.batch_size", "4", "--trainer.devices", "2",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",

@@ -6,7 +6,7 @@ its feature extractor from ``/tmp/inception-2015-12-05.pt`` (downloading it when
 the stand-in through ``compute_fid(custom_feat_extractor=...)`` (its own ``InceptionV3W`` wrapper around
 the file, with ``resize_inside`` as ``build_feature_extractor`` sets it for the mode) and, for
 ``compute_kid`` (no such argument), by replacing ``cleanfid.fid.build_feature_extractor``. The stand-in
-(:func:`rootedgan.metrics.make_standin_inception`) resizes inside its ``forward`` like NVIDIA's file
+(:func:`bench.standins.make_standin_inception`) resizes inside its ``forward`` like NVIDIA's file
 (TensorFlow 1's bilinear resize), so the legacy path is exercised as with the real file.
 
 clean-fid averages features in float32 (``np.mean``) and computes KID kernels in float32, so values
@@ -27,6 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.standins import make_standin_inception
 from bench.synthetic_data import make_shapes_dataset
 from rootedgan.data import ImageDataset
 from rootedgan.metrics import (
@@ -35,7 +36,6 @@ from rootedgan.metrics import (
     FolderImages,
     folder_fid,
     folder_kid,
-    make_standin_inception,
 )
 from rootedgan.metrics._cleanfid_import import import_cleanfid
 from rootedgan.metrics.features import to_uint8_nchw

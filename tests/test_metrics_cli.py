@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.standins import make_standin_inception
 from bench.synthetic_data import make_shapes_dataset
 from rootedgan.cli import main as cli_main
 from rootedgan.errors import UserError
-from rootedgan.metrics import Evaluator, features, folder_fid, make_standin_inception
+from rootedgan.metrics import Evaluator, features, folder_fid
 from rootedgan.metrics import inception as inc
 from rootedgan.networks import Generator
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.standins import make_standin_inception
 from rootedgan.errors import DownloadError, UserError
 from rootedgan.metrics import inception as inc
 from rootedgan.metrics.inception import (
     INCEPTION_URL,
     load_inception,
     locate_inception,
-    make_standin_inception,
     resolve_inception,
     tf1_bilinear_resize,
 )

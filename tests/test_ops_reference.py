@@ -252,9 +252,9 @@ def test_resample_helpers_follow_the_spec_padding_rule(taps, factor):
     torch.testing.assert_close(so.downsample2d(x, f, down=factor), expected_down)
 
 
-def test_filter_impl_env_applies_to_plain_filtering_only(monkeypatch):
-    """STYLEGAN_OPS_FILTER_IMPL picks the implementation of up = down = 1 calls alone (a speed switch for
-    GPUs where our kernel loses to cuDNN there); resampling calls keep STYLEGAN_OPS_IMPL's choice."""
+def test_filter_impl_hook_applies_to_plain_filtering_only(monkeypatch):
+    """The benchmark hook ``_FILTER_IMPL`` picks the implementation of up = down = 1 calls alone
+    (bench/train.py's ref_filter lever); resampling calls keep STYLEGAN_OPS_IMPL's choice."""
     mod = importlib.import_module("stylegan_ops.upfirdn2d")  # the package exports a function of that name
 
     seen = []
@@ -264,13 +264,13 @@ def test_filter_impl_env_applies_to_plain_filtering_only(monkeypatch):
         return "ref"
 
     monkeypatch.setattr(mod, "resolve_impl", spy)
-    monkeypatch.setenv("STYLEGAN_OPS_FILTER_IMPL", "ref")
+    monkeypatch.setattr(mod, "_FILTER_IMPL", "ref")
     x, f = torch.randn(1, 2, 8, 8), so.setup_filter([1, 3, 3, 1])
     so.filter2d(x, f)
     so.upsample2d(x, f)
     so.downsample2d(x, f)
     so.filter2d(x, f, impl="cuda")  # an explicit impl wins
     assert seen == ["ref", None, None, "cuda"]
-    monkeypatch.delenv("STYLEGAN_OPS_FILTER_IMPL")
+    monkeypatch.setattr(mod, "_FILTER_IMPL", None)
     so.filter2d(x, f)
     assert seen[-1] is None

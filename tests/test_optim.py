@@ -46,9 +46,9 @@ def test_presets_build_the_right_optimizers():
 
 
 def test_module_selects_the_preset_per_network(nvidia_fixture_dir):
-    module = FinetuneModule(network=str(nvidia_fixture_dir / "tiny32.pkl"), g_optimizer="golden")
+    module = FinetuneModule(network=str(nvidia_fixture_dir / "tiny32.pkl"), optim=dict(g_optimizer="golden"))
     opt_g, opt_d = module.configure_optimizers()
     assert isinstance(opt_g, torch.optim.SGD) and isinstance(opt_d, torch.optim.Adam)
     assert opt_g.param_groups[0]["momentum"] == pytest.approx(GOLDEN_MOMENTUM ** (4 / 5))  # lazy pl, I=4
     with pytest.raises(UserError, match="d_optimizer"):
-        FinetuneModule(network=str(nvidia_fixture_dir / "tiny32.pkl"), d_optimizer="rmsprop")
+        FinetuneModule(network=str(nvidia_fixture_dir / "tiny32.pkl"), optim=dict(d_optimizer="rmsprop"))

@@ -12,14 +12,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import SMOKE_ORTHOGONAL
 from torch.nn.utils import parametrize
 
 from rootedgan.checkpoints import load_network
-from rootedgan.checkpoints.adapter import base_reference, save_adapter
 from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataModule
 from rootedgan.errors import CheckpointError, UserError
 from rootedgan.networks.generator import SynthesisLayer
+from rootedgan.training.adapter import base_reference, save_adapter
 from rootedgan.training.module import FinetuneModule
 from rootedgan.training.orthogonal import (
     OrthogonalConfig,
@@ -301,8 +302,8 @@ def test_bad_settings_are_clear_user_errors(tiny32):
         OrthogonalConfig.from_any({"blocksize": 4})
     with pytest.raises(UserError, match="gram_schmidt"):
         OrthogonalConfig.from_any({"parameterization": "gram_schmidt", "block_size": 128})
-    with pytest.raises(UserError, match="model.mode"):
-        FinetuneModule(network=tiny32, mode="rotate")
+    with pytest.raises(UserError, match="model.orthogonal must be a mapping"):
+        FinetuneModule(network=tiny32, orthogonal="rotate")
 
 
 # -- adapters and convert --merge -----------------------------------------------------------------------
@@ -382,7 +383,7 @@ def test_convert_merge_writes_plain_checkpoints(tmp_path, adapter_setup, capsys)
 
 def test_cli_orthogonal_smoke_finetune(tmp_path, shapes, tiny32):
     code = cli_main(
-        ["finetune", "--config", str(REPO / "configs" / "smoke-orthogonal.yaml"), "--network", tiny32,
+        ["finetune", "--config", SMOKE_ORTHOGONAL, "--network", tiny32,
          "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
          "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
     )  # fmt: skip
@@ -430,11 +431,11 @@ def layer_stats_of(G: torch.nn.Module) -> dict[str, float]:
     [
         (["--model.orthogonal.block_size", "7"], "block_size=7"),
         (["--model.orthogonal.layers", "[mapping.nope]"], "matches no weight layer"),
-        (["--model.mode", "rotate"], "model.mode"),
+        (["--model.mode", "orthogonal"], "model.mode is gone: orthogonal finetuning is on when"),
     ],
 )
 def test_cli_rejects_bad_orthogonal_settings_readably(tmp_path, shapes, tiny32, capsys, override, message):
-    args = ["finetune", "--config", str(REPO / "configs" / "smoke-orthogonal.yaml"), "--network", tiny32,
+    args = ["finetune", "--config", SMOKE_ORTHOGONAL, "--network", tiny32,
             "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path), *override]  # fmt: skip
     assert cli_main(args) == 2
     err = capsys.readouterr().err
@@ -442,7 +443,7 @@ def test_cli_rejects_bad_orthogonal_settings_readably(tmp_path, shapes, tiny32, 
 
 
 def fit(root: Path, data: Path, ckpt: str | None = None, **model_kwargs) -> tuple:
-    kwargs = dict(r1_interval=2, pl_interval=2, ema_kimg=0.01, seed=1, mode="orthogonal")
+    kwargs = dict(reg=dict(r1_interval=2, pl_interval=2), ema=dict(kimg=0.01), seed=1, orthogonal={})
     kwargs.update(model_kwargs)
     module = FinetuneModule(**kwargs)
     trainer = L.Trainer(
@@ -487,9 +488,10 @@ def test_orthogonal_resume_is_exact_and_coft_holds(tmp_path, shapes, tiny32):
 
 
 def test_settings_are_stored_as_plain_dicts_for_weights_only_checkpoints(tmp_path, tiny32):
-    for mode in ("full", "orthogonal"):  # full mode ignores the settings but must still resume
-        module = FinetuneModule(network=tiny32, mode=mode, orthogonal=OrthogonalConfig(block_size=16))
-        assert module.hparams["orthogonal"] == OrthogonalConfig(block_size=16).to_dict()
-        torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.pt")
-        assert torch.load(tmp_path / "h.pt", weights_only=True)["hyper_parameters"]["mode"] == mode
+    module = FinetuneModule(network=tiny32, orthogonal=OrthogonalConfig(block_size=16))
+    assert module.orth is not None
+    assert module.hparams["orthogonal"] == OrthogonalConfig(block_size=16).to_dict()
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.pt")
+    saved = torch.load(tmp_path / "h.pt", weights_only=True)["hyper_parameters"]
+    assert saved["orthogonal"]["block_size"] == 16 and saved["optim"] == dict(module.hparams)["optim"]
     assert FinetuneModule(network=tiny32).orth is None

@@ -1,7 +1,7 @@
 """`rootedgan project` (NVIDIA's projector into W) and `rootedgan generate --projected-w`.
 
 The VGG16 LPIPS network is NVIDIA's download; these tests use a tiny torchscript with its interface
-(:func:`rootedgan.tools.projector.make_standin_vgg16`), the real download code against a faked server, and the
+(:func:`bench.standins.make_standin_vgg16`), the real download code against a faked server, and the
 NVIDIA fixture network (32x32).
 """
 
@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.standins import make_standin_vgg16
 from rootedgan.checkpoints import load_network
 from rootedgan.cli import main as cli_main
 from rootedgan.errors import UserError
@@ -27,7 +28,7 @@ from rootedgan.tools import projector
 
 @pytest.fixture(scope="module")
 def vgg_file(tmp_path_factory):
-    return projector.make_standin_vgg16(tmp_path_factory.mktemp("vgg") / "standin-vgg16.pt")
+    return make_standin_vgg16(tmp_path_factory.mktemp("vgg") / "standin-vgg16.pt")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMOKE
 
 from rootedgan.cli import main as cli_main
 from rootedgan.metrics import FIDCallback
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def finetune(root: Path, data: Path, network: str, *extra: str) -> int:
     return cli_main(
-        ["finetune", "--config", str(REPO / "configs" / "smoke.yaml"), "--network", network,
+        ["finetune", "--config", SMOKE, "--network", network,
          "--data.path", str(data), "--trainer.default_root_dir", str(root), *extra]
     )  # fmt: skip
 
@@ -91,9 +92,10 @@ def test_resuming_a_finished_run_trains_nothing_and_writes_no_snapshot(tmp_path,
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["--model.loss", "logistic"], "model.loss is 'rooted' in the checkpoint but 'logistic' now"),
-        (["--model.k", "4"], "model.k is 2.0 in the checkpoint but 4.0 now"),
+        (["--model.loss", "logistic"], "model.loss is rooted:2 in the checkpoint but logistic now"),
+        (["--model.loss", "rooted:4"], "model.loss is rooted:2 in the checkpoint but rooted:4 now"),
         (["--model.seed", "7"], "model.seed is 0 in the checkpoint but 7 now"),
+        (["--model.optim.g_optimizer", "golden"], "model.optim.g_optimizer is 'adam' in the checkpoint"),
     ],
 )
 def test_resume_refuses_a_setting_that_defines_the_run(
@@ -136,7 +138,7 @@ def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(tmp_p
 
 
 def test_progress_lines_on_redirected_output_and_no_tips(tmp_path, shapes, tiny32):
-    config = str(REPO / "configs" / "smoke.yaml")
+    config = SMOKE
     cmd = [sys.executable, "-m", "rootedgan.cli", "finetune", "--config", config, "--network", tiny32,
            "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
            "--progress.tick_kimg", "0.032"]  # fmt: skip
@@ -198,11 +200,11 @@ def test_help_lists_finetune_and_its_own_options(capsys):
 
 
 def test_unknown_option_is_one_line_with_the_nearest_valid_one(tmp_path, shapes, tiny32, capsys):
-    assert finetune(tmp_path, shapes, tiny32, "--model.kk", "3") == 2
+    assert finetune(tmp_path, shapes, tiny32, "--model.reg.r1_gama", "3") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "rootedgan finetune: error: unknown option --model.kk (did you mean --model.k or --model?); "
-        "`rootedgan finetune --help` lists them all"
+        "rootedgan finetune: error: unknown option --model.reg.r1_gama (did you mean --model.reg.r1_gamma or "
+        "--model.reg.r1_interval?); `rootedgan finetune --help` lists them all"
     ]
 
 
@@ -212,7 +214,7 @@ def test_kill_9_keeps_the_metrics_logged_so_far(tmp_path, shapes, tiny32):
     import signal
     import time
 
-    config = str(REPO / "configs" / "smoke.yaml")
+    config = SMOKE
     cmd = [sys.executable, "-m", "rootedgan.cli", "finetune", "--config", config, "--network", tiny32,
            "--data.path", str(shapes), "--trainer.default_root_dir", str(tmp_path),
            "--model.total_kimg", "10", "--trainer.log_every_n_steps", "2", "--progress.tick_kimg", "0.016",
@@ -242,7 +244,10 @@ def test_kill_9_keeps_the_metrics_logged_so_far(tmp_path, shapes, tiny32):
         (["--model.total_kimg", "-1"], "model.total_kimg must be a finite number > 0, got -1.0"),
         (["--model.total_kimg", "0"], "model.total_kimg must be a finite number > 0, got 0.0"),
         (["--snapshot.snap_kimg", "-1"], "snapshot.snap_kimg must be >= 0"),
-        (["--model.g_lr", "nan"], 'Parser key "model.g_lr": Expected a'),
+        (["--model.optim.g_lr", "nan"], 'Parser key "model.optim.g_lr": Expected a'),
+        (["--model.optim.g_lr", "0"], "model.optim.g_lr must be a finite number > 0, got 0.0"),
+        (["--model.reg.r1_interval", "1.5"], 'Parser key "model.reg.r1_interval"'),
+        (["--model.augment.kind", "adb"], "model.augment.kind must be one of none, ada, fixed, diffaugment"),
     ],
 )
 def test_careless_settings_are_one_line(tmp_path, shapes, tiny32, capsys, extra, message):

@@ -11,86 +11,112 @@ or ``'native'``), ``source`` and ``init_kwargs``.
 from __future__ import annotations
 
 import os
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rootedgan.checkpoints import adapter
+from rootedgan.checkpoints import native, nvidia, rosinality, tf_legacy
 from rootedgan.checkpoints.native import save_records
 from rootedgan.checkpoints.records import NETWORK_NAMES, NetworkRecord, build_all, jsonable, module_record
-from rootedgan.checkpoints.sources import detect_format, resolve_source
-from rootedgan.errors import CheckpointError, UnsafeCheckpointError, UserError
+from rootedgan.checkpoints.sources import ADAPTER, detect_format, resolve_source
+from rootedgan.errors import CheckpointError, UnsafeCheckpointError
 from rootedgan.runs import newest_snapshot
-from rootedgan.training.orthogonal import OrthogonalConfig, apply_orthogonal, merge, merge_
+
+Records = tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]
 
 
-def read_records(path: str | os.PathLike[str]) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
+def _read_pickle(path: Path) -> Records:
+    records, extra = nvidia.read_nvidia_pickle(path)
+    return (tf_legacy.FORMAT if "tensorflow" in extra else nvidia.FORMAT), records, extra
+
+
+def _read_torch(path: Path) -> Records:
+    try:
+        ckpt = rosinality.torch_load(path)
+    except UnsafeCheckpointError:
+        if _names_lightning(path):
+            raise CheckpointError(lightning_checkpoint_message(path)) from None
+        raise
+    if is_lightning_checkpoint(ckpt):
+        raise CheckpointError(lightning_checkpoint_message(path))
+    if not rosinality.is_rosinality(ckpt):
+        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} is a torch.save file but not a rosinality StyleGAN2 checkpoint: expected the keys "
+            f"g, d, g_ema (state dicts with style.*, input.input, convs.*), found {found}"
+        )
+    return (rosinality.FORMAT, *rosinality.read_rosinality(ckpt, str(path)))
+
+
+def _read_native(path: Path) -> Records:
+    return (native.FORMAT, *native.read_native(path))
+
+
+def _refuse_adapter(path: Path) -> Records:
+    raise CheckpointError(
+        f"{path} is an orthogonal-finetuning adapter (rotations only), not a full checkpoint: load_network "
+        "applies it to its base checkpoint"
+    )
+
+
+#: Format (:func:`detect_format`) -> reader of its records.
+_READERS: dict[str, Callable[[Path], Records]] = {
+    "nvidia-pkl": _read_pickle,
+    "torch-zip": _read_torch,
+    "torch-legacy": _read_torch,
+    "safetensors": _read_native,
+    ADAPTER: _refuse_adapter,
+}
+#: Formats that a higher layer loads whole (:func:`register_loader`): the orthogonal-finetuning adapter.
+_LOADERS: dict[str, Callable[..., dict[str, Any]]] = {}
+
+
+def register_loader(fmt: str, load: Callable[..., dict[str, Any]]) -> None:
+    """Let ``load(path, base=, device=, source=)`` load the ``fmt`` files for :func:`load_network`
+    (:mod:`rootedgan.training.adapter` registers the adapter loader, which needs the OFT math)."""
+    _LOADERS[fmt] = load
+
+
+def _detect(path: Path) -> str | None:
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a folder, FIFO, device or socket)")
+    try:
+        return detect_format(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def read_records(path: str | os.PathLike[str]) -> Records:
     """Read any supported checkpoint into (format, records, extra meta) without building networks.
 
     Every failure is a :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) naming the file.
     """
     path = Path(path)
+    return _read_records(path, _detect(path))
+
+
+def _read_records(path: Path, fmt: str | None) -> Records:
+    reader = _READERS.get(fmt)
+    if reader is None:
+        if path.stat().st_size == 0:
+            raise CheckpointError(
+                f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again."
+            )
+        raise CheckpointError(
+            f"{path} has an unknown format: it is not an NVIDIA network pickle, a torch.save (rosinality) "
+            "checkpoint or a rootedgan .safetensors file (it may also be truncated or corrupt)"
+        )
     try:
-        return _read_records(path)
+        return reader(path)
     except CheckpointError:
         raise
     except Exception as err:  # a malformed file that got past the format checks: never a raw stack trace
         raise CheckpointError(
             f"{path} is corrupt or malformed ({type(err).__name__}: {str(err).strip()[:300]})"
         ) from err
-
-
-def _read_records(path: Path) -> tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]:
-    from rootedgan.checkpoints import native, nvidia, rosinality
-
-    if path.exists() and not path.is_file():
-        raise CheckpointError(f"{path} is not a regular file (a folder, FIFO, device or socket)")
-    try:
-        kind = detect_format(path)
-    except OSError as err:
-        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
-    if kind == "nvidia-pkl":
-        records, extra = nvidia.read_nvidia_pickle(path)
-        if "tensorflow" in extra:
-            from rootedgan.checkpoints import tf_legacy
-
-            return tf_legacy.FORMAT, records, extra
-        return nvidia.FORMAT, records, extra
-    if kind in ("torch-zip", "torch-legacy"):
-        try:
-            ckpt = rosinality.torch_load(path)
-        except UnsafeCheckpointError:
-            if kind == "torch-zip" and _names_lightning(path):
-                raise CheckpointError(lightning_checkpoint_message(path)) from None
-            raise
-        if is_lightning_checkpoint(ckpt):
-            raise CheckpointError(lightning_checkpoint_message(path))
-        if not rosinality.is_rosinality(ckpt):
-            found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise CheckpointError(
-                f"{path} is a torch.save file but not a rosinality StyleGAN2 checkpoint: expected the keys "
-                f"g, d, g_ema (state dicts with style.*, input.input, convs.*), found {found}"
-            )
-        records, extra = rosinality.read_rosinality(ckpt, str(path))
-        return rosinality.FORMAT, records, extra
-    if kind == "safetensors":
-        from rootedgan.checkpoints.adapter import is_adapter
-
-        if is_adapter(path):
-            raise CheckpointError(
-                f"{path} is an orthogonal-finetuning adapter (rotations only): load it with load_network, "
-                "which applies it to its base checkpoint"
-            )
-        records, extra = native.read_native(path)
-        return native.FORMAT, records, extra
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
-    raise CheckpointError(
-        f"{path} has an unknown format: it is not an NVIDIA network pickle, a torch.save (rosinality) "
-        "checkpoint or a rootedgan .safetensors file (it may also be truncated or corrupt)"
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -106,8 +132,6 @@ def is_lightning_checkpoint(ckpt: Any) -> bool:
 
 def _names_lightning(path: Path, limit: int = 64 << 20) -> bool:
     """Whether a torch zip archive's pickle names Lightning's version key (read as bytes, nothing loaded)."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -150,11 +174,12 @@ def load_network(
     and comes back as merged plain G and G_ema (``D`` None, ``meta["format"] == "adapter"``).
     """
     path = resolve_source(path_or_url)
-    if adapter.is_adapter(path):
-        return load_adapter(path, base=base, device=device, source=str(path_or_url))
+    fmt = _detect(path)
+    if fmt in _LOADERS:
+        return _LOADERS[fmt](path, base=base, device=device, source=str(path_or_url))
     if base is not None:
         raise CheckpointError(f"base= is only for orthogonal-finetuning adapters; {path} is a full one")
-    fmt, records, extra = read_records(path)
+    fmt, records, extra = _read_records(path, fmt)
     nets = build_all(records, device, source=str(path))
     meta = {
         **extra,
@@ -165,66 +190,6 @@ def load_network(
     if str(path_or_url) != str(path):
         meta["local_path"] = str(path)
     return {**nets, "meta": meta}
-
-
-def load_adapter(
-    path: str | os.PathLike[str],
-    base: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    source: str | None = None,
-) -> dict[str, Any]:
-    """Load an adapter on its base: ``dict(G=..., D=None, G_ema=..., meta=...)``, merged plain networks."""
-    path = Path(path)
-    tensors, info = adapter.read_adapter(path)
-    base_path = adapter.find_base(path, info["base"], base)
-    if adapter.is_adapter(base_path):
-        raise CheckpointError(
-            f"{base_path}: the base of an adapter must be a full checkpoint, not an adapter"
-        )
-    nets = load_network(base_path, device="cpu")
-    try:
-        cfg = OrthogonalConfig.from_any(info["orthogonal"])
-    except UserError as err:
-        raise CheckpointError(f"{path}: its orthogonal settings are invalid ({err})") from err
-    out: dict[str, Any] = {"G": None, "D": None, "G_ema": None}
-    for name, state in tensors.items():
-        net = nets.get(name)
-        if net is None:
-            raise CheckpointError(f"{path} holds {name} rotations but the base {base_path} has no {name}")
-        layers = apply_orthogonal(net, cfg)
-        if layers != info["layers"].get(name, layers):
-            raise CheckpointError(
-                f"{path}: the base {base_path} gives rotated layers {layers}, the adapter was trained on "
-                f"{info['layers'][name]}: a different architecture"
-            )
-        expected = net.state_dict()
-        needed = {k for k in expected if ".parametrizations.weight." in k and not k.endswith(".original")}
-        problems = [f"unexpected {k}" for k in state if k not in expected]
-        problems += [f"missing {k}" for k in sorted(needed - set(state))]
-        problems += [
-            f"wrong shape {k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-            for k, v in state.items()
-            if k in expected and v.shape != expected[k].shape
-        ]
-        if problems:
-            raise CheckpointError(
-                f"{path}: the {name} tensors do not fit the base: {'; '.join(problems[:8])}"
-            )
-        net.load_state_dict(state, strict=False)  # the rest is the base, checked above
-        out[name] = merge_(net).to(device).eval()
-    meta = {
-        **{k: v for k, v in (info.get("meta") or {}).items() if k not in ("format", "source")},
-        "format": adapter.FORMAT,
-        "source": source or str(path),
-        "adapter": {"base": info["base"], "base_path": str(base_path), "orthogonal": cfg.to_dict()},
-        "layers": info["layers"],
-        "init_kwargs": {k: v for k, v in nets["meta"]["init_kwargs"].items() if k in tensors},
-        "notes": [
-            "an adapter holds G/G_ema rotations only; D (trained in full) is in the run's "
-            "network-snapshot-*.safetensors"
-        ],
-    }
-    return {**out, "meta": meta}
 
 
 def output_format(dst: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -250,11 +215,6 @@ def output_format(dst: str | os.PathLike[str], fmt: str | None = None) -> str:
     return fmt
 
 
-def _merge_adapters(module: torch.nn.Module) -> torch.nn.Module:
-    """Fold orthogonal-finetuning rotations into plain weights (a copy; ``module`` unchanged)."""
-    return merge(module)
-
-
 def convert_network(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -264,29 +224,24 @@ def convert_network(
 ) -> dict[str, Any]:
     """Convert a checkpoint to ``fmt`` (``'native'`` .safetensors or ``'rosinality'`` .pt).
 
-    ``fmt=None`` picks the format from ``dst``'s suffix. ``merge=True`` folds orthogonal-finetuning
-    adapters into plain weights first; it is required for an adapter file, whose base checkpoint is found
-    as :func:`load_network` does (or given as ``base``). The networks are built and loaded strictly on the
-    way, so a broken conversion fails here, not later.
+    ``fmt=None`` picks the format from ``dst``'s suffix. ``merge=True`` is required for an
+    orthogonal-finetuning adapter file: :func:`load_network` applies it to its base checkpoint (found as
+    there, or given as ``base``) and folds the rotations into plain weights. The networks are built and
+    loaded strictly on the way, so a broken conversion fails here, not later.
     Returns ``dict(path, format, source_format, networks, notes)``.
     """
-    from rootedgan.checkpoints import rosinality
-
     fmt = output_format(dst, fmt)
     loaded = load_network(src, base=base)
-    if loaded["meta"]["format"] == "adapter" and not merge:
+    if loaded["meta"]["format"] == ADAPTER and not merge:
         base_source = loaded["meta"]["adapter"]["base"].get("source")
         raise CheckpointError(
             f"{src} is an orthogonal-finetuning adapter (rotations on top of {base_source}): add --merge to "
             "write the merged plain weights"
         )
     notes: list[str] = list(loaded["meta"].get("notes") or [])
-    records: dict[str, NetworkRecord | None] = {}
-    for name in NETWORK_NAMES:
-        net = loaded.get(name)
-        if net is not None and merge:
-            net = _merge_adapters(net)
-        records[name] = None if net is None else module_record(net)
+    records = {
+        name: None if loaded.get(name) is None else module_record(loaded[name]) for name in NETWORK_NAMES
+    }
     src_meta = loaded["meta"]
     if fmt == "native":
         meta = {

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
 
 from rootedgan.checkpoints.records import (
     DISCRIMINATOR,
@@ -39,8 +41,6 @@ def records_to_bytes(
     records: Mapping[str, NetworkRecord | None], meta: Mapping[str, Any] | None = None
 ) -> bytes:
     """Serialise network records (and JSON metadata) to safetensors bytes."""
-    from safetensors.torch import save as st_save
-
     tensors: dict[str, torch.Tensor] = {}
     init_kwargs: dict[str, Any] = {}
     for name in NETWORK_NAMES:
@@ -109,8 +109,6 @@ def json_field(metadata: Mapping[str, str], key: str, source: str) -> Any:
 
 def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
     """Read a native checkpoint into records and its stored ``meta`` (nothing built yet)."""
-    from safetensors import SafetensorError, safe_open
-
     source = str(path)
     try:
         with safe_open(source, framework="pt", device="cpu") as f:

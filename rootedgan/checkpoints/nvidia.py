@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootedgan.checkpoints import tf_legacy
 from rootedgan.checkpoints.records import (
     DISCRIMINATOR,
     GENERATOR,
@@ -449,8 +450,6 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkR
     try:
         data = unpickle(path)
     except TensorFlowPickle:
-        from rootedgan.checkpoints import tf_legacy
-
         return tf_legacy.read_tf_pickle(path)
     if isinstance(data, PersistentObject):  # a lone pickled network
         kind = _split_class_name(data.class_name)[1]

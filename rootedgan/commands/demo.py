@@ -4,23 +4,26 @@ Runs ``rootedgan finetune --config configs/demo.yaml`` with the packaged assets 
 target digits, digits classifier), then composes ``before_after.png`` (G_ema on the same seeds before
 and after) next to the run's ``report.png`` and prints the quality numbers, each with its feature
 space. ``--baseline`` runs the logistic loss and a rooted one (``--loss``, or the config's k when ``--loss``
-is logistic) with the same seed and budget through ``rootedgan compare`` and writes its curves and table.
+is logistic) with the same seed and budget as ``rootedgan compare`` does and writes its curves and table.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
-import numpy as np
-
-from rootedgan.errors import UserError
+from rootedgan.commands.compare import print_study
+from rootedgan.digits.demo import DEMO_CONFIG, before_after, finetune_args
 from rootedgan.runs import latest_run
 
 HELP = "finetune the shipped digits StyleGAN2 from digits 0-4 to 5-9 (offline, minutes on a CPU)"
-
-# shipped inside the package (configs/ in a checkout links here), so an installed wheel has it too
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+OUTPUTS = {
+    "report.png": "digits FID, share of target digits and the losses against kimg",
+    "quality.json": "the quality numbers (feature space named)",
+    "reals.png": "target images",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,55 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _finetune_args(args: argparse.Namespace) -> list[str]:
-    from rootedgan.digits import PRETRAINED, TARGET_ZIP
-
-    config = Path(args.config)
-    if not config.is_file():
-        raise UserError(f"demo config {config} not found: pass --config PATH (the default is {DEMO_CONFIG})")
-    for asset in (PRETRAINED, TARGET_ZIP):
-        if not asset.is_file():
-            raise UserError(f"demo asset {asset} is missing; reinstall rootedgan or check out the repository")
-    argv = ["--config", str(config), "--model.network", str(PRETRAINED), "--data.path", str(TARGET_ZIP)]
-    argv += ["--model.seed", str(args.seed)]
-    if args.kimg is not None:
-        argv += ["--model.total_kimg", str(args.kimg)]
-    extra = [a for a in args.extra if a != "--"]
-    return argv + extra
-
-
-def before_after(run: Path, out: Path) -> Path | None:
-    """Put ``fakes_init.png`` and the last ``fakesKKKKKK.png`` of ``run`` side by side in ``out``."""
-    from PIL import Image
-
-    from rootedgan.imaging import save_image_atomic
-
-    after = sorted(run.glob("fakes[0-9]*.png"))
-    before = run / "fakes_init.png"
-    if not after or not before.is_file():
-        return None
-    a = np.asarray(Image.open(before).convert("RGB"))
-    b = np.asarray(Image.open(after[-1]).convert("RGB"))
-    gap = np.full([a.shape[0], 8, 3], 255, dtype=np.uint8)
-    save_image_atomic(np.concatenate([a, gap, b], axis=1), out)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
+    # Lightning (finetune) and rootedgan.compare load slowly: imported here, not for `rootedgan --help`
     from rootedgan.commands.finetune import run_finetune_cli
+    from rootedgan.compare.study import StudyOptions, run_study
 
     out = Path(args.out)
-    argv = _finetune_args(args)
-    if args.baseline:
-        from rootedgan.cli import main as cli_main
-
-        other = "rooted" if args.loss == "logistic" else args.loss
-        losses = ["logistic", other]  # baseline first
-        compare = ["compare", "--config", argv[1], "--losses", ",".join(losses), "--seeds", str(args.seed)]
-        compare += ["--out", str(out / "compare")]  # metric: the first metrics/* key, the digits FID
-        if args.kimg is not None:
-            compare += ["--kimg", str(args.kimg)]
-        return cli_main(compare + ["--"] + argv[2:])
+    argv = finetune_args(args.config, args.seed, args.kimg, [a for a in args.extra if a != "--"])
+    if args.baseline:  # logistic first (the baseline); the metric: the first metrics/* key, the digits FID
+        losses = ["logistic", "rooted" if args.loss == "logistic" else args.loss]
+        command = shlex.join(["rootedgan", *sys.argv[1:]]) if len(sys.argv) > 1 else None
+        options = dict(kimg=args.kimg, out=out / "compare", extra=argv[2:], command=command)
+        return print_study(run_study(StudyOptions(argv[1], losses, str(args.seed), **options)))
     status = run_finetune_cli(argv + ["--model.loss", args.loss, "--trainer.default_root_dir", str(out)])
     if status != 0:
         return status
@@ -101,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndemo outputs in {run_path}:")
     if combined is not None:
         print(f"  {combined.name}: G_ema on 32 fixed seeds before (left) and after (right) finetuning")
-    for name, what in [
-        ("report.png", "digits FID, share of target digits and the losses against kimg"),
-        ("quality.json", "the quality numbers (feature space named)"),
-        ("reals.png", "target images"),
-    ]:
+    for name, what in OUTPUTS.items():
         if (run_path / name).is_file():
             print(f"  {name}: {what}")
     return 0

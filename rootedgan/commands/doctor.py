@@ -19,8 +19,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from stylegan_ops import _impl, bias_act, bias_act_ref, build, setup_filter, upfirdn2d, upfirdn2d_ref
 
 HELP = "Check torch/CUDA/compiler versions and whether the CUDA kernels build and run; say what to fix."
 
@@ -51,16 +56,10 @@ def _run_version(cmd: list[str]) -> list[str] | None:
 
 
 def _nvcc_info(cuda_home: str | None) -> dict[str, Any]:
-    candidates = []
-    if cuda_home:
-        candidates.append(str(Path(cuda_home, "bin", "nvcc")))
-    which = shutil.which("nvcc")
-    if which:
-        candidates.append(which)
+    candidates = [str(Path(cuda_home, "bin", "nvcc"))] if cuda_home else []
+    candidates += [path for path in [shutil.which("nvcc")] if path]
     for path in candidates:
-        if not Path(path).exists():
-            continue
-        lines = _run_version([path, "--version"])
+        lines = _run_version([path, "--version"]) if Path(path).exists() else None
         if lines:
             match = re.search(r"release (\d+)\.(\d+)", " ".join(lines))
             version = f"{match.group(1)}.{match.group(2)}" if match else None
@@ -70,9 +69,7 @@ def _nvcc_info(cuda_home: str | None) -> dict[str, Any]:
 
 def _tool_version(cmd: str, args: list[str]) -> dict[str, Any]:
     path = shutil.which(cmd)
-    if path is None:
-        return {"path": None, "version": None}
-    lines = _run_version([path, *args])
+    lines = _run_version([path, *args]) if path is not None else None
     return {"path": path, "version": lines[0] if lines else None}
 
 
@@ -97,18 +94,13 @@ def _gpu_info(torch: Any) -> dict[str, Any]:
 
 
 def _cache_writable(path: Path) -> bool:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return os.access(probe, os.W_OK)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
 
 
 def _op_smoke_test(name: str) -> dict[str, Any]:
     """Tiny forward (and backward) with the kernel vs the reference on the GPU."""
-    import torch
-
-    from stylegan_ops import bias_act, bias_act_ref, setup_filter, upfirdn2d, upfirdn2d_ref
-
     gen = torch.Generator(device="cuda").manual_seed(0)
     try:
         if name == "bias_act":
@@ -130,177 +122,170 @@ def _op_smoke_test(name: str) -> dict[str, Any]:
         return {"ran": False, "max_abs_error": None, "ok": False, "error": f"{type(err).__name__}: {err}"}
 
 
-def collect(*, build_kernels: bool = True) -> dict[str, Any]:
-    """Everything the doctor reports, as plain data (``problems``: a list of {level, what, fix})."""
-    import torch
+Problem = tuple[str, str, str]  # level (error, warning, info), what is wrong, what to do
 
-    from stylegan_ops import _impl, build
 
-    report: dict[str, Any] = {}
-    problems: list[dict[str, str]] = []
-
-    def problem(level: str, what: str, fix: str) -> None:
-        problems.append({"level": level, "what": what, "fix": fix})
-
-    report["python"] = {"version": platform.python_version(), "executable": sys.executable}
-    report["platform"] = platform.platform()
-    torch_cuda = torch.version.cuda
-    cudnn = None
+def _machine(torch: Any) -> dict[str, Any]:
+    """Python, the platform and torch's build (CUDA, ROCm, cuDNN)."""
     try:
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     except Exception:
         cudnn = None
-    report["torch"] = {
-        "version": torch.__version__,
-        "cuda": torch_cuda,
-        "hip": getattr(torch.version, "hip", None),
-        "cudnn": cudnn,
-        "path": str(Path(torch.__file__).parent),
-    }
-    gpu = _gpu_info(torch)
-    report["gpu"] = gpu
-    cuda_home = build.find_cuda_home()
-    report["cuda_home"] = cuda_home
-    nvcc = _nvcc_info(cuda_home)
-    report["nvcc"] = nvcc
-    report["ninja"] = _tool_version("ninja", ["--version"])
-    cxx = os.environ.get("CXX", "c++")
-    report["cxx"] = _tool_version(cxx, ["--version"])
-    report["cxx"]["command"] = cxx
-
-    impl_raw = os.environ.get(_impl.IMPL_ENV_VAR)
-    try:
-        impl = _impl.requested_impl()
-        impl_error = None
-    except ValueError as err:
-        impl, impl_error = None, str(err)
-    report["impl"] = {"env": impl_raw, "effective": impl, "error": impl_error}
-
-    cache = build.cache_root()
-    report["cache"] = {
-        "root": str(cache),
-        "writable": _cache_writable(cache),
-        "env": {
-            build.CACHE_ENV_VAR: os.environ.get(build.CACHE_ENV_VAR),
-            build.ROOT_CACHE_ENV_VAR: os.environ.get(build.ROOT_CACHE_ENV_VAR),
+    return {
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "platform": platform.platform(),
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "hip": getattr(torch.version, "hip", None),
+            "cudnn": cudnn,
+            "path": str(Path(torch.__file__).parent),
         },
     }
-    try:
-        report["lock_timeout_s"] = build.lock_timeout()
-    except ValueError as err:
-        report["lock_timeout_s"] = None
-        problem("error", str(err), f"set {build.LOCK_TIMEOUT_ENV_VAR} to a number of seconds, or unset it")
 
-    # Toolchain problems.
-    cpu_build = torch_cuda is None and not report["torch"]["hip"]
+
+def _toolchain(torch: Any) -> dict[str, Any]:
+    """The GPU, CUDA_HOME, nvcc, ninja and the C++ compiler."""
+    cuda_home = build.find_cuda_home()
+    cxx = os.environ.get("CXX", "c++")
+    return {
+        "gpu": _gpu_info(torch),
+        "cuda_home": cuda_home,
+        "nvcc": _nvcc_info(cuda_home),
+        "ninja": _tool_version("ninja", ["--version"]),
+        "cxx": {**_tool_version(cxx, ["--version"]), "command": cxx},
+    }
+
+
+def _ops_settings() -> tuple[dict[str, Any], list[Problem]]:
+    """``STYLEGAN_OPS_IMPL``, the kernel cache and the build lock's timeout; an invalid setting's problem."""
+    problems: list[Problem] = []
+    try:
+        impl, impl_error = _impl.requested_impl(), None
+    except ValueError as err:
+        impl, impl_error = None, str(err)
+    try:
+        lock_timeout = build.lock_timeout()
+    except ValueError as err:
+        lock_timeout = None
+        fix = f"set {build.LOCK_TIMEOUT_ENV_VAR} to a number of seconds, or unset it"
+        problems.append(("error", str(err), fix))
     if impl_error:
-        problem("error", impl_error, f"set {_impl.IMPL_ENV_VAR} to auto, cuda or ref (or unset it)")
-    if report["torch"]["hip"]:
-        problem("warning", f"torch is a ROCm build ({report['torch']['hip']}): the CUDA kernels do not apply",
-                "ops run on the reference path (correct, slower)")  # fmt: skip
-    elif cpu_build:
-        problem(
-            "info",
-            "torch is a CPU build: ops run on the reference path",
-            "for GPU training install a CUDA build of torch (https://pytorch.org/get-started/locally/)",
-        )
+        problems.append(("error", impl_error, f"set {_impl.IMPL_ENV_VAR} to auto, cuda or ref (or unset it)"))
+    cache = build.cache_root()
+    env = {var: os.environ.get(var) for var in (build.CACHE_ENV_VAR, build.ROOT_CACHE_ENV_VAR)}
+    return {
+        "impl": {"env": os.environ.get(_impl.IMPL_ENV_VAR), "effective": impl, "error": impl_error},
+        "cache": {"root": str(cache), "writable": _cache_writable(cache), "env": env},
+        "lock_timeout_s": lock_timeout,
+    }, problems
+
+
+def _torch_problems(report: dict[str, Any]) -> Iterator[Problem]:
+    """A torch build or a machine on which the kernels do not apply."""
+    t, gpu = report["torch"], report["gpu"]
+    if t["hip"]:
+        what = f"torch is a ROCm build ({t['hip']}): the CUDA kernels do not apply"
+        yield "warning", what, "ops run on the reference path (correct, slower)"
+    elif t["cuda"] is None:
+        fix = "for GPU training install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
+        yield "info", "torch is a CPU build: ops run on the reference path", fix
     elif not gpu["available"]:
         detail = f" ({gpu['error']})" if gpu.get("error") else ""
-        problem(
-            "warning",
-            f"torch {torch.__version__} has CUDA {torch_cuda} but no GPU is visible{detail}",
-            "check the driver with `nvidia-smi` and CUDA_VISIBLE_DEVICES; ops run on the reference path",
-        )
-    if not cpu_build and not report["torch"]["hip"]:
-        if nvcc["path"] is None:
-            problem(
-                "error" if gpu["available"] else "warning",
-                "nvcc not found: the kernels cannot be compiled",
-                f"install the CUDA toolkit matching torch.version.cuda {torch_cuda} or set CUDA_HOME to "
-                "its root",
-            )
-        elif nvcc["version"] and torch_cuda and nvcc["version"].split(".")[0] != torch_cuda.split(".")[0]:
-            problem(
-                "warning",
-                f"nvcc {nvcc['version']} ({nvcc['path']}) does not match torch's CUDA {torch_cuda}",
-                f"install CUDA toolkit {torch_cuda.split('.')[0]}.x and point CUDA_HOME to it (or install "
-                f"the torch build for CUDA {nvcc['version']}); mismatched majors often fail to build or load",
-            )
-        if report["ninja"]["path"] is None:
-            level = "error" if gpu["available"] else "warning"
-            problem(
-                level,
-                "ninja not found: the kernels cannot be compiled",
-                "`pip install ninja` in this environment",
-            )
-        if report["cxx"]["path"] is None:
-            problem("error" if gpu["available"] else "warning", f"C++ compiler {cxx!r} not found",
-                    "install g++ (e.g. `apt install build-essential`) or set CXX")  # fmt: skip
-    for dev in gpu["devices"]:
-        arch_list = gpu.get("torch_arch_list") or []
-        if (
-            arch_list
-            and dev["arch"] not in arch_list
-            and not any(a.startswith("compute_") for a in arch_list)
-        ):
-            problem(
-                "warning",
-                f"GPU {dev['index']} ({dev['name']}, {dev['arch']}) is not in this torch build's arch list "
-                f"({', '.join(arch_list)})",
-                "install a torch build that supports this GPU; kernels are still compiled for it",
-            )
-    if not report["cache"]["writable"]:
-        problem("error" if gpu["available"] else "warning", f"kernel cache {cache} is not writable",
-                f"set {build.CACHE_ENV_VAR} to a writable directory")  # fmt: skip
-    if impl == "ref" and gpu["available"]:
-        problem("info", f"{_impl.IMPL_ENV_VAR}=ref: the CUDA kernels are disabled",
-                f"unset {_impl.IMPL_ENV_VAR} (or set it to auto) to use them")  # fmt: skip
+        what = f"torch {t['version']} has CUDA {t['cuda']} but no GPU is visible{detail}"
+        fix = "check the driver with `nvidia-smi` and CUDA_VISIBLE_DEVICES; ops run on the reference path"
+        yield "warning", what, fix
 
-    # The kernels.
-    ops: dict[str, Any] = {}
+
+def _compiler_problems(report: dict[str, Any]) -> Iterator[Problem]:
+    """nvcc (present, matching torch's CUDA major), ninja and the C++ compiler, for a CUDA build of torch."""
+    torch_cuda, nvcc = report["torch"]["cuda"], report["nvcc"]
+    if torch_cuda is None or report["torch"]["hip"]:
+        return
+    level = "error" if report["gpu"]["available"] else "warning"
+    major = torch_cuda.split(".")[0]
+    if nvcc["path"] is None:
+        fix = (
+            f"install the CUDA toolkit matching torch.version.cuda {torch_cuda} or set CUDA_HOME to its root"
+        )
+        yield level, "nvcc not found: the kernels cannot be compiled", fix
+    elif nvcc["version"] and nvcc["version"].split(".")[0] != major:
+        what = f"nvcc {nvcc['version']} ({nvcc['path']}) does not match torch's CUDA {torch_cuda}"
+        fix = (
+            f"install CUDA toolkit {major}.x and point CUDA_HOME to it (or install the torch build for CUDA "
+            f"{nvcc['version']}); mismatched majors often fail to build or load"
+        )
+        yield "warning", what, fix
+    if report["ninja"]["path"] is None:
+        yield (
+            level,
+            "ninja not found: the kernels cannot be compiled",
+            "`pip install ninja` in this environment",
+        )
+    if report["cxx"]["path"] is None:
+        what = f"C++ compiler {report['cxx']['command']!r} not found"
+        yield level, what, "install g++ (e.g. `apt install build-essential`) or set CXX"
+
+
+def _setup_problems(report: dict[str, Any]) -> Iterator[Problem]:
+    """GPUs missing from torch's arch list, an unwritable kernel cache, kernels switched off."""
+    gpu = report["gpu"]
+    arch_list = gpu.get("torch_arch_list") or []
+    portable = any(a.startswith("compute_") for a in arch_list)  # PTX: compiled for any newer GPU
+    for dev in gpu["devices"]:
+        if arch_list and dev["arch"] not in arch_list and not portable:
+            what = f"GPU {dev['index']} ({dev['name']}, {dev['arch']}) is not in this torch build's arch list"
+            fix = "install a torch build that supports this GPU; kernels are still compiled for it"
+            yield "warning", f"{what} ({', '.join(arch_list)})", fix
+    if not report["cache"]["writable"]:
+        level = "error" if gpu["available"] else "warning"
+        what = f"kernel cache {report['cache']['root']} is not writable"
+        yield level, what, f"set {build.CACHE_ENV_VAR} to a writable directory"
+    if report["impl"]["effective"] == "ref" and gpu["available"]:
+        what = f"{_impl.IMPL_ENV_VAR}=ref: the CUDA kernels are disabled"
+        yield "info", what, f"unset {_impl.IMPL_ENV_VAR} (or set it to auto) to use them"
+
+
+def _kernel(name: str, build_kernels: bool, reason: str | None) -> tuple[dict[str, Any], Problem | None]:
+    """One op's kernel: skipped (no CUDA), its cached build (``--no-build``), or built and smoke-tested."""
+    entry: dict[str, Any] = {"build": None, "smoke_test": None}
+    if reason is not None:
+        return {**entry, "state": "skipped", "detail": f"{reason}; the reference path is used"}, None
+    if not build_kernels:
+        status = build.build_status()["ops"][name]
+        return {**entry, "build": status, "state": "not built (--no-build)",
+                "detail": f"build dir {status['build_dir']}"}, None  # fmt: skip
+    status = entry["build"] = build.try_build(name)
+    if not status["ok"]:
+        fix = (
+            "fix the toolchain problems above (run with --verbose for the compiler output); until then the "
+            f"slower reference path is used. Build dir: {status['build_dir']}"
+        )
+        entry.update(state="build failed", detail=status["reason"])
+        return entry, ("error", f"the '{name}' kernel failed to build: {status['reason']}", fix)
+    smoke = entry["smoke_test"] = _op_smoke_test(name)
+    how = "cached" if status["cached"] else f"built in {status['seconds']:.1f}s"
+    if smoke["ok"]:
+        entry.update(state="ok", detail=f"{how}; max |cuda - ref| = {smoke['max_abs_error']:.2e}")
+        return entry, None
+    entry["state"] = "wrong result" if smoke["ran"] else "run failed"
+    entry["detail"] = smoke["error"] or f"max |cuda - ref| = {smoke['max_abs_error']:.2e}"
+    fix = f"set {_impl.IMPL_ENV_VAR}=ref to use the reference path, and please report this with "
+    fix += "`rootedgan doctor --json`"
+    return entry, ("error", f"the '{name}' kernel {entry['state']}: {entry['detail']}", fix)
+
+
+def collect(*, build_kernels: bool = True) -> dict[str, Any]:
+    """Everything the doctor reports, as plain data (``problems``: a list of {level, what, fix})."""
+    settings, problems = _ops_settings()
+    report = {**_machine(torch), **_toolchain(torch), **settings}
+    problems += [*_torch_problems(report), *_compiler_problems(report), *_setup_problems(report)]
     reason = build.cuda_unavailable_reason()
-    for name in build.OPS:
-        entry: dict[str, Any] = {"build": None, "smoke_test": None}
-        if reason is not None:
-            entry["state"] = "skipped"
-            entry["detail"] = f"{reason}; the reference path is used"
-        elif not build_kernels:
-            status = build.build_status()["ops"][name]
-            entry["state"] = "not built (--no-build)"
-            entry["detail"] = f"build dir {status['build_dir']}"
-            entry["build"] = status
-        else:
-            status = build.try_build(name)
-            entry["build"] = status
-            if not status["ok"]:
-                entry["state"] = "build failed"
-                entry["detail"] = status["reason"]
-                problem(
-                    "error",
-                    f"the '{name}' kernel failed to build: {status['reason']}",
-                    "fix the toolchain problems above (run with --verbose for the compiler output); until "
-                    f"then the slower reference path is used. Build dir: {status['build_dir']}",
-                )
-            else:
-                smoke = _op_smoke_test(name)
-                entry["smoke_test"] = smoke
-                how = "cached" if status["cached"] else f"built in {status['seconds']:.1f}s"
-                if smoke["ok"]:
-                    entry["state"] = "ok"
-                    entry["detail"] = f"{how}; max |cuda - ref| = {smoke['max_abs_error']:.2e}"
-                else:
-                    entry["state"] = "wrong result" if smoke["ran"] else "run failed"
-                    entry["detail"] = smoke["error"] or f"max |cuda - ref| = {smoke['max_abs_error']:.2e}"
-                    problem(
-                        "error",
-                        f"the '{name}' kernel {entry['state']}: {entry['detail']}",
-                        f"set {_impl.IMPL_ENV_VAR}=ref to use the reference path, and please report this "
-                        "with `rootedgan doctor --json`",
-                    )
-        ops[name] = entry
-    report["ops"] = ops
-    report["problems"] = problems
-    report["ok"] = not any(p["level"] == "error" for p in problems)
+    kernels = {name: _kernel(name, build_kernels, reason) for name in build.OPS}
+    report["ops"] = {name: entry for name, (entry, _) in kernels.items()}
+    problems += [problem for _, problem in kernels.values() if problem is not None]
+    report["problems"] = [dict(zip(("level", "what", "fix"), p, strict=True)) for p in problems]
+    report["ok"] = not any(p[0] == "error" for p in problems)
     return report
 
 
@@ -308,43 +293,33 @@ def collect(*, build_kernels: bool = True) -> dict[str, Any]:
 # Output
 
 
+def _found(tool: dict[str, Any], missing: str = "not found") -> str:
+    return f"{tool['version']} ({tool['path']})" if tool["path"] else missing
+
+
 def _format_text(report: dict[str, Any], *, verbose: bool) -> str:
-    t = report["torch"]
-    gpu = report["gpu"]
-    lines = ["rootedgan doctor", ""]
-
-    def row(key: str, value: Any) -> None:
-        lines.append(f"  {key:<20} {value}")
-
-    row("python", f"{report['python']['version']} ({report['python']['executable']})")
-    row("platform", report["platform"])
+    t, gpu, impl, cache = report["torch"], report["gpu"], report["impl"], report["cache"]
     cuda = t["cuda"] or ("none (CPU-only build)" if not t["hip"] else f"none (ROCm {t['hip']})")
-    row("torch", f"{t['version']} (CUDA {cuda})")
-    row("cuDNN", t["cudnn"] if t["cudnn"] is not None else "n/a")
-    if gpu["available"]:
-        for dev in gpu["devices"]:
-            row(
-                f"GPU {dev['index']}",
-                f"{dev['name']} (compute capability {dev['capability']}, {dev['arch']})",
-            )
-    else:
-        row("GPU", "no GPU" + (f" ({gpu['error']})" if gpu.get("error") else ""))
-    nvcc = report["nvcc"]
-    row("nvcc", f"{nvcc['version']} ({nvcc['path']})" if nvcc["path"] else "not found")
-    row("CUDA_HOME", report["cuda_home"] or "not found")
-    ninja = report["ninja"]
-    row("ninja", f"{ninja['version']} ({ninja['path']})" if ninja["path"] else "not found")
-    cxx = report["cxx"]
-    row(
-        "C++ compiler",
-        f"{cxx['version']} ({cxx['path']})" if cxx["path"] else f"{cxx['command']!r} not found",
-    )
-    impl = report["impl"]
+    gpus = [
+        (f"GPU {dev['index']}", f"{dev['name']} (compute capability {dev['capability']}, {dev['arch']})")
+        for dev in gpu["devices"]
+    ]
+    no_gpu = ("GPU", "no GPU" + (f" ({gpu['error']})" if gpu.get("error") else ""))
     env = impl["env"] if impl["env"] is not None else "unset"
-    row("STYLEGAN_OPS_IMPL", f"{env} (effective: {impl['effective'] or 'invalid'})")
-    cache = report["cache"]
-    row("kernel cache", f"{cache['root']}" + ("" if cache["writable"] else " (NOT writable)"))
-    lines += ["", "kernels:"]
+    rows = [
+        ("python", f"{report['python']['version']} ({report['python']['executable']})"),
+        ("platform", report["platform"]),
+        ("torch", f"{t['version']} (CUDA {cuda})"),
+        ("cuDNN", t["cudnn"] if t["cudnn"] is not None else "n/a"),
+        *(gpus if gpu["available"] else [no_gpu]),
+        ("nvcc", _found(report["nvcc"])),
+        ("CUDA_HOME", report["cuda_home"] or "not found"),
+        ("ninja", _found(report["ninja"])),
+        ("C++ compiler", _found(report["cxx"], f"{report['cxx']['command']!r} not found")),
+        ("STYLEGAN_OPS_IMPL", f"{env} (effective: {impl['effective'] or 'invalid'})"),
+        ("kernel cache", f"{cache['root']}" + ("" if cache["writable"] else " (NOT writable)")),
+    ]
+    lines = ["rootedgan doctor", "", *(f"  {key:<20} {value}" for key, value in rows), "", "kernels:"]
     for name, entry in report["ops"].items():
         lines.append(f"  {name:<20} {entry['state']}: {entry['detail']}")
         build_info = entry.get("build") or {}
@@ -352,8 +327,7 @@ def _format_text(report: dict[str, Any], *, verbose: bool) -> str:
             lines += ["    " + line for line in build_info["error"].rstrip().splitlines()]
     lines += ["", "problems:" if report["problems"] else "no problems found"]
     for p in report["problems"]:
-        lines.append(f"  [{p['level']}] {p['what']}")
-        lines.append(f"          -> {p['fix']}")
+        lines += [f"  [{p['level']}] {p['what']}", f"          -> {p['fix']}"]
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir
 from rootedgan.runs import claim_version
 from rootedgan.training.progress import TrainingProgress
+from rootedgan.training.settings import moved_hint
 from rootedgan.training.snapshots import NetworkSnapshot
 
 DESCRIPTION = (
@@ -163,8 +164,15 @@ def _option_names(parser: Any) -> list[str]:
 
 
 def _one_line_parse_error(message: str, parser: Any) -> str:
-    """jsonargparse's error as one line; an unknown option names the nearest valid ones."""
+    """jsonargparse's error as one line; a setting of an earlier version names its new key, an unknown
+    option the nearest valid ones."""
     first = " ".join(line.strip() for line in message.strip().splitlines()[:3]) or "invalid arguments"
+    old = re.search(r"Group 'model' does not accept option '(\w+)'|--model\.(\w+)(?![\w.])", first)
+    hint = moved_hint(old.group(1) or old.group(2)) if old else None
+    if hint is not None:
+        return hint
+    if 'key "model.augment"' in first:
+        return "model.augment is a section now: write e.g. `augment: {kind: ada}` or --model.augment.kind ada"
     unknown = re.findall(r"(--[\w.\-]+)", first) if "nrecognized" in first else []
     if unknown:
         names = _option_names(parser)

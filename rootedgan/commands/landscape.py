@@ -9,12 +9,8 @@ output states which D was frozen and where the loss came from.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-from pathlib import Path
-from typing import Any
 
-from rootedgan.errors import UserError
+from rootedgan.commands import options_from
 
 HELP = "Probe the alpha-beta landscape condition along a run's snapshots (writes landscape.json/.png)."
 
@@ -44,57 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
 
 
-def _expand(pattern: str) -> list[str]:
-    paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise UserError(f"no snapshots match {pattern!r}")
-    if len(paths) < 2:
-        raise UserError(f"{pattern!r} matches one snapshot; the probe needs a trajectory of at least two")
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
-    from rootedgan.tools import landscape as ls
+    from rootedgan.tools.landscape import LandscapeOptions, landscape_report  # ~0.1 s: not for --help
 
-    if args.grid < 2 or args.alpha_max <= 0:
-        raise UserError("--grid must be >= 2 and --alpha-max > 0")
-    runs = [("run", _expand(args.snapshots), args.loss, args.d_snapshot)]
-    if args.compare:
-        runs.append(("compare", _expand(args.compare), args.compare_loss, args.compare_d_snapshot))
-    grid = ls.default_grid(args.alpha_max, args.grid)
-    logs: dict[str, ls.LandscapeLog] = {}
-    report: dict[str, Any] = {"runs": {}}
-    for role, paths, loss, d_snap in runs:
-        log = ls.replay_generator_objective(
-            paths,
-            d_snapshot=d_snap,
-            loss=loss,
-            seed=args.seed,
-            batch=args.batch,
-            steps_per_snapshot=args.steps_per_snapshot,
-            device=args.device,
-            network=args.network,
-        )
-        name = f"{role} ({log.meta['loss']})"
-        logs[name] = log
-        report["runs"][name] = {
-            "d_frozen": log.meta["d_frozen"],
-            "loss_source": log.meta["loss_source"],
-            "summary": ls.summarize(log, grid, grid),
-            "log": log.to_dict(),
-        }
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {out}: {err}") from None
-    notes = sorted(
-        {f"{name}: {log.meta['d_frozen'].split(' for every step')[0]}" for name, log in logs.items()}
-    )
-    note = "; ".join(notes) + ". f_k is the generator objective against that frozen D."
-    report["d_frozen"] = note
-    json_path = ls._atomic_write_text(out / "landscape.json", json.dumps(report, indent=1, allow_nan=False))
-    png_path = ls.plot_landscape(logs, out / "landscape.png", grid, grid, note=note)
+    report, json_path, png_path = landscape_report(options_from(args, LandscapeOptions))
     for name, entry in report["runs"].items():
         s = entry["summary"]
         best = s["smallest_feasible_alpha"]

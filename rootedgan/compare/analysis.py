@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from rootedgan.compare.bootstrap import (
     BOOTSTRAP_SEED,
@@ -46,6 +47,8 @@ from rootedgan.compare.bootstrap import (
     spikes,
 )
 from rootedgan.compare.curves import Curve
+from rootedgan.training.losses import make_loss
+from rootedgan.training.settings import migrate
 
 G_LOSS, D_LOSS = "Loss/G/loss", "Loss/D/loss"
 PHASE_LOSSES = (G_LOSS, D_LOSS, "Loss/r1_penalty", "Loss/pl_penalty")
@@ -61,26 +64,23 @@ def target_key(target: float) -> str:
     return f"{target:g}"
 
 
-def loss_floors(loss: str, subtract_k: bool = False) -> tuple[float, float]:
+def loss_floors(loss: Any) -> tuple[float, float]:
     """Lower bounds of the logged G loss and D loss (two terms) of ``loss`` (a ``model.loss`` value)."""
-    from rootedgan.training.losses import AdversarialLoss
-
     try:
-        floor = AdversarialLoss.parse(loss, subtract_k=subtract_k).lower_bound()
+        floor = make_loss(loss).lower_bound()
     except ValueError:
         return 0.0, 0.0
     return floor, 2 * floor
 
 
-def run_hparams(log_dir: str | Path) -> dict[str, Any]:
-    """The run's ``hparams.yaml`` (Lightning's copy of the module's settings); {} when absent."""
-    import yaml
-
+def run_loss(log_dir: str | Path, default: Any = None) -> Any:
+    """The loss settings in a run's ``hparams.yaml`` (Lightning's copy of the module's settings, any
+    version), else ``default``."""
     try:
         data = yaml.safe_load((Path(log_dir) / "hparams.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        data = None
+    return migrate(data).get("loss", default) if isinstance(data, dict) else default
 
 
 def run_summary(

@@ -29,6 +29,8 @@ import lightning as L
 import torch
 
 from rootedgan.fileio import atomic_open
+from rootedgan.metrics.features import LATENT_CHUNK, chunk_latents
+from rootedgan.runs import run_dir
 
 PAIRING_FILE = "pairing.json"
 FIELDS = ("data", "latents", "evaluation")
@@ -72,8 +74,6 @@ class _RecordingRandomness:
 def evaluation_latents(callback: Any, z_dim: int) -> dict[str, Any] | None:
     """What a metric callback evaluates on: its class, ``seed``, ``num_gen`` and the digest of the latents
     :func:`rootedgan.metrics.features.generated_uint8` draws for them (None for other callbacks)."""
-    from rootedgan.metrics.features import LATENT_CHUNK, chunk_latents
-
     seed, num_gen = getattr(callback, "seed", None), getattr(callback, "num_gen", None)
     if not isinstance(seed, int) or not isinstance(num_gen, int):
         return None
@@ -145,8 +145,6 @@ class PairingRecorder(L.Callback):
             "evaluation": evaluation,
         }
         if trainer.is_global_zero:
-            from rootedgan.runs import run_dir
-
             out = run_dir(trainer)
             out.mkdir(parents=True, exist_ok=True)
             with atomic_open(out / PAIRING_FILE, "w") as fh:

@@ -27,7 +27,8 @@ from typing import Any
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 from rootedgan.runs import RUN_RECORD, log_dirs
-from rootedgan.training.losses import AdversarialLoss
+from rootedgan.training.losses import make_loss
+from rootedgan.training.settings import OptimConfig
 
 LOG_NAME = "finetune.log"
 #: Added to every run: writes pairing.json (rootedgan.compare.pairing), so the paired design is checked.
@@ -45,7 +46,7 @@ def parse_losses(spec: str | Sequence[str]) -> list[str]:
         raise UserError("--losses is empty: give a comma list of model.loss values, e.g. logistic,rooted:2")
     for loss in losses:
         try:
-            AdversarialLoss.parse(loss)
+            make_loss(loss)
         except ValueError as err:
             raise UserError(
                 f"--losses: {err} (values: logistic, rooted, rooted:K with K > 1, optionally *C for a "
@@ -147,14 +148,14 @@ def plan_runs(
 ) -> list[RunSpec]:
     """One :class:`RunSpec` per (loss, lr, seed), losses outermost, then learning rates, then seeds.
 
-    Each run gets ``--model.loss L --model.seed S --data.seed S`` (so every arm sees the same latents,
-    data subset and data order for a given seed), ``--model.total_kimg`` when ``kimg`` is given,
-    ``--trainer.default_root_dir``, ``--trainer.log_every_n_steps`` and no progress bar; then ``extra``,
-    which can override any of them; then (``pairing``) the
-    :class:`rootedgan.compare.pairing.PairingRecorder` callback, appended after ``extra`` so that
-    ``--trainer.callbacks.init_args.*`` in ``extra`` still set the config's last callback. With ``lrs``
-    (multipliers), ``--model.g_lr`` and ``--model.d_lr`` are the multiplier times ``base_lr`` (G's, D's;
-    default :func:`base_learning_rates` of the config and ``extra``), last, since they include ``extra``.
+    Each run gets ``--model.loss L --model.seed S --data.seed S`` (so every arm sees the same latents, data
+    subset and data order for a given seed), ``--model.total_kimg`` when ``kimg`` is given,
+    ``--trainer.default_root_dir``, ``--trainer.log_every_n_steps`` and no progress bar; then ``extra``, which
+    can override any of them; then (``pairing``) the :class:`rootedgan.compare.pairing.PairingRecorder`
+    callback, appended after ``extra`` so that ``--trainer.callbacks.init_args.*`` in ``extra`` still set the
+    config's last callback. With ``lrs`` (multipliers), ``--model.optim.g_lr`` and ``--model.optim.d_lr`` are
+    the multiplier times ``base_lr`` (G's, D's; default :func:`base_learning_rates` of the config and
+    ``extra``), last, since they include ``extra``.
     """
     out = Path(out)
     if lrs is not None and base_lr is None:
@@ -177,12 +178,8 @@ def plan_runs(
                     args += [f"--trainer.callbacks+={PAIRING_CALLBACK}"]
                 if lr is not None:
                     assert base_lr is not None
-                    args += [
-                        "--model.g_lr",
-                        f"{base_lr[0] * lr:.6g}",
-                        "--model.d_lr",
-                        f"{base_lr[1] * lr:.6g}",
-                    ]
+                    args += ["--model.optim.g_lr", f"{base_lr[0] * lr:.6g}"]
+                    args += ["--model.optim.d_lr", f"{base_lr[1] * lr:.6g}"]
                 specs.append(RunSpec(loss, int(seed), run_dir, tuple(args), lr))
     return specs
 
@@ -195,26 +192,22 @@ def _yaml_lrs(path: str | Path) -> dict[str, float]:
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read the learning rates of {path}: {err}") from None
     model = data.get("model") if isinstance(data, dict) else None
+    optim = model.get("optim") if isinstance(model, dict) else None
     found = {}
     for key in ("g_lr", "d_lr"):
-        if isinstance(model, dict) and model.get(key) is not None:
+        if isinstance(optim, dict) and optim.get(key) is not None:
             try:
-                found[key] = float(model[key])
+                found[key] = float(optim[key])
             except (TypeError, ValueError):
-                raise UserError(f"{path}: model.{key} is not a number: {model[key]!r}") from None
+                raise UserError(f"{path}: model.optim.{key} is not a number: {optim[key]!r}") from None
     return found
 
 
 def base_learning_rates(config: str | Path, extra: Sequence[str] = ()) -> tuple[float, float]:
-    """``(g_lr, d_lr)`` a finetune with ``--config config`` and ``extra`` would use: FinetuneModule's
-    defaults, then the config's ``model.g_lr``/``model.d_lr``, then ``extra`` in order (its ``--config``
-    files and ``--model.g_lr``/``--model.d_lr`` values, ``--key value`` or ``--key=value``)."""
-    import inspect
-
-    from rootedgan.training.module import FinetuneModule
-
-    params = inspect.signature(FinetuneModule.__init__).parameters
-    lrs = {key: float(params[key].default) for key in ("g_lr", "d_lr")}
+    """``(g_lr, d_lr)`` a finetune with ``--config config`` and ``extra`` would use: the defaults, then the
+    config's ``model.optim.g_lr``/``d_lr``, then ``extra`` in order (its ``--config`` files and
+    ``--model.optim.g_lr``/``--model.optim.d_lr`` values, ``--key value`` or ``--key=value``)."""
+    lrs = {"g_lr": OptimConfig().g_lr, "d_lr": OptimConfig().d_lr}
     lrs.update(_yaml_lrs(config))
     items = list(extra)
     i = 0
@@ -227,9 +220,9 @@ def base_learning_rates(config: str | Path, extra: Sequence[str] = ()) -> tuple[
         i += 1
         if key == "--config":
             lrs.update(_yaml_lrs(value))
-        elif key in ("--model.g_lr", "--model.d_lr"):
+        elif key in ("--model.optim.g_lr", "--model.optim.d_lr"):
             try:
-                lrs[key[len("--model.") :]] = float(value)
+                lrs[key[len("--model.optim.") :]] = float(value)
             except ValueError:
                 raise UserError(f"{key} {value!r} is not a number") from None
     return lrs["g_lr"], lrs["d_lr"]

@@ -22,9 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
+from rootedgan.checkpoints import save_network
+from rootedgan.data import ImageDataModule
 from rootedgan.digits import PRETRAINED, SOURCE_ZIP
+from rootedgan.training.module import FinetuneModule
+from rootedgan.training.snapshots import NetworkSnapshot
 
 __all__ = ["G_KWARGS", "D_KWARGS", "TRAIN_SETTINGS", "pretrain", "main"]
 
@@ -49,14 +54,9 @@ D_KWARGS: dict[str, Any] = dict(
 )
 TRAIN_SETTINGS: dict[str, Any] = dict(
     loss="logistic",
-    g_lr=0.0025,
-    d_lr=0.0025,
-    r1_gamma=0.05,
-    r1_interval=16,
-    pl_weight=0.0,
-    style_mixing_prob=0.0,
-    ema_kimg=0.5,
-    ema_rampup=0.05,
+    optim=dict(g_lr=0.0025, d_lr=0.0025),
+    reg=dict(r1_gamma=0.05, r1_interval=16, pl_weight=0.0, style_mixing_prob=0.0),
+    ema=dict(kimg=0.5, rampup=0.05),
 )
 
 
@@ -69,20 +69,19 @@ def pretrain(
     run_dir: Path | None = None,
     progress: bool = True,
     resume: Path | None = None,
-    **overrides: Any,
+    r1_gamma: float | None = None,
+    lr: float | None = None,
 ) -> Path:
     """Train from scratch on ``data`` for ``kimg`` thousand images and save G_ema + D to ``out``.
 
     ``resume``: a ``checkpoints/last.ckpt`` of an earlier, shorter run with the same settings; resume is
     exact, so the result equals one uninterrupted run of ``kimg``.
     """
-    import lightning as L
-
-    from rootedgan.checkpoints import save_network
-    from rootedgan.data import ImageDataModule
-    from rootedgan.training.module import FinetuneModule
-    from rootedgan.training.snapshots import NetworkSnapshot
-
+    settings = copy.deepcopy(TRAIN_SETTINGS)
+    if r1_gamma is not None:
+        settings["reg"]["r1_gamma"] = r1_gamma
+    if lr is not None:
+        settings["optim"].update(g_lr=lr, d_lr=lr)
     L.seed_everything(seed, verbose=False)
     module = FinetuneModule(
         network=None,
@@ -90,7 +89,7 @@ def pretrain(
         d_kwargs=copy.deepcopy(D_KWARGS),
         total_kimg=kimg,
         seed=seed,
-        **{**TRAIN_SETTINGS, **overrides},
+        **settings,
     )
     datamodule = ImageDataModule(str(data), batch_size=batch_size, num_workers=0, xflip=False)
     root = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="digits-pretrain-"))
@@ -115,7 +114,7 @@ def pretrain(
         "kimg": round(module.cur_kimg, 3),
         "batch_size": batch_size,
         "seed": seed,
-        "settings": {**TRAIN_SETTINGS, **overrides},
+        "settings": settings,
         "train_seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
     }
@@ -136,14 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None, help="override both learning rates")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir) if args.run_dir else None
-    overrides: dict[str, Any] = {}
-    if args.r1_gamma is not None:
-        overrides["r1_gamma"] = args.r1_gamma
-    if args.lr is not None:
-        overrides.update(g_lr=args.lr, d_lr=args.lr)
     path = pretrain(
-        Path(args.out), args.kimg, args.batch, args.seed, run_dir=run_dir, resume=args.resume, **overrides
-    )
+        Path(args.out), args.kimg, args.batch, args.seed, run_dir=run_dir, resume=args.resume,
+        r1_gamma=args.r1_gamma, lr=args.lr,
+    )  # fmt: skip
     print(f"wrote {path}")
     return 0
 

@@ -29,9 +29,13 @@ import numpy as np
 import torch
 
 from rootedgan.digits.classifier import DigitsClassifier, load_classifier
+from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 from rootedgan.metrics.base import KimgMetricCallback
-from rootedgan.metrics.features import generated_uint8
+from rootedgan.metrics.callback import reference_dataset
+from rootedgan.metrics.evaluator import Evaluator
+from rootedgan.metrics.features import DatasetImages, generated_uint8
+from rootedgan.metrics.inception import resolve_inception
 from rootedgan.metrics.stats import GaussianStats, frechet_distance
 from rootedgan.runs import append_metric_record
 
@@ -134,8 +138,6 @@ class DigitsQualityCallback(KimgMetricCallback):
         """The classifier, the reference features and target classes (and Inception's, when on)."""
         if self._reference is not None:
             return
-        from rootedgan.metrics.callback import reference_dataset
-
         self._classifier = load_classifier(self.classifier_path, device=module.device)
         # the images themselves, not mirrored copies
         dataset = reference_dataset(
@@ -149,11 +151,6 @@ class DigitsQualityCallback(KimgMetricCallback):
         self._targets = {int(c) for c in np.nonzero(counts >= 0.02 * len(classes))[0]}
 
     def _setup_inception(self, module: Any, dataset: Any) -> None:
-        from rootedgan.errors import UserError
-        from rootedgan.metrics import Evaluator
-        from rootedgan.metrics.features import DatasetImages
-        from rootedgan.metrics.inception import resolve_inception
-
         if self.inception is False:
             return
         try:

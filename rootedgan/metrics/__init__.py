@@ -35,12 +35,7 @@ from rootedgan.metrics.evaluator import (
     parse_metric,
 )
 from rootedgan.metrics.features import DatasetImages, FolderImages, ImageSource
-from rootedgan.metrics.inception import (
-    INCEPTION_URL,
-    load_inception,
-    make_standin_inception,
-    resolve_inception,
-)
+from rootedgan.metrics.inception import INCEPTION_URL, load_inception, resolve_inception
 from rootedgan.metrics.stats import FeatureStats, GaussianStats, frechet_distance, kernel_inception_distance
 
 __all__ = [
@@ -62,7 +57,6 @@ __all__ = [
     "generator_fid",
     "kernel_inception_distance",
     "load_inception",
-    "make_standin_inception",
     "metric_mode",
     "metric_name",
     "parse_metric",

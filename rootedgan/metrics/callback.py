@@ -37,15 +37,16 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from rootedgan.data import ImageDataset
 from rootedgan.distributed import rank_world
 from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.metrics.evaluator import (
     DEFAULT_MODE,
     Evaluator,
     check_mode,
-    format_time,
     metric_name,
 )
+from rootedgan.metrics.features import DatasetImages
 from rootedgan.metrics.stats import GaussianStats
 from rootedgan.runs import append_metric_record, snapshot_path
 
@@ -58,8 +59,6 @@ def reference_dataset(
     """The reference images of a metric callback: ``data_path`` (at the module's resolution and
     channels), else the datamodule's training set; ``mirror`` (None: the data set's own xflip) sets
     whether x-flipped copies are included. The training set itself is never modified (a copy is)."""
-    from rootedgan.data import ImageDataset
-
     if data_path is not None:
         return ImageDataset(
             data_path,
@@ -167,8 +166,6 @@ class FIDCallback(KimgMetricCallback):
 
     def prepare(self, trainer: L.Trainer, module: Any) -> None:
         """The Inception file and the reference statistics (on every rank)."""
-        from rootedgan.metrics.features import DatasetImages
-
         if self._evaluator is None:
             self._evaluator = Evaluator(
                 inception=self.inception,
@@ -212,24 +209,20 @@ class FIDCallback(KimgMetricCallback):
     def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
         _, world = rank_world()
         assert self._evaluator is not None
-        protocol = self._evaluator.record_fields()
         kimg = float(module.cur_nimg) / 1000
         out = self._out or Path(trainer.default_root_dir)
         snapshot = snapshot_path(out, int(module.cur_nimg))
         for name, value in results.items():
-            record = {
-                "results": {name: value},
-                "metric": name,
-                "total_time": seconds,
-                "total_time_str": format_time(seconds),
-                "num_gpus": world,
-                "snapshot_pkl": snapshot.name if snapshot is not None else None,
-                "timestamp": time.time(),
-                "kimg": kimg,
-                "num_gen": self.num_gen,
-                "reference": self._reference_path,
-                **protocol,
-            }
+            record = self._evaluator.metric_record(
+                name,
+                value,
+                seconds,
+                snapshot.name if snapshot is not None else None,
+                world,
+                kimg=kimg,
+                num_gen=self.num_gen,
+                reference=self._reference_path,
+            )
             self.history.append(record)
             if trainer.is_global_zero:
                 append_metric_record(out, name, record)

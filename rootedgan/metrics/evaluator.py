@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -250,6 +252,23 @@ class Evaluator:
             "inception_sha256": net.digest,
         }
 
+    def metric_record(
+        self, name: str, value: float, seconds: float, snapshot: str | None, num_gpus: int, **fields: Any
+    ) -> dict[str, Any]:
+        """One line of ``metric-<name>.jsonl``: NVIDIA's fields, then ``fields`` (``kimg``, ``num_gen``,
+        ``reference``, ...), then the protocol and the Inception file (:meth:`record_fields`)."""
+        return {
+            "results": {name: value},
+            "metric": name,
+            "total_time": seconds,
+            "total_time_str": format_time(seconds),
+            "num_gpus": num_gpus,
+            "snapshot_pkl": snapshot,
+            "timestamp": time.time(),
+            **fields,
+            **self.record_fields(),
+        }
+
     def check_stats_meta(self, meta: dict[str, Any] | None, what: str) -> str | None:
         """Refuse (:class:`UserError`, one line) statistics ``what`` whose recorded protocol or Inception
         file differ from this evaluator's; returns a note when ``meta`` records neither (not checkable)."""
@@ -347,8 +366,6 @@ class Evaluator:
             try:
                 cache.save_stats(key, stats, {**meta, "source": source.describe()}, folder=self.cache_dir)
             except OSError as err:
-                import warnings
-
                 warnings.warn(f"could not cache the reference statistics: {err}", stacklevel=2)
         return stats
 

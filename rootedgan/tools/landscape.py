@@ -33,6 +33,7 @@ independent mini-batches at each snapshot.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -44,7 +45,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootedgan.checkpoints import load_network
+from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+from rootedgan.training.losses import AdversarialLoss, make_loss
+from rootedgan.training.settings import migrate
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -369,18 +374,15 @@ def loss_lower_bound(loss: Any) -> float:
     return float(loss.lower_bound())
 
 
-def recorded_loss(meta: dict[str, Any]) -> dict[str, Any] | None:
+def recorded_loss(meta: dict[str, Any]) -> AdversarialLoss | None:
     """The adversarial loss a snapshot was trained with, from its metadata (written by
-    :meth:`~rootedgan.training.module.FinetuneModule.provenance`): ``{"loss", "subtract_k", "max_grad"}``, or
-    None for a file without it (e.g. an NVIDIA pickle)."""
+    :meth:`~rootedgan.training.module.FinetuneModule.provenance`, any version), or None for a file without
+    it (e.g. an NVIDIA pickle)."""
     label = meta.get("loss")
     if not isinstance(label, str) or not label:
         return None
     hparams = meta.get("hparams") if isinstance(meta.get("hparams"), dict) else {}
-    out: dict[str, Any] = {"loss": label, "subtract_k": bool(hparams.get("subtract_k", False))}
-    if "max_grad" in hparams:
-        out["max_grad"] = hparams["max_grad"]
-    return out
+    return make_loss(migrate({"loss": label, **hparams})["loss"])
 
 
 def frozen_d_note(d_path: str, snapshots: Sequence[str]) -> str:
@@ -410,6 +412,27 @@ def _unflatten(x: torch.Tensor, names: list[str], shapes: list[torch.Size]) -> d
     return out
 
 
+def _replay_loss(
+    snapshots: Sequence[str | Path], loss: Any
+) -> tuple[AdversarialLoss, str, AdversarialLoss | None]:
+    """``(loss to replay, where it came from, loss recorded in the snapshots)``."""
+    recorded = [recorded_loss(load_network(snap)["meta"]) for snap in (snapshots[0], snapshots[-1])]
+    found = recorded[-1] or recorded[0]
+    if recorded[0] and recorded[-1] and recorded[0].label != recorded[-1].label:
+        raise UserError(
+            f"the snapshots record different losses ({recorded[0].label} in {snapshots[0]}, "
+            f"{recorded[-1].label} in {snapshots[-1]}): probe one run at a time, or pass --loss"
+        )
+    if loss is not None:
+        return make_loss(loss), "given", found
+    if found is None:
+        raise UserError(
+            f"{snapshots[-1]} records no training loss (not a rootedgan snapshot?): pass --loss, e.g. "
+            "--loss logistic or --loss rooted:2"
+        )
+    return found, "recorded in the snapshots", found
+
+
 def replay_generator_objective(
     snapshots: Sequence[str | os.PathLike[str]],
     d_snapshot: str | os.PathLike[str] | None = None,
@@ -430,39 +453,13 @@ def replay_generator_objective(
     ``subtract_k`` and ``max_grad``); a file without one needs ``loss``. A ``loss`` that differs from
     the recorded one is used as given and noted in ``meta["loss_recorded"]``.
     """
-    from rootedgan.checkpoints import load_network
-    from rootedgan.errors import UserError
-    from rootedgan.training.losses import AdversarialLoss
-
     if not snapshots:
         raise UserError("no snapshots to replay")
     if batch < 1 or steps_per_snapshot < 1:
         raise UserError("--batch and --steps-per-snapshot must be >= 1")
     device = torch.device(device)
     d_path = snapshots[-1] if d_snapshot is None else d_snapshot
-    recorded = [
-        recorded_loss(load_network(snap, device="cpu")["meta"]) for snap in (snapshots[0], snapshots[-1])
-    ]
-    found = recorded[-1] or recorded[0]
-    if recorded[0] and recorded[-1] and recorded[0]["loss"] != recorded[-1]["loss"]:
-        raise UserError(
-            f"the snapshots record different losses ({recorded[0]['loss']} in {snapshots[0]}, "
-            f"{recorded[-1]['loss']} in {snapshots[-1]}): probe one run at a time, or pass --loss"
-        )
-    if loss is None:
-        if found is None:
-            raise UserError(
-                f"{snapshots[-1]} records no training loss (not a rootedgan snapshot?): pass --loss, e.g. "
-                "--loss logistic or --loss rooted:2"
-            )
-        settings = {k: v for k, v in found.items() if k != "loss"}
-        spec, source = found["loss"], "recorded in the snapshots"
-    else:
-        settings, spec, source = {}, loss, "given"
-    try:
-        adv = AdversarialLoss.parse(spec, **settings)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    adv, source, found = _replay_loss(snapshots, loss)
     D = load_network(d_path, device=device)["D"]
     if D is None:
         raise UserError(f"{d_path} holds no discriminator; pass --d-snapshot with one that does")
@@ -487,7 +484,7 @@ def replay_generator_objective(
     final = points[-1]
     z_dim, c_dim = template.z_dim, template.c_dim
 
-    def make_loss(step: int) -> LossFn:
+    def objective_at(step: int) -> LossFn:
         gen = torch.Generator().manual_seed((seed * _SEED_STRIDE + step) % (2**63 - 1))
         z = torch.randn([batch, z_dim], generator=gen).to(device)
         if c_dim > 0:
@@ -507,14 +504,14 @@ def replay_generator_objective(
     for k, x in enumerate(points):
         for s in range(steps_per_snapshot):
             iterates.append(x)
-            losses.append(make_loss(k * steps_per_snapshot + s))
+            losses.append(objective_at(k * steps_per_snapshot + s))
     meta = {
         "snapshots": [str(p) for p in snapshots],
         "d_snapshot": str(d_path),
         "d_frozen": frozen_d_note(str(d_path), [str(p) for p in snapshots]),
         "loss": adv.label,
         "loss_source": source,
-        "loss_recorded": found["loss"] if found else None,
+        "loss_recorded": found.label if found else None,
         "f_lb": loss_lower_bound(adv),
         "seed": seed,
         "batch": batch,
@@ -523,3 +520,74 @@ def replay_generator_objective(
         "num_params": int(final.numel()),
     }
     return probe_trajectory(iterates, final, losses, f_lb=loss_lower_bound(adv), meta=meta)
+
+
+# -- `rootedgan landscape` ----------------------------------------------------------------------------
+
+
+@dataclass
+class LandscapeOptions:
+    """What ``rootedgan landscape`` takes (its options, same names and defaults): the run (``snapshots``, a
+    glob), optionally a second one (``compare``), and the probe's settings."""
+
+    snapshots: str
+    out: str | os.PathLike[str]
+    d_snapshot: str | None = None
+    loss: str | None = None
+    compare: str | None = None
+    compare_loss: str | None = None
+    compare_d_snapshot: str | None = None
+    batch: int = 16
+    seed: int = 0
+    steps_per_snapshot: int = 1
+    network: str = "G"
+    alpha_max: float = 50.0
+    grid: int = 201
+    device: str = "cpu"
+
+
+def expand_snapshots(pattern: str) -> list[str]:
+    """The snapshots a glob matches, sorted by name: at least two (a trajectory)."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise UserError(f"no snapshots match {pattern!r}")
+    if len(paths) < 2:
+        raise UserError(f"{pattern!r} matches one snapshot; the probe needs a trajectory of at least two")
+    return paths
+
+
+def landscape_report(o: LandscapeOptions) -> tuple[dict[str, Any], Path, Path]:
+    """Replay each run (:func:`replay_generator_objective`) and write ``landscape.json`` (per run: which D
+    was frozen, where the loss came from, :func:`summarize` and the log) and ``landscape.png`` into
+    ``o.out``; returns ``(the report, json path, png path)``."""
+    if o.grid < 2 or o.alpha_max <= 0:
+        raise UserError("--grid must be >= 2 and --alpha-max > 0")
+    runs = [("run", expand_snapshots(o.snapshots), o.loss, o.d_snapshot)]
+    if o.compare:
+        runs.append(("compare", expand_snapshots(o.compare), o.compare_loss, o.compare_d_snapshot))
+    grid = default_grid(o.alpha_max, o.grid)
+    logs: dict[str, LandscapeLog] = {}
+    report: dict[str, Any] = {"runs": {}}
+    for role, paths, loss, d_snap in runs:
+        log = replay_generator_objective(
+            paths, d_snap, loss, o.seed, o.batch, o.steps_per_snapshot, o.device, o.network
+        )
+        name = f"{role} ({log.meta['loss']})"
+        logs[name] = log
+        report["runs"][name] = {
+            "d_frozen": log.meta["d_frozen"],
+            "loss_source": log.meta["loss_source"],
+            "summary": summarize(log, grid, grid),
+            "log": log.to_dict(),
+        }
+    out = Path(o.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {out}: {err}") from None
+    notes = {f"{name}: {log.meta['d_frozen'].split(' for every step')[0]}" for name, log in logs.items()}
+    report["d_frozen"] = note = (
+        "; ".join(sorted(notes)) + ". f_k is the generator objective against that frozen D."
+    )
+    json_path = _atomic_write_text(out / "landscape.json", json.dumps(report, indent=1, allow_nan=False))
+    return report, json_path, plot_landscape(logs, out / "landscape.png", grid, grid, note=note)

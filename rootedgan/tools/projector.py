@@ -12,8 +12,8 @@ CPU, so a seed gives the same projection on any device up to floating-point diff
 
 The VGG16 file (``vgg16.pt``) is NVIDIA's download; it is looked for in ``--vgg16 PATH``,
 ``$ROOTEDGAN_VGG16`` and rootedgan's network cache, and downloaded into the cache when missing. A machine
-without internet gets one line naming the URL and the places to put the file. :func:`make_standin_vgg16`
-writes a tiny torchscript with the same interface, for tests.
+without internet gets one line naming the URL and the places to put the file. ``python bench/standins.py
+vgg16 PATH`` writes a tiny torchscript with the same interface (for tests; its distances mean nothing).
 """
 
 from __future__ import annotations
@@ -21,19 +21,26 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
-from rootedgan.checkpoints.download import VGG16_URL, cache_path
+from rootedgan.checkpoints.download import VGG16_URL, cache_path, sha256_of
+from rootedgan.checkpoints.download import download as fetch
 from rootedgan.errors import DownloadError, UserError
+from rootedgan.fileio import atomic_open
+from rootedgan.imaging import ensure_writable_dir, save_image_atomic, to_uint8
+from rootedgan.sampling import check_ops_setting, class_labels, load_generator, resolve_device
 
 __all__ = [
     "VGG16_ENV",
@@ -42,7 +49,6 @@ __all__ = [
     "load_target",
     "load_vgg16",
     "lpips_distance",
-    "make_standin_vgg16",
     "noise_regularization",
     "project",
     "read_projected_w",
@@ -96,8 +102,6 @@ def resolve_vgg16(path: str | os.PathLike[str] | None = None, download: bool = T
         return cached
     if not download:
         raise UserError(_missing_message("the VGG16 network was not found and downloading is off"))
-    from rootedgan.checkpoints.download import download as fetch
-
     try:
         return fetch(VGG16_URL)
     except DownloadError as err:
@@ -140,54 +144,6 @@ def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def lpips_distance(vgg: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """LPIPS distance per image pair of ``[N, 3, H, W]`` images in [0, 255]."""
     return (lpips_features(vgg, a) - lpips_features(vgg, b)).square().sum(dim=1)
-
-
-class _StandInVGG(torch.nn.Module):
-    """Three strided convolutions; each layer's features unit-normalised per pixel and weighted, as LPIPS."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = torch.nn.ModuleList(
-            [
-                torch.nn.Conv2d(3, 8, kernel_size=3, stride=1, padding=1),
-                torch.nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1),
-                torch.nn.Conv2d(16, 16, kernel_size=3, stride=2, padding=1),
-            ]
-        )
-
-    def forward(
-        self, x: torch.Tensor, resize_images: bool = True, return_lpips: bool = False
-    ) -> torch.Tensor:
-        if resize_images:
-            x = F.interpolate(x, size=(32, 32), mode="area")
-        x = x / 127.5 - 1
-        parts: list[torch.Tensor] = []
-        for conv in self.convs:
-            x = torch.relu(conv(x))
-            unit = x / (x.square().sum(dim=1, keepdim=True) + 1e-10).sqrt()
-            parts.append((unit / float(unit.shape[2] * unit.shape[3]) ** 0.5).flatten(1))
-        if return_lpips:
-            return torch.cat(parts, dim=1)
-        return x.mean(dim=[2, 3])
-
-
-def make_standin_vgg16(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write a deterministic tiny torchscript with the interface of NVIDIA's ``vgg16.pt`` to ``path``:
-    ``vgg(images in [0, 255], resize_images=False, return_lpips=True) -> [N, F]`` features whose squared
-    distance is an LPIPS-like distance. For tests only: its distances mean nothing perceptually."""
-    gen = torch.Generator().manual_seed(seed)
-    model = _StandInVGG()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if p.ndim == 1 else 1 / p[0].numel() ** 0.5))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
-        torch.jit.script(model.eval()).save(str(tmp))
-    os.replace(tmp, path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -366,8 +322,6 @@ def load_target(path: str | os.PathLike[str], resolution: int) -> np.ndarray:
 
 def write_projected_w(path: str | os.PathLike[str], w: torch.Tensor | np.ndarray) -> Path:
     """Write ``projected_w.npz`` as NVIDIA's projector does: one array ``w`` of ``[N, num_ws, w_dim]``."""
-    from rootedgan.fileio import atomic_open
-
     arr = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w, dtype=np.float32)
     path = Path(path)
     with atomic_open(path, "wb") as fh:
@@ -450,8 +404,6 @@ def video_frames(
 ) -> Iterator[np.ndarray]:
     """``[H, 2W, 3]`` uint8 frames, target beside the synthesis of each step's ``w`` (noise ``const``);
     every step, or ``max_frames`` evenly spaced ones ending at the last."""
-    from rootedgan.imaging import to_uint8
-
     device = next(G.parameters()).device
     steps = len(w_steps)
     if max_frames is not None and steps > max_frames:
@@ -462,3 +414,102 @@ def video_frames(
         for i in picks:
             img = to_uint8(G.synthesis(w_steps[i : i + 1].to(device), noise_mode="const"))[0]
             yield np.concatenate([target, img], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `rootedgan project`: one image projected by a network, written to a folder.
+
+
+@dataclass
+class ProjectOptions:
+    """What ``rootedgan project`` takes (its options, same names and defaults)."""
+
+    network: str
+    target: str
+    outdir: str
+    num_steps: int = 1000
+    seed: int = 303
+    save_video: bool = False
+    vgg16: str | None = None
+    class_idx: int | None = None
+    which: str = "G_ema"
+    w_avg_samples: int = 10000
+    device: str = "auto"
+    base: str | None = None
+
+
+def project_to_folder(options: ProjectOptions, say: Callable[[str], None] = print) -> ProjectionResult:
+    """Project ``options.target`` and write ``target.png``, ``proj.png``, ``projected_w.npz`` and, with
+    ``save_video``, ``proj.mp4`` (or ``proj.gif``; removed again when the projection fails) into ``outdir``;
+    ``say`` gets which VGG16 file is used, the distances and the files written."""
+    o = options
+    if o.num_steps < 1:
+        raise UserError(f"--num-steps must be >= 1, got {o.num_steps}")
+    if o.w_avg_samples < 1:
+        raise UserError(f"--w-avg-samples must be >= 1, got {o.w_avg_samples}")
+    check_ops_setting()
+    outdir = ensure_writable_dir(o.outdir)
+    video = open_video(outdir) if o.save_video else None  # a missing imageio: say so first
+    done = False
+    try:
+        result = _project_to(o, outdir, video, say)
+        done = True
+    finally:
+        if video is not None:
+            writer, path = video
+            writer.close()
+            if done:
+                say(f"wrote {path}")
+            else:
+                path.unlink(missing_ok=True)  # no half-written video left behind
+    return result
+
+
+def _project_to(
+    o: ProjectOptions, outdir: Path, video: tuple[Any, Path] | None, say: Callable[[str], None]
+) -> ProjectionResult:
+    device = resolve_device(o.device)
+    G = load_generator(o.network, o.which, o.base).eval().requires_grad_(False).to(device)
+    c = class_labels(G.c_dim, o.class_idx, 1) if G.c_dim else None
+    if G.img_channels != 3:
+        raise UserError(f"the projector's VGG16 distance needs RGB images; {o.network} has {G.img_channels}")
+    target = load_target(o.target, G.img_resolution)
+    vgg_file = resolve_vgg16(o.vgg16)
+    say(f"VGG16 LPIPS network: {vgg_file} (sha256 {sha256_of(vgg_file)})")
+    vgg = load_vgg16(vgg_file, device=device)
+    start = time.perf_counter()
+    with tqdm(total=o.num_steps, desc="project", unit="step", leave=False) as bar:
+
+        def progress(step: int, dist: float, loss: float) -> None:
+            bar.set_postfix(dist=f"{dist:.4g}", loss=f"{loss:.4g}", refresh=False)
+            bar.update(1)
+
+        image = torch.from_numpy(target).permute(2, 0, 1)
+        result = project(
+            G,
+            image,
+            vgg,
+            num_steps=o.num_steps,
+            w_avg_samples=o.w_avg_samples,
+            seed=o.seed,
+            c=c,
+            device=device,
+            callback=progress,
+        )
+    say(
+        f"projected in {time.perf_counter() - start:.1f} s: LPIPS distance {result.dist[0]:.4g} -> "
+        f"{result.dist[-1]:.4g} over {o.num_steps} steps"
+    )
+    save_image_atomic(target, outdir / "target.png")
+    with torch.no_grad():
+        save_image_atomic(
+            to_uint8(G.synthesis(result.w.to(device), noise_mode="const"))[0], outdir / "proj.png"
+        )
+    write_projected_w(outdir / "projected_w.npz", result.w)
+    say(f"wrote {outdir / 'target.png'}, {outdir / 'proj.png'} and {outdir / 'projected_w.npz'}")
+    if video is not None:
+        writer, path = video
+        limit = GIF_MAX_FRAMES if path.suffix == ".gif" else None
+        for frame in video_frames(G, result.w_steps, target, max_frames=limit):
+            writer.append_data(frame)
+    return result

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from rootedgan.errors import UserError
+from rootedgan.training.settings import AugmentConfig
 from stylegan_ops import setup_filter, upfirdn2d
 
 BLIT = ("xflip", "rotate90", "xint")
@@ -80,7 +81,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "bgcfn": BLIT + GEOM + COLOR + FILTER + NOISE,
     "bgcfnc": BLIT + GEOM + COLOR + FILTER + NOISE + CUTOUT,
 }
-AUGMENT_KINDS = ("none", "ada", "fixed", "diffaugment")
 DIFFAUGMENT_OPS = ("color", "translation", "cutout")
 
 # Strengths from the ADA paper, appendix B (images in [-1, 1]; sizes as fractions of the image size).
@@ -725,28 +725,16 @@ class AdaController(nn.Module):
         return logs
 
 
-def build_augment(
-    kind: str = "none",
-    p: float = 0.0,
-    preset: str = "bgc",
-    policy: str = "color,translation,cutout",
-    ada_target: float = 0.6,
-    ada_interval: int = 4,
-    ada_kimg: float = 500.0,
-) -> tuple[nn.Module | None, AdaController | None]:
+def build_augment(cfg: AugmentConfig) -> tuple[nn.Module | None, AdaController | None]:
     """The training module's augmentation from its settings: ``(pipe, controller)``.
 
     ``none``: ``(None, None)``; ``ada``: ADA pipe starting at ``p``, adapted towards ``ada_target``;
     ``fixed``: ADA pipe at constant ``p`` (``r_t`` still logged); ``diffaugment``: ``(DiffAugment, None)``.
     """
-    if kind not in AUGMENT_KINDS:
-        raise UserError(f"model.augment must be one of {', '.join(AUGMENT_KINDS)}, got {kind!r}")
-    if kind == "none":
+    if cfg.kind == "none":
         return None, None
-    if kind == "diffaugment":
-        return DiffAugment(policy), None
-    if not 0.0 <= float(p) < 1.0:
-        raise UserError(f"model.augment_p must be in [0, 1), got {p}")
-    pipe = AugmentPipe(preset, p=p)
-    controller = AdaController(ada_target if kind == "ada" else None, ada_interval, ada_kimg)
+    if cfg.kind == "diffaugment":
+        return DiffAugment(cfg.diffaugment_policy), None
+    pipe = AugmentPipe(cfg.preset, p=cfg.p)
+    controller = AdaController(cfg.ada_target if cfg.kind == "ada" else None, cfg.ada_interval, cfg.ada_kimg)
     return pipe, controller

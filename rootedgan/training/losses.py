@@ -1,8 +1,9 @@
 """Adversarial loss primitives, the G/D objectives built from them, and StyleGAN2's regularizers.
 
 A primitive ``phi`` replaces ``softplus`` everywhere in StyleGAN2's non-saturating logistic loss:
-G minimizes ``phi(-D(G(z)))``; D minimizes ``phi(D(G(z))) + phi(-D(x))``. Adding a loss is adding one
-elementwise function to :data:`LOSSES`.
+G minimizes ``phi(-D(G(z)))``; D minimizes ``phi(D(G(z))) + phi(-D(x))``. A loss is a small class that
+carries its settings (EDM's habit), registered in :data:`LOSSES`; :func:`make_loss` builds one from a YAML
+mapping (``{name: rooted, k: 20}``) or the short form (``rooted:20``). Adding a loss is adding one class.
 
 Rooted logistic objective (arXiv 2310.03890), root ``k > 1``::
 
@@ -33,26 +34,31 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-DEFAULT_ROOT = 2.0
+from rootedgan.errors import SettingError
+
+DEFAULT_ROOT = 20.0  # the study: k = 2 (the authors') was worse than logistic, k = 20 no worse
 DEFAULT_MAX_GRAD = 1e6
 
-LossPrimitive = Callable[[torch.Tensor], torch.Tensor]
+
+def _finite_positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def _validate_root(k: float) -> float:
-    k = float(k)
-    if not math.isfinite(k) or k <= 1:
-        raise ValueError(
-            f"the rooted loss needs a root k > 1 (got k={k}): k = 1 is exp(softplus(u)), which "
-            "overflows and is not a valid objective, and k <= 0 inverts or breaks it. Typical values: 2 to 8."
+def _validate_root(k: Any) -> float:
+    if not (_finite_positive(k) and k > 1):
+        raise SettingError(
+            f"the rooted loss needs a root k > 1 (got k={k!r}): k = 1 is exp(softplus(u)), which "
+            f"overflows and is not a valid objective, and k <= 0 inverts or breaks it. Typical values: 2 "
+            f"(the paper's authors) to {DEFAULT_ROOT:g} (the default)."
         )
-    return k
+    return float(k)
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,99 +139,26 @@ def capped_fraction(
     return (logits.detach().float() > cap).float().mean()
 
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {"logistic": logistic, "rooted": rooted}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AdversarialLoss:
-    """A primitive plus its settings; builds the G and D objectives (per-sample, not reduced).
+    """An adversarial loss: the primitive ``phi`` and the G and D objectives built from it (per sample, not
+    reduced). ``scale`` multiplies every term by a constant (a control: module docstring)."""
 
-    ``scale`` multiplies every adversarial term by a constant; ``match_k`` (logistic only) multiplies
-    each term's batch by the detached factor that gives it ``rooted:match_k``'s total gradient on that
-    batch (module docstring: the two step-size controls, ``logistic*C`` and ``logistic*rooted:K``).
-    """
-
-    name: str = "rooted"
-    k: float = DEFAULT_ROOT
-    subtract_k: bool = False
-    max_grad: float | None = DEFAULT_MAX_GRAD
+    name: ClassVar[str]
     scale: float = 1.0
-    match_k: float | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in LOSSES:
-            raise ValueError(f"unknown loss {self.name!r}; expected one of {', '.join(LOSSES)}")
-        if self.name == "rooted":
-            _validate_root(self.k)
-        if not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
-            raise ValueError(f"the loss scale must be a finite number > 0, got {self.scale}")
-        if self.match_k is not None:
-            _validate_root(self.match_k)
-            if self.name != "logistic":
-                raise ValueError(f"only logistic can be matched to rooted's gradient (got {self.name})")
-
-    @classmethod
-    def parse(cls, spec: str, **kwargs) -> AdversarialLoss:
-        """``'logistic'``, ``'rooted'`` or ``'rooted:K'`` (e.g. ``'rooted:4'``), optionally ``*C`` (a
-        constant scale, e.g. ``'logistic*2'``) or ``*rooted:K`` after logistic (``'logistic*rooted:2'``)."""
-        base, star, factor = spec.partition("*")
-        name, _, root = base.partition(":")
-        if root:
-            try:
-                kwargs["k"] = float(root)
-            except ValueError:
-                raise ValueError(f"cannot read the root in loss {spec!r}; use e.g. rooted:2") from None
-        if star:
-            factor = factor.strip()
-            if factor.partition(":")[0] == "rooted":
-                matched = factor.partition(":")[2]
-                try:
-                    kwargs["match_k"] = float(matched) if matched else DEFAULT_ROOT
-                except ValueError:
-                    raise ValueError(
-                        f"cannot read the root in loss {spec!r}; use e.g. logistic*rooted:2"
-                    ) from None
-            else:
-                try:
-                    kwargs["scale"] = float(factor)
-                except ValueError:
-                    raise ValueError(
-                        f"cannot read the factor in loss {spec!r}; use a number (logistic*2) or rooted:K "
-                        "(logistic*rooted:2)"
-                    ) from None
-        return cls(name=name, **kwargs)
-
-    @property
-    def label(self) -> str:
-        label = f"rooted:{self.k:g}" if self.name == "rooted" else self.name
-        if self.match_k is not None:
-            label += f"*rooted:{self.match_k:g}"
-        if self.scale != 1.0:
-            label += f"*{self.scale:g}"
-        return label
+        if not _finite_positive(self.scale):
+            raise SettingError(f"the loss scale must be a finite number > 0, got {self.scale!r}")
 
     def phi(self, u: torch.Tensor) -> torch.Tensor:
-        """The elementwise primitive (without ``scale`` or ``match_k``, which act on whole terms)."""
-        if self.name == "rooted":
-            return rooted(u, k=self.k, subtract_k=self.subtract_k, max_grad=self.max_grad)
-        return LOSSES[self.name](u)
+        """The elementwise primitive (``softplus`` for logistic)."""
+        raise NotImplementedError
 
     def term(self, u: torch.Tensor) -> torch.Tensor:
-        """``phi(u)`` per sample times ``scale`` and, with ``match_k``, the batch's matching factor."""
+        """``phi(u)`` per sample, times ``scale``."""
         value = self.phi(u)
-        if self.match_k is not None:
-            with torch.no_grad():
-                x = u.detach()
-                x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-                total = torch.sigmoid(x).sum().clamp(min=torch.finfo(x.dtype).tiny)
-                factor = rooted_slope(x, self.match_k, self.max_grad).sum() / total
-            value = value * factor
         return value * self.scale if self.scale != 1.0 else value
-
-    def lower_bound(self) -> float:
-        """Infimum of one per-sample term: ``scale * k`` for rooted without ``subtract_k``, else 0."""
-        base = float(self.k) if self.name == "rooted" and not self.subtract_k else 0.0
-        return base * float(self.scale)
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         """Non-saturating G objective ``phi(-D(G(z)))``."""
@@ -240,10 +173,148 @@ class AdversarialLoss:
         return self.term(-real_logits)
 
     def capped(self, u: torch.Tensor) -> torch.Tensor:
-        """Fraction of primitive inputs ``u`` that fell on the linear continuation (0 for logistic)."""
-        if self.name != "rooted":
-            return torch.zeros((), device=u.device)
+        """Fraction of primitive inputs ``u`` on the rooted loss's linear continuation (0 for the others)."""
+        return torch.zeros((), device=u.device)
+
+    def lower_bound(self) -> float:
+        """Infimum of one per-sample term."""
+        return 0.0
+
+    @property
+    def label(self) -> str:
+        """The short form (``rooted:4``, ``logistic*2``, ``logistic*rooted:2``): run names, logs, reports."""
+        return self._label() + (f"*{self.scale:g}" if self.scale != 1.0 else "")
+
+    def _label(self) -> str:
+        return self.name
+
+    def spec(self) -> dict[str, Any]:
+        """The settings as a plain dict, ``make_loss(spec())`` rebuilds the loss (checkpoints, YAML)."""
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Logistic(AdversarialLoss):
+    """StyleGAN2's non-saturating logistic loss: ``phi = softplus``."""
+
+    name: ClassVar[str] = "logistic"
+
+    def phi(self, u: torch.Tensor) -> torch.Tensor:
+        return logistic(u)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rooted(AdversarialLoss):
+    """The rooted logistic objective with root ``k``, linear above the logit where its slope reaches
+    ``max_grad`` (None: the raw formula), minus ``k`` with ``subtract_k``."""
+
+    name: ClassVar[str] = "rooted"
+    k: float = DEFAULT_ROOT
+    max_grad: float | None = DEFAULT_MAX_GRAD
+    subtract_k: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate_root(self.k)
+        if self.max_grad is not None and not (_finite_positive(self.max_grad) and self.max_grad > 1):
+            raise SettingError(f"the rooted loss's max_grad must be > 1 or null, got {self.max_grad!r}")
+        if not isinstance(self.subtract_k, bool):
+            raise SettingError(f"the rooted loss's subtract_k must be true or false, got {self.subtract_k!r}")
+
+    def phi(self, u: torch.Tensor) -> torch.Tensor:
+        return rooted(u, k=self.k, subtract_k=self.subtract_k, max_grad=self.max_grad)
+
+    def capped(self, u: torch.Tensor) -> torch.Tensor:
         return capped_fraction(u, self.k, self.max_grad)
+
+    def lower_bound(self) -> float:
+        return 0.0 if self.subtract_k else float(self.k) * float(self.scale)
+
+    def _label(self) -> str:
+        return f"rooted:{self.k:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RootedStepLogistic(AdversarialLoss):
+    """The control ``logistic*rooted:K``: logistic, each term's batch scaled by the detached factor that gives
+    it the same total per-sample gradient as ``rooted:K`` on that batch (module docstring)."""
+
+    name: ClassVar[str] = "logistic*rooted"
+    k: float = DEFAULT_ROOT
+    max_grad: float | None = DEFAULT_MAX_GRAD
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _validate_root(self.k)
+
+    def phi(self, u: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = u.detach()
+            x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            total = torch.sigmoid(x).sum().clamp(min=torch.finfo(x.dtype).tiny)
+            factor = rooted_slope(x, self.k, self.max_grad).sum() / total
+        return logistic(u) * factor
+
+    def _label(self) -> str:
+        return f"logistic*rooted:{self.k:g}"
+
+
+LOSSES: dict[str, type[AdversarialLoss]] = {cls.name: cls for cls in (Logistic, Rooted, RootedStepLogistic)}
+DEFAULT_LOSS = "logistic"
+
+
+def make_loss(spec: str | Mapping[str, Any] | AdversarialLoss | None = None) -> AdversarialLoss:
+    """The loss of a setting: an instance, a mapping (``{name: rooted, k: 20}``, as in YAML and checkpoints)
+    or the short form ``logistic``, ``rooted``, ``rooted:K``, each optionally ``*C`` (a constant scale,
+    ``logistic*2``), or ``logistic*rooted:K`` (the step-size control). None: the default, logistic."""
+    if isinstance(spec, AdversarialLoss):
+        return spec
+    if spec is None:
+        spec = DEFAULT_LOSS
+    if isinstance(spec, str):
+        spec = _parse_short(spec)
+    if not isinstance(spec, Mapping):
+        raise SettingError(f"a loss is a name (rooted:4) or a mapping ({{name: rooted, k: 4}}), got {spec!r}")
+    settings = dict(spec)
+    cls = LOSSES.get(settings.pop("name", None))
+    if cls is None:
+        raise SettingError(f"unknown loss {spec.get('name')!r}; expected one of {', '.join(LOSSES)}")
+    known = {f.name for f in fields(cls)}
+    if set(settings) - known:
+        unknown = ", ".join(sorted(map(str, set(settings) - known)))
+        raise SettingError(f"the {cls.name} loss has no setting {unknown}; it has {', '.join(sorted(known))}")
+    try:
+        return cls(**settings)
+    except TypeError as err:
+        raise SettingError(f"loss {spec!r}: {err}") from None
+
+
+def _number(text: str, spec: str, example: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingError(f"cannot read {text!r} in loss {spec!r}; use e.g. {example}") from None
+
+
+def _parse_short(spec: str) -> dict[str, Any]:
+    base, star, factor = (part.strip() for part in spec.partition("*"))
+    name, colon, root = base.partition(":")
+    out: dict[str, Any] = {"name": name}
+    if colon:
+        if name != "rooted":
+            raise SettingError(f"only the rooted loss takes a root, got {spec!r}; use e.g. rooted:2")
+        out["k"] = _number(root, spec, "rooted:2")
+    if star:
+        if factor.partition(":")[0] == "rooted":
+            if name != "logistic" or colon:
+                raise SettingError(f"only logistic can be matched to rooted's gradient, got {spec!r}")
+            out["name"] = RootedStepLogistic.name
+            matched = factor.partition(":")[2]
+            if matched:
+                out["k"] = _number(matched, spec, "logistic*rooted:2")
+        else:
+            out["scale"] = _number(factor, spec, "logistic*2 or logistic*rooted:2")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ mode) comes from ``self.randomness`` (:mod:`rootedgan.training.randomness`); the
 from __future__ import annotations
 
 import copy
-import math
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,22 +35,29 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
-from rootedgan.checkpoints.adapter import base_reference, save_adapter
+from rootedgan.checkpoints import load_network, save_network
 from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
+from rootedgan.networks import Discriminator, Generator
+from rootedgan.training.adapter import base_reference, save_adapter
 from rootedgan.training.augment import build_augment
-from rootedgan.training.losses import (
-    DEFAULT_MAX_GRAD,
-    AdversarialLoss,
-    path_length,
-    path_length_penalty,
-    r1_penalty,
-)
-from rootedgan.training.optim import OPTIMIZERS, build_optimizer, describe
+from rootedgan.training.losses import DEFAULT_LOSS, make_loss, path_length, path_length_penalty, r1_penalty
+from rootedgan.training.optim import build_optimizer, describe, group_settings
 from rootedgan.training.orthogonal import OrthogonalConfig, OrthogonalFinetune
 from rootedgan.training.randomness import SeededRandomness, StepRandomness
+from rootedgan.training.settings import (
+    AugmentConfig,
+    EmaConfig,
+    GuardConfig,
+    OptimConfig,
+    RegConfig,
+    SpeedConfig,
+    check_number,
+)
+from rootedgan.training.strategy import GANDDPStrategy
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -87,42 +94,17 @@ class FinetuneModule(L.LightningModule):
         network: str | None = None,
         g_kwargs: dict | None = None,
         d_kwargs: dict | None = None,
-        loss: str = "logistic",
-        k: float = 20.0,
-        subtract_k: bool = False,
-        max_grad: float | None = DEFAULT_MAX_GRAD,
-        g_lr: float = 0.002,
-        d_lr: float = 0.002,
-        betas: tuple[float, float] = (0.0, 0.99),
-        g_optimizer: str = "adam",
-        d_optimizer: str = "adam",
-        r1_gamma: float = 10.0,
-        r1_interval: int = 16,
-        pl_weight: float = 2.0,
-        pl_interval: int = 4,
-        pl_decay: float = 0.01,
-        pl_batch_shrink: int = 2,
-        style_mixing_prob: float = 0.9,
-        ema_kimg: float = 10.0,
-        ema_rampup: float | None = None,
-        freeze_d: int = 0,
-        augment: str = "none",
-        augment_p: float = 0.0,
-        augment_preset: str = "bgc",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
-        diffaugment_policy: str = "color,translation,cutout",
-        total_kimg: float = 1000.0,
-        max_bad_steps: int = 10,
-        max_bad_fraction: float = 0.05,
-        seed: int = 0,
-        mode: str = "full",
+        loss: str | dict[str, Any] = DEFAULT_LOSS,
+        optim: OptimConfig = OptimConfig(),
+        reg: RegConfig = RegConfig(),
+        ema: EmaConfig = EmaConfig(),
+        augment: AugmentConfig = AugmentConfig(),
         orthogonal: OrthogonalConfig | None = None,
-        channels_last: bool = False,
-        tf32: bool | None = None,
-        fused_optimizer: bool = False,
-        torch_compile: str | None = None,
+        freeze_d: int = 0,
+        total_kimg: float = 1000.0,
+        seed: int = 0,
+        guard: GuardConfig = GuardConfig(),
+        speed: SpeedConfig = SpeedConfig(),
     ) -> None:
         """
         Args:
@@ -130,94 +112,56 @@ class FinetuneModule(L.LightningModule):
                 rootedgan .safetensors). None trains from scratch with ``g_kwargs``/``d_kwargs``.
             g_kwargs: Generator constructor arguments (NVIDIA's) when training from scratch.
             d_kwargs: Discriminator constructor arguments when training from scratch.
-            loss: adversarial loss, ``rooted`` or ``logistic`` (``rooted:K`` sets the root too). Default
-                logistic: on the digits study (README, "Does the rooted loss help?") no rooted setting beat
-                it and k = 2 was worse on every seed.
-            k: root of the rooted loss (> 1). Default 20, the milder root: the only one as good as logistic
-                in the study's final FID, without loss spikes (k = 2, the authors' code, was worse).
-            subtract_k: subtract k from rooted loss values (same gradients; values comparable to softplus).
-            max_grad: slope at which the rooted loss continues linearly (keeps huge logits finite).
-            g_lr: generator learning rate (Adam).
-            d_lr: discriminator learning rate (Adam).
-            betas: Adam betas.
-            g_optimizer: ``adam`` (StyleGAN's) or ``golden`` (golden-ratio SGD preset, training.optim).
-            d_optimizer: ``adam`` or ``golden`` for D.
-            r1_gamma: R1 weight gamma (0 disables R1).
-            r1_interval: lazy R1 interval in steps (0 = every step).
-            pl_weight: path-length regularization weight (0 disables it).
-            pl_interval: lazy path-length interval in steps.
-            pl_decay: decay of the running path-length mean.
-            pl_batch_shrink: path length runs on batch // pl_batch_shrink samples.
-            style_mixing_prob: probability of style mixing per batch.
-            ema_kimg: half-life of G_ema in thousands of images.
-            ema_rampup: ramp the EMA half-life up to ema_kimg over ``ema_rampup * cur_nimg`` (None: off).
+            loss: the adversarial loss: ``logistic``, ``rooted`` (root k = 20), ``rooted:K``, or a mapping
+                ``{name: rooted, k: 20, max_grad: 1e6, subtract_k: false}`` (README "The rooted loss").
+            optim: learning rates, Adam betas, optimizers.
+            reg: R1, path length (lazy intervals) and style mixing.
+            ema: G_ema's half-life and ramp-up.
+            augment: what D sees (ADA, DiffAugment).
+            orthogonal: orthogonal finetuning of G (OFT), on when set (``{}``: its defaults); null: every G
+                parameter trains.
             freeze_d: freeze the first N layers of D from the input side (FreezeD).
-            augment: what D sees (reals and fakes, R1 included), see the augment module: ``none``,
-                ``ada`` (ADA pipeline, p adapted), ``fixed`` (ADA pipeline at constant ``augment_p``) or
-                ``diffaugment``.
-            augment_p: initial (``ada``) or constant (``fixed``) probability p of each transform, in [0, 1).
-            augment_preset: ADA transforms: ``bgc`` (blit, geometry, colour), ``bg``, ``bgcf``, ``bgcfn``,
-                ``bgcfnc``, or a comma-separated list of transform names.
-            ada_target: ADA's target for ``E[sign(D(real))]`` (NVIDIA: 0.6).
-            ada_interval: adjust p every this many D steps.
-            ada_kimg: thousands of images for p to move by 1 (NVIDIA: 500; 100 is customary when finetuning).
-            diffaugment_policy: DiffAugment transforms, a comma-separated subset of color,translation,cutout.
             total_kimg: stop after this many thousand real images.
-            max_bad_steps: stop after this many consecutive steps with a non-finite loss or gradient.
-            max_bad_fraction: a run that ends with more than this fraction of its phases skipped (non-finite)
-                has diverged: it ends with an error (after its final snapshot) instead of success.
-            seed: seed for latents and noise (each rank and step derives its own).
-            mode: ``full`` (every G parameter trains) or ``orthogonal`` (OFT: G's selected weights are frozen
-                and rotated by learned block-diagonal orthogonal matrices).
-            orthogonal: settings of orthogonal mode (layers, block_size, shared, parameterization, eps, ...);
-                None: the defaults. Ignored in full mode.
-            channels_last: speed lever: the fp16 blocks of G and D compute in channels-last memory format
-                (NVIDIA's ``fp16_channels_last``). Same results up to rounding.
-            tf32: speed lever: allow TF32 in fp32 matrix products and convolutions (True), forbid it (False,
-                as NVIDIA's training loop does), or leave PyTorch's setting (None).
-            fused_optimizer: speed lever: the fused implementation of Adam/SGD (one kernel for all
-                parameters) instead of PyTorch's default.
-            torch_compile: speed lever: ``torch.compile`` backend (e.g. ``inductor``) for G.synthesis and D
-                in the phases without double backward (Gmain, Dmain); None: eager everywhere.
+            seed: seed of latents and noise (each rank and step derives its own).
+            guard: what non-finite losses or gradients do.
+            speed: speed levers (same training step up to float rounding).
         """
         super().__init__()
-        self.save_hyperparameters()
         self.automatic_optimization = False
-        try:
-            self.adv_loss = AdversarialLoss.parse(
-                loss, **({} if ":" in loss else {"k": k}), subtract_k=subtract_k, max_grad=max_grad
-            )
-        except ValueError as err:
-            raise UserError(f"model.loss / model.k: {err}") from None
+        self.adv_loss = make_loss(loss)
+        self.optim, self.reg = OptimConfig.from_any(optim), RegConfig.from_any(reg)
+        self.ema, self.augment_cfg = EmaConfig.from_any(ema), AugmentConfig.from_any(augment)
+        self.guard, self.speed = GuardConfig.from_any(guard), SpeedConfig.from_any(speed)
+        orth_cfg = None if orthogonal is None else OrthogonalConfig.from_any(orthogonal)
+        check_number("model.total_kimg", total_kimg, 0, open_low=True)
+        check_number("model.seed", seed, integer=True)
+        check_number("model.freeze_d", freeze_d, 0, integer=True)
+        self.total_kimg, self.seed = float(total_kimg), int(seed)
+        self.save_hyperparameters(
+            {
+                "network": network,
+                "g_kwargs": g_kwargs,
+                "d_kwargs": d_kwargs,
+                "loss": self.adv_loss.spec(),
+                **{name: getattr(self, name).to_dict() for name in ("optim", "reg", "ema")},
+                "augment": self.augment_cfg.to_dict(),
+                "orthogonal": None if orth_cfg is None else orth_cfg.to_dict(),
+                "freeze_d": freeze_d,
+                "total_kimg": self.total_kimg,
+                "seed": self.seed,
+                "guard": self.guard.to_dict(),
+                "speed": self.speed.to_dict(),
+            }
+        )
         self.G, self.D, self.G_ema, self.source_meta = self._build_networks(network, g_kwargs, d_kwargs)
         self.G.train()
         self.D.train()
         self.G_ema.requires_grad_(False)
-        self.orth = self._setup_orthogonal(mode, orthogonal, network)
+        self.orth = None if orth_cfg is None else OrthogonalFinetune(orth_cfg, self.G, self.G_ema, network)
         self._adapter_base: dict[str, Any] | None = None  # see save_adapter
         self.d_frozen = self._freeze_d_layers(freeze_d)
-        if channels_last:
+        if self.speed.channels_last:
             use_channels_last(self.G, self.D, self.G_ema)
-        if torch_compile is not None and not isinstance(torch_compile, str):
-            raise UserError(
-                f"model.torch_compile must be a backend name such as inductor, got {torch_compile!r}"
-            )
-        for which in ("g_optimizer", "d_optimizer"):
-            if self.hparams[which] not in OPTIMIZERS:
-                raise UserError(
-                    f"model.{which} must be one of {', '.join(OPTIMIZERS)}, got {self.hparams[which]!r}"
-                )
-        minimums = dict(r1_interval=0, pl_interval=0, pl_batch_shrink=1, max_bad_steps=1)
-        for name, minimum in minimums.items():
-            if self.hparams[name] < minimum:
-                raise UserError(f"model.{name} must be >= {minimum}, got {self.hparams[name]}")
-        positive = ("total_kimg", "g_lr", "d_lr", "ema_kimg")
-        for name in positive:  # `not > 0` also refuses NaN
-            if not float(self.hparams[name]) > 0 or not math.isfinite(float(self.hparams[name])):
-                raise UserError(f"model.{name} must be a finite number > 0, got {self.hparams[name]}")
-        for name in ("r1_gamma", "pl_weight", "style_mixing_prob"):
-            if not float(self.hparams[name]) >= 0 or not math.isfinite(float(self.hparams[name])):
-                raise UserError(f"model.{name} must be a finite number >= 0, got {self.hparams[name]}")
         self.register_buffer("pl_mean", torch.zeros([]))
         self.register_buffer("cur_nimg", torch.zeros([], dtype=torch.long))
         self.register_buffer("step_idx", torch.zeros([], dtype=torch.long))
@@ -225,14 +169,11 @@ class FinetuneModule(L.LightningModule):
         self.register_buffer("total_phases", torch.zeros([], dtype=torch.long))
         self.register_buffer("bad_streak", torch.zeros([], dtype=torch.long))
         self.phase_counts: dict[str, int] = {"Gmain": 0, "Greg": 0, "Dmain": 0, "Dreg": 0}
-        self.augment_pipe, self.ada = build_augment(  # (None, None) for augment: none
-            augment, augment_p, augment_preset, diffaugment_policy, ada_target, ada_interval, ada_kimg
-        )
-        self.randomness: StepRandomness = SeededRandomness(seed, rank=0)
+        self.augment_pipe, self.ada = build_augment(self.augment_cfg)  # (None, None) for kind none
+        self.randomness: StepRandomness = SeededRandomness(self.seed, rank=0)
         self._host_counters: tuple[int, int] | None = None  # (step, cur_nimg), see _counters
         self._bad_streak = 0
         self._grad_state: tuple[bool, bool] | None = None  # (G, D) requires_grad, see _requires_grad
-        self._compiled_modules: dict[str, nn.Module] = {}
         self._opt_g: Any = None
         self._opt_d: Any = None
         self._real_c: torch.Tensor | None = None
@@ -247,8 +188,6 @@ class FinetuneModule(L.LightningModule):
         network: str | None, g_kwargs: dict | None, d_kwargs: dict | None
     ) -> tuple[nn.Module, nn.Module, nn.Module, dict]:
         if network is not None:
-            from rootedgan.checkpoints import load_network
-
             nets = load_network(network)
             G, D = nets.get("G"), nets.get("D")
             G_ema = nets.get("G_ema")
@@ -268,8 +207,6 @@ class FinetuneModule(L.LightningModule):
             raise UserError(
                 "set model.network (a pretrained checkpoint) or both model.g_kwargs and model.d_kwargs"
             )
-        from rootedgan.networks import Discriminator, Generator
-
         G = Generator(**g_kwargs)
         D = Discriminator(**d_kwargs)
         return G, D, copy.deepcopy(G).eval(), {"source": None}
@@ -310,21 +247,6 @@ class FinetuneModule(L.LightningModule):
         self.G_ema.eval()  # G_ema is never trained; keeps its w_avg out of training-mode updates
         return self
 
-    def _setup_orthogonal(
-        self, mode: str, orthogonal: OrthogonalConfig | dict | None, network: str | None
-    ) -> OrthogonalFinetune | None:
-        if mode not in ("full", "orthogonal"):
-            raise UserError(f"model.mode must be full or orthogonal, got {mode!r}")
-        wanted = orthogonal is not None or mode == "orthogonal"
-        cfg = OrthogonalConfig.from_any(orthogonal) if wanted else None
-        if cfg is not None:  # a plain dict: Lightning checkpoints are read back with weights_only=True
-            self.hparams["orthogonal"] = cfg.to_dict()
-            if hasattr(self, "_hparams_initial"):
-                self._hparams_initial["orthogonal"] = cfg.to_dict()
-        if mode == "full":
-            return None
-        return OrthogonalFinetune(cfg, self.G, self.G_ema, network)
-
     def g_params(self) -> list[nn.Parameter]:
         if self.orth is not None:  # the rotations (+ magnitudes, train_extra); the base stays frozen
             return self.orth.parameters(self.G)
@@ -355,22 +277,24 @@ class FinetuneModule(L.LightningModule):
     def d_params(self) -> list[nn.Parameter]:
         return [p for n, p in self.D.named_parameters() if n not in self.d_frozen]
 
+    def _optimizer_settings(self, which: str) -> tuple[str, float, tuple[float, float], int]:
+        """``(name, lr, betas, lazy-regularization interval)`` of G's or D's optimizer, from the settings."""
+        o = self.optim
+        if which == "G":
+            return o.g_optimizer, o.g_lr, o.betas, self.reg.g_interval
+        return o.d_optimizer, o.d_lr, o.betas, self.reg.d_interval
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        hp = self.hparams
-        g_interval = hp.pl_interval if hp.pl_weight > 0 else 0
-        d_interval = hp.r1_interval if hp.r1_gamma > 0 else 0
-        fused = hp.fused_optimizer
-        opt_g = build_optimizer(hp.g_optimizer, self.g_params(), hp.g_lr, tuple(hp.betas), g_interval, fused)
-        opt_d = build_optimizer(hp.d_optimizer, self.d_params(), hp.d_lr, tuple(hp.betas), d_interval, fused)
+        opts = []
+        for which, params in (("G", self.g_params()), ("D", self.d_params())):
+            name, lr, betas, interval = self._optimizer_settings(which)
+            opts.append(build_optimizer(name, params, lr, betas, interval, self.speed.fused_optimizer))
+        opt_g, opt_d = opts
         if self.orth is not None and self.orth.cfg.eps is not None:  # COFT: project after every G step
             opt_g.register_step_post_hook(lambda *_: self.orth.project_(self.G))
         return [opt_g, opt_d]
 
     def setup(self, stage: str) -> None:
-        from lightning.pytorch.strategies import DDPStrategy
-
-        from rootedgan.training.strategy import GANDDPStrategy
-
         strategy = self.trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, GANDDPStrategy):
             raise UserError(
@@ -406,32 +330,22 @@ class FinetuneModule(L.LightningModule):
             p.requires_grad_(d and name not in self.d_frozen)
         self._grad_state = (g, d)
 
-    def _run_G(self, phase: str, n: int, c: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, ...]:
+    def _run_G(self, phase: str, n: int, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Generate ``n`` images for a phase: mapping, style mixing past a random cutoff, synthesis.
         Returns ``(img, ws)``."""
         rnd = self.randomness
         z = rnd.latents(phase, n, self.G.z_dim, self.device)
         ws = self.G.mapping(z, c)
-        cutoff = rnd.mixing_cutoff(phase, ws.shape[1], self.hparams.style_mixing_prob)
+        cutoff = rnd.mixing_cutoff(phase, ws.shape[1], self.reg.style_mixing_prob)
         if cutoff is not None:
             mixed = self.G.mapping(rnd.mixing_latents(phase, z), c, skip_w_avg_update=True)
             ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
         if self._grad_state == (True, False) and not ws.requires_grad:
             ws.requires_grad_(True)  # frozen mapping (orthogonal mode): path length needs d img / d ws
-        synthesis = self._compiled("synthesis") if compiled else self.G.synthesis
-        return synthesis(ws, noise_mode=rnd.noise_mode), ws
+        return self.G.synthesis(ws, noise_mode=rnd.noise_mode), ws
 
-    def _run_D(self, img: torch.Tensor, c: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        D = self._compiled("D") if compiled else self.D
-        return D(self._augment(img), c)
-
-    def _compiled(self, which: str) -> nn.Module:
-        """``torch.compile`` of G.synthesis or D (``torch_compile``), built on first use; it shares the
-        eager module's parameters. Used only where no double backward is needed (Gmain, Dmain)."""
-        if which not in self._compiled_modules:
-            module = self.G.synthesis if which == "synthesis" else self.D
-            self._compiled_modules[which] = torch.compile(module, backend=self.hparams.torch_compile)
-        return self._compiled_modules[which]
+    def _run_D(self, img: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.D(self._augment(img), c)
 
     @staticmethod
     def _rank_mean(value: torch.Tensor) -> torch.Tensor:
@@ -500,9 +414,8 @@ class FinetuneModule(L.LightningModule):
         """G minimises ``phi(-D(G(z)))``."""
         self._requires_grad(g=True, d=False)
         gen_c = self.randomness.labels("Gmain", self._real_c)
-        compiled = self.hparams.torch_compile is not None
-        fake, _ = self._run_G("Gmain", batch_size, gen_c, compiled=compiled)
-        fake_logits = self._run_D(fake, gen_c, compiled=compiled)
+        fake, _ = self._run_G("Gmain", batch_size, gen_c)
+        fake_logits = self._run_D(fake, gen_c)
         loss = self.adv_loss.generator(fake_logits).mean()
         logs["Loss/G/loss"] = loss.detach()
         logs["Loss/scores/fake"] = fake_logits.detach().mean()
@@ -511,19 +424,19 @@ class FinetuneModule(L.LightningModule):
 
     def _phase_greg(self, batch_size: int, logs: dict[str, Any]) -> bool:
         """Path-length regularization on ``batch / pl_batch_shrink`` samples, weighted by the interval."""
-        hp = self.hparams
+        reg = self.reg
         self._requires_grad(g=True, d=False)
-        n = max(batch_size // hp.pl_batch_shrink, 1)
+        n = max(batch_size // reg.pl_batch_shrink, 1)
         gen_c = self.randomness.labels("Greg", self._real_c)[:n]
         img, ws = self._run_G("Greg", n, gen_c)
         lengths = path_length(img, ws, self.randomness.pl_noise(img))
         penalty, new_mean = path_length_penalty(
-            lengths, self.pl_mean, hp.pl_decay, batch_mean=self._rank_mean(lengths.detach().mean())
+            lengths, self.pl_mean, reg.pl_decay, batch_mean=self._rank_mean(lengths.detach().mean())
         )
         self.pl_mean.copy_(new_mean.detach())
         # img * 0: every parameter that made the image gets a (zero) gradient, as in NVIDIA's loss, so
         # Adam counts this step for all of them (its bias correction depends on that count).
-        loss = (img[:, 0, 0, 0] * 0 + penalty * hp.pl_weight).mean() * max(hp.pl_interval, 1)
+        loss = (img[:, 0, 0, 0] * 0 + penalty * reg.pl_weight).mean() * max(reg.pl_interval, 1)
         logs["Loss/pl_penalty"] = penalty.detach().mean()
         return self._finish_phase("Greg", loss, self.g_params(), self._opt_g)
 
@@ -531,11 +444,10 @@ class FinetuneModule(L.LightningModule):
         """D minimises ``phi(D(G(z))) + phi(-D(x))``."""
         self._requires_grad(g=False, d=True)
         gen_c = self.randomness.labels("Dmain", self._real_c)
-        compiled = self.hparams.torch_compile is not None
         with torch.no_grad():
-            fake, _ = self._run_G("Dmain", batch_size, gen_c, compiled=compiled)
-        fake_logits = self._run_D(fake, gen_c, compiled=compiled)
-        real_logits = self._run_D(real, self._real_c, compiled=compiled)
+            fake, _ = self._run_G("Dmain", batch_size, gen_c)
+        fake_logits = self._run_D(fake, gen_c)
+        real_logits = self._run_D(real, self._real_c)
         if self.ada is not None:  # ADA's overfitting statistic, sign(D(real))
             self.ada.observe(real_logits)
         loss = (
@@ -550,7 +462,7 @@ class FinetuneModule(L.LightningModule):
     def _phase_dreg(self, real: torch.Tensor, logs: dict[str, Any]) -> bool:
         """R1: ``gamma / 2 * ||grad_x D(x)||^2`` on the reals (through the augmentation), weighted by the
         interval; a D step of its own, as in NVIDIA's schedule."""
-        hp = self.hparams
+        reg = self.reg
         self._requires_grad(g=False, d=True)
         real_in = real.detach().requires_grad_(True)
         real_logits = self._run_D(real_in, self._real_c)
@@ -558,13 +470,13 @@ class FinetuneModule(L.LightningModule):
             self.ada.observe(real_logits)
         r1 = r1_penalty(real_in, real_logits)
         # real_logits * 0: a (zero) gradient for every D parameter, as in NVIDIA's loss (see _phase_greg)
-        loss = (real_logits.flatten() * 0 + r1 * (hp.r1_gamma / 2)).mean() * max(hp.r1_interval, 1)
+        loss = (real_logits.flatten() * 0 + r1 * (reg.r1_gamma / 2)).mean() * max(reg.r1_interval, 1)
         logs["Loss/r1_penalty"] = r1.detach().mean()
         return self._finish_phase("Dreg", loss, self.d_params(), self._opt_d)
 
     def finished(self) -> bool:
         """True once ``total_kimg`` thousand images have been shown."""
-        return self._counters()[1] >= self.hparams.total_kimg * 1000
+        return self._counters()[1] >= self.total_kimg * 1000
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # A resumed run that is already finished trains no further step (-1 ends the epoch at once).
@@ -576,7 +488,7 @@ class FinetuneModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """One real batch: Gmain, Greg (every ``pl_interval``), Dmain, Dreg (every ``r1_interval``), then
         G_ema and the counters."""
-        hp = self.hparams
+        reg = self.reg
         self._grad_state = None  # requires_grad flags may have been changed outside the step
         self._opt_g, self._opt_d = self.optimizers()
         real, self._real_c = self._real_batch(batch)
@@ -588,10 +500,10 @@ class FinetuneModule(L.LightningModule):
         guarded = self._guard_buffers()
         with self.randomness.step(step, real.device):
             ok &= self._phase_gmain(batch_size, logs)
-            if hp.pl_weight > 0 and step % max(hp.pl_interval, 1) == 0:
+            if reg.pl_weight > 0 and step % max(reg.pl_interval, 1) == 0:
                 ok &= self._phase_greg(batch_size, logs)
             ok &= self._phase_dmain(real, batch_size, logs)
-            if hp.r1_gamma > 0 and step % max(hp.r1_interval, 1) == 0:
+            if reg.r1_gamma > 0 and step % max(reg.r1_interval, 1) == 0:
                 ok &= self._phase_dreg(real, logs)
         self._real_c = None
         self._restore_nonfinite(guarded)
@@ -606,12 +518,12 @@ class FinetuneModule(L.LightningModule):
         self.step_idx.fill_(step)
         self._bad_streak = 0 if ok else self._bad_streak + 1
         self.bad_streak.fill_(self._bad_streak)
-        if self._bad_streak >= hp.max_bad_steps:
+        if self._bad_streak >= self.guard.max_bad_steps:
             self._stop_on_nonfinite()
         if self.ada is not None:  # ADA: move p every ada_interval D steps (all-reduced: same p on every rank)
             logs.update(self.ada.update(self.augment_pipe, batch_size * world, self._rank_mean))
         self._log_step(logs, batch_size, real.device)
-        if nimg >= hp.total_kimg * 1000:
+        if nimg >= self.total_kimg * 1000:
             self.trainer.should_stop = True
 
     def _guard_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -640,7 +552,7 @@ class FinetuneModule(L.LightningModule):
         self._last_step_time = now
         step, nimg = self._counters()
         every = self.trainer.log_every_n_steps if self._trainer is not None else 1
-        if step % max(every, 1) != 0 and nimg < self.hparams.total_kimg * 1000:
+        if step % max(every, 1) != 0 and nimg < self.total_kimg * 1000:
             return
         if device.type == "cuda":
             logs["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -655,10 +567,9 @@ class FinetuneModule(L.LightningModule):
     def _update_ema(self, global_batch: int, cur_nimg: int) -> None:
         """G_ema <- lerp(G, G_ema, beta) with StyleGAN's half-life ``ema_kimg`` (two foreach kernels, the
         same arithmetic as NVIDIA's per-parameter ``p.lerp(p_ema, beta)``); buffers are copied."""
-        hp = self.hparams
-        ema_nimg = hp.ema_kimg * 1000
-        if hp.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, cur_nimg * hp.ema_rampup)
+        ema_nimg = self.ema.kimg * 1000
+        if self.ema.rampup is not None:
+            ema_nimg = min(ema_nimg, cur_nimg * self.ema.rampup)
         beta = 0.5 ** (global_batch / max(ema_nimg, 1e-8))
         if self.orth is not None:  # only what trains; both bases stay as loaded
             pairs = list(self.orth.ema_pairs(self.G, self.G_ema))
@@ -672,11 +583,8 @@ class FinetuneModule(L.LightningModule):
             torch._foreach_copy_(ema_buffers, buffers)
 
     def _stop_on_nonfinite(self) -> None:
-        hp = self.hparams
         saved = ""
         if self.global_rank == 0 and self._trainer is not None:
-            from rootedgan.checkpoints import save_network
-
             path = (self._run_dir or Path(self.trainer.default_root_dir)) / "network-lastgood.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_network(path, **self.export_networks(), meta=self.provenance())
@@ -685,12 +593,16 @@ class FinetuneModule(L.LightningModule):
             f"{int(self.bad_streak)} consecutive training steps had a non-finite loss or gradient (at kimg "
             f"{self.cur_kimg:.1f}; {int(self.bad_phases)} of {int(self.total_phases)} phases so far).{saved} "
             f"Try a lower learning rate, a larger R1 gamma, a larger root k (loss {self.adv_loss.label}), or "
-            f"precision 32; model.max_bad_steps={hp.max_bad_steps} sets the patience."
+            f"precision 32; model.guard.max_bad_steps={self.guard.max_bad_steps} sets the patience."
         )
 
     def on_train_start(self) -> None:
+        opt_g, opt_d = self.trainer.optimizers
+        # the settings given now, also on resume (where the optimizer states come from the checkpoint)
+        for opt, which in ((opt_g, "G"), (opt_d, "D")):
+            for group in opt.param_groups:
+                group.update(group_settings(*self._optimizer_settings(which)))
         if self.logger is not None:
-            opt_g, opt_d = self.trainer.optimizers
             self.logger.log_hyperparams({"optimizer/G": describe(opt_g), "optimizer/D": describe(opt_d)})
         # trainer.log_dir is a collective under DDP: resolve it on every rank now, not on rank 0 later.
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -698,18 +610,17 @@ class FinetuneModule(L.LightningModule):
         if isinstance(self.randomness, SeededRandomness):
             self.randomness.rank = rank
         self._host_counters = None
-        if self.hparams.tf32 is not None:  # TF32 for fp32 matmuls and convolutions (NVIDIA's loop: off)
-            torch.backends.cuda.matmul.allow_tf32 = bool(self.hparams.tf32)
-            torch.backends.cudnn.allow_tf32 = bool(self.hparams.tf32)
+        if self.speed.tf32 is not None:  # TF32 for fp32 matmuls and convolutions (NVIDIA's loop: off)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.speed.tf32
 
     def on_train_end(self) -> None:
         self.check_ddp_consistency()
         bad, total = int(self.bad_phases), int(self.total_phases)
-        if total and bad / total > self.hparams.max_bad_fraction:
+        if total and bad / total > self.guard.max_bad_fraction:
             raise NonFiniteTrainingError(
                 f"the run diverged: {bad} of {total} phases ({100 * bad / total:.0f}%) had a non-finite "
-                f"loss or gradient and were skipped (more than model.max_bad_fraction="
-                f"{self.hparams.max_bad_fraction:g}). Its snapshots are kept, but do not trust them; try a "
+                f"loss or gradient and were skipped (more than model.guard.max_bad_fraction="
+                f"{self.guard.max_bad_fraction:g}). Its snapshots are kept, but do not trust them; try a "
                 f"lower learning rate, a larger R1 gamma, a larger root k (loss {self.adv_loss.label}) or "
                 "precision 32."
             )
@@ -729,8 +640,6 @@ class FinetuneModule(L.LightningModule):
         dist.all_gather(gathered, local)
         sums = [float(t) for t in gathered]
         if rank == 0 and self._trainer is not None:
-            import json
-
             out = self._run_dir or Path(self.trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
             record = {"world_size": world, "checksums": sums, "step": int(self.step_idx)}

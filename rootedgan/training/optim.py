@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from rootedgan.training.losses import lazy_regularization
+from rootedgan.training.settings import OPTIMIZERS
 
 PHI = (1 + math.sqrt(5)) / 2
 GOLDEN_MOMENTUM = math.sqrt(2) / PHI
@@ -38,7 +40,20 @@ GOLDEN_SOURCE = (
     "from the papers' derivations"
 )
 
-OPTIMIZERS = ("adam", "golden")
+
+def group_settings(
+    name: str, lr: float, betas: tuple[float, float] = (0.0, 0.99), reg_interval: int = 0
+) -> dict[str, Any]:
+    """The param-group settings of an optimizer: ``adam``: ``lr``, ``betas``; ``golden``: the golden-ratio lr
+    and momentum (``lr`` and ``betas`` ignored). Both rescaled for lazy regularization every ``reg_interval``
+    steps (0: none); the golden momentum plays beta1's role in the rescaling."""
+    if name == "adam":
+        lr, betas = lazy_regularization(lr, betas, reg_interval)
+        return {"lr": lr, "betas": betas}
+    if name == "golden":
+        lr, (momentum, _) = lazy_regularization(GOLDEN_LR, (GOLDEN_MOMENTUM, 0.0), reg_interval)
+        return {"lr": lr, "momentum": momentum}
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
 def build_optimizer(
@@ -49,18 +64,13 @@ def build_optimizer(
     reg_interval: int = 0,
     fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """``adam``: Adam(lr, betas, eps=1e-8). ``golden``: SGD with the golden-ratio lr and momentum
-    (``lr`` and ``betas`` are ignored). Both rescaled for lazy regularization every ``reg_interval``
-    steps (0: none). ``fused``: PyTorch's fused implementation (one kernel for all parameters) instead of
-    its default one; same update up to rounding."""
+    """``adam``: Adam(eps=1e-8) or ``golden``: SGD with momentum, set by :func:`group_settings`. ``fused``:
+    PyTorch's fused implementation (one kernel for all parameters); same update up to rounding."""
+    settings = group_settings(name, lr, betas, reg_interval)
     impl = {"fused": True} if fused else {}
     if name == "adam":
-        lr, betas = lazy_regularization(lr, betas, reg_interval)
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8, **impl)
-    if name == "golden":  # momentum plays beta1's role in the rescaling
-        lr, (momentum, _) = lazy_regularization(GOLDEN_LR, (GOLDEN_MOMENTUM, 0.0), reg_interval)
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, **impl)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+        return torch.optim.Adam(params, eps=1e-8, **settings, **impl)
+    return torch.optim.SGD(params, **settings, **impl)
 
 
 def describe(optimizer: torch.optim.Optimizer) -> dict[str, float | str]:

@@ -61,6 +61,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from rootedgan.errors import UserError
+from rootedgan.networks.generator import SynthesisLayer
 
 PARAMETERIZATIONS = ("cayley", "neumann", "gram_schmidt")
 DEFAULT_LAYERS = ("synthesis.*.conv0", "synthesis.*.conv1")
@@ -338,8 +339,6 @@ def select_layers(net: nn.Module, patterns: Iterable[str]) -> list[str]:
 
 
 def _demodulated(module: nn.Module) -> bool:
-    from rootedgan.networks.generator import SynthesisLayer
-
     return isinstance(module, SynthesisLayer)
 
 

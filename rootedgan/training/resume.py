@@ -29,26 +29,33 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+from rootedgan.training.losses import make_loss
+from rootedgan.training.orthogonal import OrthogonalConfig
+from rootedgan.training.settings import (
+    AugmentConfig,
+    EmaConfig,
+    GuardConfig,
+    OptimConfig,
+    RegConfig,
+    SpeedConfig,
+    migrate,
+)
 
-#: Model settings a resumed run cannot change (they define the networks, the objective or the
-#: optimizer state's layout, or the randomness that makes a resume exact).
+#: Model settings a resumed run cannot change (they define the networks, the objective, the optimizer state's
+#: layout or the randomness that makes a resume exact): whole settings, or ``section.name``.
 FIXED_ON_RESUME = (
     "network",
     "g_kwargs",
     "d_kwargs",
     "loss",
-    "k",
-    "subtract_k",
-    "max_grad",
-    "mode",
     "orthogonal",
     "seed",
-    "g_optimizer",
-    "d_optimizer",
+    "optim.g_optimizer",
+    "optim.d_optimizer",
     "freeze_d",
-    "augment",
-    "augment_preset",
-    "diffaugment_policy",
+    "augment.kind",
+    "augment.preset",
+    "augment.diffaugment_policy",
 )
 
 
@@ -96,19 +103,21 @@ def read_checkpoint(path: str | os.PathLike[str], what: str = "--ckpt_path") -> 
 
 
 def resume_changes(saved: dict[str, Any], given: dict[str, Any], what: str = "--ckpt_path") -> list[str]:
-    """Compare a checkpoint's model settings (``saved``) with those given now; raise for a fixed setting
-    that differs, return one line per setting that changes (the given value wins)."""
+    """Compare a checkpoint's model settings (``saved``, any version) with those given now (both checked
+    and normalised, see :func:`settings`); raise for a fixed setting that differs, return one line per
+    setting that changes (the given value wins)."""
+    old_settings = flat_settings(saved, f"{what}: the checkpoint's settings")
+    new_settings = flat_settings(given, "the settings")
     changes, fixed = [], []
-    for key in sorted(set(saved) | set(given)):
-        if key.startswith("_") or key not in given:
-            continue
-        old, new = _plain(saved.get(key)), _plain(given.get(key))
+    for key in sorted(set(old_settings) | set(new_settings)):
+        old, new = old_settings.get(key), new_settings.get(key)
         if old == new:
             continue
-        if key in FIXED_ON_RESUME:
-            fixed.append(f"model.{key} is {old!r} in the checkpoint but {new!r} now")
+        old_text, new_text = _shown(key, old), _shown(key, new)
+        if key in FIXED_ON_RESUME or key.partition(".")[0] in FIXED_ON_RESUME:
+            fixed.append(f"model.{key} is {old_text} in the checkpoint but {new_text} now")
         else:
-            changes.append(f"model.{key}: {old!r} -> {new!r}")
+            changes.append(f"model.{key}: {old_text} -> {new_text}")
     if fixed:
         raise UserError(
             f"{what}: a resumed run keeps its settings, but " + "; ".join(fixed) + ". Give the checkpoint's "
@@ -117,10 +126,45 @@ def resume_changes(saved: dict[str, Any], given: dict[str, Any], what: str = "--
     return changes
 
 
+SECTIONS = {
+    "optim": OptimConfig,
+    "reg": RegConfig,
+    "ema": EmaConfig,
+    "augment": AugmentConfig,
+    "guard": GuardConfig,
+    "speed": SpeedConfig,
+}
+
+
+def flat_settings(hparams: Any, what: str) -> dict[str, Any]:
+    """Model settings (any version), checked like new ones, as ``{"optim.g_lr": 0.002, "loss": {...}, ...}``:
+    a section's fields one by one, the loss and the orthogonal settings whole. A setting that cannot be
+    read is a one-line :class:`UserError` naming ``what``."""
+    if not isinstance(hparams, dict):
+        raise UserError(f"{what} are not a mapping of settings ({type(hparams).__name__})")
+    try:
+        values = migrate(hparams)
+        out: dict[str, Any] = {k: _plain(v) for k, v in values.items() if k not in SECTIONS and k[:1] != "_"}
+        for name, section in SECTIONS.items():
+            for key, value in section.from_any(values.get(name)).to_dict().items():
+                out[f"{name}.{key}"] = _plain(value)
+        out["loss"] = make_loss(values.get("loss")).spec()
+        orthogonal = values.get("orthogonal")
+        out["orthogonal"] = None if orthogonal is None else OrthogonalConfig.from_any(orthogonal).to_dict()
+    except (UserError, TypeError, ValueError) as err:
+        raise UserError(f"{what}: {err}") from None
+    return out
+
+
+def _shown(key: str, value: Any) -> str:
+    """A setting as the messages show it: a loss by its short form when that says all (``rooted:2``)."""
+    if key == "loss" and value is not None and make_loss(make_loss(value).label).spec() == value:
+        return make_loss(value).label
+    return repr(value)
+
+
 def _plain(value: Any) -> Any:
-    """Comparable form of a setting: tuples as lists, dataclass-like configs as dicts."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
+    """Comparable form of a setting: tuples as lists."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -24,8 +24,11 @@ import lightning as L
 import numpy as np
 import torch
 
+from rootedgan.checkpoints import save_network
+from rootedgan.errors import UserError
 from rootedgan.imaging import make_grid, parse_grid, save_image_atomic, to_uint8
 from rootedgan.runs import KimgSchedule, run_dir, snapshot_tag
+from rootedgan.sampling import class_labels, seed_latents
 
 
 class NetworkSnapshot(L.Callback):
@@ -50,8 +53,6 @@ class NetworkSnapshot(L.Callback):
             keep_checkpoints: keep a Lightning checkpoint per snapshot, not only ``last.ckpt``.
         """
         super().__init__()
-        from rootedgan.errors import UserError
-
         if not snap_kimg >= 0:
             raise UserError(f"snapshot.snap_kimg must be >= 0 (0: only at the end), got {snap_kimg}")
         if grid_seeds < 1:
@@ -68,8 +69,6 @@ class NetworkSnapshot(L.Callback):
         self.written: list[Path] = []
 
     def _grid(self, module: Any) -> np.ndarray:
-        from rootedgan.sampling import class_labels, seed_latents
-
         G = module.G_ema
         z = torch.from_numpy(seed_latents(range(self.grid_seeds), G.z_dim)).to(module.device)
         c = class_labels(G.c_dim, 0 if G.c_dim else None, len(z)).to(module.device)
@@ -88,8 +87,6 @@ class NetworkSnapshot(L.Callback):
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            from rootedgan.errors import UserError
-
             raise UserError(
                 f"disk full while writing the kimg {tag} snapshot in {out} ({err.strerror}); the files "
                 f"written before are intact (each write is atomic). Free space, then resume with --ckpt_path "
@@ -104,8 +101,6 @@ class NetworkSnapshot(L.Callback):
             trainer.save_checkpoint(out / "checkpoints" / f"kimg{tag}.ckpt", weights_only=False)
         if not trainer.is_global_zero:
             return
-        from rootedgan.checkpoints import save_network
-
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"network-snapshot-{tag}.safetensors"
         export = getattr(module, "export_networks", None)  # orthogonal mode: merged plain weights
