@@ -67,6 +67,7 @@ from tqdm import tqdm
 from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+from rootedgan.sampling import derive_seed
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "ImageDataModule", "ImageDataset", "uint8_to_float"]
 
@@ -700,7 +701,7 @@ class ResumableShuffleSampler(torch.utils.data.Sampler[int]):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator()
-        generator.manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
+        generator.manual_seed(derive_seed(self.seed, 0, epoch))
         return torch.randperm(self.size, generator=generator)
 
     def __iter__(self):

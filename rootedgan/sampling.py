@@ -21,6 +21,14 @@ from rootedgan.errors import UserError
 from rootedgan.imaging import make_grid, to_uint8
 from stylegan_ops._impl import requested_impl
 
+
+def derive_seed(seed: int, stream: int = 0, index: int = 0) -> int:
+    """The one seed formula: the seed of item ``index`` of ``stream`` under the user's ``seed`` (training
+    steps on a rank, evaluation chunks, data epochs, landscape steps), distinct for every triple in
+    practice."""
+    return (int(seed) * 1_000_003 + int(stream) * 7_919 + int(index)) % (2**63 - 1)
+
+
 MAX_SEEDS = 1_000_000  # one run writes at most this many images (latents are made batch by batch)
 
 

@@ -51,6 +51,7 @@ from rootedgan.data import ZipHandle
 from rootedgan.errors import UserError
 from rootedgan.metrics.inception import INPUT_SIZE, InceptionFeatures
 from rootedgan.metrics.stats import FeatureStats
+from rootedgan.sampling import derive_seed
 
 __all__ = [
     "LATENT_CHUNK",
@@ -265,7 +266,7 @@ def _collate_list(batch: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def chunk_latents(seed: int, chunk: int, z_dim: int) -> torch.Tensor:
     """Latents ``[LATENT_CHUNK, z_dim]`` of chunk ``chunk`` (samples ``chunk * LATENT_CHUNK ...``)."""
-    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(chunk)) % (2**63 - 1))
+    gen = torch.Generator().manual_seed(derive_seed(seed, 0, chunk))
     return torch.randn([LATENT_CHUNK, z_dim], generator=gen)
 
 
@@ -277,7 +278,7 @@ def _chunk_labels(labels: np.ndarray | None, seed: int, chunk: int, c_dim: int) 
             f"the generator is conditional (c_dim={c_dim}): FID needs the data set's labels to draw "
             "classes from (a dataset.json; use_labels)"
         )
-    rng = np.random.RandomState((int(seed) * 1_000_003 + int(chunk)) % (2**32))
+    rng = np.random.RandomState(derive_seed(seed, 0, chunk) % (2**32))
     return torch.from_numpy(np.asarray(labels, np.float32)[rng.randint(len(labels), size=LATENT_CHUNK)])
 
 

@@ -48,13 +48,11 @@ import torch
 from rootedgan.checkpoints import load_network
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+from rootedgan.sampling import derive_seed
 from rootedgan.training.losses import AdversarialLoss, make_loss
 from rootedgan.training.settings import migrate
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
-
-# Seed mixing for per-step latents (same constant as FinetuneModule._step_seed).
-_SEED_STRIDE = 1_000_003
 
 
 # -- the log ----------------------------------------------------------------------------------------
@@ -446,7 +444,7 @@ def replay_generator_objective(
     """Replay the generator objective with D frozen along snapshots ``x_0 .. x_K`` (in order).
 
     ``f_j(x) = mean loss.generator(D(G_x(z_j, c_j, noise_mode='const')))`` with D from ``d_snapshot``
-    (default: the last snapshot) and ``z_j`` from a generator seeded with ``seed * 1_000_003 + j``; step
+    (default: the last snapshot) and ``z_j`` from a generator seeded with ``derive_seed(seed, 0, j)``; step
     ``j = k * steps_per_snapshot + s`` evaluates snapshot k. ``network`` picks ``'G'`` or ``'G_ema'``.
 
     ``loss`` None (the default) takes the loss recorded in the snapshots (their metadata, with its
@@ -485,7 +483,7 @@ def replay_generator_objective(
     z_dim, c_dim = template.z_dim, template.c_dim
 
     def objective_at(step: int) -> LossFn:
-        gen = torch.Generator().manual_seed((seed * _SEED_STRIDE + step) % (2**63 - 1))
+        gen = torch.Generator().manual_seed(derive_seed(seed, 0, step))
         z = torch.randn([batch, z_dim], generator=gen).to(device)
         if c_dim > 0:
             idx = torch.randint(0, c_dim, [batch], generator=gen)

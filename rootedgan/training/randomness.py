@@ -24,12 +24,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from rootedgan.sampling import derive_seed
+
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The seed of one step on one rank (distinct for every (seed, rank, step) in practice)."""
-    return (int(seed) * 1_000_003 + int(rank) * 7_919 + int(step)) % (2**63 - 1)
 
 
 class StepRandomness(Protocol):
@@ -77,7 +74,7 @@ class SeededRandomness:
         # fork_rng on a CUDA device would copy the generator state to the host (a synchronisation) twice
         # per step; re-seeding needs none, so only the CPU state is saved and restored.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step_seed(self.seed, self.rank, step))  # seeds every CUDA device too
+            torch.manual_seed(derive_seed(self.seed, self.rank, step))  # seeds every CUDA device too
             yield
 
     def latents(self, phase: str, n: int, z_dim: int, device: torch.device) -> torch.Tensor:
