@@ -548,7 +548,7 @@ def test_controller_uses_the_statistic_of_all_ranks():
 
 
 def test_fixed_p_is_measured_but_not_moved():
-    pipe, ada = build_augment("fixed", p=0.2)
+    pipe, ada = build_augment(AugmentConfig(kind="fixed", p=0.2))
     ada.observe(torch.ones(8))
     for _ in range(4):
         logs = ada.update(pipe, global_batch=8)
@@ -574,7 +574,7 @@ def test_bad_settings_are_user_errors(kwargs, message):
 
 def test_p_is_a_buffer_restored_by_load_state_dict():
     module = torch.nn.Module()
-    module.pipe, module.ada = build_augment("ada", p=0.1)
+    module.pipe, module.ada = build_augment(AugmentConfig(kind="ada", p=0.1))
     module.pipe.set_p(0.123)
     state = copy.deepcopy(module.state_dict())
     assert "pipe.p" in state and "ada.sign_stat" in state
