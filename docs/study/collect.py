@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                     dst = target / stage / name
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dst)
+        for probe in sorted(study.glob("landscape/*/landscape.json")):  # study 2: the landscape summaries
+            dst = target / "landscape" / f"{probe.parent.name}.json"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(probe, dst)
         for name in TOP_FILES:
             if (study / name).is_file():
                 target.mkdir(parents=True, exist_ok=True)

@@ -18,3 +18,21 @@ python docs/study/collect.py
 nice -n 19 rootedgan compare --config docs/study/demo-study.yaml --losses 'logistic,rooted:2,rooted:4,rooted:8,rooted:20' \
     --lrs 2 --seeds 100,101 --kimg 4 --targets 1000,800,600 --primary auc --jobs 2 --threads 1 --quiet \
     --out runs/study/demo-x2   # reports copied by hand into docs/study/demo-x2/
+
+# ---- study 2 (docs/study/PLAN-2.md): from scratch on 200 images and few-shot ADA finetune on 100 images;
+#      logistic, rooted:2, rooted:20; each at its lr (x1 or x2) chosen on seeds 100-101; 8 evaluation seeds.
+nice -n 19 rootedgan compare --config docs/study/scratch200.yaml --losses 'logistic,rooted:2,rooted:20' \
+    --lrs 1,2 --tune-seeds 100,101 --seeds 0-7 --kimg 8 --targets 1500,1000,700 --primary auc \
+    --jobs 2 --threads 1 --quiet --out runs/study2/scratch
+nice -n 19 rootedgan compare --config docs/study/fewshot100.yaml --losses 'logistic,rooted:2,rooted:20' \
+    --lrs 1,2 --tune-seeds 100,101 --seeds 0-7 --kimg 6 --targets 1000,700,500 --primary auc \
+    --jobs 2 --threads 1 --quiet --out runs/study2/fewshot
+# the alpha-beta landscape along every evaluation run (its snapshots every 2 kimg, its recorded loss, D frozen
+# at its last snapshot); skipped when done
+for run in runs/study2/*/*/lr*/seed[0-7]; do
+    version=$(ls -d "$run"/lightning_logs/version_* | sort -t_ -k3 -n | tail -n 1)
+    out="$(dirname "$(dirname "$(dirname "$run")")")/landscape/$(basename "$(dirname "$(dirname "$run")")")-$(basename "$run")"
+    [ -f "$out/landscape.json" ] || nice -n 19 rootedgan landscape --snapshots "$version/network-snapshot-*.safetensors" \
+        --batch 32 --out "$out"
+done
+python docs/study/collect.py --runs runs/study2 --docs docs/study/study2
