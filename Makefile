@@ -1,12 +1,16 @@
 # rootedgan: `make demo` runs the embedded finetune demo, `make test` installs and runs the tests.
 # Both create a local virtualenv in .venv on first use.
 #
-# TORCH_SPEC picks the PyTorch build. The default takes PyPI's (CUDA) build; CPU-only machines can
-# point it at a CPU wheel, e.g. TORCH_SPEC="torch==2.13.0" where a local +cpu wheel is on pip's path.
+# Which PyTorch: on a machine without an NVIDIA GPU, the CPU build from PyTorch's CPU wheel index (no
+# multi-GB CUDA libraries); with a GPU (nvidia-smi lists one), PyPI's default CUDA build. Set TORCH_INDEX
+# to another index (or to nothing: PyPI's default) and TORCH_SPEC to pin a version. When the index cannot
+# be reached (a machine that reaches only PyPI), PyPI's default build is installed instead.
 
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch
+HAS_NVIDIA_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes)
+TORCH_INDEX ?= $(if $(HAS_NVIDIA_GPU),,https://download.pytorch.org/whl/cpu)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -14,7 +18,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" || ,)$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	# clean-fid without its dependencies: it needs torchvision only for its legacy Inception model, and a
 	# torchvision that does not match the installed torch (e.g. any torchvision next to a CPU torch)

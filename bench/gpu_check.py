@@ -18,8 +18,11 @@ value, each bounded by what is left of ``--budget-s``:
 5. ``nvidia_train``: NVIDIA's own ``train.py --cfg=stylegan2`` on the same GPU, same batch and synthetic
    256 px data (``bench/nvidia_ref.py gpu-train``), when ``.ref/stylegan3`` is there;
 6. ``train``: ``bench/train.py`` at ``paper256``, batch 32, rooted and logistic, with NVIDIA's fp16 layers
-   and in fp32, then each speed lever alone (channels_last, TF32 on/off, fused optimizer,
-   cudnn.benchmark, NVIDIA's flags, the reference ops), and a profile of the baseline's steps;
+   and in fp32, then each speed lever alone (sync_free and the candidates together first, then
+   channels_last, cudnn.benchmark, fused optimizer, the kernels, TF32 on/off, NVIDIA's flags), with the
+   host synchronisations per step and the peak memory of every row, and a profile of the baseline's steps;
+   ``train_1024``: the same at NVIDIA's ``paper1024`` (4 images at 1024 px), plain, sync_free and the
+   candidates, against NVIDIA's train.py at that size;
 7. ``fid``: ``bench/fid.py`` for 10k generated 256 px images: ours (exact, fast) vs clean-fid, with an
    Inception-v3 of the real architecture and random weights when NVIDIA's file is absent;
 8. ``ops_bench``: ``bench/ops.py``, kernels vs reference.
@@ -53,8 +56,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 NVIDIA_REF = REPO / ".ref" / "stylegan3"
-LEVERS_GPU = (
-    "gather_kernel,ref_filter,ref_ops,channels_last,tf32,no_tf32,fused_optimizer,cudnn_benchmark,nvidia_flags"
+LEVERS_GPU = (  # the candidates first: the budget may end the list
+    "sync_free,winners,channels_last,cudnn_benchmark,fused_optimizer,gather_kernel,ref_filter,ref_ops,tf32,"
+    "no_tf32,nvidia_flags"
 )
 
 
@@ -331,12 +335,15 @@ def step_pytest_gpu(check: Check) -> dict[str, Any]:
     return {"status": _status(code), "summary": summary.strip("= "), "failures": failures}
 
 
-def _train_cmd(check: Check, out: Path, extra: list[str]) -> list[str]:
+def _train_cmd(check: Check, out: Path, extra: list[str], preset: tuple[str, ...] = ()) -> list[str]:
+    """bench/train.py on tiny CPU sizes (the rehearsal), else on the GPU at ``paper256`` or ``preset``
+    (``(name, batch, steps, warmup)``)."""
     if check.rehearsal:
         base = ["--device", "cpu", "--preset", "smoke", "--steps", "2", "--warmup", "1",
                 "--threads", "1", "--one-process"]  # fmt: skip
     else:
-        base = ["--device", "cuda", "--preset", "paper256", "--batch", "32", "--steps", "32", "--warmup", "8"]
+        name, batch, steps, warmup = preset or ("paper256", "32", "32", "8")
+        base = ["--device", "cuda", "--preset", name, "--batch", batch, "--steps", steps, "--warmup", warmup]
     return [_python(), "bench/train.py", *base, "--out", str(out), *extra]
 
 
@@ -366,6 +373,27 @@ def _table(text: str) -> str:
         if line.startswith(("run ", "case ", "op ")) or line.lstrip().startswith("tick "):
             return "\n".join(lines[i : i + 40])
     return _tail(text, 25)
+
+
+def step_train_1024(check: Check) -> dict[str, Any]:
+    """The second preset (NVIDIA's paper1024: 4 images at 1024 px), ours plain and with the candidate levers,
+    against NVIDIA's train.py at the same size when its code and the time are there."""
+    out = check.out / ("train-1024-cpu-rehearsal.json" if check.rehearsal else "train-1024-cuda.json")
+    extra = ["--loss", "logistic", "--variants", "fp16", "--levers", "sync_free,winners"]
+    if not check.rehearsal:
+        nvidia = check.out / "nvidia-train-1024.json"
+        if NVIDIA_REF.is_dir() and check.budget.left() > 200:
+            cmd = [_python(), "bench/nvidia_ref.py", "gpu-train", "--ref", str(NVIDIA_REF), "--batch", "4",
+                   "--res", "1024", "--images", "64", "--seconds", "30", "--max-wall", "120",
+                   "--out", str(nvidia)]  # fmt: skip
+            check.run("nvidia_train_1024", cmd, timeout=140)
+        summary = json.loads(nvidia.read_text()).get("summary") or {} if nvidia.exists() else {}
+        if summary.get("sec_per_kimg_median"):
+            extra += ["--nvidia-sec-per-kimg", str(summary["sec_per_kimg_median"])]
+    budget = max(check.budget.left() - 60, 45)
+    cmd = [*_train_cmd(check, out, extra, ("paper1024", "4", "16", "4")), "--budget-s", f"{budget:.0f}"]
+    code, text = check.run("train_1024", cmd, timeout=budget + 30)
+    return {"status": _status(code), "json": out.name if out.exists() else None, "table": _table(text)}
 
 
 def step_nvidia_train(check: Check) -> dict[str, Any]:
@@ -448,6 +476,7 @@ STEPS = [
     Step("pytest_gpu", step_pytest_gpu, 30),
     Step("nvidia_train", step_nvidia_train, 60),
     Step("train", step_train, 60),
+    Step("train_1024", step_train_1024, 60),
     Step("fid", step_fid, 60),
     Step("ops_bench", step_ops_bench, 30),
 ]

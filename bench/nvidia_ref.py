@@ -187,7 +187,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
@@ -998,11 +998,16 @@ def nvidia_cpu_step_times(
     threads: int | None = 1,
     preset: str = "smoke",
     seed: int = 0,
+    phase_context: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Time NVIDIA's training-loop inner loop on the CPU with our ``preset`` (see the module docstring).
+    ``phase_context(name)``, when given, is entered around every phase and the EMA (``bench/opcount.py``).
 
     Puts ``ref`` on ``sys.path`` and sets torch's thread count: call it in a fresh process.
     """
+    from contextlib import nullcontext
+
+    phase_context = phase_context or (lambda name: nullcontext())
     import copy
 
     import numpy as np
@@ -1102,33 +1107,35 @@ def nvidia_cpu_step_times(
             if batch_idx % interval != 0:
                 continue
             t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            module.requires_grad_(True)
-            for r_img, r_c, g_z, g_c in zip(real_img, real_c, gen_z, gen_c, strict=True):
-                loss.accumulate_gradients(
-                    phase=name,
-                    real_img=r_img,
-                    real_c=r_c,
-                    gen_z=g_z,
-                    gen_c=g_c,
-                    gain=interval,
-                    cur_nimg=cur_nimg,
-                )
-            module.requires_grad_(False)
-            params = [p for p in module.parameters() if p.grad is not None]
-            if params:
-                flat = torch.cat([p.grad.flatten() for p in params])
-                misc.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
-                for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
-                    p.grad = g.reshape(p.shape)
-            opt.step()
+            with phase_context(name):
+                opt.zero_grad(set_to_none=True)
+                module.requires_grad_(True)
+                for r_img, r_c, g_z, g_c in zip(real_img, real_c, gen_z, gen_c, strict=True):
+                    loss.accumulate_gradients(
+                        phase=name,
+                        real_img=r_img,
+                        real_c=r_c,
+                        gen_z=g_z,
+                        gen_c=g_c,
+                        gain=interval,
+                        cur_nimg=cur_nimg,
+                    )
+                module.requires_grad_(False)
+                params = [p for p in module.parameters() if p.grad is not None]
+                if params:
+                    flat = torch.cat([p.grad.flatten() for p in params])
+                    misc.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+                    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                        p.grad = g.reshape(p.shape)
+                opt.step()
             marks[name] = time.perf_counter() - t0
         t0 = time.perf_counter()
         beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):  # no grad: G is frozen again
-            p_ema.copy_(p.lerp(p_ema, beta))
-        for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-            b_ema.copy_(b)
+        with phase_context("ema"):
+            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):  # no grad: G is frozen
+                p_ema.copy_(p.lerp(p_ema, beta))
+            for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+                b_ema.copy_(b)
         t_end = time.perf_counter()
         marks["ema"] = t_end - t0
         cur_nimg += batch

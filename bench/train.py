@@ -70,6 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,11 @@ LEVERS: dict[str, dict[str, Any]] = {
     "ref_ops": {"ops_impl": "ref"},  # the plain reference ops (no CUDA kernel, no fused CPU bias_act)
     "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (set_ops_hooks)
     "gather_kernel": {"upfirdn2d_kernel": "gather"},  # upfirdn2d on our gather kernel, not the tiles
+    "sync_free": {"sync_free": True},  # no host synchronisation inside a step (model.speed.sync_free)
+    # the candidates together (none changes the step beyond rounding; TF32 is left as NVIDIA's loop sets it)
+    "winners": {"sync_free": True, "channels_last": True, "cudnn_benchmark": True},
 }
-MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer")  # FinetuneModule's model.speed
+MODULE_LEVERS = ("channels_last", "tf32", "fused_optimizer", "sync_free")  # FinetuneModule's model.speed
 # levers that change which kernels run: profiled like the baseline rows, to see where the time moved
 PROFILED_LEVERS = ("ref_filter", "ref_ops")
 
@@ -119,6 +123,13 @@ def preset_config(name: str, batch: int | None, variant: str = "fp16") -> dict[s
         mbstd = _mbstd_group(batch, 8)
         hparams = dict(g_lr=0.0025, d_lr=0.0025, r1_gamma=1.0, r1_interval=16, pl_interval=4, ema_kimg=20.0)
         steps, warmup = 64, 16
+    elif name == "paper1024":  # NVIDIA's paper1024 (MetFaces transfer): 4 images per GPU at 1024 px
+        batch = batch or 4
+        res, base, cmax, fp16, clamp = 1024, 32768, 512, 4, 256
+        g_mapping, z_dim = dict(num_layers=8), 512
+        mbstd = _mbstd_group(batch, 4)
+        hparams = dict(g_lr=0.002, d_lr=0.002, r1_gamma=2.0, r1_interval=16, pl_interval=4, ema_kimg=10.0)
+        steps, warmup = 32, 8
     elif name == "smoke":
         batch = batch or 8
         res, base, cmax, fp16, clamp = 32, 1024, 64, 0, 256
@@ -276,11 +287,17 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 yield self.pool[i % len(self.pool)]
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # Per-phase times need a synchronisation after every phase, which on a GPU would itself stall the
+    # queue (and hide what sync_free saves): there, only the window's ends are synchronised, unless asked.
+    phase_times = not cuda or bool(spec.get("phase_times"))
+    step_sync = sync if phase_times else (lambda: None)
     steps: list[dict[str, Any]] = []
     cpu: dict[str, Any] = {}
 
     class Timer(L.Callback):
         def on_train_start(self, trainer, pl_module) -> None:
+            if not phase_times:
+                return
             original = pl_module._finish_phase
 
             def timed_phase(name, loss, params, opt):
@@ -296,15 +313,21 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             idx = int(pl_module.step_idx)
             do_pl = hp.pl_weight > 0 and idx % max(hp.pl_interval, 1) == 0
             do_r1 = hp.r1_gamma > 0 and idx % max(hp.r1_interval, 1) == 0
-            sync()
+            (sync if len(steps) == spec["warmup"] else step_sync)()
             if len(steps) == spec["warmup"]:
                 cpu["start"] = _cpu_snapshot()
+                if cuda:  # every host synchronisation in the measured steps becomes a recorded warning
+                    torch.cuda.set_sync_debug_mode("warn")
+                    cpu["syncs_before"] = len(caught)
             if profile_steps and len(steps) == measured_end:
                 profiler.start()
             steps.append({"pl": do_pl, "r1": do_r1, "marks": [], "start": time.perf_counter()})
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            sync()
+            if len(steps) == measured_end and cuda:
+                torch.cuda.set_sync_debug_mode(0)
+                cpu["syncs"] = sum("ynchroniz" in str(w.message) for w in caught[cpu["syncs_before"] :])
+            (sync if len(steps) == measured_end else step_sync)()
             steps[-1]["end"] = time.perf_counter()
             if len(steps) == measured_end:
                 cpu["end"] = _cpu_snapshot()
@@ -336,7 +359,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             callbacks=[Timer()],
         )
         loader = torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=0)
-        trainer.fit(module, loader)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(module, loader)
     if len(steps) != total or "end" not in steps[-1]:
         raise RuntimeError(f"ran {len(steps)} of {total} steps")
 
@@ -382,6 +407,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         },
     }
     if cuda:
+        result["host_syncs_per_step"] = cpu.get("syncs", 0) / len(window)
         result["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
         result["ops_impl"] = ops_impl
@@ -540,7 +566,7 @@ def _baseline_of(r: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
 
 
 def _report(rows: list[dict[str, Any]], nvidia_img_s: float | None) -> None:
-    header = ["run", "device", "batch", "precision", "img/s", "ms/step", "peak mem", "vs base"]
+    header = ["run", "device", "batch", "precision", "img/s", "ms/step", "peak mem", "syncs/step", "vs base"]
     if nvidia_img_s is not None:
         header.append("ours/NVIDIA")
     lines = []
@@ -550,10 +576,11 @@ def _report(rows: list[dict[str, Any]], nvidia_img_s: float | None) -> None:
         line += (
             [f"{r['img_per_s']:.1f}", f"{r['ms_per_step']:.1f}", _fmt_mem(r)] if ok else ["failed", "-", "-"]
         )
+        line.append(f"{r['host_syncs_per_step']:.1f}" if "host_syncs_per_step" in r else "-")
         base = _baseline_of(r, rows) if r.get("lever") else None
         line.append(f"{r['img_per_s'] / base['img_per_s']:.3f}x" if ok and base else "-")
         if nvidia_img_s is not None:
-            ratio = ok and r["preset"] == "paper256" and r["device"] == "cuda"
+            ratio = ok and r["preset"] in ("paper256", "paper1024") and r["device"] == "cuda"
             line.append(f"{r['img_per_s'] / nvidia_img_s:.2f}x" if ratio else "-")
         lines.append(line)
     _print_table(header, lines, left=4)
@@ -598,13 +625,13 @@ def plan_runs(args: argparse.Namespace, has_cuda: bool, parser: argparse.Argumen
     plan, skipped = [], []
     for preset in presets:
         device = args.device
-        if preset == "paper256":
+        if preset in ("paper256", "paper1024"):
             if not has_cuda:
-                skipped.append({"preset": preset, "reason": "no GPU: paper256 not measured"})
+                skipped.append({"preset": preset, "reason": f"no GPU: {preset} not measured"})
                 continue
             if device == "cpu":
                 skipped.append(
-                    {"preset": preset, "reason": "paper256 is GPU-only: not measured with --device cpu"}
+                    {"preset": preset, "reason": f"{preset} is GPU-only: not measured with --device cpu"}
                 )
                 continue
             device = "cuda"
@@ -783,6 +810,11 @@ def _report_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--count-ops" in argv:  # the CPU proxy of the GPU's host overhead: bench/opcount.py
+        from bench.opcount import main as count_ops
+
+        return count_ops([a for a in argv if a != "--count-ops"])
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -792,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto: paper256 on the GPU (skipped without one), smoke on the CPU",
     )
-    parser.add_argument("--preset", choices=["all", "smoke", "paper256"], default="all")
+    parser.add_argument("--preset", choices=["all", "smoke", "paper256", "paper1024"], default="all")
     parser.add_argument("--loss", default=",".join(LOSSES), help="comma-separated: rooted, logistic")
     parser.add_argument(
         "--variants",

@@ -2,8 +2,7 @@
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Errors a user can fix (:class:`rootedgan.errors.UserError`, and stylegan_ops' ``ImplSettingError`` for a bad
-``STYLEGAN_OPS_IMPL``) print one clear message and exit 2;
-they never show a stack trace.
+``STYLEGAN_OPS_IMPL``) print one clear message and exit 2, never a stack trace.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from rootedgan.errors import UserError
+from rootedgan import __version__
+from rootedgan.errors import UserError, printable
 from stylegan_ops._impl import ImplSettingError
 
 FINETUNE_HELP = (
@@ -20,18 +20,8 @@ FINETUNE_HELP = (
     "`rootedgan finetune --help` lists its options."
 )
 # name -> module under rootedgan.commands. `finetune` is dispatched to LightningCLI separately.
-COMMANDS = {
-    "generate": "generate",
-    "style-mixing": "style_mixing",
-    "project": "project",
-    "dataset": "dataset",
-    "convert": "convert",
-    "doctor": "doctor",
-    "fid": "fid",
-    "landscape": "landscape",
-    "compare": "compare",
-    "demo": "demo",
-}
+_NAMES = "generate style-mixing project dataset convert doctor fid landscape compare demo".split()
+COMMANDS = {name: name.replace("-", "_") for name in _NAMES}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -39,6 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="rootedgan",
         description="Finetune pretrained StyleGAN2 networks with the rooted logistic objective.",
     )
+    parser.add_argument("--version", action="version", version=f"rootedgan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # dispatched to LightningCLI by main() before this parser runs; listed here for --help
     sub.add_parser("finetune", help=FINETUNE_HELP, description=FINETUNE_HELP, add_help=False)
@@ -61,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         return int(args._run(args) or 0)
     except (UserError, ImplSettingError) as err:  # a bad STYLEGAN_OPS_IMPL is a user error too
-        print(f"rootedgan {command}: error: {err}", file=sys.stderr)
+        print(f"rootedgan {printable(command)}: error: {printable(err)}", file=sys.stderr)
         return 2
 
 

@@ -1,54 +1,32 @@
 """Training images: a folder or zip of image files as uint8 tensors, and the LightningDataModule.
 
-Sources
-    ``path`` is a folder (searched recursively, symlinked files included, symlinked folders not
-    followed) or a zip file (recognised by its content, whatever its suffix). Files with the
-    suffixes png, jpg, jpeg, bmp, webp, tif, tiff and gif (case-insensitive) are images; for a
-    gif or an animated webp only the first frame is used. Any path component starting with ``.``
-    (hidden files and folders) and a zip's ``__MACOSX/`` folder are ignored. Images are ordered by
-    their relative path with forward slashes, so the order (and ``max_images``) is deterministic.
+A folder is searched recursively (hidden names and ``__MACOSX/`` skipped), a zip is recognised by content;
+images (first frame only) are ordered by relative path. Labels come from NVIDIA's ``dataset.json``. The
+rules below are the README's "Data" section:
 
-Labels
-    NVIDIA's ``dataset.json`` at the top of the folder/zip: ``{"labels": [["rel/path.png", 3], ...]}``.
-    Integer class labels become one-hot float32 vectors of length ``max(label) + 1`` (taken over
-    all usable images, before ``max_images``); lists of numbers are used as-is (float32). Labels
-    are read only with ``use_labels=True``; otherwise every label is an empty ``[0]`` tensor.
+Geometry: channels are converted first, then a non-square image is center-cropped to its shorter side
+(NVIDIA ``dataset_tool --transform=center-crop``: offsets ``(size - short) // 2``) and LANCZOS-resized to
+``resolution`` if its size differs; with ``resolution=None`` every image must be square, all one size.
 
-Geometry rule
-    Every image is first converted to the requested channels (below), then a non-square image is
-    center-cropped to its shorter side (NVIDIA ``dataset_tool --transform=center-crop`` offsets:
-    ``(size - short) // 2``), then resized to ``resolution x resolution`` with PIL LANCZOS if its
-    size differs (down or up). With ``resolution=None`` nothing is cropped or resized: the first
-    image's size is the resolution and every image must be square with that size.
+Channels: grey is replicated to RGB; alpha is dropped without compositing (as PIL's ``convert("RGB")`` and
+NVIDIA's tool do); 16-bit grey is reduced by ``>> 8`` (PIL would clip it to white), float clipped to
+[0, 255]; ``channels=1`` is PIL's L. EXIF orientation is not applied (as in NVIDIA's tools).
 
-Channel rule
-    ``channels=3``: RGB as-is; grayscale (1, L, P with a gray palette, I;16, I, F) is replicated to
-    RGB; an alpha channel (RGBA, LA, PA, P with transparency) is **dropped**, i.e. the stored
-    colour values are kept unchanged (no compositing), as PIL's ``convert("RGB")`` and NVIDIA's
-    dataset tool do. ``channels=1``: converted to L with PIL (ITU-R 601-2 luma for colour images,
-    alpha dropped). 16-bit grayscale (I;16*, and I) is reduced to 8 bits by ``value >> 8`` (PIL's
-    own conversion would clip everything above 255 to white); F (float) is clipped to [0, 255].
-    EXIF orientation tags are not applied (as in NVIDIA's tools).
-
-Limits (hostile or careless input)
-    An image file or zip member larger than ``max_image_mb`` (default 256 MiB, uncompressed) is refused
-    before it is read, and so is an image of more than ``max_image_pixels`` pixels (PIL's
-    decompression-bomb limit, 89,478,485, as an error) before it is decoded. Folders, FIFOs and devices
-    among the files are refused (never opened). ``dataset.json`` must be plain JSON (no NaN/Infinity,
-    not nested beyond a label vector), with class indices below 65,536. Every such error is one line
-    that starts with the file (and zip member) it is about, also when it happens in a DataLoader worker.
-
-Samples are ``(img, label)``: ``img`` uint8 ``[C, R, R]`` and ``label`` float32 ``[c_dim]``; the
-LightningModule maps images to the network range [-1, 1] with :func:`uint8_to_float`.
+Limits: a file or zip member over ``max_image_mb`` is refused before it is read, an image over
+``max_image_pixels`` before it is decoded, anything but a regular file is never opened, and
+``dataset.json`` must be plain JSON with class indices below 65,536. Each error is one line that starts
+with the file, also from a DataLoader worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import json
 import os
+import reprlib
 import stat
 import threading
 import warnings
@@ -65,8 +43,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from rootedgan.distributed import rank_world
-from rootedgan.errors import UserError
+from rootedgan.errors import UserError, printable
 from rootedgan.fileio import atomic_open
+from rootedgan.imaging import ensure_writable_dir
 from rootedgan.sampling import derive_seed
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "ImageDataModule", "ImageDataset", "uint8_to_float"]
@@ -76,22 +55,19 @@ _EXT_LIST = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 # Bumped whenever decoding/geometry changes, so that cached reference statistics are recomputed.
 _PREPROCESS_VERSION = "rootedgan-images-v1"
 _MAX_NAMES_SHOWN = 5
-
-
 DEFAULT_MAX_IMAGE_MB = 256.0
 DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # PIL's Image.MAX_IMAGE_PIXELS default
 MAX_CLASSES = 1 << 16  # class indices must be below this (c_dim = max + 1)
 MAX_LABEL_BYTES = 8 << 30  # the float32 label table of the whole data set
 _WORKER_PREFIX = "Caught {name} in DataLoader worker"
+# ImageDataModule settings passed on to ImageDataset as they are
+_DATASET_OPTIONS = "use_labels xflip max_images on_error seed max_image_mb max_image_pixels".split()
 
 
 class DatasetError(UserError):
-    """A training data set that cannot be used: missing path, no images, bad file, bad labels.
-
-    Raised in a DataLoader worker, torch rebuilds it in the main process from a message that starts with
-    "Caught DatasetError in DataLoader worker process N" followed by the whole worker traceback; the
-    original one-line message is recovered from it, so the error still starts with the file's name.
-    """
+    """A training data set that cannot be used: missing path, no images, bad file, bad labels. Raised in a
+    DataLoader worker, torch rebuilds it from "Caught DatasetError in DataLoader worker process N" and the
+    worker's traceback; the original one-line message is recovered, so it still starts with the file."""
 
     def __init__(self, *args: Any) -> None:
         if len(args) == 1 and isinstance(args[0], str):
@@ -103,12 +79,10 @@ def _worker_message(text: str, name: str) -> str:
     """The original message inside torch's "Caught X in DataLoader worker ..." text (else ``text``)."""
     if not text.startswith(_WORKER_PREFIX.format(name=name)):
         return text
-    marker = f"{name}: "
     lines = text.rstrip().splitlines()
     for i in range(len(lines) - 1, -1, -1):
-        line = lines[i]
-        head, sep, rest = line.partition(marker)
-        if sep and not line.startswith(" ") and (head == "" or head.endswith(".")):
+        head, sep, rest = lines[i].partition(f"{name}: ")
+        if sep and not lines[i].startswith(" ") and (head == "" or head.endswith(".")):
             return "\n".join([rest, *lines[i + 1 :]]).strip() or text
     return text
 
@@ -122,19 +96,12 @@ def _is_power_of_two(n: int) -> bool:
     return n >= 4 and n & (n - 1) == 0
 
 
-def _is_hidden(rel_name: str) -> bool:
-    parts = rel_name.split("/")
-    return any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX"
-
-
-def _is_image_name(rel_name: str) -> bool:
-    return os.path.splitext(rel_name)[1].lower() in IMAGE_EXTENSIONS and not _is_hidden(rel_name)
-
-
 def is_image_name(rel_name: str) -> bool:
-    """Whether a relative name (``a/b.png``) is an image file rootedgan reads: a known extension, not hidden
-    (no part starting with ``.``) and not macOS resource-fork litter (``__MACOSX/``)."""
-    return _is_image_name(rel_name)
+    """Whether a relative name (``a/b.png``) is an image file rootedgan reads: a known extension, no part
+    starting with ``.`` and not macOS resource-fork litter (``__MACOSX/``)."""
+    parts = rel_name.split("/")
+    hidden = any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX"
+    return not hidden and os.path.splitext(rel_name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def list_files(
@@ -146,14 +113,14 @@ def list_files(
     p = Path(path)
     if not p.exists():
         raise error(f"{what} {path} does not exist")
-    if not p.is_dir() and not p.is_file():
-        raise error(f"{what} {path} is not a folder or a regular file (a FIFO or device?)")
     if p.is_dir():
         names = []
         for dirpath, dirnames, filenames in os.walk(p):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             names += [os.path.relpath(os.path.join(dirpath, f), p).replace(os.sep, "/") for f in filenames]
         return False, sorted(names)
+    if not p.is_file():
+        raise error(f"{what} {path} is not a folder or a regular file (a FIFO or device?)")
     if zipfile.is_zipfile(p):
         try:
             with zipfile.ZipFile(p) as zf:
@@ -185,18 +152,14 @@ class ZipHandle:
         """Close the zip handle of this process (it is reopened on the next access)."""
         if self._zip is not None and self._zip_pid == os.getpid():
             self._zip.close()
-        self._zip = None
-        self._zip_pid = None
+        self._zip = self._zip_pid = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_zip"] = None
-        state["_zip_pid"] = None
-        return state
+        return {**self.__dict__, "_zip": None, "_zip_pid": None}
 
 
 def _shorten(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_MAX_NAMES_SHOWN])
+    shown = printable(", ".join(names[:_MAX_NAMES_SHOWN]))
     return shown + (f", ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
 
 
@@ -206,8 +169,6 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
-    import reprlib
-
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxstring, r.maxother = 3, 6, limit, limit
     return r.repr(value)
@@ -225,13 +186,9 @@ def max_bytes_of(max_image_mb: float | None) -> int | None:
 def read_image_bytes(
     root: str, name: str, zf: zipfile.ZipFile | None, max_bytes: int | None, option: str = "max_image_mb"
 ) -> bytes:
-    """The bytes of image ``name`` under folder ``root`` or in the zip ``zf`` (the file ``root``).
-
-    A zip member whose uncompressed size exceeds ``max_bytes`` is refused before anything is
-    decompressed (the size is also enforced while reading, whatever the zip's directory says); a folder
-    entry must be a regular file no larger than ``max_bytes``. Errors are :class:`DatasetError` lines
-    that start with the member and the file.
-    """
+    """The bytes of image ``name`` under folder ``root`` or in the zip ``zf`` (the file ``root``). A file
+    (it must be a regular one) or member over ``max_bytes`` is refused before it is read, and the limit is
+    enforced while reading too, whatever a zip's directory says; errors name the member and the file."""
     where = f"{name!r} in {root}"
 
     def too_big(size: int | str) -> DatasetError:
@@ -242,21 +199,17 @@ def read_image_bytes(
 
     if zf is not None:
         info = zf.getinfo(name)
-        if max_bytes is not None and info.file_size > max_bytes:
-            raise too_big(info.file_size)
-        with zf.open(info) as fh:
-            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
-        if max_bytes is not None and len(data) > max_bytes:
-            raise too_big(f"more than {max_bytes}")
-        return data
-    path = os.path.join(root, name)
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise DatasetError(f"{where}: not a regular file (a folder, FIFO, device or socket); refused")
-    if max_bytes is not None and st.st_size > max_bytes:
-        raise too_big(st.st_size)
-    with open(path, "rb") as fh:
-        data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        size, opener = info.file_size, lambda: zf.open(info)
+    else:
+        path = os.path.join(root, name)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise DatasetError(f"{where}: not a regular file (a folder, FIFO, device or socket); refused")
+        size, opener = st.st_size, lambda: open(path, "rb")
+    if max_bytes is not None and size > max_bytes:
+        raise too_big(size)
+    with opener() as fh:
+        data = fh.read(-1 if max_bytes is None else max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
         raise too_big(f"more than {max_bytes}")
     return data
@@ -292,7 +245,7 @@ def _to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def _fit_square(img: Image.Image, resolution: int) -> Image.Image:
+def fit_square(img: Image.Image, resolution: int) -> Image.Image:
     """Center-crop to the shorter side, then LANCZOS-resize to ``resolution`` if the size differs."""
     w, h = img.size
     if w != h:
@@ -304,23 +257,91 @@ def _fit_square(img: Image.Image, resolution: int) -> Image.Image:
     return img
 
 
+def _label_table(meta: Any, where: str) -> dict[str, Any]:
+    """``{file name: label}`` from dataset.json's ``{"labels": [[name, label], ...]}``."""
+    entries = meta.get("labels") if isinstance(meta, dict) else None
+    if entries is None:
+        raise DatasetError(f"{where} has no labels ('labels' is missing or null); set use_labels: false")
+    pairs_error = f"{where}: 'labels' must be a list of [file name, label] pairs"
+    if not isinstance(entries, list):
+        raise DatasetError(pairs_error)
+    table: dict[str, Any] = {}
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise DatasetError(f"{pairs_error}; got {_short_repr(entry)}")
+        table[entry[0].replace("\\", "/")] = entry[1]
+    return table
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_vector(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) or isinstance(x, float) for x in v)
+
+
+def _check_label_size(where: str, count: int, width: int, what: str) -> None:
+    if width > MAX_CLASSES:
+        raise DatasetError(f"{where}: {what}; at most {MAX_CLASSES} label dimensions are supported")
+    if count * width * 4 > MAX_LABEL_BYTES:
+        raise DatasetError(
+            f"{where}: {what}: the labels of {count} images would take {count * width * 4 / 2**30:.1f} GiB "
+            f"(limit {MAX_LABEL_BYTES / 2**30:.0f} GiB)"
+        )
+
+
+def _one_hot(names: list[str], values: list[int], where: str) -> np.ndarray:
+    classes = np.asarray([min(max(v, -1), 1 << 62) for v in values], dtype=np.int64)
+    if classes.min() < 0:
+        i = int(np.argmin(classes))
+        raise DatasetError(f"{where}: class labels must be >= 0, got {values[i]} for {names[i]!r}")
+    top = int(np.argmax(classes))
+    width = int(classes[top]) + 1
+    _check_label_size(where, len(names), width, f"class index {values[top]} for {names[top]!r} is too large")
+    onehot = np.zeros([len(names), width], dtype=np.float32)
+    onehot[np.arange(len(names)), classes] = 1
+    return onehot
+
+
+def _vectors(names: list[str], values: list[list[float]], where: str) -> np.ndarray:
+    lengths = {len(v) for v in values}
+    if len(lengths) != 1:
+        raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)[:8]}")
+    _check_label_size(where, len(names), lengths.pop(), "the label vectors are too long")
+    f32_max = float(np.finfo(np.float32).max)  # NaN and inf fail the comparison; so do ints beyond float32
+    bad = next((i for i, v in enumerate(values) if not all(-f32_max <= x <= f32_max for x in v)), None)
+    if bad is not None:
+        label = _short_repr(values[bad])
+        raise DatasetError(f"{where}: the label of {names[bad]!r} is not a finite float32 vector ({label})")
+    return np.asarray(values, dtype=np.float32).reshape(len(names), -1)
+
+
+def _label_array(names: list[str], values: list[Any], where: str) -> np.ndarray:
+    """float32 ``[len(names), c_dim]``: one-hot class indices, or the label vectors."""
+    if all(_is_int(v) for v in values):
+        return _one_hot(names, values, where)
+    if all(_is_vector(v) for v in values):
+        return _vectors(names, values, where)
+    kind = _is_int if _is_int(values[0]) else _is_vector
+    bad = next((i for i, v in enumerate(values) if not kind(v)), 0)
+    raise DatasetError(
+        f"{where}: labels must be all class indices (ints) or all lists of numbers; "
+        f"got {_short_repr(values[bad])} for {names[bad]!r} "
+        f"(first label: {_short_repr(values[0])} for {names[0]!r})"
+    )
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a valid label value (plain JSON numbers only)")
+
+
 class ImageDataset(ZipHandle, torch.utils.data.Dataset):
     """Images from a folder or zip as ``(img uint8 [C, R, R], label float32 [c_dim])``.
 
-    Args:
-        path: folder (searched recursively) or zip file (detected by content) of images.
-        resolution: output size R (power of two >= 4); images are center-cropped and resized to it.
-            None: the first image's size, and every image must be square with that size.
-        channels: 3 (RGB) or 1 (grayscale); see the module's channel rule.
-        use_labels: read class/conditioning labels from ``dataset.json``.
-        xflip: double the data set with mirrored copies; index ``i >= N`` is index ``i - N`` mirrored.
-        max_images: keep a subset of this many images (NVIDIA's rule: shuffle the index list with
-            ``np.random.RandomState(seed)``, keep the first ``max_images``, sort again).
-        on_error: ``"raise"``: an unreadable image raises :class:`DatasetError` when it is loaded;
-            ``"skip"``: every image is decoded once here and bad ones are dropped (one warning).
-        seed: seed of the ``max_images`` subset.
-        max_image_mb: largest image file / zip member (uncompressed) read, in MiB (None: no limit).
-        max_image_pixels: largest image decoded, in pixels (None: no limit beyond PIL's own).
+    The arguments are :class:`ImageDataModule`'s (``resolution`` None: the first image's size, no model
+    here); index ``i >= N`` is image ``i - N`` mirrored when ``xflip``. ``on_error="skip"`` decodes every
+    image once here and drops the unreadable ones (listed in ``skipped``) with one warning.
     """
 
     def __init__(
@@ -344,48 +365,34 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_images is not None and max_images < 1:
             raise DatasetError(f"max_images must be a positive number or None, got {max_images}")
-
-        self.path = str(path)
-        self.channels = int(channels)
-        self.use_labels = bool(use_labels)
-        self.xflip = bool(xflip)
-        self.max_images = None if max_images is None else int(max_images)
-        self.on_error = on_error
-        self.seed = int(seed)
-        self.max_bytes = max_bytes_of(max_image_mb)
         if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or max_image_pixels < 1):
             raise DatasetError(
                 f"max_image_pixels must be a positive number or None, got {max_image_pixels!r}"
             )
+        self.path, self.channels, self.seed, self.on_error = str(path), int(channels), int(seed), on_error
+        self.use_labels, self.xflip = bool(use_labels), bool(xflip)
+        self.max_images = None if max_images is None else int(max_images)
+        self.max_bytes = max_bytes_of(max_image_mb)
         self.max_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.skipped: list[str] = []
 
         self.is_zip, all_names = list_files(self.path, DatasetError, "data path")
-
-        names = sorted(n for n in all_names if _is_image_name(n))
+        names = [n for n in all_names if is_image_name(n)]
         if not names:
             raise DatasetError(f"no images ({_EXT_LIST}) found under {self.path}")
-
         sizes: dict[str, tuple[int, int]] = {}
         if on_error == "skip":
             names, sizes = self._drop_unreadable(names)
-
         labels = self._load_labels(names, all_names) if self.use_labels else np.zeros([len(names), 0])
-        self._labels = labels.astype(np.float32)
-        self.label_shape: tuple[int, ...] = (self._labels.shape[1],)
-
         idx = np.arange(len(names))
         if self.max_images is not None and idx.size > self.max_images:
             np.random.RandomState(self.seed % (1 << 31)).shuffle(idx)
             idx = np.sort(idx[: self.max_images])
         self.names: list[str] = [names[i] for i in idx]
-        self._labels = self._labels[idx]
-
+        self.labels: np.ndarray = labels.astype(np.float32)[idx]  # float32 [N, c_dim]
+        self.label_shape: tuple[int, ...] = (self.labels.shape[1],)
         self.resolution: int = int(resolution) if resolution is not None else self._native_resolution(sizes)
         self._check_sizes = resolution is None
-
-    # ----------------------------------------------------------------------------------------------
-    # Properties
 
     @property
     def num_images(self) -> int:
@@ -406,11 +413,6 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         """``(C, R, R)``."""
         return (self.channels, self.resolution, self.resolution)
 
-    @property
-    def labels(self) -> np.ndarray:
-        """float32 ``[N, c_dim]`` labels of the N distinct images."""
-        return self._labels
-
     def __len__(self) -> int:
         return self.num_images * (2 if self.xflip else 1)
 
@@ -419,9 +421,6 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             f"{type(self).__name__}(path={self.path!r}, images={self.num_images}, "
             f"shape={list(self.image_shape)}, c_dim={self.c_dim}, xflip={self.xflip})"
         )
-
-    # ----------------------------------------------------------------------------------------------
-    # File access
 
     def with_xflip(self, xflip: bool) -> ImageDataset:
         """A copy of this data set with x-flipped copies on or off (same files, labels and checks; its own
@@ -432,10 +431,8 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         return other
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _read_bytes(self, name: str) -> bytes:
         """The file's bytes, within ``max_image_mb`` (a :class:`DatasetError` naming it otherwise)."""
@@ -451,9 +448,6 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         if isinstance(err, DatasetError):
             return err
         return DatasetError(f"{self._describe(name)}: cannot read image: {_one_line(err)}")
-
-    # ----------------------------------------------------------------------------------------------
-    # Construction helpers
 
     def _drop_unreadable(self, names: list[str]) -> tuple[list[str], dict[str, tuple[int, int]]]:
         """Decode every image once; drop the ones PIL cannot read. Returns (good names, sizes)."""
@@ -471,13 +465,12 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             except Exception:
                 return None
 
-        workers = max(1, min(8, os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             results = list(pool.map(check, names))
         self.close()
-        good = [n for n, r in zip(names, results, strict=True) if r is not None]
-        self.skipped = [n for n, r in zip(names, results, strict=True) if r is None]
-        if not good:
+        sizes = {n: r for n, r in zip(names, results, strict=True) if r is not None}
+        self.skipped = [n for n in names if n not in sizes]
+        if not sizes:
             raise DatasetError(
                 f"none of the {len(names)} images under {self.path} could be read "
                 f"(e.g. {_shorten(self.skipped)})"
@@ -486,11 +479,9 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             warnings.warn(
                 f"skipped {len(self.skipped)} unreadable image(s) of {len(names)} under {self.path}: "
                 f"{_shorten(self.skipped)}",
-                UserWarning,
                 stacklevel=3,
             )
-        sizes = {n: r for n, r in zip(names, results, strict=True) if r is not None}
-        return good, sizes
+        return list(sizes), sizes
 
     def _load_labels(self, names: list[str], all_names: list[str]) -> np.ndarray:
         """Labels of ``names`` from dataset.json: float32 ``[len(names), c_dim]``."""
@@ -500,13 +491,8 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
                 '(expected {"labels": [["path/img.png", class_index], ...]} at its top level)'
             )
         where = f"dataset.json in {self.path}"
-
-        def no_constant(token: str) -> Any:
-            raise ValueError(f"{token} is not a valid label value (plain JSON numbers only)")
-
         try:
-            text = self._read_bytes("dataset.json").decode("utf-8")
-            meta = json.loads(text, parse_constant=no_constant)
+            meta = json.loads(self._read_bytes("dataset.json").decode("utf-8"), parse_constant=_no_constant)
         except RecursionError:
             raise DatasetError(f"{where}: the JSON is nested too deeply; refused") from None
         except DatasetError:
@@ -515,73 +501,11 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             raise DatasetError(f"cannot parse {where}: {_one_line(err)}") from None
         finally:
             self.close()
-        entries = meta.get("labels") if isinstance(meta, dict) else None
-        if entries is None:
-            raise DatasetError(f"{where} has no labels ('labels' is missing or null); set use_labels: false")
-        pairs_error = f"{where}: 'labels' must be a list of [file name, label] pairs"
-        if not isinstance(entries, list):
-            raise DatasetError(pairs_error)
-        table: dict[str, Any] = {}
-        for entry in entries:
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise DatasetError(f"{pairs_error}; got {_short_repr(entry)}")
-            table[entry[0].replace("\\", "/")] = entry[1]
+        table = _label_table(meta, where)
         missing = [n for n in names if n not in table]
         if missing:
             raise DatasetError(f"{where} has no label for {len(missing)} image(s): {_shorten(missing)}")
-        values = [table[n] for n in names]
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_vector(v: Any) -> bool:
-            return isinstance(v, list) and all(is_int(x) or isinstance(x, float) for x in v)
-
-        def check_size(width: int, what: str) -> None:
-            if width > MAX_CLASSES:
-                raise DatasetError(f"{where}: {what}; at most {MAX_CLASSES} label dimensions are supported")
-            need = len(names) * width * 4
-            if need > MAX_LABEL_BYTES:
-                raise DatasetError(
-                    f"{where}: {what}: the labels of {len(names)} images would take {need / 2**30:.1f} GiB "
-                    f"(limit {MAX_LABEL_BYTES / 2**30:.0f} GiB)"
-                )
-
-        if all(is_int(v) for v in values):
-            classes = np.asarray([min(max(v, -1), 1 << 62) for v in values], dtype=np.int64)
-            if classes.min() < 0:
-                bad = names[int(np.argmin(classes))]
-                raise DatasetError(f"{where}: class labels must be >= 0, got {table[bad]} for {bad!r}")
-            top = int(np.argmax(classes))
-            check_size(
-                int(classes[top]) + 1, f"class index {table[names[top]]} for {names[top]!r} is too large"
-            )
-            onehot = np.zeros([len(names), int(classes.max()) + 1], dtype=np.float32)
-            onehot[np.arange(len(names)), classes] = 1
-            return onehot
-        if all(is_vector(v) for v in values):
-            lengths = {len(v) for v in values}
-            if len(lengths) != 1:
-                raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)[:8]}")
-            check_size(lengths.pop(), "the label vectors are too long")
-            f32_max = float(np.finfo(np.float32).max)
-
-            def finite(v: list) -> bool:  # NaN and inf compare False; so do ints beyond float32
-                return all(-f32_max <= x <= f32_max for x in v)
-
-            bad = next((n for n, v in zip(names, values, strict=True) if not finite(v)), None)
-            if bad is not None:
-                label = _short_repr(table[bad])
-                raise DatasetError(f"{where}: the label of {bad!r} is not a finite float32 vector ({label})")
-            vectors = np.asarray(values, dtype=np.float32).reshape(len(names), -1)
-            return vectors
-        kind = is_int if is_int(values[0]) else is_vector
-        bad = next((n for n, v in zip(names, values, strict=True) if not kind(v)), names[0])
-        raise DatasetError(
-            f"{where}: labels must be all class indices (ints) or all lists of numbers; "
-            f"got {_short_repr(table[bad])} for {bad!r} "
-            f"(first label: {_short_repr(values[0])} for {names[0]!r})"
-        )
+        return _label_array(names, [table[n] for n in names], where)
 
     def _image_size(self, name: str) -> tuple[int, int]:
         try:
@@ -613,62 +537,41 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         finally:
             self.close()
 
-    # ----------------------------------------------------------------------------------------------
-    # Loading
-
     def load_image(self, raw_index: int) -> np.ndarray:
         """Decode image ``raw_index`` (0 <= raw_index < N) as uint8 ``[R, R, C]`` (not mirrored)."""
         name = self.names[raw_index]
         try:
-            data = self._read_bytes(name)
-            with self._open(data) as img:
+            with self._open(self._read_bytes(name)) as img:
                 img.load()
                 if self._check_sizes and img.size != (self.resolution, self.resolution):
                     raise DatasetError(
                         f"image {self._describe(name)} is {img.size[0]}x{img.size[1]}, expected "
                         f"{self.resolution}x{self.resolution}; set data.resolution to resize images"
                     )
-                out = _fit_square(_to_channels(img, self.channels), self.resolution)
+                out = fit_square(_to_channels(img, self.channels), self.resolution)
                 arr = np.array(out, dtype=np.uint8)  # a writable copy (torch wants writable arrays)
-        except DatasetError:
-            raise
         except Exception as err:
             raise self._bad_image(name, err) from None
         return arr[:, :, None] if arr.ndim == 2 else arr
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ``(img uint8 [C, R, R], label float32 [c_dim])``; ``index >= N`` is mirrored."""
-        n = self.num_images
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of length {len(self)}")
-        raw, flip = (index - n, True) if index >= n else (index, False)
-        arr = self.load_image(raw)
-        if flip:
-            arr = arr[:, ::-1]
+        raw = index % self.num_images
+        arr = self.load_image(raw) if index == raw else self.load_image(raw)[:, ::-1]
         img = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-        return img, torch.from_numpy(self._labels[raw].copy())
-
-    # ----------------------------------------------------------------------------------------------
-    # Identity
+        return img, torch.from_numpy(self.labels[raw].copy())
 
     def content_key(self, progress: Callable[[int, int], None] | None = None) -> str:
-        """sha256 hex digest identifying the images this data set yields (for caching statistics).
-
-        Covers the relative names, sizes and bytes of the selected image files (in order), the
-        resolution, channels, xflip, max_images and the preprocessing version; labels are not
-        included. Reads every file once. ``progress(done, total)`` is called after each file if given.
-        """
+        """sha256 hex digest of the images this data set yields (for caching statistics): the names, sizes and
+        bytes of its files in order, its geometry and xflip, max_images and the preprocessing version, not
+        the labels. Reads every file once; ``progress(done, total)`` is called after each file if given."""
         h = hashlib.sha256()
-        config = {
-            "version": _PREPROCESS_VERSION,
-            "resolution": self.resolution,
-            "channels": self.channels,
-            "xflip": self.xflip,
-            "max_images": self.max_images,
-            "count": self.num_images,
-        }
+        config = {k: getattr(self, k) for k in ("resolution", "channels", "xflip", "max_images")}
+        config.update(version=_PREPROCESS_VERSION, count=self.num_images)
         h.update(json.dumps(config, sort_keys=True).encode() + b"\0")
         try:
             for i, name in enumerate(self.names):
@@ -686,23 +589,15 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
 
 
 class ResumableShuffleSampler(torch.utils.data.Sampler[int]):
-    """Endless shuffled indices for one rank, resumable at any position.
-
-    The global stream is a fresh permutation of ``range(size)`` per pass, seeded by ``(seed, pass)``;
-    rank ``r`` of ``world`` takes global positions ``r, r + world, r + 2*world, ...``. Position ``p`` of
-    the stream is a pure function of ``(seed, p)``, so a run resumed after ``start`` samples per rank
-    sees exactly the batches the uninterrupted run would have seen.
-    """
+    """Endless shuffled indices for one rank, resumable at any position: a fresh permutation of
+    ``range(size)`` per pass, seeded by ``(seed, pass)``, of which rank ``r`` of ``world`` takes positions
+    ``r, r + world, ...``. A position is a pure function of ``(seed, p)``, so a run resumed after ``start``
+    samples per rank sees exactly the batches the uninterrupted run would have seen."""
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, start: int = 0) -> None:
         if size < 1:
             raise ValueError("cannot sample from an empty data set")
         self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator()
-        generator.manual_seed(derive_seed(self.seed, 0, epoch))
-        return torch.randperm(self.size, generator=generator)
 
     def __iter__(self):
         position = self.start * self.world + self.rank
@@ -710,7 +605,8 @@ class ResumableShuffleSampler(torch.utils.data.Sampler[int]):
         while True:
             if position // self.size != epoch:
                 epoch = position // self.size
-                perm = self._permutation(epoch)
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch))
+                perm = torch.randperm(self.size, generator=generator)
             yield int(perm[position % self.size])
             position += self.world
 
@@ -761,23 +657,14 @@ class ImageDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise DatasetError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters(logger=False)  # in config.yaml; not merged with the model's (two seeds)
-        self.path = path
-        self.resolution = resolution
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.xflip = xflip
-        self.max_images = max_images
-        self.use_labels = use_labels
-        self.on_error = on_error
-        self.seed = seed
-        self.channels = channels
-        self.max_image_mb = max_image_mb
-        self.max_image_pixels = max_image_pixels
+        self.path, self.resolution, self.channels, self.seed = path, resolution, channels, seed
+        self.batch_size, self.num_workers, self.xflip = batch_size, num_workers, xflip
+        self.max_images, self.use_labels, self.on_error = max_images, use_labels, on_error
+        self.max_image_mb, self.max_image_pixels = max_image_mb, max_image_pixels
         self.dataset: ImageDataset | None = None
 
     def _model(self) -> Any:
-        trainer = getattr(self, "trainer", None)
-        return getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return getattr(getattr(self, "trainer", None), "lightning_module", None)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the data set (once) and check it against the model's resolution, channels and c_dim."""
@@ -785,9 +672,7 @@ class ImageDataModule(L.LightningDataModule):
             return
         model = self._model()
         resolution, channels = self.resolution, self.channels
-        model_res = getattr(model, "img_resolution", None)
-        model_ch = getattr(model, "img_channels", None)
-        model_c = getattr(model, "c_dim", None)
+        model_res, model_ch = getattr(model, "img_resolution", None), getattr(model, "img_channels", None)
         if model_res is not None:
             if resolution is None:
                 resolution = int(model_res)
@@ -800,37 +685,11 @@ class ImageDataModule(L.LightningDataModule):
             warnings.warn(
                 f"data.channels is {channels} but the model has {model_ch} image channel(s); "
                 f"loading images with {model_ch} channel(s)",
-                UserWarning,
                 stacklevel=2,
             )
             channels = int(model_ch)
-
-        dataset = ImageDataset(
-            self.path,
-            resolution=resolution,
-            channels=channels,
-            use_labels=self.use_labels,
-            xflip=self.xflip,
-            max_images=self.max_images,
-            on_error=self.on_error,
-            seed=self.seed,
-            max_image_mb=self.max_image_mb,
-            max_image_pixels=self.max_image_pixels,
-        )
-        if model_c is not None:
-            model_c = int(model_c)
-            if model_c > 0 and not dataset.has_labels:
-                raise DatasetError(
-                    f"the model is conditional (c_dim={model_c}) but the data set has no labels; set "
-                    "`data.use_labels: true` and provide a dataset.json with a label for every image"
-                )
-            if dataset.has_labels and dataset.c_dim != model_c:
-                raise DatasetError(
-                    f"the data set's labels have c_dim={dataset.c_dim} but the model expects "
-                    f"c_dim={model_c}"
-                    + ("; set `data.use_labels: false` for an unconditional model" if model_c == 0 else "")
-                )
-        self.dataset = dataset
+        options = {name: getattr(self, name) for name in _DATASET_OPTIONS}
+        self.dataset = _check_labels(ImageDataset(self.path, resolution, channels, **options), model)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """Shuffled (seeded) batches of ``(img uint8 [B, C, R, R], label float32 [B, c_dim])``."""
@@ -861,6 +720,25 @@ class ImageDataModule(L.LightningDataModule):
         )
 
 
+def _check_labels(dataset: ImageDataset, model: Any) -> ImageDataset:
+    """``dataset``, checked to have the labels of a model that declares ``c_dim``."""
+    model_c = getattr(model, "c_dim", None)
+    if model_c is None:
+        return dataset
+    model_c = int(model_c)
+    if model_c > 0 and not dataset.has_labels:
+        raise DatasetError(
+            f"the model is conditional (c_dim={model_c}) but the data set has no labels; set "
+            "`data.use_labels: true` and provide a dataset.json with a label for every image"
+        )
+    if dataset.has_labels and dataset.c_dim != model_c:
+        raise DatasetError(
+            f"the data set's labels have c_dim={dataset.c_dim} but the model expects c_dim={model_c}"
+            + ("; set `data.use_labels: false` for an unconditional model" if model_c == 0 else "")
+        )
+    return dataset
+
+
 def _dataset_json_label(value: np.ndarray) -> int | list[float]:
     """NVIDIA's dataset.json label: a class index for one-hot rows, else the vector."""
     if value.size and np.count_nonzero(value) == 1 and value.max() == 1:
@@ -887,15 +765,18 @@ def write_dataset_zip(
         raise UserError(f"{dest}: the output must be a .zip file")
     if Path(source).resolve() == dest.resolve():
         raise UserError("the output zip cannot be the source")
+    if dest.is_dir():
+        raise UserError(f"{dest} is a folder: give the zip file to write, e.g. {dest / 'data.zip'}")
+    ensure_writable_dir(dest.parent)  # before the images are read, not after
     on_error: Literal["raise", "skip"] = "raise" if strict else "skip"
-    ds = ImageDataset(
-        source,
-        resolution=resolution,
-        channels=channels,
-        use_labels=labels,
-        max_images=max_images,
-        on_error=on_error,
-    )
+    ds = ImageDataset(source, resolution, channels, labels, max_images=max_images, on_error=on_error)
+    try:
+        return _write_zip(ds, dest, progress)
+    except OSError as err:  # the disk filled up, or the folder went away: the temp file is gone too
+        raise UserError(f"cannot write {dest} ({err.strerror or err}); nothing was written") from None
+
+
+def _write_zip(ds: ImageDataset, dest: Path, progress: bool) -> ImageDataset:
     names = []
     with atomic_open(dest, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
         for i in tqdm(range(ds.num_images), desc="dataset", unit="img", disable=not progress):

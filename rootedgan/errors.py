@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``, ...): names read from files and zips
+    are printed with it, so a crafted name cannot move the cursor or rewrite the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class UserError(Exception):
     """A problem the user can fix (bad path, bad file, bad option). The CLI prints only the message."""
 

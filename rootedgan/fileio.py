@@ -18,14 +18,11 @@ def _current_umask() -> int:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path`` for writing; on success it is fsynced and replaces ``path``.
-
-    On any error the temp file is removed and ``path`` is untouched. Missing parent folders are created.
-    The file gets the permissions a plain ``open`` would give it (0666 minus the umask), not the
-    owner-only 0600 of a temp file.
-    """
+    """Open a temp file next to ``path`` (parents created) for writing; on success it is fsynced and replaces
+    ``path``, on any error it is removed and ``path`` is untouched. It gets the permissions a plain ``open``
+    would give (0666 minus the umask), not a temp file's owner-only 0600."""
     path = Path(path).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:

@@ -1,9 +1,7 @@
 """Seeds, latents, labels, devices and images of a generator as NVIDIA's tools define them: the library side
-of ``generate``, ``style-mixing``, ``project``, ``fid`` and the snapshot grids (commands import from here,
-never the other way round).
-
-Seed ``s`` is ``numpy.random.RandomState(s).randn(1, z_dim)``, as in NVIDIA's ``generate.py``, so the same
-seed gives the same image as NVIDIA's tools on the same network.
+of ``generate``, ``style-mixing``, ``project``, ``fid`` and the snapshot grids. Seed ``s`` is
+``numpy.random.RandomState(s).randn(1, z_dim)``, as in NVIDIA's ``generate.py``, so a seed gives the same
+image as NVIDIA's tools on the same network.
 """
 
 from __future__ import annotations
@@ -35,33 +33,29 @@ MAX_SEEDS = 1_000_000  # one run writes at most this many images (latents are ma
 def parse_seeds(spec: str, max_count: int = MAX_SEEDS) -> list[int]:
     """``'0-3,10'`` -> ``[0, 1, 2, 3, 10]`` (ranges inclusive, order kept); at most ``max_count`` seeds,
     each in ``[0, 2**32)`` (NVIDIA's RandomState seeds). Counted before any list is made."""
-    parts: list[tuple[int, int]] = []
+    ranges: list[range] = []
     total = 0
-    for part in spec.split(","):
-        part = part.strip()
+    for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
+        lo, sep, hi = part.partition("-")
         try:
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                lo_i, hi_i = int(lo), int(hi)
-                if hi_i < lo_i:
-                    raise ValueError
-            else:
-                lo_i = hi_i = int(part)
+            first, last = int(lo), int(hi if sep else lo)
+            if last < first:
+                raise ValueError
         except ValueError:
             raise UserError(f"cannot parse seeds {spec!r}: use numbers and ranges like 0-63,100") from None
-        if lo_i < 0 or hi_i >= 2**32:
+        if first < 0 or last >= 2**32:
             raise UserError(f"seeds must be in [0, 2**32), got {part!r}")
-        total += hi_i - lo_i + 1
+        total += last - first + 1
         if total > max_count:
             raise UserError(
                 f"--seeds {spec!r} asks for more than {max_count} images; split it into several runs"
             )
-        parts.append((lo_i, hi_i))
-    if not parts:
+        ranges.append(range(first, last + 1))
+    if not ranges:
         raise UserError("no seeds given")
-    return [seed for lo_i, hi_i in parts for seed in range(lo_i, hi_i + 1)]
+    return [seed for r in ranges for seed in r]
 
 
 def check_ops_setting() -> None:
@@ -119,6 +113,16 @@ def load_generator(
 
 
 @torch.no_grad()
+def finite_images(img: torch.Tensor, written: int) -> torch.Tensor:
+    """``img``, or a one-line error when it holds NaN or infinite values (a black PNG would hide it)."""
+    if not torch.isfinite(img).all():
+        raise UserError(
+            f"the network makes non-finite images (its weights are broken, e.g. a diverged run's); "
+            f"{written} images were written before this batch, none from it"
+        )
+    return img
+
+
 def generate_images(
     G: torch.nn.Module,
     seeds: Sequence[int],
@@ -137,13 +141,7 @@ def generate_images(
         for start in range(0, len(seeds), batch_size):
             z = torch.from_numpy(seed_latents(seeds[start : start + batch_size], G.z_dim)).to(device)
             c = class_labels(G.c_dim, class_idx, len(z)).to(device)
-            img = G(
-                z,
-                c,
-                truncation_psi=truncation_psi,
-                truncation_cutoff=truncation_cutoff,
-                noise_mode=noise_mode,
-            )
+            img = finite_images(G(z, c, truncation_psi, truncation_cutoff, noise_mode=noise_mode), start)
             yield from zip(seeds[start : start + batch_size], to_uint8(img), strict=True)
             bar.update(len(z))
 
@@ -159,7 +157,8 @@ def synthesize_ws(
     """``[H, W, C]`` uint8 images of ``G.synthesis`` for ``ws [N, num_ws, w_dim]``, in batches."""
     G = G.eval().to(device)
     for start in range(0, len(ws), batch_size):
-        yield from to_uint8(G.synthesis(ws[start : start + batch_size].to(device), noise_mode=noise_mode))
+        img = G.synthesis(ws[start : start + batch_size].to(device), noise_mode=noise_mode)
+        yield from to_uint8(finite_images(img, start))
 
 
 def parse_layers(spec: str, num_ws: int) -> list[int]:
@@ -197,9 +196,7 @@ def style_mixing_grid(
     def render(w: torch.Tensor) -> np.ndarray:
         return to_uint8(G.synthesis(w[None], noise_mode=noise_mode))[0]
 
-    images: dict[tuple[int, int], np.ndarray] = {}
-    for s in col_seeds:
-        images[(-1, s)] = render(w_of[s])
+    images = {(-1, s): render(w_of[s]) for s in col_seeds}
     for r in row_seeds:
         images[(r, -1)] = render(w_of[r])
         for s in col_seeds:

@@ -1,19 +1,12 @@
 """Autograd wrapper of the bias_act CUDA kernel, differentiable twice.
 
-With ``z = x + b``, ``m`` the clamp mask (1 where the unclamped output lies in ``[-clamp, clamp]``)
-and the kernel modes of ``csrc/bias_act_math.h``:
+With ``z = x + b``, ``m`` the clamp mask (1 where the unclamped output lies in ``[-clamp, clamp]``) and the
+kernel modes of ``csrc/bias_act_math.h``: forward ``y = clamp(gain * act(z))`` (mode 0); backward
+``dx = dy * gain * act'(z) * m`` (mode 1), ``db`` its sum over the non-``dim`` axes; double backward
+``d(dx)/d(dy)`` by mode 1 again and ``d(dx)/dz = dy * gain * act''(z) * m`` (mode 2). Third-order
+derivatives with respect to ``x``/``b`` raise (the reference supports any order).
 
-* forward:   ``y = clamp(gain * act(z))``                 (mode 0)
-* backward:  ``dx = dy * gain * act'(z) * m``              (mode 1), ``db = sum of dx over non-dim axes``
-* double:    ``d(dx)/d(dy) = gain * act'(z) * m`` (mode 1 again) and
-             ``d(dx)/dz = dy * gain * act''(z) * m``         (mode 2)
-
-Third-order derivatives with respect to ``x``/``b`` are not implemented (they raise); the reference
-implementation supports any order.
-
-The kernel module (``plugin``) is normally the compiled CUDA extension from
-:func:`stylegan_ops.build.get_plugin`; the tests pass the CPU emulation instead, which has the same
-``bias_act(x, b, dy, mode, act, alpha, gain, clamp, dim)`` function.
+``plugin``: the compiled extension (:func:`stylegan_ops.build.get_plugin`) or, in tests, the CPU emulation.
 """
 
 from __future__ import annotations
@@ -139,34 +132,17 @@ def bias_act_cuda(
     clamp: float,
     plugin: Any = None,
 ) -> torch.Tensor:
-    """``clamp(act(x + b) * gain, -clamp, clamp)`` with the compiled kernel (arguments already resolved).
-
-    Args:
-        x: input of any shape; float32, float64, float16 or bfloat16 (half types compute in float32).
-        b: ``[x.shape[dim]]`` bias or None; cast to ``x.dtype``.
-        dim: the axis of ``x`` the bias runs along.
-        spec: the activation (its ``cuda_idx`` selects the kernel's branch).
-        alpha, gain: resolved floats; clamp: ``< 0`` for none.
-        plugin: kernel module; default: the CUDA extension from :func:`stylegan_ops.build.get_plugin`.
-
-    Returns:
-        A contiguous tensor shaped and typed like ``x``, differentiable twice with respect to ``x`` and ``b``.
-    """
+    """``clamp(act(x + b) * gain, -clamp, clamp)`` with the compiled kernel, for arguments resolved by
+    :func:`stylegan_ops.bias_act.resolve_bias_act_args` (``spec.cuda_idx`` selects the activation; ``clamp <
+    0``: none). x: any shape, float32, float64, float16 or bfloat16 (half types compute in float32); b:
+    ``[x.shape[dim]]`` or None, cast to ``x.dtype``. Returns a contiguous tensor like ``x``, differentiable
+    twice with respect to ``x`` and ``b``. ``plugin``: the kernel module, by default the CUDA extension."""
     if b is None and spec.cuda_idx == 1 and gain == 1 and clamp < 0:
         return x  # identity, as in the reference
     if plugin is None:
-        from stylegan_ops.build import get_plugin
+        from stylegan_ops.build import get_plugin  # lazily: the build machinery is only needed on a GPU
 
         plugin = get_plugin("bias_act", required=True)
-    x = x.contiguous()
-    if b is not None:
-        b = b.to(dtype=x.dtype).contiguous()
-    cfg = _Config(
-        plugin=plugin,
-        dim=int(dim),
-        act=int(spec.cuda_idx),
-        alpha=float(alpha),
-        gain=float(gain),
-        clamp=float(clamp),
-    )
-    return _BiasAct.apply(x, b, cfg)
+    b = b.to(dtype=x.dtype).contiguous() if b is not None else None
+    cfg = _Config(plugin, int(dim), int(spec.cuda_idx), float(alpha), float(gain), float(clamp))
+    return _BiasAct.apply(x.contiguous(), b, cfg)

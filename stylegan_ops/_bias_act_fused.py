@@ -1,21 +1,9 @@
-"""``bias_act`` for linear, relu and lrelu as one autograd node made of PyTorch ops (no compiled kernel).
+"""``bias_act`` for linear, relu and lrelu as one autograd node of PyTorch ops (README, "The custom ops").
 
-The reference (:func:`stylegan_ops.bias_act.bias_act_ref`) records four autograd nodes per call (add, act,
-gain, clamp), keeps two full-size tensors for the backward pass (the pre-activation and the pre-clamp
-value) and spends one full pass per node in each direction. Here the forward pass runs the reference's
-arithmetic in place on one fresh tensor -- so the output is bit-for-bit the reference's -- and keeps only
-that output ``y``, which the next layer keeps anyway. The derivative of a piecewise-linear activation
-follows from ``y`` alone (with ``gain > 0`` and ``alpha >= 0``, ``y > 0`` exactly where ``x + b > 0``):
-
-* backward:  ``dx = [|y| < clamp] * act'(y) * (gain * dy)``, ``db = sum of dx over the non-``dim`` axes``
-* double:    ``d(dx)/d(dy)`` is the same masked scaling; ``d(dx)/dy = 0`` almost everywhere.
-
-On CPU tensors a clamp that changes nothing (every value strictly inside, the usual case) is found with one
-``aminmax`` read and skipped, with its mask in every backward pass.
-
-So the pass is differentiable to any order. The values equal the reference's except where the unclamped
-output is exactly ``+-clamp``: the reference passes the gradient there, this path (like NVIDIA's CUDA
-plugin, which also decides from ``y``) does not -- a set of measure zero.
+The reference's arithmetic runs in place on one fresh tensor and only the output ``y`` is kept: with ``gain >
+0`` and ``alpha >= 0``, ``y > 0`` exactly where ``x + b > 0``, so ``dx = [|y| < clamp] * act'(y) * (gain *
+dy)`` follows from ``y`` (and ``d(dx)/dy = 0`` almost everywhere): differentiable to any order. Unlike the
+reference (like NVIDIA's plugin), no gradient passes where the unclamped output is exactly ``+-clamp``.
 """
 
 from __future__ import annotations
@@ -97,7 +85,10 @@ class _BiasActGrad(torch.autograd.Function):
 
 def _inside(y: torch.Tensor, clamp: float) -> bool:
     """Whether every element lies strictly inside ``(-clamp, clamp)`` (False with a NaN): then the clamp
-    changes nothing and its mask passes every gradient, so both can be skipped. Reads back to the host."""
+    changes nothing and its mask passes every gradient, so both can be skipped. Reads back to the host, so
+    only on the CPU: on a GPU that would wait for the device, and the clamp is kept."""
+    if y.device.type != "cpu":
+        return False
     if y.numel() == 0:
         return True
     lo, hi = torch.aminmax(y)
@@ -142,12 +133,6 @@ class _BiasAct(torch.autograd.Function):
 def bias_act_fused(
     x: torch.Tensor, b: torch.Tensor, *, dim: int, act: str, alpha: float, gain: float, clamp: float
 ) -> torch.Tensor:
-    """``clamp(act(x + b) * gain, -clamp, clamp)`` as one autograd node (arguments already resolved and
-    checked with :func:`fusable`; ``clamp < 0`` for none).
-
-    Args:
-        x: input of any shape and float dtype; b: ``[x.shape[dim]]`` bias of ``x``'s dtype.
-    Returns:
-        A new tensor shaped and typed like ``x``, equal to the reference's output bit for bit.
-    """
+    """``clamp(act(x + b) * gain, -clamp, clamp)`` as one autograd node, for arguments resolved and checked
+    with :func:`fusable` (``clamp < 0``: none): a new tensor, the reference's output bit for bit."""
     return _BiasAct.apply(x, b, _Config(act, int(dim), float(alpha), float(gain), float(clamp)))

@@ -1,8 +1,5 @@
-"""Choosing between the CUDA kernels and the pure-PyTorch reference for one call.
-
-``impl=None`` defers to the environment variable ``STYLEGAN_OPS_IMPL`` (``auto``, ``cuda``, ``ref``;
-default ``auto``). CPU tensors always take the reference path: the kernels are CUDA-only.
-"""
+"""Choosing between the CUDA kernel and the pure-PyTorch reference for one call: ``impl`` or, when None,
+``$STYLEGAN_OPS_IMPL`` (``auto`` default, ``cuda``, ``ref``); CPU tensors always take the reference."""
 
 from __future__ import annotations
 
@@ -15,8 +12,7 @@ VALID_IMPLS = ("auto", "cuda", "ref")
 
 
 class ImplSettingError(ValueError):
-    """An unknown implementation name (``impl=`` or ``STYLEGAN_OPS_IMPL``); rootedgan's CLI prints it as one
-    line, like its own user errors."""
+    """An unknown implementation name (``impl=`` or ``STYLEGAN_OPS_IMPL``); the CLI prints it in one line."""
 
 
 def requested_impl(impl: str | None = None) -> str:
@@ -32,15 +28,12 @@ def requested_impl(impl: str | None = None) -> str:
 
 
 def resolve_impl(op: str, impl: str | None, x: torch.Tensor) -> str:
-    """Return ``'cuda'`` or ``'ref'`` for running ``op`` on ``x``.
-
-    ``auto`` uses the kernel for CUDA tensors when it builds (one warning and the reference
-    otherwise); ``cuda`` requires the kernel for CUDA tensors and raises if it cannot be built.
-    """
+    """``'cuda'`` or ``'ref'`` for running ``op`` on ``x``: ``auto`` uses the kernel for CUDA tensors when it
+    builds (else one warning and the reference), ``cuda`` raises if it cannot be built."""
     name = requested_impl(impl)
     if name == "ref" or x.device.type != "cuda":
         return "ref"
-    from stylegan_ops import build  # local import: building is only ever needed on a GPU
+    from stylegan_ops import build  # lazily: the build machinery is only ever needed on a GPU
 
     plugin = build.get_plugin(op, required=(name == "cuda"))
     return "cuda" if plugin is not None else "ref"

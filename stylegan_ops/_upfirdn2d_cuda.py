@@ -1,29 +1,14 @@
-"""Autograd wrapper of the upfirdn2d CUDA kernel, differentiable to any order.
+"""Autograd wrapper of the upfirdn2d CUDA kernel, differentiable to any order: upfirdn2d is linear in ``x``,
+and its adjoint is again an upfirdn2d (:func:`adjoint_params`), so the backward pass calls the kernel too.
 
-upfirdn2d is linear in ``x``, so its gradient is the adjoint operator applied to ``dy``, and the
-adjoint of an upfirdn2d is again an upfirdn2d (:func:`adjoint_params`): the backward pass calls
-:func:`upfirdn2d_cuda` itself, and gradients of any order follow.
+Along one axis (length ``L``, up ``U``, down ``D``, padding ``P0, P1``, ``K`` taps, output length ``O``) the
+forward pass is ``Down_D . Corr_w . Pad . ZeroInsert_U``. In reverse: ``Down_D^T`` zero-inserts ``D - 1``
+and pads/crops to the correlation's length ``L*U + P0 + P1 - K + 1``; ``Corr_w^T`` is a full correlation
+with the reversed weights (``flip_filter`` toggled); ``Pad^T`` crops (folded into the padding);
+``ZeroInsert_U^T`` keeps every ``U``-th sample. So ``up' = D``, ``down' = U``, ``pad0' = K - 1 - P0``,
+``pad1' = L*U + P0 - O*D``, the same gain, and the output length is exactly ``L``.
 
-Derivation, along one axis with input length ``L``, up ``U``, down ``D``, padding ``P0, P1`` and ``K``
-taps, output length ``O``. The forward pass is ``Down_D . Corr_w . Pad_{P0,P1} . ZeroInsert_U``
-(``Corr_w`` a valid correlation with the effective weights ``w``). Taking adjoints in reverse order:
-
-* ``Down_D^T`` inserts ``D - 1`` zeros after each gradient sample (length ``O*D``) and pads/crops the
-  end to the correlation's output length ``Lc = L*U + P0 + P1 - K + 1``;
-* ``Corr_w^T`` is a full correlation with the reversed weights: pad ``K - 1`` on both sides and
-  correlate with ``w`` flipped (so ``flip_filter`` toggles);
-* ``Pad^T`` crops ``P0`` at the start and ``P1`` at the end (a negative value pads with zeros); cropping
-  a valid correlation's output equals cropping its input, so this folds into the padding;
-* ``ZeroInsert_U^T`` keeps every ``U``-th sample: a downsampling by ``U``.
-
-Together: ``up' = D``, ``down' = U``, ``pad0' = K - 1 - P0`` and
-``pad1' = (Lc - O*D) + (K - 1) - P1 = L*U + P0 - O*D``, same gain, flipped filter orientation; the
-output length comes out as exactly ``L``.
-
-The kernel module (``plugin``) is normally the compiled CUDA extension from
-:func:`stylegan_ops.build.get_plugin`; the tests pass the CPU emulation instead, which has the same
-``upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain, tiled)`` function
-(``tiled``: -1 the shared-memory tiles where they apply, 0 the gather everywhere).
+``plugin``: the compiled extension (:func:`stylegan_ops.build.get_plugin`) or, in tests, the CPU emulation.
 """
 
 from __future__ import annotations
@@ -33,7 +18,7 @@ from typing import Any
 
 import torch
 
-from stylegan_ops._upfirdn2d_ref import check_call, output_size, upfirdn2d_ref
+from stylegan_ops._upfirdn2d_ref import check_call, output_size, reference
 
 #: A benchmark hook, not a setting: the kernel's ``tiled`` argument. -1 runs the shared-memory tiles
 #: (``upfirdn2d_tiled_kernel``) wherever they apply (filters up to 64 taps, factors up to 8), else the gather;
@@ -62,28 +47,13 @@ def adjoint_params(
     flip_filter: bool,
     gain: float,
 ) -> dict[str, Any]:
-    """Parameters of the upfirdn2d that computes the gradient with respect to ``x``.
-
-    For ``y = upfirdn2d(x, f, up, down, padding, flip_filter, gain)`` with ``x`` of spatial size
-    ``[in_h, in_w]`` and an ``fh x fw`` filter (``fw = fh = len(f)`` for a separable 1-D one),
-    ``upfirdn2d(dy, f, **adjoint_params(...))`` is ``dL/dx`` (shape ``[N, C, in_h, in_w]``).
-
-    Args:
-        up, down: ``(x, y)`` factors; padding: ``(x0, x1, y0, y1)``.
-
-    Returns:
-        A dict with ``up``, ``down`` (``(x, y)``), ``padding`` (``(x0, x1, y0, y1)``), ``flip_filter``
-        and ``gain``, the keyword arguments of ``upfirdn2d`` / ``upfirdn2d_ref``.
-    """
+    """The keyword arguments (``up``, ``down``, ``padding``, ``flip_filter``, ``gain``) of the upfirdn2d
+    whose output on ``dy`` is ``dL/dx`` for ``y = upfirdn2d(x, f, up, down, padding, flip_filter, gain)``,
+    ``x`` of spatial size ``[in_h, in_w]``, an ``fh x fw`` filter (``fw = fh = len(f)`` if separable)."""
     upx, downx, px0, px1 = adjoint_axis(in_w, up[0], down[0], padding[0], padding[1], fw)
     upy, downy, py0, py1 = adjoint_axis(in_h, up[1], down[1], padding[2], padding[3], fh)
-    return {
-        "up": (upx, upy),
-        "down": (downx, downy),
-        "padding": (px0, px1, py0, py1),
-        "flip_filter": not flip_filter,
-        "gain": gain,
-    }
+    adjoint = {"up": (upx, upy), "down": (downx, downy), "padding": (px0, px1, py0, py1)}
+    return {**adjoint, "flip_filter": not flip_filter, "gain": gain}
 
 
 @dataclass(frozen=True)
@@ -129,24 +99,12 @@ class _UpFirDn2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (f,) = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        fw = f.shape[-1]
-        fh = f.shape[0]
-        adj = adjoint_params(
-            in_h=ctx.in_hw[0],
-            in_w=ctx.in_hw[1],
-            fw=fw,
-            fh=fh,
-            up=cfg.up,
-            down=cfg.down,
-            padding=cfg.padding,
-            flip_filter=cfg.flip_filter,
-            gain=cfg.gain,
-        )
-        dx = upfirdn2d_cuda(dy, f, plugin=cfg.plugin, **adj)
-        return dx, None, None
+        c, (in_h, in_w) = ctx.cfg, ctx.in_hw
+        op = dict(up=c.up, down=c.down, padding=c.padding, flip_filter=c.flip_filter, gain=c.gain)
+        adj = adjoint_params(in_h=in_h, in_w=in_w, fw=f.shape[-1], fh=f.shape[0], **op)
+        return upfirdn2d_cuda(dy, f, plugin=c.plugin, **adj), None, None
 
 
 def upfirdn2d_cuda(
@@ -160,34 +118,17 @@ def upfirdn2d_cuda(
     gain: float,
     plugin: Any = None,
 ) -> torch.Tensor:
-    """Upsample, FIR-filter, downsample with the compiled kernel (arguments already parsed).
-
-    Args:
-        x: ``[N, C, H, W]``; float32, float64, float16 or bfloat16 (half types accumulate in float32).
-        f: ``[fh, fw]`` filter, or a separable ``[k]`` one applied along x then y.
-        up, down: ``(x, y)`` factors >= 1; padding: ``(x0, x1, y0, y1)``, negative crops.
-        flip_filter: False = true convolution, True = correlation. gain: overall filter gain.
-        plugin: kernel module; default: the CUDA extension from :func:`stylegan_ops.build.get_plugin`.
-
-    Returns:
-        ``[N, C, H', W']`` like :func:`stylegan_ops.upfirdn2d.upfirdn2d_ref`, differentiable with respect
-        to ``x`` to any order. A filter that requires grad takes the reference path (the kernel has no
-        filter gradient).
-    """
+    """Upsample, FIR-filter, downsample with the compiled kernel (the arguments of :func:`upfirdn2d`, the
+    factors and padding as tuples). x: ``[N, C, H, W]`` in float32, float64, float16 or bfloat16 (half types
+    accumulate in float32); f: ``[fh, fw]``, or ``[k]`` applied along x then y. Differentiable with respect to
+    ``x`` to any order; a filter that requires grad takes the reference path (the kernel has no filter
+    gradient). ``plugin``: the kernel module, by default the CUDA extension."""
     up, down, padding = check_call(x, f, up, down, padding)
     if f.requires_grad and torch.is_grad_enabled():
-        return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+        return reference(x, f, up, down, padding, flip_filter, gain)
     if plugin is None:
-        from stylegan_ops.build import get_plugin
+        from stylegan_ops.build import get_plugin  # lazily: the build machinery is only needed on a GPU
 
         plugin = get_plugin("upfirdn2d", required=True)
-    cfg = _Config(
-        plugin=plugin,
-        up=up,
-        down=down,
-        padding=padding,
-        flip_filter=bool(flip_filter),
-        gain=float(gain),
-        tiled=_TILED,
-    )
+    cfg = _Config(plugin, up, down, padding, bool(flip_filter), float(gain), _TILED)
     return _UpFirDn2d.apply(x, f, cfg)

@@ -1,8 +1,5 @@
-"""The reference ``upfirdn2d`` (plain PyTorch, differentiable to any order) and its argument helpers.
-
-A leaf module: the public dispatcher (:mod:`stylegan_ops.upfirdn2d`) and the CUDA wrapper
-(:mod:`stylegan_ops._upfirdn2d_cuda`) both import from here, and this imports neither.
-"""
+"""The reference ``upfirdn2d`` (plain PyTorch, differentiable to any order) and its argument helpers: a leaf
+that the dispatcher (:mod:`stylegan_ops.upfirdn2d`) and the CUDA wrapper both import."""
 
 from __future__ import annotations
 
@@ -31,14 +28,11 @@ def _pair(value: IntPair, name: str) -> tuple[int, int]:
 
 def parse_padding(padding: Padding) -> tuple[int, int, int, int]:
     """``p`` -> ``(p, p, p, p)``; ``(px, py)`` -> ``(px, px, py, py)``; ``(x0, x1, y0, y1)`` stays."""
-    if isinstance(padding, int):
-        return (padding, padding, padding, padding)
-    pad = [int(p) for p in padding]
-    if len(pad) == 2:
-        return (pad[0], pad[0], pad[1], pad[1])
-    if len(pad) == 4:
-        return (pad[0], pad[1], pad[2], pad[3])
-    raise ValueError(f"padding must be an int, (px, py) or (x0, x1, y0, y1), got {padding!r}")
+    pad = [padding] * 4 if isinstance(padding, int) else [int(p) for p in padding]
+    pad = [pad[0], pad[0], pad[1], pad[1]] if len(pad) == 2 else pad
+    if len(pad) != 4:
+        raise ValueError(f"padding must be an int, (px, py) or (x0, x1, y0, y1), got {padding!r}")
+    return tuple(pad)  # type: ignore[return-value]
 
 
 def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
@@ -47,9 +41,7 @@ def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
         return 1, 1
     if f.ndim not in (1, 2):
         raise ValueError(f"filter must be 1-D (separable) or 2-D, got shape {tuple(f.shape)}")
-    fw = f.shape[-1]
-    fh = f.shape[0]
-    return fw, fh
+    return f.shape[-1], f.shape[0]
 
 
 def setup_filter(
@@ -111,19 +103,17 @@ def check_call(
     return up, down, pad
 
 
-def upfirdn2d_ref(
+def reference(
     x: torch.Tensor,
-    f: torch.Tensor | None,
-    up: IntPair = 1,
-    down: IntPair = 1,
-    padding: Padding = 0,
-    flip_filter: bool = False,
-    gain: float = 1,
+    f: torch.Tensor,
+    up: tuple[int, int],
+    down: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    flip_filter: bool,
+    gain: float,
 ) -> torch.Tensor:
-    """Reference implementation with plain PyTorch ops (differentiable to any order)."""
-    if f is None:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    (upx, upy), (downx, downy), (px0, px1, py0, py1) = check_call(x, f, up, down, padding)
+    """The reference computation, for arguments checked and parsed by :func:`check_call`."""
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = up, down, padding
     n, c, h, w = x.shape
 
     # Zero insertion: each sample is followed by up-1 zeros. Steps that would change nothing are skipped:

@@ -1,14 +1,13 @@
 """Fused bias + activation + gain + clamp: ``clamp(act(x + b) * gain, -clamp, clamp)``.
 
-The pure-PyTorch reference here is the specification; the CUDA kernel must match it, including
-first and second derivatives (R1 and path-length regularization differentiate twice). Without a kernel
-(CPU tensors), ``impl='auto'`` runs linear/relu/lrelu as one autograd node of PyTorch ops
-(:mod:`stylegan_ops._bias_act_fused`: the reference's values, less memory and fewer passes);
-``impl='ref'`` forces the reference.
+The pure-PyTorch reference (``impl='ref'``) is the specification; the CUDA kernel matches it, first and
+second derivatives included (R1 and path length differentiate twice). Without a kernel (CPU tensors),
+``impl='auto'`` runs linear/relu/lrelu as one autograd node (:mod:`stylegan_ops._bias_act_fused`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from stylegan_ops._bias_act_cuda import bias_act_cuda
 from stylegan_ops._bias_act_fused import bias_act_fused, fusable
 from stylegan_ops._impl import requested_impl, resolve_impl
 
@@ -47,8 +47,7 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
 def resolve_bias_act_args(
     act: str, alpha: float | None, gain: float | None, clamp: float | None
 ) -> tuple[ActivationSpec, float, float, float]:
-    """Validate the arguments and fill in defaults. Returns ``(spec, alpha, gain, clamp)``;
-    ``clamp < 0`` means no clamping."""
+    """Validate the arguments and fill in defaults: ``(spec, alpha, gain, clamp)``, ``clamp < 0`` for none."""
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
     spec = ACTIVATIONS[act]
@@ -56,8 +55,7 @@ def resolve_bias_act_args(
         raise ValueError(f"alpha is only used by 'lrelu', not by {act!r}")
     alpha = float(alpha if alpha is not None else spec.def_alpha)
     gain = float(gain if gain is not None else spec.def_gain)
-    clamp = float(clamp if clamp is not None else -1)
-    return spec, alpha, gain, clamp
+    return spec, alpha, gain, float(clamp if clamp is not None else -1)
 
 
 def _check_bias(x: torch.Tensor, b: torch.Tensor | None, dim: int) -> None:
@@ -69,30 +67,6 @@ def _check_bias(x: torch.Tensor, b: torch.Tensor | None, dim: int) -> None:
         raise ValueError(f"dim={dim} is out of range for a {x.ndim}-D input")
     if b.shape[0] != x.shape[dim]:
         raise ValueError(f"bias has {b.shape[0]} entries but x.shape[{dim}] = {x.shape[dim]}")
-
-
-def bias_act_ref(
-    x: torch.Tensor,
-    b: torch.Tensor | None = None,
-    dim: int = 1,
-    act: str = "linear",
-    alpha: float | None = None,
-    gain: float | None = None,
-    clamp: float | None = None,
-) -> torch.Tensor:
-    """Reference implementation with plain PyTorch ops (differentiable to any order)."""
-    spec, alpha, gain, clamp = resolve_bias_act_args(act, alpha, gain, clamp)
-    _check_bias(x, b, dim)
-    if b is not None:
-        shape = [1] * x.ndim
-        shape[dim] = -1
-        x = x + b.reshape(shape)
-    x = spec.func(x, alpha)
-    if gain != 1:
-        x = x * gain
-    if clamp >= 0:
-        x = x.clamp(-clamp, clamp)
-    return x
 
 
 def bias_act(
@@ -110,7 +84,6 @@ def bias_act(
     Args:
         x: input of any shape and float dtype.
         b: bias with ``x.shape[dim]`` entries, or None.
-        dim: the axis of ``x`` the bias runs along.
         act: linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus or swish.
         alpha: negative slope of lrelu (default 0.2); only lrelu takes it.
         gain: output scale (default sqrt(2) for relu, lrelu, swish; 1 otherwise).
@@ -121,13 +94,19 @@ def bias_act(
         A tensor shaped and typed like ``x``.
     """
     chosen = resolve_impl("bias_act", impl, x)
-    spec, alpha_, gain_, clamp_ = resolve_bias_act_args(act, alpha, gain, clamp)
+    spec, alpha, gain, clamp = resolve_bias_act_args(act, alpha, gain, clamp)
     _check_bias(x, b, dim)
     if chosen == "cuda":
-        from stylegan_ops._bias_act_cuda import bias_act_cuda
+        return bias_act_cuda(x, b, dim=dim, spec=spec, alpha=alpha, gain=gain, clamp=clamp)
+    if requested_impl(impl) != "ref" and fusable(act, x, b, alpha, gain, clamp):
+        return bias_act_fused(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    if b is not None:  # the reference: plain PyTorch ops, differentiable to any order
+        x = x + b.reshape([-1 if d == dim else 1 for d in range(x.ndim)])
+    x = spec.func(x, alpha)
+    if gain != 1:
+        x = x * gain
+    return x.clamp(-clamp, clamp) if clamp >= 0 else x
 
-        return bias_act_cuda(x, b, dim=dim, spec=spec, alpha=alpha_, gain=gain_, clamp=clamp_)
-    # auto without a kernel (CPU tensors): one autograd node where it applies
-    if requested_impl(impl) != "ref" and fusable(act, x, b, alpha_, gain_, clamp_):
-        return bias_act_fused(x, b, dim=dim, act=act, alpha=alpha_, gain=gain_, clamp=clamp_)
-    return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+#: The reference implementation (``impl='ref'``): the specification the kernel and the fused path match.
+bias_act_ref = functools.partial(bias_act, impl="ref")

@@ -1,21 +1,10 @@
-"""Load-time compilation of the CUDA kernels (``torch.utils.cpp_extension.load`` + ninja), with a
-cache that survives processes, a build lock that cannot hang forever, and one clear fallback warning.
+"""Load-time compilation of the CUDA kernels (``torch.utils.cpp_extension.load`` + ninja), cached across
+processes, behind a build lock with a timeout, with one fallback warning (README, "The custom ops").
 
-* **Cache.** Each op builds into ``<cache root>/<op>-<key>/`` where the key hashes the op's source
-  files, the torch version, torch's CUDA version, the GPU architectures, the Python version and
-  ``TORCH_CUDA_ARCH_LIST``. A finished build leaves a marker file; later processes import the built
-  module straight from it (no compiler, no ninja). The cache root is ``$STYLEGAN_OPS_CACHE``, else
-  ``$ROOTEDGAN_CACHE/ops``, else ``~/.cache/rootedgan/ops``.
-* **Lock.** Builds of one op/key are serialized by a file lock ``<cache root>/<op>-<key>.lock`` held
-  at most ``$STYLEGAN_OPS_LOCK_TIMEOUT`` seconds (default 600); a timeout names the lock file and says
-  how to remove it. While the lock is held, a leftover ``lock`` baton of torch's own (left by a killed
-  build; torch would wait on it forever) is removed from the build directory.
-* **Failure.** A build that fails warns once per op per process (:class:`PluginBuildWarning`) that the
-  slower reference implementation is used, and keeps the compiler output for :func:`build_status`
-  (``rootedgan doctor``). With ``required=True`` (``STYLEGAN_OPS_IMPL=cuda``) it raises
-  :class:`PluginBuildError` with the tail of the compiler output instead.
-
-The compile step is the module-level function :func:`_compile`, so tests can replace it.
+Each op builds into ``<cache root>/<op>-<key>/`` (the key hashes its sources, torch, CUDA, GPU architectures,
+Python, ``TORCH_CUDA_ARCH_LIST``) and leaves a marker from which later processes import it without a
+compiler. A failed build keeps the compiler output for :func:`build_status` (``rootedgan doctor``). Tests
+replace the compile step, :func:`_compile`.
 """
 
 from __future__ import annotations
@@ -38,18 +27,13 @@ from typing import Any
 import torch
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
-
 CACHE_ENV_VAR = "STYLEGAN_OPS_CACHE"
 ROOT_CACHE_ENV_VAR = "ROOTEDGAN_CACHE"
 LOCK_TIMEOUT_ENV_VAR = "STYLEGAN_OPS_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_S = 600.0
-
-#: Bump when the build layout or flags change in a way the source hash does not capture.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 1  # bump when the build layout or flags change in a way the source hash does not capture
 MARKER_NAME = "rootedgan_build.json"
-#: torch.utils.cpp_extension's own lock file ("baton") inside a build directory.
-TORCH_BATON_NAME = "lock"
-
+TORCH_BATON_NAME = "lock"  # torch.utils.cpp_extension's own lock file inside a build directory
 EXTRA_CFLAGS = ["-O3"]
 EXTRA_CUDA_CFLAGS = ["-O3"]
 
@@ -66,14 +50,11 @@ class OpSources:
 
 
 OPS: dict[str, OpSources] = {
-    "bias_act": OpSources(
-        compiled=("bias_act_bindings.cpp", "bias_act_kernel.cu"),
-        headers=("sg_common.h", "binding_common.h", "bias_act_math.h", "bias_act_launch.h"),
-    ),
-    "upfirdn2d": OpSources(
-        compiled=("upfirdn2d_bindings.cpp", "upfirdn2d_kernel.cu"),
-        headers=("sg_common.h", "binding_common.h", "upfirdn2d_math.h", "upfirdn2d_launch.h"),
-    ),
+    op: OpSources(
+        compiled=(f"{op}_bindings.cpp", f"{op}_kernel.cu"),
+        headers=("sg_common.h", "binding_common.h", f"{op}_math.h", f"{op}_launch.h"),
+    )
+    for op in ("bias_act", "upfirdn2d")
 }
 
 
@@ -161,13 +142,9 @@ def _check_name(name: str) -> OpSources:
 
 def build_key(name: str) -> str:
     """Hex digest identifying one build of ``name`` (sources, torch, CUDA, GPU arch, Python)."""
-    sources = _check_name(name)
     h = hashlib.sha256()
-    for fname in sorted(set(sources.all_files())):
-        h.update(fname.encode())
-        h.update(b"\0")
-        h.update((CSRC_DIR / fname).read_bytes())
-        h.update(b"\0")
+    for fname in sorted(set(_check_name(name).all_files())):
+        h.update(fname.encode() + b"\0" + (CSRC_DIR / fname).read_bytes() + b"\0")
     parts = [
         f"format={BUILD_FORMAT}",
         f"torch={torch.__version__}",
@@ -190,7 +167,7 @@ def build_dir(name: str) -> Path:
 def lock_path(name: str) -> Path:
     """File lock guarding the build of ``name`` (next to, not inside, its build directory)."""
     bdir = build_dir(name)
-    return bdir.parent / f"{bdir.name}.lock"
+    return bdir.with_name(f"{bdir.name}.lock")
 
 
 def module_name(name: str) -> str:
@@ -213,10 +190,9 @@ def find_cuda_home() -> str | None:
         if os.environ.get(var):
             return os.environ[var]
     nvcc = shutil.which("nvcc")
-    if nvcc:
-        root = Path(os.path.realpath(nvcc)).parent.parent
-        if _is_cuda_root(root):
-            return str(root)
+    root = Path(os.path.realpath(nvcc)).parent.parent if nvcc else None
+    if root is not None and _is_cuda_root(root):
+        return str(root)
     if _is_cuda_root("/usr/local/cuda"):
         return "/usr/local/cuda"
     return str(Path(nvcc).parent.parent) if nvcc else None
@@ -225,8 +201,7 @@ def find_cuda_home() -> str | None:
 def _preflight() -> None:
     """Fail early, with advice, when a build cannot work (no nvcc, no ninja, no C++ compiler)."""
     cuda_home = find_cuda_home()
-    nvcc = Path(cuda_home, "bin", "nvcc") if cuda_home else None
-    if nvcc is None or not nvcc.exists():
+    if cuda_home is None or not Path(cuda_home, "bin", "nvcc").exists():
         raise PluginBuildError(
             f"nvcc not found: install the CUDA toolkit matching torch.version.cuda {torch.version.cuda} "
             "or set CUDA_HOME to its root"
@@ -241,7 +216,7 @@ def _preflight() -> None:
 def _compile(name: str, sources: list[Path], build_directory: Path, *, verbose: bool = False) -> ModuleType:
     """Compile and import one op's extension (the step tests replace). Returns the module."""
     _preflight()
-    import torch.utils.cpp_extension as cpp_extension
+    import torch.utils.cpp_extension as cpp_extension  # heavy, and only ever needed for a build
 
     cuda_home = find_cuda_home()
     if cuda_home and not (cpp_extension.CUDA_HOME and _is_cuda_root(cpp_extension.CUDA_HOME)):
@@ -268,15 +243,11 @@ def _import_path(mod_name: str, path: str) -> ModuleType:
     return module
 
 
-def _load_cached(name: str, bdir: Path) -> ModuleType | None:
+def _load_cached(bdir: Path) -> ModuleType | None:
     """The module of a finished earlier build in ``bdir``, or None (no marker, or it fails to load)."""
-    marker = bdir / MARKER_NAME
     try:
-        info = json.loads(marker.read_text())
-        path = info["path"]
-        if not Path(path).is_file():
-            return None
-        return _import_path(info["module"], path)
+        info = json.loads((bdir / MARKER_NAME).read_text())
+        return _import_path(info["module"], info["path"]) if Path(info["path"]).is_file() else None
     except (OSError, ValueError, KeyError, ImportError):
         return None
 
@@ -300,97 +271,90 @@ def _write_marker(name: str, bdir: Path, module: ModuleType) -> None:
     os.replace(tmp, bdir / MARKER_NAME)
 
 
-def _remove_stale_torch_baton(bdir: Path) -> bool:
-    """Remove torch's ``lock`` baton from ``bdir``. Call only while holding our build lock: then no
-    build of ours is running in ``bdir``, so a baton there was left by a killed build and would make
-    torch wait forever. Returns whether one was removed."""
+def _remove_stale_torch_baton(bdir: Path) -> None:
+    """Remove torch's ``lock`` baton from ``bdir``. Call only while holding our build lock: then no build of
+    ours runs in ``bdir``, so a baton there was left by a killed build and would make torch wait forever."""
     baton = bdir / TORCH_BATON_NAME
-    if not baton.exists():
-        return False
-    age = time.time() - baton.stat().st_mtime
-    print(
-        f"stylegan_ops: removing stale torch build lock {baton} (left by an interrupted build "
-        f"{age:.0f}s ago)",
-        file=sys.stderr,
-    )
-    baton.unlink(missing_ok=True)
-    return True
-
-
-def _lock_timeout_message(name: str, lock_file: Path, timeout: float) -> str:
-    return (
-        f"timed out after {timeout:g}s waiting for the build lock {lock_file} of the '{name}' CUDA kernel. "
-        "Another process may still be compiling it (wait for it to finish), or a build hung. If no other "
-        f"rootedgan/stylegan_ops process is running, delete the lock file (rm '{lock_file}') and retry; set "
-        f"{LOCK_TIMEOUT_ENV_VAR} to wait longer, or STYLEGAN_OPS_IMPL=ref to skip the kernels."
-    )
+    if baton.exists():
+        age = time.time() - baton.stat().st_mtime
+        print(
+            f"stylegan_ops: removing stale torch build lock {baton} (left by an interrupted build "
+            f"{age:.0f}s ago)",
+            file=sys.stderr,
+        )
+        baton.unlink(missing_ok=True)
 
 
 def _acquire(lock_file: Path, timeout: float, name: str) -> Any:
     """Acquire the inter-process build lock (an OS file lock, released by the OS if the holder dies)."""
-    import filelock
+    import filelock  # only needed when a kernel is built
 
-    lock = filelock.FileLock(str(lock_file), timeout=timeout)
     try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise PluginBuildError(_lock_timeout_message(name, lock_file, timeout)) from err
-    except NotImplementedError:
-        # The filesystem has no flock: use an existence lock; one older than the timeout is stale.
-        lock = filelock.SoftFileLock(str(lock_file), timeout=timeout)
+        lock = filelock.FileLock(str(lock_file), timeout=timeout)
         try:
+            lock.acquire()
+        except NotImplementedError:  # no flock on this filesystem: an existence lock, stale after the timeout
+            lock = filelock.SoftFileLock(str(lock_file), timeout=timeout)
             if lock_file.exists() and time.time() - lock_file.stat().st_mtime > timeout:
                 lock_file.unlink(missing_ok=True)
             lock.acquire()
-        except filelock.Timeout as err:
-            raise PluginBuildError(_lock_timeout_message(name, lock_file, timeout)) from err
+    except filelock.Timeout as err:
+        raise PluginBuildError(
+            f"timed out after {timeout:g}s waiting for the build lock {lock_file} of the '{name}' CUDA "
+            "kernel. Another process may still be compiling it (wait for it to finish), or a build hung. If "
+            "no other rootedgan/stylegan_ops process is running, delete the lock file "
+            f"(rm '{lock_file}') and retry; set {LOCK_TIMEOUT_ENV_VAR} to wait longer, or "
+            "STYLEGAN_OPS_IMPL=ref to skip the kernels."
+        ) from err
     return lock
 
 
 def _load_or_build(name: str, status: OpStatus, *, verbose: bool = False) -> ModuleType:
     """Load ``name`` from the cache or build it; fills ``status``. Raises PluginBuildError."""
     sources = _check_name(name)
-    reason = cuda_unavailable_reason()
-    if reason is not None:
-        status.reason = reason
-        raise PluginBuildError(f"the '{name}' CUDA kernel is unavailable: {reason}")
+    status.reason = cuda_unavailable_reason()
+    if status.reason is not None:
+        raise PluginBuildError(f"the '{name}' CUDA kernel is unavailable: {status.reason}")
     bdir = build_dir(name)
-    lock_file = bdir.parent / f"{bdir.name}.lock"
-    status.build_dir = str(bdir)
-    status.lock_file = str(lock_file)
+    lock_file = bdir.with_name(f"{bdir.name}.lock")
+    status.build_dir, status.lock_file = str(bdir), str(lock_file)
     start = time.perf_counter()
-    module = _load_cached(name, bdir)
-    if module is not None:
+    module = _load_cached(bdir)
+    if module is None:
+        try:
+            bdir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            status.reason = f"cannot create the build directory {bdir}: {err}"
+            raise PluginBuildError(f"{status.reason}; set {CACHE_ENV_VAR} to a writable directory") from err
+        lock = _acquire(lock_file, lock_timeout(), name)
+        try:
+            module = _load_cached(bdir)  # another process may have built it while we waited
+            if module is None:
+                module = _build(name, sources, bdir, start, verbose)
+            else:
+                status.cached = True
+        finally:
+            lock.release()
+    else:
         status.cached = True
-        status.seconds = time.perf_counter() - start
-        return module
-    try:
-        bdir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        status.reason = f"cannot create the build directory {bdir}: {err}"
-        raise PluginBuildError(f"{status.reason}; set {CACHE_ENV_VAR} to a writable directory") from err
-    lock = _acquire(lock_file, lock_timeout(), name)
-    try:
-        module = _load_cached(name, bdir)  # another process may have built it while we waited
-        if module is not None:
-            status.cached = True
-        else:
-            _remove_stale_torch_baton(bdir)
-            print(
-                f"stylegan_ops: compiling the '{name}' CUDA kernel into {bdir} "
-                "(first use with this torch/GPU only; about a minute)...",
-                file=sys.stderr,
-                flush=True,
-            )
-            module = _compile(name, [CSRC_DIR / f for f in sources.compiled], bdir, verbose=verbose)
-            _write_marker(name, bdir, module)
-            print(
-                f"stylegan_ops: compiled the '{name}' CUDA kernel in {time.perf_counter() - start:.0f}s",
-                file=sys.stderr,
-            )
-    finally:
-        lock.release()
     status.seconds = time.perf_counter() - start
+    return module
+
+
+def _build(name: str, sources: OpSources, bdir: Path, start: float, verbose: bool) -> ModuleType:
+    _remove_stale_torch_baton(bdir)
+    print(
+        f"stylegan_ops: compiling the '{name}' CUDA kernel into {bdir} "
+        "(first use with this torch/GPU only; about a minute)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    module = _compile(name, [CSRC_DIR / f for f in sources.compiled], bdir, verbose=verbose)
+    _write_marker(name, bdir, module)
+    print(
+        f"stylegan_ops: compiled the '{name}' CUDA kernel in {time.perf_counter() - start:.0f}s",
+        file=sys.stderr,
+    )
     return module
 
 
@@ -399,31 +363,21 @@ def _short_reason(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
-    for line in lines[1:]:
-        if "error" in line.lower():
-            return line[:300]
-    return lines[0][:300]
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    return next((line for line in lines[1:] if "error" in line.lower()), lines[0])[:300]
 
 
 def _attempt(name: str, *, verbose: bool = False) -> tuple[ModuleType | None, OpStatus]:
     """One load/build attempt; records the outcome in the module state. Never warns."""
     status = OpStatus(name=name, attempted=True)
     try:
-        module = _load_or_build(name, status, verbose=verbose)
+        module: ModuleType | None = _load_or_build(name, status, verbose=verbose)
+        status.ok = True
+        _PLUGINS[name] = module
     except Exception as err:  # any failure means "fall back", with the text kept
-        status.ok = False
-        status.error = f"{type(err).__name__}: {err}" if not isinstance(err, PluginBuildError) else str(err)
-        if status.reason is None:
-            status.reason = _short_reason(err)
-        _STATUS[name] = status
-        return None, status
-    status.ok = True
+        module = None
+        status.error = str(err) if isinstance(err, PluginBuildError) else f"{type(err).__name__}: {err}"
+        status.reason = status.reason or _short_reason(err)
     _STATUS[name] = status
-    _PLUGINS[name] = module
     return module, status
 
 
@@ -432,7 +386,8 @@ def _error_for(status: OpStatus) -> PluginBuildError:
     if status.build_dir:
         msg += f"\nbuild directory: {status.build_dir}"
     if status.error and status.error.strip() != (status.reason or "").strip():
-        msg += f"\n--- error output (last lines) ---\n{_tail(status.error)}\n---"
+        tail = "\n".join(status.error.rstrip().splitlines()[-40:])
+        msg += f"\n--- error output (last lines) ---\n{tail}\n---"
     msg += (
         "\nSet STYLEGAN_OPS_IMPL=auto to fall back to the (slower) reference implementation, or run "
         "`rootedgan doctor` to diagnose the toolchain."
@@ -441,25 +396,20 @@ def _error_for(status: OpStatus) -> PluginBuildError:
 
 
 def get_plugin(name: str, *, required: bool) -> ModuleType | None:
-    """The compiled kernel module of ``name`` (``bias_act`` or ``upfirdn2d``), building it on first use.
-
-    Returns None when it cannot be had (CPU-only torch, no GPU, build failure), after one
-    :class:`PluginBuildWarning` per op per process for a failed build. With ``required=True`` raises
-    :class:`PluginBuildError` instead, with the reason and the compiler output's tail.
-    """
+    """The compiled kernel module of ``name``, built on first use; None when it cannot be had (CPU-only torch,
+    no GPU, a failed build: one :class:`PluginBuildWarning` per op and process), or with ``required=True`` a
+    :class:`PluginBuildError` with the reason and the compiler output's tail."""
     module = _PLUGINS.get(name)
     if module is not None:
         return module
     _check_name(name)
     with _STATE_LOCK:
         module = _PLUGINS.get(name)
+        status = _STATUS.get(name)
+        if module is None and (status is None or not status.attempted):
+            module, status = _attempt(name)
         if module is not None:
             return module
-        status = _STATUS.get(name)
-        if status is None or not status.attempted:
-            module, status = _attempt(name)
-            if module is not None:
-                return module
         if required:
             raise _error_for(status)
         if name not in _WARNED:
@@ -475,20 +425,18 @@ def get_plugin(name: str, *, required: bool) -> ModuleType | None:
 
 
 def try_build(name: str, *, verbose: bool = False) -> dict[str, Any]:
-    """Load or build ``name`` now, also after an earlier failure in this process (for the doctor).
-    Returns its status as a dict (see :func:`build_status`). Never warns or raises for a failed build."""
+    """Load or build ``name`` now, also after an earlier failure (for the doctor): its status as a dict.
+    Never warns or raises for a failed build."""
     _check_name(name)
     with _STATE_LOCK:
         if name in _PLUGINS:
             return asdict(_STATUS.get(name) or OpStatus(name=name, attempted=True, ok=True))
-        _, status = _attempt(name, verbose=verbose)
-        return asdict(status)
+        return asdict(_attempt(name, verbose=verbose)[1])
 
 
 def build_status() -> dict[str, Any]:
-    """State of the kernels in this process, for ``rootedgan doctor``: the cache root, why CUDA is
-    unavailable (or None) and, per op, whether a build was attempted and worked, the error text and
-    the build directory."""
+    """The kernels' state in this process, for ``rootedgan doctor``: the cache root, the lock timeout, why
+    CUDA is unavailable (or None) and each op's :class:`OpStatus`."""
     reason = cuda_unavailable_reason()
     ops: dict[str, Any] = {}
     for name in OPS:
@@ -505,12 +453,7 @@ def build_status() -> dict[str, Any]:
         timeout: float | str = lock_timeout()
     except ValueError as err:
         timeout = str(err)
-    return {
-        "cache_root": str(cache_root()),
-        "lock_timeout_s": timeout,
-        "cuda_unavailable_reason": reason,
-        "ops": ops,
-    }
+    return dict(cache_root=str(cache_root()), lock_timeout_s=timeout, cuda_unavailable_reason=reason, ops=ops)
 
 
 def reset() -> None:

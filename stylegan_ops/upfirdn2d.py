@@ -2,26 +2,32 @@
 
 ``upfirdn2d`` inserts ``up - 1`` zeros after every sample, pads (negative padding crops), convolves
 with the FIR filter ``f`` (a true convolution; ``flip_filter=True`` makes it a correlation) scaled by
-``gain``, and keeps every ``down``-th sample. The pure-PyTorch reference here is the specification.
+``gain``, and keeps every ``down``-th sample. The pure-PyTorch reference (``impl='ref'``) is the
+specification; it and the argument helpers live in :mod:`stylegan_ops._upfirdn2d_ref`.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from stylegan_ops._impl import resolve_impl
+from stylegan_ops._upfirdn2d_cuda import upfirdn2d_cuda
 from stylegan_ops._upfirdn2d_ref import (
     IntPair,
     Padding,
     _pair,
+    check_call,
     filter_size,
     output_size,
     parse_padding,
+    reference,
     setup_filter,
-    upfirdn2d_ref,
 )
 
-__all__ = [  # the reference and its helpers live in stylegan_ops._upfirdn2d_ref; this is their public home
+__all__ = [
+    "centered_padding",
     "downsample2d",
     "filter2d",
     "filter_size",
@@ -57,8 +63,7 @@ def upfirdn2d(
         f: float32 filter from :func:`setup_filter`: 2-D ``[fh, fw]`` or separable 1-D ``[fw]``
             (applied along both axes); None for identity.
         up, down: integer factors, one for both axes or ``(x, y)``.
-        padding: ``p``, ``(px, py)`` or ``(x0, x1, y0, y1)`` applied after upsampling;
-            negative values crop.
+        padding: ``p``, ``(px, py)`` or ``(x0, x1, y0, y1)`` applied after upsampling; negative values crop.
         flip_filter: False = true convolution (StyleGAN's convention), True = correlation.
         gain: overall filter gain.
         impl: ``'cuda'``, ``'ref'``, ``'auto'`` or None (environment variable ``STYLEGAN_OPS_IMPL``).
@@ -68,24 +73,20 @@ def upfirdn2d(
     """
     if impl is None and _pair(up, "up") == (1, 1) and _pair(down, "down") == (1, 1):
         impl = _FILTER_IMPL
-    if resolve_impl("upfirdn2d", impl, x) == "cuda":
-        from stylegan_ops._upfirdn2d_cuda import upfirdn2d_cuda
-
-        if f is None:
-            f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-        return upfirdn2d_cuda(
-            x,
-            f,
-            up=_pair(up, "up"),
-            down=_pair(down, "down"),
-            padding=parse_padding(padding),
-            flip_filter=flip_filter,
-            gain=float(gain),
-        )
-    return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    run = upfirdn2d_cuda if resolve_impl("upfirdn2d", impl, x) == "cuda" else reference
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    up, down, padding = check_call(x, f, up, down, padding)
+    return run(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
-def _centered_padding(f: torch.Tensor, padding: Padding, factor: tuple[int, int], up: bool) -> list[int]:
+#: The reference implementation (``impl='ref'``): plain PyTorch ops, differentiable to any order.
+upfirdn2d_ref = functools.partial(upfirdn2d, impl="ref")
+
+
+def centered_padding(
+    f: torch.Tensor | None, padding: Padding, factor: tuple[int, int], up: bool
+) -> list[int]:
     """``padding`` plus the filter padding that keeps a resampled grid centred, per axis with ``taps``
     filter taps and resampling ``factor``: upsampling adds ``(taps + factor - 1) // 2`` before and
     ``(taps - factor) // 2`` after; downsampling ``(taps - factor + 1) // 2`` and ``(taps - factor) // 2``."""
@@ -107,9 +108,7 @@ def filter2d(
     impl: str | None = None,
 ) -> torch.Tensor:
     """Filter with ``f`` keeping the size (extra ``padding`` grows it)."""
-    fw, fh = filter_size(f)
-    px0, px1, py0, py1 = parse_padding(padding)
-    pad = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
+    pad = centered_padding(f, padding, (1, 1), up=True)
     return upfirdn2d(x, f, padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
@@ -124,7 +123,7 @@ def upsample2d(
 ) -> torch.Tensor:
     """Upsample by ``up`` with the interpolation filter ``f``: ``[N,C,H,W] -> [N,C,H*up,W*up]``."""
     upx, upy = _pair(up, "up")
-    pad = _centered_padding(f, padding, (upx, upy), up=True)
+    pad = centered_padding(f, padding, (upx, upy), up=True)
     return upfirdn2d(
         x, f, up=(upx, upy), padding=pad, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl
     )
@@ -141,5 +140,5 @@ def downsample2d(
 ) -> torch.Tensor:
     """Low-pass with ``f`` and downsample by ``down``: ``[N,C,H,W] -> [N,C,H/down,W/down]``."""
     downx, downy = _pair(down, "down")
-    pad = _centered_padding(f, padding, (downx, downy), up=False)
+    pad = centered_padding(f, padding, (downx, downy), up=False)
     return upfirdn2d(x, f, down=(downx, downy), padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)

@@ -206,22 +206,21 @@ def _assert_truncated_error(path: Path) -> None:
     assert str(path) in msg
 
 
-@needs_nv
-def test_truncated_nvidia_pickle(tmp_path):
-    data = NV_PKL.read_bytes()
+def _assert_truncations_fail(tmp_path: Path, data: bytes, suffix: str) -> None:
     for cut in _truncations(data):
-        path = tmp_path / f"cut{cut}.pkl"
+        path = tmp_path / f"cut{cut}{suffix}"
         path.write_bytes(data[:cut])
         _assert_truncated_error(path)
+
+
+@needs_nv
+def test_truncated_nvidia_pickle(tmp_path):
+    _assert_truncations_fail(tmp_path, NV_PKL.read_bytes(), ".pkl")
 
 
 @needs_ros
 def test_truncated_rosinality_checkpoint(tmp_path):
-    data = ROS_PT.read_bytes()
-    for cut in _truncations(data):
-        path = tmp_path / f"cut{cut}.pt"
-        path.write_bytes(data[:cut])
-        _assert_truncated_error(path)
+    _assert_truncations_fail(tmp_path, ROS_PT.read_bytes(), ".pt")
 
 
 @needs_nv
@@ -230,11 +229,7 @@ def test_truncated_native_checkpoint(tmp_path):
 
     recs, _ = read_nvidia_pickle(NV_PKL)
     full = save_records(tmp_path / "full.safetensors", recs, {"note": "x"})
-    data = full.read_bytes()
-    for cut in _truncations(data):
-        path = tmp_path / f"cut{cut}.safetensors"
-        path.write_bytes(data[:cut])
-        _assert_truncated_error(path)
+    _assert_truncations_fail(tmp_path, full.read_bytes(), ".safetensors")
 
 
 def test_random_bytes_unknown_format(tmp_path):

@@ -299,7 +299,7 @@ def test_failing_run_is_reported_and_exits_nonzero(tmp_path, shapes, nvidia_fixt
     [
         (["--losses", "logistic,softmax"], "unknown loss 'softmax'"),
         (["--losses", "rooted:1"], "k > 1"),
-        (["--losses", "rooted:x"], "cannot read the root"),
+        (["--losses", "rooted:x"], "cannot read 'x'"),
         (["--losses", "logistic,logistic"], "more than once"),
         (["--losses", " , "], "empty"),
         (["--seeds", "2-1"], "cannot parse seeds"),

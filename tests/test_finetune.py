@@ -17,11 +17,16 @@ import pytest
 import torch
 from conftest import SMOKE
 
-from rootedgan.checkpoints import load_network
+from rootedgan.checkpoints import load_network, save_network
 from rootedgan.cli import main as cli_main
 from rootedgan.data import ImageDataModule
 from rootedgan.training.losses import Rooted
-from rootedgan.training.module import FinetuneModule, NonFiniteTrainingError, d_layers_from_input
+from rootedgan.training.module import (
+    FinetuneModule,
+    NonFiniteTrainingError,
+    d_layers_from_input,
+    finite_output,
+)
 from rootedgan.training.snapshots import NetworkSnapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +167,25 @@ def test_a_skipped_step_leaves_w_avg_and_pl_mean_finite(tmp_path, shapes, tiny32
     saved = load_network(str(tmp_path / "network-lastgood.safetensors"))
     for net in ("G", "G_ema"):
         assert torch.isfinite(saved[net].mapping.w_avg).all(), net
+
+
+def test_last_good_is_the_newest_weights_that_make_finite_images(tmp_path, tiny32):
+    """'Last good' is checked on G_ema's images, not only on w_avg: weights that make non-finite images are
+    replaced by the newest snapshot that makes finite ones, and with none of those nothing is saved."""
+    module = FinetuneModule(network=tiny32)
+    module._run_dir = tmp_path
+    lastgood = tmp_path / "network-lastgood.safetensors"
+    snapshot = tmp_path / "network-snapshot-000004.safetensors"
+    save_network(snapshot, G=module.G, D=module.D, G_ema=module.G_ema)
+    assert "no bad update" in module._save_last_good() and finite_output(load_network(str(lastgood))["G_ema"])
+    with torch.no_grad():
+        module.G_ema.synthesis.b32.torgb.weight[0, 0] = float("nan")  # w_avg stays finite
+    assert not finite_output(module.G_ema) and torch.isfinite(module.G_ema.mapping.w_avg).all()
+    assert snapshot.name in module._save_last_good()
+    assert lastgood.read_bytes() == snapshot.read_bytes()
+    snapshot.unlink()
+    lastgood.unlink()
+    assert "none saved" in module._save_last_good() and not lastgood.exists()
 
 
 class EveryOtherStepNaNLoss(Rooted):

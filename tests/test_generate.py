@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from rootedgan.cli import main as cli_main
-from rootedgan.commands.generate import parse_seeds, seed_latents
 from rootedgan.imaging import make_grid, parse_grid
+from rootedgan.sampling import parse_seeds, seed_latents
 
 
 def nvidia_png(img: np.ndarray) -> np.ndarray:

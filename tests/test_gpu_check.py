@@ -33,7 +33,7 @@ def test_rehearsal_runs_every_step(rehearsal):
     names = [s["name"] for s in record["steps"]]
     assert names == [
         "environment", "install", "ops_build", "pytest_gpu", "nvidia_train",
-        "train", "fid", "ops_bench",
+        "train", "train_1024", "fid", "ops_bench",
     ]  # fmt: skip
     for step in record["steps"]:
         assert step["status"] in ("ok", "skipped"), step

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMOKE
 from PIL import Image
 
 from rootedgan.checkpoints import download as dl
@@ -563,3 +564,275 @@ def test_corrupt_image_in_a_worker_names_the_file_first(tmp_path, as_zip):
     message = one_line(info.value)
     assert message.startswith(f"'sub/bad.png' in {root}: cannot read image")
     assert time.time() - start < 30
+
+
+# -- round 2: resume checkpoints -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_ckpt(tmp_path_factory, shapes, tiny32) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    args = ["finetune", "--config", SMOKE, "--network", tiny32, "--data.path", str(shapes),
+            "--trainer.default_root_dir", str(root)]  # fmt: skip
+    assert cli_main(args) == 0
+    return next(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+
+
+def _crafted(tmp_path: Path, source: Path, change) -> Path:
+    ckpt = torch.load(source, weights_only=True)
+    change(ckpt)
+    path = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def _bomb(depth: int = 30) -> list:
+    node: list = []
+    for _ in range(depth):
+        node = [node, node]  # 2 ** depth leaves once expanded, a few hundred bytes pickled
+    return node
+
+
+def _set(path: str, value):
+    def change(ckpt):
+        *parents, leaf = path.split("/")
+        target = ckpt
+        for key in parents:
+            target = target[int(key) if key.isdigit() else key]
+        target[int(leaf) if leaf.isdigit() else leaf] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("hyper_parameters/loss", _bomb()), "once shared references are expanded"),
+        (_set("loops", _bomb()), "once shared references are expanded"),
+        (_set("hyper_parameters/optim/g_lr", "fast"), "model.optim.g_lr must be a finite number > 0"),
+        (_set("hyper_parameters/reg", [1, 2]), "model.reg must be a mapping"),
+        (_set("hyper_parameters/loss", {"name": "rooted", "k": "two"}), "k > 1"),
+        (_set("state_dict/cur_nimg", torch.tensor(-5)), "counter cur_nimg"),
+        (_set("state_dict/step_idx", torch.tensor(0.5)), "counter step_idx"),
+        (_set("rootedgan_phase_counts", {"Gmain": -1}), "phase counts"),
+        (_set("optimizer_states/0/state/0/exp_avg", torch.zeros(3)), "optimizer state exp_avg does not fit"),
+        (_set("optimizer_states/1/state", {10**6: {}}), "optimizer state has an unknown entry"),
+        (_set("optimizer_states", [{}]), "optimizer states are not G's and D's"),
+        (_set("state_dict/G.mapping.fc0.weight", torch.zeros(2, 2)), "does not fit this config's networks"),
+    ],
+)
+def test_crafted_resume_checkpoint_is_one_line(
+    tmp_path, finished_ckpt, shapes, tiny32, capsys, change, message
+):
+    ckpt = _crafted(tmp_path, finished_ckpt, change)
+    args = ["finetune", "--config", SMOKE, "--network", tiny32, "--data.path", str(shapes),
+            "--trainer.default_root_dir", str(tmp_path / "r"), "--model.total_kimg", "0.08",
+            "--ckpt_path", str(ckpt)]  # fmt: skip
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+# -- round 2: `rootedgan dataset` ------------------------------------------------------------------------
+
+
+def test_dataset_into_a_folder_or_onto_a_full_disk_is_one_line(tmp_path, shapes, capsys, monkeypatch):
+    folder = tmp_path / "out.zip"
+    folder.mkdir()
+    assert cli_main(["dataset", str(shapes), str(folder), "--resolution", "32"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    import errno
+    import zipfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
+    dest = tmp_path / "data.zip"
+    assert cli_main(["dataset", str(shapes), str(dest), "--resolution", "32"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]  # no progress bar
+    assert len(err) == 1 and "No space left on device); nothing was written" in err[0]
+    assert not dest.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_dataset_prints_names_from_a_zip_escaped(tmp_path, shapes, capsys):
+    import zipfile
+
+    source = tmp_path / "src.zip"
+    with zipfile.ZipFile(source, "w") as zf:
+        for png in sorted(shapes.glob("*.png"))[:2]:
+            zf.write(png, png.name)
+        zf.writestr("evil\x1b]0;pwned\x07.png", b"not an image")
+    assert cli_main(["dataset", str(source), str(tmp_path / "out.zip"), "--resolution", "32"]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err and "\x07" not in captured.out + captured.err
+    assert "evil\\x1b]0;pwned\\x07.png" in captured.out
+
+
+# -- round 2: adapter settings ---------------------------------------------------------------------------
+
+
+def _with_orthogonal(path: Path, change: dict) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = dict(f.metadata())
+    metadata["orthogonal"] = json.dumps({**json.loads(metadata["orthogonal"]), **change})
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"neumann_terms": 10**9, "parameterization": "neumann"}, "neumann_terms must be an integer"),
+        ({"layers": ["re:(a+)+$"]}, "can take exponential time"),
+        ({"layers": ["re:(x)\\1"]}, "backreferences are not allowed"),
+        ({"layers": "x" * 5000}, "1 to 256 characters"),
+        ({"block_size": "16"}, "block_size must be an integer"),
+        ({"eps": "small"}, "eps must be a finite number"),
+        ({"shared": "yes"}, "shared must be true or false"),
+    ],
+)
+def test_hostile_adapter_settings_are_refused_in_one_line(tmp_path, adapter_parts, change, message):
+    ref = real_base(tmp_path)
+    path = _with_orthogonal(write_adapter(adapter_parts, tmp_path / "run", **ref), change)
+    with bounded(), pytest.raises(CheckpointError, match=message):
+        load_network(path, base=tmp_path / "outside" / "base.pkl")
+
+
+# -- round 2: statistics files, FID values, Inception identity ------------------------------------------
+
+
+def _stats_file(tmp_path: Path, **arrays) -> Path:
+    dim = 2048
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((16, dim)).astype(np.float32)
+    base = {"mu": feats.mean(0).astype(np.float64), "sigma": np.cov(feats, rowvar=False), "feats": feats}
+    path = tmp_path / "stats.npz"
+    np.savez_compressed(path, **{**base, **arrays})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"sigma": np.full((2048, 2048), np.nan)}, "NaN or infinite statistics"),
+        ({"sigma": -np.eye(2048)}, "negative eigenvalues"),
+        ({"sigma": np.triu(np.ones((2048, 2048)))}, "not symmetric"),
+        ({"sigma": np.eye(16)}, "not Inception's"),
+        ({"feats": np.zeros((1, 2048), np.float32)}, "KID features are"),
+    ],
+)
+def test_broken_statistics_are_one_line_and_never_a_fid(tmp_path, capsys, arrays, message):
+    from bench.standins import make_standin_inception
+
+    standin = make_standin_inception(tmp_path / "inception.pt")
+    stats = _stats_file(tmp_path, **arrays)
+    argv = [
+        "fid",
+        "--data",
+        str(stats),
+        "--network",
+        str(TINY32),
+        "--metrics",
+        "fid1k_full,kid1k_full",
+        "--num-gen",
+        "16",
+        "--inception",
+        str(standin),
+        "--outdir",
+        str(tmp_path / "out"),
+        "--no-cache",
+    ]
+    with bounded(60, 2000):
+        assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and not list((tmp_path / "out").glob("metric-*.jsonl"))
+
+
+def test_a_statistics_decompression_bomb_is_refused_from_its_headers(tmp_path):
+    from rootedgan.metrics import Evaluator
+
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("sigma.npy", "w", force_zip64=True) as fh:  # 3 GiB of zeros, a few MB on disk
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": "<f8", "fortran_order": False, "shape": (3 << 27,)}
+            )
+            chunk = bytes(1 << 24)
+            for _ in range(3 << 27 >> 21):
+                fh.write(chunk)
+    assert path.stat().st_size < 20 << 20
+    with bounded(10, 200), pytest.raises(UserError, match="unpacks to 3.0 GiB"):
+        Evaluator(announce=False).load_reference_file(path)
+
+
+def test_non_finite_fid_is_an_error_and_records_nothing(tmp_path):
+    from rootedgan.metrics import Evaluator
+    from rootedgan.metrics.stats import GaussianStats
+
+    good = GaussianStats(np.zeros(4), np.eye(4), 10)
+    bad = GaussianStats(np.full(4, np.nan), np.eye(4), 10)
+    with pytest.raises(UserError, match="FID came out nan"):
+        Evaluator(announce=False).fid(good, bad)
+
+
+def test_an_inception_file_planted_in_a_shared_folder_is_not_used(tmp_path, monkeypatch):
+    from bench.standins import make_standin_inception
+    from rootedgan.metrics import inception
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    planted = make_standin_inception(shared / inception.INCEPTION_FILENAME)
+    os.chown(planted, 65534, 65534)  # another user's file (the tests run as root in CI; skip otherwise)
+    monkeypatch.setattr(inception, "CLEANFID_INCEPTION_PATH", planted)
+    monkeypatch.setenv("ROOTEDGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(inception.INCEPTION_ENV, raising=False)
+    with pytest.raises(UserError, match="anyone can write to and belongs to user id 65534"):
+        inception.locate_inception(download=False)
+
+
+def test_a_stand_in_inception_says_loudly_its_fids_are_not_comparable(tmp_path):
+    from bench.standins import make_standin_inception
+    from rootedgan.metrics.inception import load_inception
+
+    net = load_inception(make_standin_inception(tmp_path / "inception.pt"), download=False)
+    assert "WARNING: NOT NVIDIA's Inception" in net.describe() and "not comparable" in net.label
+
+
+# -- round 2: counts from input, non-finite images -------------------------------------------------------
+
+
+def test_generate_refuses_a_network_that_makes_non_finite_images(tmp_path, capsys):
+    from rootedgan.checkpoints import save_network
+
+    nets = load_network(TINY32)
+    with torch.no_grad():
+        nets["G_ema"].synthesis.b32.torgb.weight.fill_(float("nan"))
+    broken = save_network(tmp_path / "broken.safetensors", G_ema=nets["G_ema"])
+    out = tmp_path / "out"
+    assert cli_main(["generate", "--network", str(broken), "--seeds", "0-3", "--outdir", str(out)]) == 2
+    assert "non-finite images" in capsys.readouterr().err and not list(out.glob("*.png"))
+
+
+def test_counts_from_input_are_capped_with_an_option(tmp_path, capsys):
+    num_ws = load_network(TINY32)["G_ema"].num_ws
+    w = np.zeros((1001, num_ws, 64), np.float32)  # more projections than rendered by default
+    np.savez(tmp_path / "projected_w.npz", w=w)
+    argv = ["generate", "--network", str(TINY32), "--projected-w", str(tmp_path / "projected_w.npz"),
+            "--outdir", str(tmp_path / "g")]  # fmt: skip
+    with bounded(30, 500):
+        assert cli_main(argv) == 2
+    assert "at most 1000 are rendered (--max-images)" in capsys.readouterr().err
+    rows = ["style-mixing", "--network", str(TINY32), "--rows", "0-99", "--cols", "0-99", "--outdir",
+            str(tmp_path / "s")]  # fmt: skip
+    assert cli_main(rows) == 2
+    assert "more than --max-cells 1024" in capsys.readouterr().err
+    project = ["project", "--network", str(TINY32), "--target", str(tmp_path / "none.png"), "--outdir",
+               str(tmp_path / "p"), "--w-avg-samples", str(10**12)]  # fmt: skip
+    assert cli_main(project) == 2
+    assert "--w-avg-samples must be in [1, 1000000]" in capsys.readouterr().err

@@ -298,7 +298,7 @@ def test_bad_settings_are_clear_user_errors(tiny32):
         apply_orthogonal(G, OrthogonalConfig(block_size=7))
     with pytest.raises(UserError, match="matches no weight layer"):
         apply_orthogonal(G, OrthogonalConfig(layers=["synthesis.*.nope"]))
-    with pytest.raises(UserError, match="unknown setting"):
+    with pytest.raises(UserError, match="model.orthogonal has no setting blocksize"):
         OrthogonalConfig.from_any({"blocksize": 4})
     with pytest.raises(UserError, match="gram_schmidt"):
         OrthogonalConfig.from_any({"parameterization": "gram_schmidt", "block_size": 128})

@@ -6,14 +6,17 @@ always; metric callbacks check their inputs at start; the finetune command's hel
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import SMOKE
 
+from rootedgan.checkpoints import load_network
 from rootedgan.cli import main as cli_main
 from rootedgan.metrics import FIDCallback
 
@@ -54,8 +57,11 @@ def test_metrics_csv_and_log_txt_are_written(first_run):
     assert rows and any(r.get("Loss/G/loss") for r in rows)
     log = (run / "log.txt").read_text()
     assert log.startswith("batch: 8 per device x 1 device(s) = 8 images a step\n")
-    assert "training starting at kimg 0.000 of 0.064" in log
-    assert "tick 1" in log and "sec/kimg" in log and "done: kimg 0.064" in log
+    assert f"run folder: {run}\n" in log and f"; outputs in {run}\n" in log  # where, at start and end
+    assert "training starting at kimg 0.000 of 0.064; tick lines every 0.005 kimg" in log
+    ticks = [line.split()[1] for line in log.splitlines() if line.startswith("tick ")]
+    assert ticks == [str(i) for i in range(1, 9)]  # a short run still gets ~10 ticks, numbered in order
+    assert "sec/kimg" in log and "done: kimg 0.064" in log
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -79,14 +85,98 @@ def test_resume_extends_a_finished_run_with_the_setting_given_now(
     assert int(saved["state_dict"]["cur_nimg"]) == 96 and saved["hyper_parameters"]["total_kimg"] == 0.096
 
 
-def test_resuming_a_finished_run_trains_nothing_and_writes_no_snapshot(tmp_path, first_run, shapes, tiny32):
+def test_a_new_learning_rate_and_betas_reach_the_optimizers_on_resume(
+    tmp_path, first_run, shapes, tiny32, capsys
+):
+    """What resume prints as changed is what the optimizers use (with the lazy-regularization rescale:
+    the smoke config regularizes G every 2 steps, D every 4), read back from the new last.ckpt."""
     ckpt = runs(first_run)[0] / "checkpoints" / "last.ckpt"
-    before = torch.load(ckpt, weights_only=True)["state_dict"]["step_idx"]
+    new = ["--model.optim.g_lr", "0.0005", "--model.optim.d_lr", "0.0004", "--model.optim.betas", "[0.5,0.9]"]
+    assert (
+        finetune(tmp_path, shapes, tiny32, "--ckpt_path", str(ckpt), "--model.total_kimg", "0.08", *new) == 0
+    )
+    assert "changed on resume: model.optim.g_lr: 0.002 -> 0.0005" in capsys.readouterr().out
+    saved = torch.load(runs(tmp_path)[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    for state, lr, c in zip(saved["optimizer_states"], (0.0005, 0.0004), (2 / 3, 4 / 5), strict=True):
+        group = state["param_groups"][0]
+        assert group["lr"] == pytest.approx(lr * c)
+        assert group["betas"] == pytest.approx((0.5**c, 0.9**c))
+    assert saved["hyper_parameters"]["optim"]["g_lr"] == 0.0005
+
+
+def test_resuming_a_finished_run_says_what_to_raise_and_creates_no_folder(
+    tmp_path, first_run, shapes, tiny32, capsys
+):
+    ckpt = runs(first_run)[0] / "checkpoints" / "last.ckpt"
+    before = sorted(p.name for p in runs(first_run)[0].iterdir())
     assert finetune(tmp_path, shapes, tiny32, "--ckpt_path", str(ckpt)) == 0
-    run = runs(tmp_path)[0]
-    assert not list(run.glob("network-snapshot-*")) and not (run / "checkpoints").exists()
-    assert "done: kimg 0.064" in (run / "log.txt").read_text()
-    assert int(before) == 8
+    out = capsys.readouterr().out
+    assert "the run is finished (kimg 0.064 of model.total_kimg 0.064)" in out
+    assert "--model.total_kimg 0.128" in out
+    assert not runs(tmp_path) and sorted(p.name for p in runs(first_run)[0].iterdir()) == before
+
+
+KILLED_AT_THE_FINAL_SNAPSHOT = """
+import os, signal, sys
+import rootedgan.training.snapshots as snapshots
+write = snapshots.save_network
+def killed(path, **kwargs):  # kill -9 once last.ckpt is written, before the final snapshot is
+    if path.name == "network-snapshot-000000.064.safetensors":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write(path, **kwargs)
+snapshots.save_network = killed
+from rootedgan.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_snapshot_lost_to_kill_9_is_written_on_resume(tmp_path, shapes, tiny32, capsys):
+    """kill -9 between last.ckpt and its snapshot (the final one) loses nothing: resuming the finished run
+    writes the snapshot from the checkpoint's weights into the run's folder, and creates no other folder."""
+    root = tmp_path / "runs"
+    args = ["finetune", "--config", SMOKE, "--network", tiny32, "--data.path", str(shapes),
+            "--trainer.default_root_dir", str(root)]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT_THE_FINAL_SNAPSHOT, *args], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    run = runs(root)[0]
+    final = run / "network-snapshot-000000.064.safetensors"
+    assert not final.exists() and (run / "checkpoints" / "last.ckpt").exists()
+    assert finetune(root, shapes, tiny32, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")) == 0
+    assert "was missing" in capsys.readouterr().out and len(runs(root)) == 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key, value in load_network(str(final))["G_ema"].state_dict().items():
+        assert torch.equal(value, ckpt[f"G_ema.{key}"]), key
+
+
+CLAIM = """
+import sys, time
+from pathlib import Path
+from rootedgan.runs import claim_version
+Path(sys.argv[3]).touch()
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+print(claim_version(sys.argv[1]))
+"""
+
+
+def test_runs_started_together_never_share_a_version_folder(tmp_path):
+    """Two processes claim a version at the same moment, 8 times: every claim gets its own folder."""
+    claimed = []
+    for round_ in range(8):
+        go, ready = tmp_path / f"go{round_}", [tmp_path / f"ready{round_}.{i}" for i in range(2)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path), str(go), str(flag)],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "LOCAL_RANK": "0"})
+            for flag in ready
+        ]  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not all(f.exists() for f in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)  # both have imported rootedgan and wait for the signal
+        go.touch()
+        claimed += [int(p.communicate(timeout=120)[0]) for p in procs]
+    folders = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "lightning_logs").iterdir())
+    assert sorted(claimed) == folders == list(range(16))
 
 
 @pytest.mark.parametrize(
@@ -151,6 +241,22 @@ def test_progress_lines_on_redirected_output_and_no_tips(tmp_path, shapes, tiny3
     assert "eval mode" not in proc.stderr
 
 
+def test_a_terminal_without_a_size_gets_tick_lines_not_a_bar():
+    """A pseudo-terminal that reports no window size (some job runners) showed nothing at all."""
+    import pty
+
+    from rootedgan.training.progress import _nice, _sized_terminal
+
+    parent, child = pty.openpty()
+    try:
+        with os.fdopen(child, "w", closefd=False) as stream:
+            assert stream.isatty() and not _sized_terminal(stream)
+    finally:
+        os.close(parent)
+        os.close(child)
+    assert [_nice(x) for x in (0.4, 0.0064, 4.0, 1.5)] == [0.4, 0.005, 4.0, 1.0]
+
+
 def test_fid_callback_checks_its_inputs_when_the_run_starts(tmp_path, shapes, tiny32):
     """Without at_start, a missing Inception file used to surface at the first evaluation, hours in."""
     from test_finetune import fit
@@ -210,9 +316,7 @@ def test_unknown_option_is_one_line_with_the_nearest_valid_one(tmp_path, shapes,
 
 def test_kill_9_keeps_the_metrics_logged_so_far(tmp_path, shapes, tiny32):
     """metrics.csv and log.txt are written as the run goes: a killed run keeps all but the last interval."""
-    import os
     import signal
-    import time
 
     config = SMOKE
     cmd = [sys.executable, "-m", "rootedgan.cli", "finetune", "--config", config, "--network", tiny32,
@@ -318,7 +422,7 @@ def test_disk_full_during_a_snapshot_is_one_line_and_keeps_last_ckpt(
     last.ckpt is intact (atomic writes)."""
     import errno
 
-    import rootedgan.checkpoints as ckpts
+    import rootedgan.training.snapshots as ckpts
 
     real_save = ckpts.save_network
     calls = []

@@ -1,8 +1,11 @@
-"""The speed levers of FinetuneModule (model.speed: channels_last, tf32, fused_optimizer) leave the
+"""The speed levers of FinetuneModule (model.speed: channels_last, tf32, fused_optimizer, sync_free) leave the
 training step's results unchanged on the CPU: two real steps with each lever end where the plain step
 ends (up to float rounding), and each lever is off by default."""
 
 from __future__ import annotations
+
+import contextlib
+import traceback
 
 import pytest
 import torch
@@ -87,6 +90,7 @@ def test_levers_are_off_by_default():
         dict(channels_last=True),
         dict(tf32=False),
         dict(fused_optimizer=True),
+        dict(sync_free=True),
     ],
     ids=lambda d: next(iter(d)),
 )
@@ -130,3 +134,81 @@ def test_tf32_lever_sets_the_backend_flags():
         assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# -- no host synchronisation inside a step ---------------------------------------------------------------
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def host_reads(calls: list):
+    """Record every read of a tensor's value on the host (what waits for the GPU's queue on a GPU), except
+    the style-mixing draw (made on the CPU generator on purpose) and the fused bias_act's clamp check, which
+    reads CPU tensors only (``stylegan_ops._bias_act_fused._inside``)."""
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def watch(name, read):
+        def watched(self, *args, **kwargs):
+            frames = traceback.extract_stack(limit=12)[:-1]
+            if not any(frame.name in ("mixing_cutoff", "_inside") for frame in frames):
+                calls.append(f"{name} at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}")
+            return read(self, *args, **kwargs)
+
+        return watched
+
+    for name, read in originals.items():
+        setattr(torch.Tensor, name, watch(name, read))
+    try:
+        yield
+    finally:
+        for name, read in originals.items():
+            setattr(torch.Tensor, name, read)
+
+
+def _reads_in_training_steps(**speed) -> list[str]:
+    torch.manual_seed(0)
+    module = FinetuneModule(g_kwargs=G_KWARGS, d_kwargs=D_KWARGS, total_kimg=1.0, **HPARAMS, speed=speed)
+    calls: list[str] = []
+    step = module.training_step
+
+    def watched_step(*args, **kwargs):
+        with host_reads(calls):
+            return step(*args, **kwargs)
+
+    module.training_step = watched_step
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.zeros(4, 0))]
+    fit_batches(module, batches * 4)  # 4 steps: every phase, R1 and path length included
+    assert module.phase_counts == {"Gmain": 4, "Greg": 2, "Dmain": 4, "Dreg": 2}
+    return calls
+
+
+def test_sync_free_training_step_reads_nothing_back_from_the_device():
+    assert _reads_in_training_steps(sync_free=True) == []
+    # the check sees the reads of the default step: one decision per phase (and Adam's CPU step counters)
+    default = _reads_in_training_steps()
+    assert sum(c.startswith("tolist at module.py") for c in default) == 12
+
+
+def test_sync_free_skips_a_non_finite_phase_whole_and_counts_it(tiny32, shapes):
+    """The fused optimizer is told the phase was bad: weights and Adam state stay as they were; the
+    count and the streak live on the device and stop the run when the logs read them."""
+    from test_finetune import NaNGeneratorLoss, _trainer
+
+    from rootedgan.data import ImageDataModule
+    from rootedgan.training.module import NonFiniteTrainingError
+
+    module = FinetuneModule(network=tiny32, reg=dict(pl_weight=0.0), guard=dict(max_bad_steps=2),
+                            total_kimg=10.0, speed=dict(sync_free=True))  # fmt: skip
+    module.adv_loss = NaNGeneratorLoss(k=2.0)
+    g_before = {k: v.clone() for k, v in module.G.state_dict().items() if not k.endswith("w_avg")}
+    trainer = _trainer(shapes.parent / "sync-free")
+    trainer.log_every_n_steps = 3
+    with pytest.raises(NonFiniteTrainingError, match="3 consecutive"):
+        trainer.fit(module, ImageDataModule(str(shapes), batch_size=4, num_workers=0))
+    assert int(module.bad_phases) == 3 and int(module.step_idx) == 3  # read at the 3rd step's logs
+    for key, value in g_before.items():
+        assert torch.equal(module.G.state_dict()[key], value), key
+    opt_g = trainer.optimizers[0]
+    assert all(float(state["step"]) == 0 for state in opt_g.state.values())  # no Adam step was counted

@@ -13,9 +13,8 @@ from PIL import Image
 
 from rootedgan.checkpoints import load_network
 from rootedgan.cli import main as cli_main
-from rootedgan.commands.generate import generate_images, seed_latents
-from rootedgan.commands.style_mixing import style_mixing_grid
 from rootedgan.data import ImageDataset
+from rootedgan.sampling import generate_images, seed_latents, style_mixing_grid
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
-"""One loader for StyleGAN2 networks: NVIDIA ``.pkl``, rosinality ``.pt`` and our ``.safetensors``.
+"""One loader for StyleGAN2 networks: NVIDIA ``.pkl`` (also TensorFlow-era), rosinality ``.pt``, ours.
 
-``load_network(path_or_url)`` detects the format from the file's first bytes (never its name), never
-executes code from the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our
-``Generator``/``Discriminator`` modules (eval mode; a missing network is ``None``). ``meta`` always has
-``format`` (``'nvidia-pkl'``, ``'nvidia-tf-pkl'`` for a TensorFlow-era StyleGAN2 pickle, ``'rosinality-pt'``
+``load_network(path_or_url)`` detects the format from the content (never the name), never executes code from
+the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our modules (eval mode; a missing
+network is ``None``); ``meta`` has ``format`` (``'nvidia-pkl'``, ``'nvidia-tf-pkl'``, ``'rosinality-pt'``
 or ``'native'``), ``source`` and ``init_kwargs``.
 """
 

@@ -1,26 +1,11 @@
-"""Orthogonal-finetuning adapter files: the small trained parameters plus a reference to the base checkpoint.
+"""Orthogonal-finetuning adapter files (the format and the base lookup; the OFT math is
+:mod:`rootedgan.training.adapter`): a native ``.safetensors`` file with ``kind = "adapter"``, the JSON
+metadata ``orthogonal``, ``base`` (``source`` as given, ``local_path``, ``size``, ``sha256``), ``layers``,
+``base_init_kwargs``, ``meta``, and the ``G.``/``G_ema.`` tensors of the parametrized generators.
 
-An adapter is a native ``.safetensors`` file (see :mod:`rootedgan.checkpoints.native`) whose string metadata
-has ``format = "rootedgan-native"``, ``format_version = "1"`` and ``kind = "adapter"``, plus JSON fields:
-
-* ``orthogonal``: the settings it was trained with (``rootedgan.training.orthogonal.OrthogonalConfig``);
-* ``base``: the base checkpoint as given (``source``: path, URL or shortcut), its resolved ``local_path``
-  when saved, its ``size`` in bytes and ``sha256``;
-* ``layers``: the rotated layers of each stored network; ``base_init_kwargs``: their constructor kwargs;
-* ``meta``: provenance (loss, kimg, settings), as in native checkpoints.
-
-Tensors are ``G.<key>`` / ``G_ema.<key>`` with the keys of the parametrized generator's ``state_dict``
-(``synthesis.b8.conv0.parametrizations.weight.0.q``, ...), plus any ``train_extra`` parameters and
-``mapping.w_avg``. The discriminator is trained in full and is not part of an adapter.
-
-:func:`rootedgan.training.adapter.load_adapter` (what ``load_network`` calls for such a file) finds the
-base -- ``base=`` if given (a path, URL or shortcut: what the user names is used), else only a file in the
-adapter's own folder whose name is the recorded ``source``'s or ``local_path``'s file name, or an http(s)
-source already in the download cache -- and refuses a file whose size or sha256 differ. The recorded
-``source`` and ``local_path`` are never opened or fetched as such: a file must not make rootedgan read an
-arbitrary path or reach the network. Then it rotates the base generators like the training run did, loads
-the adapter tensors and returns merged plain networks. This module is the file format alone (no OFT math);
-writing and applying adapters is :mod:`rootedgan.training.adapter`.
+Security: the recorded ``source`` and ``local_path`` are never opened or fetched as such. The base is what
+the user names (``base=``), else a file in the adapter's folder named like them, or an http(s) source
+already in the download cache; its size and sha256 must match (README, "Orthogonal finetuning").
 """
 
 from __future__ import annotations
@@ -32,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from rootedgan.checkpoints import download
-from rootedgan.checkpoints.native import FORMAT_VERSION, json_field
+from rootedgan.checkpoints.native import json_field, read_file
 from rootedgan.checkpoints.sources import ADAPTER, resolve_source
 from rootedgan.errors import CheckpointError
 
@@ -56,33 +40,16 @@ def base_reference(source: str | os.PathLike[str]) -> dict[str, Any]:
 def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """``(tensors by network, info)``; info has ``orthogonal``, ``base``, ``layers``, ``base_init_kwargs``,
     ``meta``."""
-    source = str(path)
-    try:
-        with safe_open(source, framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            flat = {key: f.get_tensor(key) for key in f.keys()}  # safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{source} is truncated or corrupt (safetensors: {err})") from err
+    metadata, tensors = read_file(path, ADAPTER_NETWORKS, "adapter")
     if metadata.get("kind") != ADAPTER:
-        raise CheckpointError(f"{source} is not an orthogonal-finetuning adapter")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{source} is adapter format version {metadata.get('format_version')!r}; this rootedgan reads "
-            f"version {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{path} is not an orthogonal-finetuning adapter")
     info: dict[str, Any] = {}
     for key in ("orthogonal", "base", "layers", "base_init_kwargs", "meta"):
-        info[key] = json_field(metadata, key, source)
+        info[key] = json_field(metadata, key, str(path))
         if key != "meta" and not isinstance(info[key], dict):
-            raise CheckpointError(f"{source}: the `{key}` metadata is not a JSON object")
-    tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        name, _, sub = key.partition(".")
-        if name not in ADAPTER_NETWORKS or not sub:
-            raise CheckpointError(f"{source}: unexpected tensor name `{key}` (expected G. or G_ema.)")
-        tensors.setdefault(name, {})[sub] = value
+            raise CheckpointError(f"{path}: the `{key}` metadata is not a JSON object")
     if not tensors:
-        raise CheckpointError(f"{source}: the adapter holds no tensors")
+        raise CheckpointError(f"{path}: the adapter holds no tensors")
     return tensors, info
 
 
@@ -98,9 +65,7 @@ def _file_name(text: str) -> str:
 
 
 def _candidates(adapter: Path, base: Mapping[str, Any]) -> list[Path]:
-    """Where a base may be looked for without the user naming it: files in the adapter's own folder named
-    like the recorded source / local path, and the download-cache entry of a recorded http(s) URL or
-    shortcut name. Never the recorded path or URL itself."""
+    """Where a base may be looked for unnamed (module docstring); never the recorded path or URL itself."""
     source = str(base.get("source") or "")
     names = [_file_name(source), _file_name(str(base.get("local_path") or ""))]
     known = download.NVIDIA_NETWORKS.get(source)

@@ -1,16 +1,10 @@
 """Fetch network files by URL (or NVIDIA shortcut name) into a local cache, resumably.
 
-Files land in ``$ROOTEDGAN_CACHE/networks/`` (default ``~/.cache/rootedgan/networks/``), keyed by the full
-URL: any URL goes to a folder named by a hash of it, under its file name (``networks/1f2e.../snapshot.pkl``),
-so two URLs with the same file name never share a cache entry. NVIDIA's public files that rootedgan knows
-by URL (the shortcut networks, the FID Inception file and the projector's VGG16 file) keep their documented
-place ``networks/<file name>`` (their names are distinct).
-
-A download goes to ``NAME.part`` first and is renamed when complete (and its sha256 checked, when known);
-an interrupted ``.part`` is resumed with an HTTP ``Range`` request where the server allows. A file already
-in the cache is used without any network access (its sha256 checked first when the network's checksum is
-known). Any failure raises :class:`~rootedgan.errors.DownloadError` naming the URL and the exact cache path
-where the file can be placed by hand (for machines without internet).
+A URL's file lands in ``$ROOTEDGAN_CACHE/networks/<hash of the URL>/<file name>`` (default cache
+``~/.cache/rootedgan``); NVIDIA's public files rootedgan knows keep their documented ``networks/<file name>``.
+A download goes to ``NAME.part``, is resumed with an HTTP ``Range`` request after an interruption and renamed
+when complete (its sha256 checked when known); a cached file is used without network access. Failures raise
+:class:`~rootedgan.errors.DownloadError` naming the URL and the cache path to place the file at by hand.
 """
 
 from __future__ import annotations
@@ -47,41 +41,36 @@ class KnownNetwork(NamedTuple):
     description: str = ""
 
 
-# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. sha256 left None: no public source we
-# found states NVIDIA's checksums for them (nor for vgg16.pt / the Inception file), so a download is checked
-# for completeness only (its length against Content-Length); see docs/tools.md, "Download checksums".
+# Shortcut names -> NVIDIA's public StyleGAN2(-ADA) PyTorch pickles. No public source we found states NVIDIA's
+# sha256 for them (nor for vgg16.pt / the Inception file): a download is checked for completeness only (its
+# length against Content-Length); see docs/tools.md, "Download checksums".
 NVIDIA_NETWORKS: dict[str, KnownNetwork] = {
-    "ffhq256": KnownNetwork(
-        f"{_TL}/ffhq-res256-mirror-paper256-noaug.pkl", None, "FFHQ 256, paper256 config"
-    ),
-    "ffhq512": KnownNetwork(f"{_TL}/ffhq-res512-mirror-stylegan2-noaug.pkl", None, "FFHQ 512, config F"),
-    "ffhq1024": KnownNetwork(f"{_TL}/ffhq-res1024-mirror-stylegan2-noaug.pkl", None, "FFHQ 1024, config F"),
-    "celebahq256": KnownNetwork(
-        f"{_TL}/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl", None, "CelebA-HQ 256"
-    ),
-    "lsundog256": KnownNetwork(f"{_TL}/lsundog-res256-paper256-kimg100000-noaug.pkl", None, "LSUN Dog 256"),
-    "ffhq": KnownNetwork(f"{_ADA}/ffhq.pkl", None, "FFHQ 1024 trained with ADA"),
-    "metfaces": KnownNetwork(f"{_ADA}/metfaces.pkl", None, "MetFaces 1024 (ADA, from FFHQ)"),
-    "afhqcat": KnownNetwork(f"{_ADA}/afhqcat.pkl", None, "AFHQ Cat 512 (ADA)"),
-    "afhqdog": KnownNetwork(f"{_ADA}/afhqdog.pkl", None, "AFHQ Dog 512 (ADA)"),
-    "afhqwild": KnownNetwork(f"{_ADA}/afhqwild.pkl", None, "AFHQ Wild 512 (ADA)"),
-    "brecahad": KnownNetwork(f"{_ADA}/brecahad.pkl", None, "BreCaHAD 512 (ADA)"),
-    "cifar10": KnownNetwork(f"{_ADA}/cifar10.pkl", None, "CIFAR-10 32, conditional (ADA)"),
-    "stylegan2-ffhq-256": KnownNetwork(f"{_SG2}/stylegan2-ffhq-256x256.pkl", None, "StyleGAN2 FFHQ 256"),
-    "stylegan2-ffhq-512": KnownNetwork(f"{_SG2}/stylegan2-ffhq-512x512.pkl", None, "StyleGAN2 FFHQ 512"),
-    "stylegan2-ffhq-1024": KnownNetwork(f"{_SG2}/stylegan2-ffhq-1024x1024.pkl", None, "StyleGAN2 FFHQ 1024"),
-    "stylegan2-metfaces-1024": KnownNetwork(
-        f"{_SG2}/stylegan2-metfaces-1024x1024.pkl", None, "StyleGAN2 MetFaces 1024"
-    ),
-    "stylegan2-afhqv2-512": KnownNetwork(
-        f"{_SG2}/stylegan2-afhqv2-512x512.pkl", None, "StyleGAN2 AFHQv2 512"
-    ),
-    "stylegan2-celebahq-256": KnownNetwork(
-        f"{_SG2}/stylegan2-celebahq-256x256.pkl", None, "StyleGAN2 CelebA-HQ 256"
-    ),
-    "stylegan2-lsundog-256": KnownNetwork(
-        f"{_SG2}/stylegan2-lsundog-256x256.pkl", None, "StyleGAN2 LSUN Dog"
-    ),
+    name: KnownNetwork(url, None, description)
+    for name, url, description in [
+        ("ffhq256", f"{_TL}/ffhq-res256-mirror-paper256-noaug.pkl", "FFHQ 256, paper256 config"),
+        ("ffhq512", f"{_TL}/ffhq-res512-mirror-stylegan2-noaug.pkl", "FFHQ 512, config F"),
+        ("ffhq1024", f"{_TL}/ffhq-res1024-mirror-stylegan2-noaug.pkl", "FFHQ 1024, config F"),
+        (
+            "celebahq256",
+            f"{_TL}/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl",
+            "CelebA-HQ 256",
+        ),
+        ("lsundog256", f"{_TL}/lsundog-res256-paper256-kimg100000-noaug.pkl", "LSUN Dog 256"),
+        ("ffhq", f"{_ADA}/ffhq.pkl", "FFHQ 1024 trained with ADA"),
+        ("metfaces", f"{_ADA}/metfaces.pkl", "MetFaces 1024 (ADA, from FFHQ)"),
+        ("afhqcat", f"{_ADA}/afhqcat.pkl", "AFHQ Cat 512 (ADA)"),
+        ("afhqdog", f"{_ADA}/afhqdog.pkl", "AFHQ Dog 512 (ADA)"),
+        ("afhqwild", f"{_ADA}/afhqwild.pkl", "AFHQ Wild 512 (ADA)"),
+        ("brecahad", f"{_ADA}/brecahad.pkl", "BreCaHAD 512 (ADA)"),
+        ("cifar10", f"{_ADA}/cifar10.pkl", "CIFAR-10 32, conditional (ADA)"),
+        ("stylegan2-ffhq-256", f"{_SG2}/stylegan2-ffhq-256x256.pkl", "StyleGAN2 FFHQ 256"),
+        ("stylegan2-ffhq-512", f"{_SG2}/stylegan2-ffhq-512x512.pkl", "StyleGAN2 FFHQ 512"),
+        ("stylegan2-ffhq-1024", f"{_SG2}/stylegan2-ffhq-1024x1024.pkl", "StyleGAN2 FFHQ 1024"),
+        ("stylegan2-metfaces-1024", f"{_SG2}/stylegan2-metfaces-1024x1024.pkl", "StyleGAN2 MetFaces 1024"),
+        ("stylegan2-afhqv2-512", f"{_SG2}/stylegan2-afhqv2-512x512.pkl", "StyleGAN2 AFHQv2 512"),
+        ("stylegan2-celebahq-256", f"{_SG2}/stylegan2-celebahq-256x256.pkl", "StyleGAN2 CelebA-HQ 256"),
+        ("stylegan2-lsundog-256", f"{_SG2}/stylegan2-lsundog-256x256.pkl", "StyleGAN2 LSUN Dog"),
+    ]
 }
 
 
@@ -134,12 +123,9 @@ def resolve(name_or_url: str) -> KnownNetwork | None:
     """The known network for a shortcut name (``ffhq256``, ...) or URL, else None."""
     if name_or_url in NVIDIA_NETWORKS:
         return NVIDIA_NETWORKS[name_or_url]
-    if is_url(name_or_url):
-        for known in NVIDIA_NETWORKS.values():
-            if known.url == name_or_url:
-                return known
-        return KnownNetwork(name_or_url)
-    return None
+    if not is_url(name_or_url):
+        return None
+    return next((k for k in NVIDIA_NETWORKS.values() if k.url == name_or_url), KnownNetwork(name_or_url))
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -200,12 +186,8 @@ def download(
     progress: bool = True,
     timeout: float = 30.0,
 ) -> Path:
-    """Download ``url`` into the cache (unless already there) and return the cached path.
-
-    Resumes ``NAME.part`` with a Range request when possible; verifies ``sha256`` when given (a mismatch
-    deletes the partial file; a cached file that does not match is an error). Raises
-    :class:`DownloadError` naming the URL and the cache path.
-    """
+    """Download ``url`` into the cache unless it is there (module docstring) and return the cached path; a
+    ``sha256`` mismatch deletes the download, or is an error for a file already cached."""
     from filelock import FileLock
 
     dest = cache_path(url, cache)
@@ -239,12 +221,16 @@ def download(
     return dest
 
 
+def _sha256_mismatch(path: Path, sha256: str | None) -> str | None:
+    """The file's sha256 when it differs from the expected one (None when it matches or none is known)."""
+    got = sha256_of(path) if sha256 is not None else None
+    return got if got is not None and got.lower() != sha256.lower() else None
+
+
 def _check_cached(url: str, dest: Path, sha256: str | None) -> None:
     """A cached file must match the known checksum; it is left alone (it may have been placed by hand)."""
-    if sha256 is None:
-        return
-    got = sha256_of(dest)
-    if got.lower() != sha256.lower():
+    got = _sha256_mismatch(dest, sha256)
+    if got is not None:
         raise DownloadError(
             f"the cached file {dest} for {url} has sha256 {got}, expected {sha256}: delete it to download "
             "it again (or place the right file there)"
@@ -267,20 +253,9 @@ def _transfer(url: str, dest: Path, part: Path, sha256: str | None, progress: bo
             f = open(part, "ab" if offset else "wb")
         except OSError as err:
             raise _error(url, dest, f"cannot write {part} ({err.strerror or err})") from None
+        bar_args = dict(unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, leave=False)
         try:
-            with (
-                f,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
-                    leave=False,
-                ) as bar,
-            ):
+            with f, tqdm(total=total, initial=offset, desc=dest.name, **bar_args) as bar:
                 while block := resp.read(_CHUNK):
                     f.write(block)
                     bar.update(len(block))
@@ -291,13 +266,10 @@ def _transfer(url: str, dest: Path, part: Path, sha256: str | None, progress: bo
     size = part.stat().st_size
     if total is not None and size != total:
         raise _error(url, dest, f"the transfer ended after {size} of {total} bytes; run again to resume")
-    if sha256 is not None:
-        got = sha256_of(part)
-        if got.lower() != sha256.lower():
-            part.unlink(missing_ok=True)
-            raise _error(
-                url, dest, f"checksum mismatch (sha256 {got}, expected {sha256}); the file was deleted"
-            )
+    got = _sha256_mismatch(part, sha256)
+    if got is not None:
+        part.unlink(missing_ok=True)
+        raise _error(url, dest, f"checksum mismatch (sha256 {got}, expected {sha256}); the file was deleted")
     os.replace(part, dest)
 
 

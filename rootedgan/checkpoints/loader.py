@@ -1,12 +1,5 @@
-"""The loader behind :mod:`rootedgan.checkpoints` (which re-exports it): one loader for StyleGAN2
-networks: NVIDIA ``.pkl``, rosinality ``.pt`` and our ``.safetensors``.
-
-``load_network(path_or_url)`` detects the format from the file's first bytes (never its name), never
-executes code from the file, and returns ``dict(G=..., D=..., G_ema=..., meta=...)`` with our
-``Generator``/``Discriminator`` modules (eval mode; a missing network is ``None``). ``meta`` always has
-``format`` (``'nvidia-pkl'``, ``'nvidia-tf-pkl'`` for a TensorFlow-era StyleGAN2 pickle, ``'rosinality-pt'``
-or ``'native'``), ``source`` and ``init_kwargs``.
-"""
+"""The loader behind :mod:`rootedgan.checkpoints` (which re-exports it and documents ``load_network``):
+format detection by content, one reader per format, building, and conversion between formats."""
 
 from __future__ import annotations
 
@@ -29,7 +22,7 @@ Records = tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]
 
 
 def _read_pickle(path: Path) -> Records:
-    records, extra = nvidia.read_nvidia_pickle(path)
+    records, extra = nvidia.read_nvidia_pickle(path)  # TensorFlow-era pickles too
     return (tf_legacy.FORMAT if "tensorflow" in extra else nvidia.FORMAT), records, extra
 
 
@@ -51,10 +44,6 @@ def _read_torch(path: Path) -> Records:
     return (rosinality.FORMAT, *rosinality.read_rosinality(ckpt, str(path)))
 
 
-def _read_native(path: Path) -> Records:
-    return (native.FORMAT, *native.read_native(path))
-
-
 def _refuse_adapter(path: Path) -> Records:
     raise CheckpointError(
         f"{path} is an orthogonal-finetuning adapter (rotations only), not a full checkpoint: load_network "
@@ -67,7 +56,7 @@ _READERS: dict[str, Callable[[Path], Records]] = {
     "nvidia-pkl": _read_pickle,
     "torch-zip": _read_torch,
     "torch-legacy": _read_torch,
-    "safetensors": _read_native,
+    "safetensors": lambda path: (native.FORMAT, *native.read_native(path)),
     ADAPTER: _refuse_adapter,
 }
 #: Formats that a higher layer loads whole (:func:`register_loader`): the orthogonal-finetuning adapter.
@@ -90,10 +79,8 @@ def _detect(path: Path) -> str | None:
 
 
 def read_records(path: str | os.PathLike[str]) -> Records:
-    """Read any supported checkpoint into (format, records, extra meta) without building networks.
-
-    Every failure is a :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) naming the file.
-    """
+    """Read any supported checkpoint into (format, records, extra meta) without building networks; every
+    failure is a :class:`CheckpointError` naming the file."""
     path = Path(path)
     return _read_records(path, _detect(path))
 
@@ -164,15 +151,11 @@ def load_network(
     device: str | torch.device = "cpu",
     base: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Load a StyleGAN2 checkpoint: ``dict(G=..., D=..., G_ema=..., meta=...)``.
-
-    Accepts a path, an http(s)/file URL or an NVIDIA shortcut name (see
-    :data:`rootedgan.checkpoints.download.NVIDIA_NETWORKS`); the format is detected from the content.
-    Networks are in eval mode on ``device`` (gradients left enabled, for finetuning). A network the file
-    does not hold is ``None``. An orthogonal-finetuning adapter (:mod:`rootedgan.checkpoints.adapter`) is
-    applied to its base checkpoint (found next to the adapter, as recorded, or ``base``; checked by sha256)
-    and comes back as merged plain G and G_ema (``D`` None, ``meta["format"] == "adapter"``).
-    """
+    """Load a StyleGAN2 checkpoint (a path, http(s)/file URL or NVIDIA shortcut name) as ``dict(G=..., D=...,
+    G_ema=..., meta=...)`` (:mod:`rootedgan.checkpoints`); networks are in eval mode on ``device``, gradients
+    left enabled. An orthogonal-finetuning adapter comes back applied to its base checkpoint (``base``, or
+    found as :mod:`rootedgan.checkpoints.adapter` says) as merged G and G_ema (``meta["format"] ==
+    "adapter"``)."""
     path = resolve_source(path_or_url)
     fmt = _detect(path)
     if fmt in _LOADERS:
@@ -202,10 +185,8 @@ def output_format(dst: str | os.PathLike[str], fmt: str | None = None) -> str:
             ".pt (rosinality) instead; rootedgan and most tools load both."
         )
     if fmt is None:
-        if suffix == ".safetensors":
-            return "native"
-        if suffix == ".pt":
-            return "rosinality"
+        fmt = {".safetensors": "native", ".pt": "rosinality"}.get(suffix)
+    if fmt is None:
         raise CheckpointError(
             f"cannot tell the output format from the name {Path(dst).name!r}: use a .safetensors (rootedgan) "
             "or .pt (rosinality) file name, or pass the format explicitly (--format native|rosinality)"
@@ -222,14 +203,10 @@ def convert_network(
     merge: bool = False,
     base: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Convert a checkpoint to ``fmt`` (``'native'`` .safetensors or ``'rosinality'`` .pt).
-
-    ``fmt=None`` picks the format from ``dst``'s suffix. ``merge=True`` is required for an
-    orthogonal-finetuning adapter file: :func:`load_network` applies it to its base checkpoint (found as
-    there, or given as ``base``) and folds the rotations into plain weights. The networks are built and
-    loaded strictly on the way, so a broken conversion fails here, not later.
-    Returns ``dict(path, format, source_format, networks, notes)``.
-    """
+    """Convert a checkpoint to ``fmt`` (``'native'`` .safetensors or ``'rosinality'`` .pt; None: from
+    ``dst``'s suffix), building the networks on the way so that a broken conversion fails here. An adapter
+    needs ``merge=True`` (its rotations folded into plain weights). Returns ``dict(path, format,
+    source_format, networks, notes)``."""
     fmt = output_format(dst, fmt)
     loaded = load_network(src, base=base)
     if loaded["meta"]["format"] == ADAPTER and not merge:
@@ -238,11 +215,11 @@ def convert_network(
             f"{src} is an orthogonal-finetuning adapter (rotations on top of {base_source}): add --merge to "
             "write the merged plain weights"
         )
-    notes: list[str] = list(loaded["meta"].get("notes") or [])
+    src_meta = loaded["meta"]
+    notes: list[str] = list(src_meta.get("notes") or [])
     records = {
         name: None if loaded.get(name) is None else module_record(loaded[name]) for name in NETWORK_NAMES
     }
-    src_meta = loaded["meta"]
     if fmt == "native":
         meta = {
             k: v for k, v in src_meta.items() if k not in ("format", "source", "init_kwargs", "local_path")
@@ -252,10 +229,5 @@ def convert_network(
     else:
         notes += rosinality.save_rosinality(dst, records, src_meta)
         path = Path(dst)
-    return {
-        "path": path,
-        "format": fmt,
-        "source_format": src_meta["format"],
-        "networks": [name for name in NETWORK_NAMES if records[name] is not None],
-        "notes": notes,
-    }
+    networks = [name for name in NETWORK_NAMES if records[name] is not None]
+    return dict(path=path, format=fmt, source_format=src_meta["format"], networks=networks, notes=notes)

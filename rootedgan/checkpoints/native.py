@@ -1,16 +1,12 @@
-"""rootedgan's own checkpoint format: one ``.safetensors`` file, no pickle anywhere.
-
-Tensors are named ``G.<key>``, ``D.<key>``, ``G_ema.<key>`` (NVIDIA key names). The safetensors string
-metadata holds ``format = "rootedgan-native"``, ``format_version = "1"``, ``init_kwargs`` (JSON: the
-constructor kwargs of each stored network, by name) and ``meta`` (JSON: provenance such as the network it
-was finetuned from, the loss and its settings, kimg -- whatever the caller passes).
-"""
+"""rootedgan's own checkpoint format, one ``.safetensors`` file: tensors ``G.<key>``, ``D.<key>``,
+``G_ema.<key>`` (NVIDIA key names), string metadata ``format = "rootedgan-native"``, ``format_version``,
+``init_kwargs`` (JSON, by network) and ``meta`` (JSON provenance). Adapter files share the container."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +30,6 @@ from rootedgan.errors import CheckpointError
 FORMAT = "native"
 FORMAT_TAG = "rootedgan-native"
 FORMAT_VERSION = "1"
-SUFFIX = ".safetensors"
-
-
-def records_to_bytes(
-    records: Mapping[str, NetworkRecord | None], meta: Mapping[str, Any] | None = None
-) -> bytes:
-    """Serialise network records (and JSON metadata) to safetensors bytes."""
-    tensors: dict[str, torch.Tensor] = {}
-    init_kwargs: dict[str, Any] = {}
-    for name in NETWORK_NAMES:
-        rec = records.get(name)
-        if rec is None:
-            continue
-        init_kwargs[name] = jsonable(rec.init_kwargs)
-        for key, value in rec.state_dict.items():
-            # A private copy per tensor: safetensors refuses tensors that share memory.
-            tensors[f"{name}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
-    metadata = {
-        "format": FORMAT_TAG,
-        "format_version": FORMAT_VERSION,
-        "init_kwargs": json.dumps(init_kwargs),
-        "meta": json.dumps(jsonable(dict(meta or {}))),
-    }
-    return st_save(tensors, metadata=metadata)
 
 
 def save_records(
@@ -65,10 +37,27 @@ def save_records(
     records: Mapping[str, NetworkRecord | None],
     meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write records as a native checkpoint, atomically (temp file + fsync + rename)."""
+    """Write records (and JSON-able ``meta``) as a native checkpoint, atomically."""
     if records.get("G") is None and records.get("G_ema") is None:
         raise CheckpointError("a checkpoint needs a generator: pass G and/or G_ema")
-    data = records_to_bytes(records, meta)
+    tensors: dict[str, torch.Tensor] = {}
+    init_kwargs: dict[str, Any] = {}
+    for name in NETWORK_NAMES:
+        rec = records.get(name)
+        if rec is not None:
+            init_kwargs[name] = jsonable(rec.init_kwargs)
+            for key, value in rec.state_dict.items():
+                # A private copy per tensor: safetensors refuses tensors that share memory.
+                tensors[f"{name}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+    return write_file(path, tensors, init_kwargs=init_kwargs, meta=jsonable(dict(meta or {})))
+
+
+def write_file(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], **fields: Any) -> Path:
+    """Write ``tensors`` and the JSON metadata ``fields`` (plus the format tags) as a rootedgan
+    ``.safetensors`` file, atomically."""
+    metadata = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION}
+    metadata.update({key: json.dumps(value) for key, value in fields.items()})
+    data = st_save(dict(tensors), metadata=metadata)
     return atomic_write(path, lambda f: write_chunks(f, data))
 
 
@@ -79,20 +68,14 @@ def save_network(
     G_ema: torch.nn.Module | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save networks (and JSON-able ``meta``: provenance, loss settings, kimg, ...) to one ``.safetensors``.
-
-    The write is atomic: a temp file in the same folder is written, fsynced and renamed over ``path``,
-    so an interrupted save never leaves a partial checkpoint (an existing file stays intact).
-    At least one of ``G`` / ``G_ema`` is required. Returns the written path.
-    """
+    """Save networks (at least ``G`` or ``G_ema``) and JSON-able ``meta`` (provenance, loss settings, kimg)
+    to one ``.safetensors``, atomically: an interrupted save never leaves a partial checkpoint."""
     if G is None and G_ema is None:
         raise CheckpointError("save_network needs a generator: pass G and/or G_ema")
-    records = {
-        "G": None if G is None else module_record(G, GENERATOR),
-        "D": None if D is None else module_record(D, DISCRIMINATOR),
-        "G_ema": None if G_ema is None else module_record(G_ema, GENERATOR),
-    }
-    return save_records(path, records, meta)
+    nets = {"G": (G, GENERATOR), "D": (D, DISCRIMINATOR), "G_ema": (G_ema, GENERATOR)}
+    return save_records(
+        path, {k: None if m is None else module_record(m, kind) for k, (m, kind) in nets.items()}, meta
+    )
 
 
 def json_field(metadata: Mapping[str, str], key: str, source: str) -> Any:
@@ -107,19 +90,22 @@ def json_field(metadata: Mapping[str, str], key: str, source: str) -> Any:
     return value
 
 
-def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
-    """Read a native checkpoint into records and its stored ``meta`` (nothing built yet)."""
+def read_file(
+    path: str | os.PathLike[str], names: Sequence[str], what: str = "checkpoint"
+) -> tuple[dict[str, str], dict[str, dict[str, torch.Tensor]]]:
+    """The string metadata of a rootedgan ``.safetensors`` file and its tensors by network (``G.<key>`` ->
+    ``{"G": {key: tensor}}``, each name in ``names``); a foreign, corrupt or newer file is refused."""
     source = str(path)
     try:
         with safe_open(source, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
+            metadata = dict(f.metadata() or {})
             if metadata.get("format") != FORMAT_TAG:
                 raise CheckpointError(
                     f"{source} is a safetensors file but not a rootedgan checkpoint "
                     f"(its metadata has format={metadata.get('format')!r}, expected {FORMAT_TAG!r}); "
                     f"tensors found: {', '.join(list(f.keys())[:8])}"
                 )
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # safe_open has no __iter__
+            flat = {key: f.get_tensor(key) for key in f.keys()}  # safe_open has no __iter__
     except CheckpointError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -129,26 +115,32 @@ def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord |
     version = metadata.get("format_version", "")
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{source} is rootedgan checkpoint format version {version!r}; this rootedgan reads version "
+            f"{source} is rootedgan {what} format version {version!r}; this rootedgan reads version "
             f"{FORMAT_VERSION} (upgrade rootedgan to read newer files)"
         )
-    init_kwargs = json_field(metadata, "init_kwargs", source)
-    meta = json_field(metadata, "meta", source)
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
         name, _, sub = key.partition(".")
-        if name not in NETWORK_NAMES or not sub:
-            raise CheckpointError(f"{source}: unexpected tensor name `{key}` (expected G., D. or G_ema.)")
-        states.setdefault(name, {})[sub] = value
+        if name not in names or not sub:
+            expected = ", ".join(f"{n}." for n in names)
+            raise CheckpointError(f"{source}: unexpected tensor name `{key}` (expected {expected})")
+        tensors.setdefault(name, {})[sub] = value
+    return metadata, tensors
+
+
+def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
+    """Read a native checkpoint into records and its stored ``meta`` (nothing built yet)."""
+    metadata, states = read_file(path, NETWORK_NAMES)
+    init_kwargs = json_field(metadata, "init_kwargs", str(path))
+    meta = json_field(metadata, "meta", str(path))
     records: dict[str, NetworkRecord | None] = {}
     for name in NETWORK_NAMES:
-        if name not in init_kwargs:
-            if name in states:
-                raise CheckpointError(f"{source}: tensors of {name} are stored without its init_kwargs")
-            records[name] = None
-            continue
-        kind = DISCRIMINATOR if name == "D" else GENERATOR
-        records[name] = NetworkRecord(kind, dict(init_kwargs[name]), states.get(name, {}))
+        records[name] = None
+        if name in init_kwargs:
+            kind = DISCRIMINATOR if name == "D" else GENERATOR
+            records[name] = NetworkRecord(kind, dict(init_kwargs[name]), states.get(name, {}))
+        elif name in states:
+            raise CheckpointError(f"{path}: tensors of {name} are stored without its init_kwargs")
     if records["G"] is None and records["G_ema"] is None:
-        raise CheckpointError(f"{source} holds no generator (G or G_ema)")
+        raise CheckpointError(f"{path} holds no generator (G or G_ema)")
     return records, meta if isinstance(meta, dict) else {"meta": meta}

@@ -1,17 +1,19 @@
-"""Shared helpers for the checkpoint readers: network records, building our modules, atomic writes.
+"""Shared helpers of the checkpoint readers: records, bounded metadata, safe unpickling, building, writing.
 
-A *record* is what every reader produces before any module exists: the network kind (``"Generator"``
-or ``"Discriminator"``), the constructor kwargs of our (NVIDIA-compatible) class, and a flat state
-dict with NVIDIA's key names. :func:`build_network` turns a record into a module, loading the state
-dict strictly so that a reader that drops, renames or reshapes a tensor fails loudly.
+A *record* is what every reader produces before any module exists: the kind, our constructor kwargs and a
+flat state dict with NVIDIA's key names. :func:`build_network` checks it before allocating anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,15 +23,15 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from rootedgan import networks
-from rootedgan.errors import CheckpointError
+from rootedgan.errors import CheckpointError, UnsafeCheckpointError
 from rootedgan.fileio import atomic_open
 
 NETWORK_NAMES = ("G", "D", "G_ema")
 GENERATOR = "Generator"
 DISCRIMINATOR = "Discriminator"
-
-# The default 1-D resampling kernel of StyleGAN2; every block/layer stores outer(k, k) / sum as a buffer.
-DEFAULT_RESAMPLE_KERNEL = (1.0, 3.0, 3.0, 1.0)
+CLASSES = {GENERATOR: networks.Generator, DISCRIMINATOR: networks.Discriminator}
+#: Mapped latents averaged for a generator stored without ``w_avg`` (rosinality's ``mean_latent``).
+W_AVG_SAMPLES = 10000
 
 
 @dataclass
@@ -41,32 +43,19 @@ class NetworkRecord:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
 
 
-def default_resample_filter() -> torch.Tensor:
-    """The ``resample_filter`` buffer every StyleGAN2 block and resampling layer holds (4x4, sums to 1)."""
-    k = torch.tensor(DEFAULT_RESAMPLE_KERNEL, dtype=torch.float32)
-    f = torch.outer(k, k)
-    return f / f.sum()
+# ----------------------------------------------------------------------------------------------------------
+# Metadata: bounded, then plain Python values.
 
-
-# Limits on the metadata a checkpoint may carry (constructor kwargs, training_set_kwargs, args, ...). A pickle
-# can share one object many times through its memo, so a ~500-byte file can describe a structure that has
-# 2**40 nodes once expanded; every value is counted each time it is reached, and depth is bounded too.
+# A pickle can share one object many times through its memo, so a ~500-byte file can describe a structure
+# with 2**40 nodes once expanded: every value is counted each time it is reached, and depth is bounded too.
 MAX_META_DEPTH = 32
 MAX_META_ITEMS = 100_000
 
 
-def check_metadata(
-    obj: Any,
-    what: str = "the checkpoint's metadata",
-    max_depth: int = MAX_META_DEPTH,
-    max_items: int = MAX_META_ITEMS,
-) -> None:
-    """Refuse metadata nested deeper than ``max_depth`` levels or holding more than ``max_items`` values.
-
-    Walks iteratively (no recursion, no copies); a shared or self-referencing object counts every time it
-    is reached, which is what :func:`plain` / :func:`jsonable` / ``json.dumps`` would expand it to.
-    Raises a one-line :class:`CheckpointError` naming ``what``.
-    """
+def check_metadata(obj: Any, what: str = "the checkpoint's metadata") -> None:
+    """Refuse metadata nested deeper than ``MAX_META_DEPTH`` or holding more than ``MAX_META_ITEMS`` values
+    (walked iteratively, shared objects counted each time, as :func:`plain` or ``json.dumps`` would expand
+    them), with one line naming ``what``."""
     stack: list[tuple[Any, int]] = [(obj, 0)]
     count = 1
     while stack:
@@ -77,28 +66,22 @@ def check_metadata(
             size = len(node)
         else:
             continue
-        if not size:
-            continue
-        if depth >= max_depth:
+        if size and depth >= MAX_META_DEPTH:
             raise CheckpointError(
-                f"{what}: nested more than {max_depth} levels deep (or self-referencing); refused"
+                f"{what}: nested more than {MAX_META_DEPTH} levels deep (or self-referencing); refused"
             )
         count += size
-        if count > max_items:
+        if count > MAX_META_ITEMS:
             raise CheckpointError(
-                f"{what}: more than {max_items} values once shared references are expanded; refused"
+                f"{what}: more than {MAX_META_ITEMS} values once shared references are expanded; refused"
             )
         children = [*node.keys(), *node.values()] if isinstance(node, Mapping) else node
         stack.extend((child, depth + 1) for child in children)
 
 
 def plain(obj: Any) -> Any:
-    """Recursively turn dict subclasses into dicts, numpy scalars into Python numbers, sets into lists.
-
-    Used for init kwargs and other metadata read from files, so they are ordinary, JSON-friendly values.
-    Tuples stay tuples (constructors may take them); :func:`jsonable` turns them into lists. Metadata over
-    the :func:`check_metadata` limits is refused (never expanded).
-    """
+    """Dict subclasses as dicts, numpy scalars as Python numbers, sets as sorted lists, recursively (tuples
+    stay tuples: constructors may take them). Metadata over the :func:`check_metadata` limits is refused."""
     check_metadata(obj)
     return _plain(obj)
 
@@ -136,42 +119,128 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
-def network_class(kind: str) -> type[torch.nn.Module]:
-    """Our ``Generator`` or ``Discriminator`` class."""
-    if kind == GENERATOR:
-        return networks.Generator
-    if kind == DISCRIMINATOR:
-        return networks.Discriminator
-    raise CheckpointError(f"unknown network kind {kind!r} (expected {GENERATOR!r} or {DISCRIMINATOR!r})")
+# ----------------------------------------------------------------------------------------------------------
+# Restricted unpickling, shared by the NVIDIA and TensorFlow readers (README, "Security").
 
 
-def _describe_mismatch(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], limit: int = 8
-) -> str:
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
-    ]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-        if items:
-            more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-            parts.append(f"{label}: {', '.join(items[:limit])}{more}")
-    return "; ".join(parts)
+class EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access): unpickled as a dict."""
 
 
-# Sane bounds of constructor arguments, checked before anything is built (a few hundred bytes of metadata
-# must not make us allocate gigabytes). Names are looked up in the kwargs and their nested dicts.
+def latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """Checked ``_codecs.encode``: how protocol-2 pickles store byte strings (latin-1 text only)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeCheckpointError("refused a _codecs.encode call that is not latin-1 bytes; not loaded")
+    return text.encode("latin-1")
+
+
+class NumpyDType:
+    """Checked stand-in for ``numpy.dtype``: a numeric dtype named by a string, plus its byte order."""
+
+    __slots__ = ("base", "order")
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
+        if not isinstance(spec, str) or len(spec) > 8:
+            raise UnsafeCheckpointError(
+                f"refused numpy.dtype({spec!r}) in the pickle; the file was not loaded"
+            )
+        try:
+            base = np.dtype(spec)
+        except TypeError as err:
+            raise CheckpointError(f"invalid numpy dtype {spec!r} in the pickle (corrupt file?)") from err
+        if base.kind not in "biuf" or base.hasobject or base.fields is not None or base.subdtype is not None:
+            raise UnsafeCheckpointError(
+                f"refused numpy dtype {spec!r} in the pickle; the file was not loaded"
+            )
+        self.base = base
+        self.order = "="
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (version, byte order, subarray, names, fields, elsize, alignment, flags[, metadata]).
+        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in ("<", ">", "|", "="):
+            raise CheckpointError("a numpy dtype in the pickle has a malformed state (corrupt file?)")
+        if any(part is not None for part in state[2:5]):
+            raise UnsafeCheckpointError(
+                "refused a structured numpy dtype in the pickle; the file was not loaded"
+            )
+        self.order = state[1]
+
+    def resolve(self) -> np.dtype:
+        return self.base.newbyteorder(self.order) if self.order in "<>" else self.base
+
+
+def numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
+    """Checked ``numpy.core.multiarray.scalar``: a number rebuilt from its raw bytes (TensorFlow returned 0-d
+    variables such as ``noise_strength`` as numpy scalars)."""
+    if not isinstance(dtype, NumpyDType):
+        raise UnsafeCheckpointError("refused a numpy scalar of an unexpected type; the file was not loaded")
+    resolved = dtype.resolve()
+    if not isinstance(data, bytes) or len(data) != resolved.itemsize:
+        raise CheckpointError("a numpy scalar in the pickle has the wrong number of bytes (corrupt file?)")
+    return np.frombuffer(data, dtype=resolved)[0]
+
+
+#: Globals both restricted unpicklers resolve, to stand-ins that only store values.
+SHARED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "dtype"): NumpyDType,
+    ("numpy.core.multiarray", "scalar"): numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): numpy_scalar,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib", "EasyDict"): EasyDict,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("_codecs", "encode"): latin1_encode,
+}
+
+
+def first_line(err: BaseException) -> str:
+    """The first sentence of an exception's message (torch's messages go on for paragraphs)."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__).split(". ")[0].rstrip(".")[:300]
+
+
+def refused_global(err: BaseException) -> str | None:
+    """What a ``torch.load(weights_only=True)`` refusal names (``the global `x.y```), or None when ``err`` is
+    not such a refusal."""
+    msg = str(err)
+    if not isinstance(err, pickle.UnpicklingError) or not re.search(
+        "weights_only|Unsupported|Weights only", msg
+    ):
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", msg)
+    return f"the global `{found.group(1)}`" if found else "code outside torch's weights-only allow-list"
+
+
+def load_pickle(path: str | os.PathLike[str], unpickler: type[pickle.Unpickler], what: str) -> Any:
+    """Unpickle ``path`` with a restricted ``unpickler``; every failure is a one-line CheckpointError."""
+    try:
+        with open(path, "rb") as f:
+            return unpickler(f).load()
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"refused to load {path}: {err}") from None
+    except CheckpointError as err:
+        raise type(err)(f"{path}: {err}") from None
+    except (EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (the pickle ends early or is malformed: {first_line(err)}). "
+            "Download or copy it again."
+        ) from err
+    except Exception as err:  # anything else a malformed file can trigger: never a raw stack trace
+        raise CheckpointError(
+            f"{path} is corrupt or not {what} ({type(err).__name__}: {first_line(err)}). "
+            "Download or copy it again."
+        ) from err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Constructor arguments: bounded before anything is planned or built.
+
+# A few hundred bytes of metadata must not make us allocate gigabytes. Names are looked up in nested dicts.
 MAX_DIM = 16384  # z_dim, w_dim, channel widths, feature counts
-MAX_RESOLUTION = 8192
 _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "z_dim": (1, MAX_DIM),
     "w_dim": (1, MAX_DIM),
     "c_dim": (0, 1 << 16),
-    "img_resolution": (4, MAX_RESOLUTION),
+    "img_resolution": (4, 8192),
     "img_channels": (1, 64),
     "channel_base": (1, 1 << 30),
     "channel_max": (1, MAX_DIM),
@@ -198,13 +267,42 @@ def _short(obj: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "...}"
 
 
-def check_init_kwargs(kind: str, kwargs: Any, where: str = "") -> None:
-    """Refuse constructor kwargs that are missing, of the wrong type or absurd, with one line.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Checks the required sizes, the bounds in ``_INT_BOUNDS`` (looked up in nested dicts too), that every
-    number is finite and every integer moderate, and that ``channel_base`` gives every layer at least one
-    channel. Nothing is built.
-    """
+
+def _leaves(kwargs: Mapping[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """``(key, value)`` of every value that is not a dict, list or tuple, however deeply nested."""
+    stack: list[Any] = [kwargs]
+    while stack:
+        node = stack.pop()
+        for key, value in node.items() if isinstance(node, Mapping) else enumerate(node):
+            if isinstance(value, Mapping | list | tuple):
+                stack.append(value)
+            else:
+                yield key, value
+
+
+def _check_value(label: str, key: Any, value: Any) -> None:
+    """A finite, moderate value; an integer within its ``_INT_BOUNDS`` where the key is named there."""
+    if (isinstance(value, float) and not math.isfinite(value)) or (_is_int(value) and abs(value) > _MAX_INT):
+        raise CheckpointError(f"{label}: the constructor argument {key} is {value}; refused")
+    bounds = _INT_BOUNDS.get(key) if isinstance(key, str) else None
+    if bounds is None or (value is None and key in _MAY_BE_NONE):
+        return
+    if not _is_int(value):
+        raise CheckpointError(f"{label}: the constructor argument {key} must be an integer, got {value!r}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise CheckpointError(
+            f"{label}: the constructor argument {key} = {value} is outside the sane range "
+            f"[{bounds[0]}, {bounds[1]}]; refused (a corrupt or hostile file?)"
+        )
+
+
+def check_init_kwargs(kind: str, kwargs: Any, where: str = "") -> None:
+    """Refuse constructor kwargs that are missing, of the wrong type or absurd, with one line: the required
+    sizes, :data:`_INT_BOUNDS`, finite numbers, moderate integers, and a ``channel_base`` that gives every
+    layer a channel. Nothing is built."""
     label = f"{kind}{where}"
     if not isinstance(kwargs, Mapping):
         raise CheckpointError(
@@ -215,41 +313,22 @@ def check_init_kwargs(kind: str, kwargs: Any, where: str = "") -> None:
         if kwargs.get(key) is None:
             raise CheckpointError(f"the constructor arguments of {label} have no {key}")
     found: dict[str, Any] = {}
-    stack: list[Any] = [kwargs]
-    while stack:
-        node = stack.pop()
-        items = node.items() if isinstance(node, Mapping) else enumerate(node)
-        for key, value in items:
-            if isinstance(value, Mapping | list | tuple):
-                stack.append(value)
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise CheckpointError(f"{label}: the constructor argument {key} is {value}; refused")
-            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
-                raise CheckpointError(f"{label}: the constructor argument {key} is {value}; refused")
-            if isinstance(key, str) and key in _INT_BOUNDS:
-                found.setdefault(key, value)
-                lo, hi = _INT_BOUNDS[key]
-                if value is None and key in _MAY_BE_NONE:
-                    continue
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise CheckpointError(
-                        f"{label}: the constructor argument {key} must be an integer, got {value!r}"
-                    )
-                if not lo <= value <= hi:
-                    raise CheckpointError(
-                        f"{label}: the constructor argument {key} = {value} is outside the sane range "
-                        f"[{lo}, {hi}]; refused (a corrupt or hostile file?)"
-                    )
-    res = found.get("img_resolution")
-    if isinstance(res, int) and res & (res - 1):
+    for key, value in _leaves(kwargs):
+        _check_value(label, key, value)
+        if isinstance(key, str):
+            found.setdefault(key, value)
+    res, base = found.get("img_resolution"), found.get("channel_base", 32768)
+    if _is_int(res) and res & (res - 1):
         raise CheckpointError(f"{label}: img_resolution = {res} is not a power of two")
-    base = found.get("channel_base", 32768)
-    if isinstance(res, int) and isinstance(base, int) and base < res:
+    if _is_int(res) and _is_int(base) and base < res:
         raise CheckpointError(
             f"{label}: channel_base = {base} is smaller than img_resolution = {res}, which leaves layers "
             "without channels"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning (meta device) and building.
 
 
 @functools.lru_cache(maxsize=1)
@@ -275,17 +354,16 @@ _TRUE_DIVIDE = {
 
 
 class _MetaDevice(TorchFunctionMode):
-    """Plans a network without allocating it: tensors made from a size (``randn([o, i])``, ``zeros``, ...)
-    are on the ``meta`` device (shapes only), moving a meta tensor keeps it there, and tensors made from
-    data (``as_tensor(kernel)``: small by construction) stay real. ``randn``/``rand`` and dividing a meta
-    tensor by a number are answered directly: torch's meta kernels for them are written in Python and their
-    first use imports ~1 s of modules (sympy among them)."""
+    """Plans a network without allocating it: tensors made from a size go to the ``meta`` device and stay
+    there when moved; tensors made from data (small by construction) stay real. ``randn``/``rand`` and
+    dividing a meta tensor by a number are answered here: torch's meta kernels for them first import ~1 s of
+    modules (sympy among them)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func in (torch.tensor, torch.as_tensor, torch.asarray):
             pass
-        elif func in (torch.randn, torch.rand):  # their meta versions are Python too: only the shape matters
+        elif func in (torch.randn, torch.rand):
             size = kwargs.get("size", args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
             return torch.empty(size, dtype=kwargs.get("dtype"), device="meta")
         elif func in _device_constructors():
@@ -307,85 +385,85 @@ class _MetaDevice(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _mismatch(record: NetworkRecord, label: str, where: str, problem: str) -> CheckpointError:
-    return CheckpointError(
-        f"the tensors of {label}{where} do not fit our {record.kind} built from "
-        f"{_short(record.init_kwargs)}: {problem}. The file may come from a different network architecture."
-    )
+def _describe_mismatch(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], limit: int = 8
+) -> str:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        if items:
+            more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
 
 
-def _construct(record: NetworkRecord, label: str, where: str, meta: bool = False) -> torch.nn.Module:
-    cls = network_class(record.kind)
+# What a constructor raises for arguments it cannot build from.
+_BUILD_ERRORS = (TypeError, ValueError, KeyError, AssertionError, RuntimeError, ArithmeticError, IndexError)
+
+
+def construct(record: NetworkRecord, label: str, meta: bool = False) -> torch.nn.Module:
+    """Our module for ``record.init_kwargs`` (no state loaded), planned on the ``meta`` device if ``meta``;
+    a constructor that refuses its arguments is a one-line CheckpointError naming ``label``."""
+    cls = CLASSES.get(record.kind)
+    if cls is None:
+        raise CheckpointError(
+            f"unknown network kind {record.kind!r} (expected {GENERATOR!r} or {DISCRIMINATOR!r})"
+        )
     try:
-        if meta:
-            with _MetaDevice():
-                return cls(**record.init_kwargs)
-        return cls(**record.init_kwargs)
-    except (
-        TypeError,
-        ValueError,
-        KeyError,
-        AssertionError,
-        RuntimeError,
-        ArithmeticError,
-        IndexError,
-    ) as err:
+        with _MetaDevice() if meta else contextlib.nullcontext():
+            return cls(**record.init_kwargs)
+    except _BUILD_ERRORS as err:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise CheckpointError(
-            f"cannot build {label}{where} from its constructor arguments "
-            f"{_short(record.init_kwargs)}: {reason}"
+            f"cannot build {label} from its constructor arguments {_short(record.init_kwargs)}: {reason}"
         ) from None
 
 
 def check_record(
     record: NetworkRecord, source: str = "", name: str = "", allow_missing: Sequence[str] = ()
-) -> None:
+) -> str:
     """Check ``record`` before anything is allocated: sane kwargs (:func:`check_init_kwargs`), then the
-    network planned on the ``meta`` device must have exactly the stored tensors' names and shapes (keys
-    in ``allow_missing`` may be absent). So a network is only ever built as large as the file's tensors."""
+    network planned on the ``meta`` device must have exactly the stored tensors' names and shapes (keys in
+    ``allow_missing`` may be absent). Returns the label errors name the network by."""
     where = f" in {source}" if source else ""
-    label = f"{name} ({record.kind})" if name else record.kind
     check_init_kwargs(record.kind, record.init_kwargs, f" {name}{where}" if name else where)
-    planned = _construct(record, label, where, meta=True).state_dict()
+    label = f"{name} ({record.kind}){where}" if name else f"{record.kind}{where}"
+    planned = construct(record, label, meta=True).state_dict()
     found = dict(record.state_dict)
-    for key in allow_missing:
-        if key in planned and key not in found:
-            found[key] = planned[key]
+    found.update({key: planned[key] for key in allow_missing if key in planned and key not in found})
     problem = _describe_mismatch(planned, found)
     if problem:
-        raise _mismatch(record, label, where, problem)
+        raise CheckpointError(
+            f"the tensors of {label} do not fit our {record.kind} built from {_short(record.init_kwargs)}: "
+            f"{problem}. The file may come from a different network architecture."
+        )
+    return label
 
 
 def build_network(
     record: NetworkRecord, device: str | torch.device = "cpu", source: str = "", name: str = ""
 ) -> torch.nn.Module:
-    """Construct our module from ``record.init_kwargs`` and load ``record.state_dict`` strictly.
-
-    The kwargs and the tensors' shapes are checked first (:func:`check_record`), so nothing is allocated
-    for a record whose tensors do not fit. The module is returned in eval mode on ``device``;
-    ``requires_grad`` is left as constructed.
-    """
-    check_record(record, source, name)
-    where = f" in {source}" if source else ""
-    label = f"{name} ({record.kind})" if name else record.kind
-    module = _construct(record, label, where)
+    """Our module from a record checked by :func:`check_record`, state loaded strictly, in eval mode on
+    ``device`` (``requires_grad`` as constructed)."""
+    module = construct(record, check_record(record, source, name))
     expected = module.state_dict()
-    problem = _describe_mismatch(expected, record.state_dict)
-    if problem:
-        raise _mismatch(record, label, where, problem)
-    state = {k: v.to(expected[k].dtype) for k, v in record.state_dict.items()}
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in record.state_dict.items()}, strict=True)
     return module.to(device).eval()
 
 
 @torch.no_grad()
-def estimate_w_avg(G: torch.nn.Module, num: int = 10000, seed: int = 0) -> torch.Tensor:
+def estimate_w_avg(G: torch.nn.Module, num: int = W_AVG_SAMPLES, seed: int = 0) -> torch.Tensor:
     """Mean of ``num`` mapped latents, for checkpoints without ``w_avg`` (rosinality's ``mean_latent``)."""
     device = next(G.parameters()).device
     z = torch.randn([num, G.z_dim], generator=torch.Generator().manual_seed(seed)).to(device)
     c = torch.zeros([num, getattr(G, "c_dim", 0)], device=device)
-    ws = G.mapping(z, c, truncation_psi=1)
-    return ws[:, 0].mean(dim=0)
+    return G.mapping(z, c, truncation_psi=1)[:, 0].mean(dim=0)
 
 
 def build_all(
@@ -398,8 +476,7 @@ def build_all(
             nets[name] = None
         elif rec.kind == GENERATOR and "mapping.w_avg" not in rec.state_dict:
             check_record(rec, source, name, allow_missing=("mapping.w_avg",))
-            state = dict(rec.state_dict)
-            state["mapping.w_avg"] = torch.zeros([rec.init_kwargs["w_dim"]])
+            state = {**rec.state_dict, "mapping.w_avg": torch.zeros([rec.init_kwargs["w_dim"]])}
             net = build_network(NetworkRecord(rec.kind, rec.init_kwargs, state), "cpu", source, name)
             net.mapping.w_avg.copy_(estimate_w_avg(net))
             nets[name] = net.to(device)
@@ -415,10 +492,12 @@ def module_record(module: torch.nn.Module, kind: str | None = None) -> NetworkRe
         raise CheckpointError(
             f"{type(module).__name__} has no `init_kwargs`: only rootedgan networks can be saved"
         )
-    if kind is None:
-        kind = type(module).__name__
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-    return NetworkRecord(kind=kind, init_kwargs=plain(dict(init_kwargs)), state_dict=state)
+    return NetworkRecord(kind or type(module).__name__, plain(dict(init_kwargs)), state)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing.
 
 
 def write_chunks(f: BinaryIO, data: bytes | memoryview, chunk_size: int = 1 << 24) -> None:
@@ -429,20 +508,15 @@ def write_chunks(f: BinaryIO, data: bytes | memoryview, chunk_size: int = 1 << 2
 
 
 def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically: ``writer`` fills a temp file in the same folder, then it replaces ``path``.
-
-    The temp file is fsynced before the rename; on any error it is removed and ``path`` is untouched.
-    Missing parent folders are created. OS errors become a :class:`CheckpointError` naming the path.
-    """
+    """Write a file atomically (:func:`rootedgan.fileio.atomic_open`: ``writer`` fills a fsynced temp file
+    that then replaces ``path``); OS errors become a :class:`CheckpointError` naming the path."""
     path = Path(path).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
     try:
         with atomic_open(path, "wb") as f:
             writer(f)
     except OSError as err:
-        reason = err.strerror or str(err)
         raise CheckpointError(
-            f"cannot write {path}: {reason}. Check that the folder {parent} exists, is a folder, "
-            "is writable and has free space."
+            f"cannot write {path}: {err.strerror or err}. Check that the folder {path.parent} exists, is a "
+            "folder, is writable and has free space."
         ) from err
     return path

@@ -1,8 +1,5 @@
-"""Where a checkpoint's bytes come from and what they are: a local regular file for a path, URL or NVIDIA
-shortcut name (:func:`resolve_source`), and the format from the content (:func:`detect_format`).
-
-A leaf of :mod:`rootedgan.checkpoints`: the loader and the adapter files both use it.
-"""
+"""Where a checkpoint's bytes come from (:func:`resolve_source`) and what they are (:func:`detect_format`):
+a leaf of :mod:`rootedgan.checkpoints` that the loader and the adapter files both use."""
 
 from __future__ import annotations
 
@@ -48,25 +45,17 @@ def detect_format(path: str | os.PathLike[str]) -> str | None:
         metadata = json.loads(header).get("__metadata__") or {}
     except (ValueError, RecursionError, AttributeError):  # malformed: the safetensors reader reports it
         return "safetensors"
-    if (
-        isinstance(metadata, dict)
-        and metadata.get("format") == FORMAT_TAG
-        and metadata.get("kind") == ADAPTER
-    ):
-        return ADAPTER
-    return "safetensors"
+    is_adapter = isinstance(metadata, dict) and metadata.get("format") == FORMAT_TAG
+    return ADAPTER if is_adapter and metadata.get("kind") == ADAPTER else "safetensors"
 
 
 def resolve_source(path_or_url: str | os.PathLike[str], progress: bool = True) -> Path:
-    """A local regular file for a path, URL or NVIDIA shortcut name (downloading into the cache if needed).
-
-    Folders, FIFOs, devices and sockets are refused with one line (reading them could block forever)."""
-    if isinstance(path_or_url, str) and _download.is_url(path_or_url):
-        known = _download.resolve(path_or_url)
-        return _download.download(path_or_url, known.sha256 if known else None, progress=progress)
+    """A local regular file for a path, URL or NVIDIA shortcut name (downloading into the cache if needed);
+    folders, FIFOs, devices and sockets are refused in one line (reading them could block forever)."""
     path = Path(path_or_url).expanduser()
-    if not path.exists() and isinstance(path_or_url, str) and path_or_url in _download.NVIDIA_NETWORKS:
-        return _download.fetch(path_or_url, progress=progress)
+    named = isinstance(path_or_url, str) and not path.exists() and path_or_url in _download.NVIDIA_NETWORKS
+    if named or _download.is_url(path_or_url):
+        return _download.fetch(str(path_or_url), progress=progress)
     if not path.exists():
         names = ", ".join(sorted(_download.NVIDIA_NETWORKS))
         raise CheckpointError(

@@ -1,44 +1,15 @@
-"""A safe reader for TensorFlow-era StyleGAN2 pickles (NVIDIA's ``stylegan2`` and ``stylegan2-ada`` releases).
-
-Such a file is a pickled tuple ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network`` objects. TensorFlow's
-loader rebuilds each one by executing the Python source stored in it (``build_module_src``) and building a
-TensorFlow graph. We never do either: every ``Network`` is read as plain data, its pickled state dict::
-
-    version           4 (stylegan2) or 5 (stylegan2-ada, which adds input/output shapes and names)
-    name              "G", "D", "Gs", "G_mapping", "G_synthesis", ...
-    static_kwargs     the keyword arguments the network was built with (plain values)
-    components        sub-networks by name (G: ``mapping`` and ``synthesis``), Networks again
-    build_module_src  NVIDIA's Python source, kept as a string and never run
-    build_func_name   "G_main", "D_stylegan2", ... (a name only)
-    variables         [(name, numpy array), ...], e.g. ("4x4/Conv/weight", [3, 3, 512, 512] float32)
-
-What the pickle references (protocols 2-4, as written by Python 3.6/3.7): the class
-``dnnlib.tflib.network.Network`` (rebuilt with ``NEWOBJ`` and filled by ``BUILD`` with the dict above),
-``numpy.core.multiarray._reconstruct`` + ``numpy.ndarray`` + ``numpy.dtype`` for the arrays (each filled by
-``BUILD`` with ``(version, shape, dtype, is_fortran, raw bytes)``), ``numpy.core.multiarray.scalar`` for
-the 0-d variables (TensorFlow returned ``lod`` and every ``noise_strength`` as a numpy scalar), and where
-they occur ``dnnlib.util.EasyDict``, ``collections.OrderedDict`` and ``_codecs.encode`` (protocol-2
-bytes). The restricted unpickler below allows exactly these, each replaced by a stand-in that only stores
-values: arrays are rebuilt from their bytes (numeric dtypes only, the byte count checked against the
-shape) and nothing from the file is ever called.
-
-The variables are then mapped to our ``Generator``/``Discriminator`` the way NVIDIA's stylegan2-ada-pytorch
-``legacy.py`` (``convert_tf_generator`` / ``convert_tf_discriminator``) maps them: the same constructor
-arguments from ``static_kwargs`` (an unknown setting is refused, as NVIDIA's converter refuses it), dense
-weights transposed, convolution weights from TensorFlow's ``[kh, kw, in, out]`` to ``[out, in, kh, kw]``
-(and flipped for the up-sampling convolutions, which TensorFlow ran as transposed convolutions), the
-modulation biases plus one, and the noise inputs and ``dlatent_avg`` as buffers. The state dict that
-results equals NVIDIA's conversion tensor for tensor (``tests/test_checkpoints_tf.py``).
-"""
+"""A safe reader for TensorFlow-era StyleGAN2 pickles (NVIDIA's ``stylegan2`` and ``stylegan2-ada`` releases):
+a pickled ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network`` states (``version``, ``static_kwargs``,
+``components``, ``variables``, and ``build_module_src``, which is never run). Only ``Network`` and numpy's
+array, dtype and scalar rebuilders are allowed, as value-only stand-ins; the variables are mapped as NVIDIA's
+``legacy.py`` maps them (README, "Checkpoints and the safe loader")."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +18,15 @@ import torch
 from rootedgan.checkpoints.records import (
     DISCRIMINATOR,
     GENERATOR,
+    SHARED_GLOBALS,
     NetworkRecord,
-    _construct,
+    NumpyDType,
     check_init_kwargs,
     check_metadata,
+    construct,
+    first_line,
     jsonable,
+    load_pickle,
     plain,
 )
 from rootedgan.errors import CheckpointError, UnsafeCheckpointError
@@ -70,10 +45,6 @@ SUPPORTED = (
     "rootedgan reads the TensorFlow StyleGAN2 pickles NVIDIA's stylegan2-ada-pytorch legacy.py converts: "
     "(G, D, Gs) networks of the stylegan2 (configs E and F) and stylegan2-ada TensorFlow code"
 )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Stand-ins for the globals a TensorFlow-era pickle references. None of them runs anything from the file.
 
 
 class TFNetwork:
@@ -113,52 +84,6 @@ class _NDArrayClass:
     """Stands for the class ``numpy.ndarray`` (only ever passed to ``_reconstruct``)."""
 
 
-class _DType:
-    """Checked stand-in for ``numpy.dtype``: a numeric dtype named by a string, plus its byte order."""
-
-    __slots__ = ("base", "order")
-
-    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
-        if not isinstance(spec, str) or len(spec) > 8:
-            raise UnsafeCheckpointError(
-                f"refused numpy.dtype({spec!r}) in the pickle; the file was not loaded"
-            )
-        try:
-            base = np.dtype(spec)
-        except TypeError as err:
-            raise CheckpointError(f"invalid numpy dtype {spec!r} in the pickle (corrupt file?)") from err
-        if base.kind not in "biuf" or base.hasobject or base.fields is not None or base.subdtype is not None:
-            raise UnsafeCheckpointError(
-                f"refused numpy dtype {spec!r} in the pickle; the file was not loaded"
-            )
-        self.base = base
-        self.order = "="
-
-    def __setstate__(self, state: Any) -> None:
-        # numpy writes (version, byte order, subarray, names, fields, elsize, alignment, flags[, metadata]).
-        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in ("<", ">", "|", "="):
-            raise CheckpointError("a numpy dtype in the pickle has a malformed state (corrupt file?)")
-        if any(part is not None for part in state[2:5]):
-            raise UnsafeCheckpointError(
-                "refused a structured numpy dtype in the pickle; the file was not loaded"
-            )
-        self.order = state[1]
-
-    def resolve(self) -> np.dtype:
-        return self.base.newbyteorder(self.order) if self.order in "<>" else self.base
-
-
-def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
-    """Checked ``numpy.core.multiarray.scalar``: a number rebuilt from its raw bytes. (TensorFlow returned
-    0-d variables, e.g. ``noise_strength``, as numpy scalars.)"""
-    if not isinstance(dtype, _DType):
-        raise UnsafeCheckpointError("refused a numpy scalar of an unexpected type; the file was not loaded")
-    resolved = dtype.resolve()
-    if not isinstance(data, bytes) or len(data) != resolved.itemsize:
-        raise CheckpointError("a numpy scalar in the pickle has the wrong number of bytes (corrupt file?)")
-    return np.frombuffer(data, dtype=resolved)[0]
-
-
 class ArrayStub:
     """What ``numpy.core.multiarray._reconstruct`` returns here; ``BUILD`` fills ``array`` from raw bytes."""
 
@@ -175,7 +100,7 @@ class ArrayStub:
         if not isinstance(state, tuple) or len(state) != 4:
             raise CheckpointError("a numpy array in the pickle has a malformed state (corrupt file?)")
         shape, dtype, is_fortran, raw = state
-        if not isinstance(dtype, _DType):
+        if not isinstance(dtype, NumpyDType):
             raise UnsafeCheckpointError(
                 "refused a numpy array of a non-numeric dtype; the file was not loaded"
             )
@@ -212,29 +137,12 @@ def _reconstruct(subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> Arr
     return ArrayStub()
 
 
-class _EasyDict(dict):
-    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access): unpickled as a dict."""
-
-
-def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    """Checked ``_codecs.encode``: how protocol-2 pickles store byte strings (latin-1 text only)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafeCheckpointError("refused a _codecs.encode call that is not latin-1 bytes; not loaded")
-    return text.encode("latin-1")
-
-
 ALLOWED: dict[tuple[str, str], Any] = {
+    **SHARED_GLOBALS,
     ("dnnlib.tflib.network", "Network"): TFNetwork,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): _NDArrayClass,
-    ("numpy", "dtype"): _DType,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("dnnlib.util", "EasyDict"): _EasyDict,
-    ("dnnlib", "EasyDict"): _EasyDict,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("_codecs", "encode"): _latin1_encode,
 }
 
 
@@ -256,30 +164,9 @@ class TFUnpickler(pickle.Unpickler):
         )
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
-
-
 def unpickle_tf(path: str | os.PathLike[str]) -> Any:
     """Unpickle a TensorFlow-era pickle with :class:`TFUnpickler`; errors become one-line CheckpointErrors."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return TFUnpickler(f).load()
-    except UnsafeCheckpointError as err:
-        raise UnsafeCheckpointError(f"refused to load {path}: {err}") from None
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    except (EOFError, pickle.UnpicklingError) as err:
-        raise CheckpointError(
-            f"{path} is truncated or corrupt (the pickle ends early or is malformed: {_first_line(err)}). "
-            "Download or copy it again."
-        ) from err
-    except Exception as err:  # anything else a malformed file can trigger: never a raw stack trace
-        raise CheckpointError(
-            f"{path} is corrupt or not a TensorFlow network pickle ({type(err).__name__}: {_first_line(err)})"
-        ) from err
+    return load_pickle(path, TFUnpickler, "a TensorFlow network pickle")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,6 +190,25 @@ def _check_network(net: Any, what: str) -> TFNetwork:
     return net
 
 
+def _variables_of(node: TFNetwork, prefix: str, what: str) -> dict[str, np.ndarray]:
+    """One network's own variables, named ``prefix + name``, as numpy arrays."""
+    variables = node.get("variables", [])
+    if not isinstance(variables, list | tuple):
+        raise CheckpointError(f"{what}: the variables or components of {node.name} are malformed")
+    out = {}
+    for item in variables:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str)):
+            raise CheckpointError(f"{what}: a variable of {node.name} is not a (name, array) pair")
+        name, value = item
+        if isinstance(value, np.generic):  # a 0-d variable, as TensorFlow returned it
+            out[prefix + name] = np.asarray(value)
+        elif isinstance(value, ArrayStub) and value.array is not None:
+            out[prefix + name] = value.array
+        else:
+            raise CheckpointError(f"{what}: the variable {prefix}{name} is not a numpy array")
+    return out
+
+
 def collect_variables(net: TFNetwork, what: str) -> dict[str, np.ndarray]:
     """All variables of ``net`` and its components, named ``component/.../variable`` (as NVIDIA's converter
     names them), as numpy arrays."""
@@ -315,22 +221,12 @@ def collect_variables(net: TFNetwork, what: str) -> dict[str, np.ndarray]:
         if networks > MAX_NETWORKS or depth > MAX_DEPTH:
             raise CheckpointError(f"{what} nests too many sub-networks (corrupt file?)")
         node = _check_network(node, f"{what} ({prefix or 'top level'})")
-        variables = node.get("variables", [])
         components = node.get("components", {}) or {}
-        if not isinstance(variables, list | tuple) or not isinstance(components, Mapping):
+        if not isinstance(components, Mapping):
             raise CheckpointError(f"{what}: the variables or components of {node.name} are malformed")
-        for item in variables:
-            if not (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str)):
-                raise CheckpointError(f"{what}: a variable of {node.name} is not a (name, array) pair")
-            name, value = item
-            if isinstance(value, np.generic):  # a 0-d variable, as TensorFlow returned it
-                out[prefix + name] = np.asarray(value)
-            elif isinstance(value, ArrayStub) and value.array is not None:
-                out[prefix + name] = value.array
-            else:
-                raise CheckpointError(f"{what}: the variable {prefix}{name} is not a numpy array")
-            if len(out) > MAX_VARIABLES:
-                raise CheckpointError(f"{what} holds more than {MAX_VARIABLES} variables (corrupt file?)")
+        out.update(_variables_of(node, prefix, what))
+        if len(out) > MAX_VARIABLES:
+            raise CheckpointError(f"{what} holds more than {MAX_VARIABLES} variables (corrupt file?)")
         for comp_name, comp in components.items():
             if not isinstance(comp_name, str):
                 raise CheckpointError(f"{what}: a component of {node.name} has no name (corrupt file?)")
@@ -445,21 +341,6 @@ def discriminator_kwargs(net: TFNetwork, what: str = "D") -> dict[str, Any]:
 # Variables -> our state dict.
 
 
-def _dense(w: np.ndarray) -> np.ndarray:
-    """TensorFlow dense ``[in, out]`` -> torch ``[out, in]``."""
-    return w.T
-
-
-def _conv(w: np.ndarray) -> np.ndarray:
-    """TensorFlow conv ``[kh, kw, in, out]`` -> torch ``[out, in, kh, kw]``."""
-    return w.transpose(3, 2, 0, 1)
-
-
-def _conv_up(w: np.ndarray) -> np.ndarray:
-    """An up-sampling conv: TensorFlow ran it as a transposed convolution, so the kernel is flipped."""
-    return _conv(w[::-1, ::-1])
-
-
 class _Variables:
     """TensorFlow variables by name; a missing one is a one-line error naming it."""
 
@@ -479,81 +360,81 @@ class _Variables:
             )
         return value
 
+    def dense(self, scope: str, param: str) -> np.ndarray:
+        """``scope/param`` of a dense layer: a weight from TensorFlow's ``[in, out]`` to ``[out, in]``."""
+        value = self[f"{scope}/{param}"]
+        return value.T if param.endswith("weight") else value
 
-def _log2(res: str) -> int:
-    return int(res).bit_length() - 1
+    def conv(self, scope: str, param: str, up: bool = False) -> np.ndarray:
+        """``scope/param`` of a convolution: a weight from TensorFlow's ``[kh, kw, in, out]`` to ``[out, in,
+        kh, kw]``, flipped for an up-sampling conv (which TensorFlow ran as a transposed convolution)."""
+        value = self[f"{scope}/{param}"]
+        if param != "weight":
+            return value
+        return (value[::-1, ::-1] if up else value).transpose(3, 2, 0, 1)
 
 
-def _generator_value(key: str, tf: _Variables) -> np.ndarray | None:
-    """The value of our generator's ``key`` from TensorFlow variables (None: keep the constructed buffer)."""
-    if key.endswith("resample_filter"):
-        return None
-    if key == "mapping.w_avg":
-        return tf["dlatent_avg"]
-    if m := re.fullmatch(r"mapping\.embed\.(weight|bias)", key):
-        value = tf[f"mapping/LabelEmbed/{m[1]}"]
-        return _dense(value) if m[1] == "weight" else value
-    if m := re.fullmatch(r"mapping\.fc(\d+)\.(weight|bias)", key):
-        value = tf[f"mapping/Dense{m[1]}/{m[2]}"]
-        return _dense(value) if m[2] == "weight" else value
-    if key == "synthesis.b4.const":
-        return tf["synthesis/4x4/Const/const"][0]
-    m = re.fullmatch(r"synthesis\.b(\d+)\.(conv0|conv1|torgb|skip)\.(.+)", key)
-    if m is None:
-        raise CheckpointError(f"no TensorFlow variable is known for our generator's {key}")
+Rule = tuple[str, Callable[[re.Match, _Variables], np.ndarray | None]]
+
+
+def _synthesis_value(m: re.Match, tf: _Variables) -> np.ndarray:
+    """A synthesis layer's tensor: ``m`` = (resolution, conv0|conv1|torgb, parameter)."""
     res, layer, param = m[1], m[2], m[3]
-    if layer == "skip":
-        return _conv_up(tf[f"synthesis/{res}x{res}/Skip/{param}"])
     scope = {"conv0": "Conv0_up", "conv1": "Conv" if res == "4" else "Conv1", "torgb": "ToRGB"}[layer]
     base = f"synthesis/{res}x{res}/{scope}"
-    if param == "weight":
-        return (_conv_up if layer == "conv0" else _conv)(tf[f"{base}/weight"])
     if param == "affine.weight":
-        return _dense(tf[f"{base}/mod_weight"])
+        return tf.dense(base, "mod_weight")
     if param == "affine.bias":
         return tf[f"{base}/mod_bias"] + 1  # TensorFlow adds the 1 after the bias; ours is in the bias
     if param == "noise_const":
-        index = 0 if res == "4" else 2 * _log2(res) - (5 if layer == "conv0" else 4)
+        index = 0 if res == "4" else 2 * (int(res).bit_length() - 1) - (5 if layer == "conv0" else 4)
         return tf[f"synthesis/noise{index}"][0, 0]
-    return tf[f"{base}/{param}"]  # bias, noise_strength
+    return tf.conv(base, param, up=layer == "conv0")  # weight, bias, noise_strength
 
 
-def _discriminator_value(key: str, tf: _Variables) -> np.ndarray | None:
-    """The value of our discriminator's ``key`` from TensorFlow variables (None: the constructed buffer)."""
-    if key.endswith("resample_filter"):
-        return None
-    if m := re.fullmatch(r"mapping\.(embed|fc\d+)\.(weight|bias)", key):
-        scope = "LabelEmbed" if m[1] == "embed" else f"Mapping{m[1][2:]}"
-        value = tf[f"{scope}/{m[2]}"]
-        return _dense(value) if m[2] == "weight" else value
-    if m := re.fullmatch(r"b4\.(conv|fc|out)\.(weight|bias)", key):
-        scope = {"conv": "4x4/Conv", "fc": "4x4/Dense0", "out": "Output"}[m[1]]
-        value = tf[f"{scope}/{m[2]}"]
-        if m[2] == "bias":
-            return value
-        return _conv(value) if m[1] == "conv" else _dense(value)
-    m = re.fullmatch(r"b(\d+)\.(fromrgb|conv0|conv1|skip)\.(weight|bias)", key)
-    if m is None:
-        raise CheckpointError(f"no TensorFlow variable is known for our discriminator's {key}")
-    res, layer, param = m[1], m[2], m[3]
-    scope = {"fromrgb": "FromRGB", "conv0": "Conv0", "conv1": "Conv1_down", "skip": "Skip"}[layer]
-    value = tf[f"{res}x{res}/{scope}/{param}"]
-    return _conv(value) if param == "weight" else value
+# Our state dict key (a full match) -> its value from the TensorFlow variables; None keeps the constructed
+# buffer (the resampling filters).
+_GENERATOR_RULES: list[Rule] = [
+    (r".*resample_filter", lambda m, tf: None),
+    (r"mapping\.w_avg", lambda m, tf: tf["dlatent_avg"]),
+    (r"mapping\.embed\.(weight|bias)", lambda m, tf: tf.dense("mapping/LabelEmbed", m[1])),
+    (r"mapping\.fc(\d+)\.(weight|bias)", lambda m, tf: tf.dense(f"mapping/Dense{m[1]}", m[2])),
+    (r"synthesis\.b4\.const", lambda m, tf: tf["synthesis/4x4/Const/const"][0]),
+    (
+        r"synthesis\.b(\d+)\.skip\.weight",
+        lambda m, tf: tf.conv(f"synthesis/{m[1]}x{m[1]}/Skip", "weight", up=True),
+    ),
+    (r"synthesis\.b(\d+)\.(conv0|conv1|torgb)\.(.+)", _synthesis_value),
+]
+_D_SCOPES = {"fromrgb": "FromRGB", "conv0": "Conv0", "conv1": "Conv1_down", "skip": "Skip"}
+_DISCRIMINATOR_RULES: list[Rule] = [
+    (r".*resample_filter", lambda m, tf: None),
+    (r"mapping\.embed\.(weight|bias)", lambda m, tf: tf.dense("LabelEmbed", m[1])),
+    (r"mapping\.fc(\d+)\.(weight|bias)", lambda m, tf: tf.dense(f"Mapping{m[1]}", m[2])),
+    (r"b4\.fc\.(weight|bias)", lambda m, tf: tf.dense("4x4/Dense0", m[1])),
+    (r"b4\.out\.(weight|bias)", lambda m, tf: tf.dense("Output", m[1])),
+    (r"b4\.conv\.(weight|bias)", lambda m, tf: tf.conv("4x4/Conv", m[1])),
+    (
+        r"b(\d+)\.(fromrgb|conv0|conv1|skip)\.(weight|bias)",
+        lambda m, tf: tf.conv(f"{m[1]}x{m[1]}/{_D_SCOPES[m[2]]}", m[3]),
+    ),
+]
 
 
-def _record(
-    kind: str,
-    kwargs: dict[str, Any],
-    tf: _Variables,
-    value_of: Callable[[str, _Variables], np.ndarray | None],
-    what: str,
-) -> NetworkRecord:
+def _value(key: str, tf: _Variables, rules: list[Rule], what: str) -> np.ndarray | None:
+    for pattern, value_of in rules:
+        if m := re.fullmatch(pattern, key):
+            return value_of(m, tf)
+    raise CheckpointError(f"no TensorFlow variable is known for our {what}'s {key}")
+
+
+def _record(kind: str, kwargs: dict[str, Any], tf: _Variables, rules: list[Rule], what: str) -> NetworkRecord:
     """Plan our network (no allocation) and fill its state dict from the variables, checking every shape."""
     check_init_kwargs(kind, kwargs, f" {what}")
-    planned = _construct(NetworkRecord(kind, kwargs, {}), what, "", meta=True).state_dict()
+    planned = construct(NetworkRecord(kind, kwargs, {}), what, meta=True).state_dict()
     state: dict[str, torch.Tensor] = {}
     for key, expected in planned.items():
-        value = value_of(key, tf)
+        value = _value(key, tf, rules, kind.lower())
         if value is None:
             if expected.is_meta:
                 raise CheckpointError(f"{what}: no value for {key}")
@@ -572,7 +453,6 @@ def _record(
 
 def generator_record(net: TFNetwork, what: str = "G") -> NetworkRecord:
     """Our generator's record for a TensorFlow generator network."""
-    net = _check_network(net, what)
     arrays = collect_variables(net, what)
     if any(re.fullmatch(r"synthesis/ToRGB_lod\d+/.*", name) for name in arrays):
         raise CheckpointError(
@@ -580,14 +460,12 @@ def generator_record(net: TFNetwork, what: str = "G") -> NetworkRecord:
             f"StyleGAN1), which NVIDIA's converter does not support either. {SUPPORTED}"
         )
     kwargs = generator_kwargs(net, what)
-    return _record(
-        GENERATOR, kwargs, _Variables(arrays, f"{what} (TensorFlow generator)"), _generator_value, what
-    )
+    tf = _Variables(arrays, f"{what} (TensorFlow generator)")
+    return _record(GENERATOR, kwargs, tf, _GENERATOR_RULES, what)
 
 
 def discriminator_record(net: TFNetwork, what: str = "D") -> NetworkRecord:
     """Our discriminator's record for a TensorFlow discriminator network."""
-    net = _check_network(net, what)
     arrays = collect_variables(net, what)
     kwargs = discriminator_kwargs(net, what)
     for name, value in list(arrays.items()):  # NVIDIA's converter: per-lod FromRGB -> 'orig' architecture
@@ -597,7 +475,7 @@ def discriminator_record(net: TFNetwork, what: str = "D") -> NetworkRecord:
             arrays[f"{res}x{res}/FromRGB/{m[2]}"] = value
             kwargs["architecture"] = "orig"
     tf = _Variables(arrays, f"{what} (TensorFlow discriminator)")
-    return _record(DISCRIMINATOR, kwargs, tf, _discriminator_value, what)
+    return _record(DISCRIMINATOR, kwargs, tf, _DISCRIMINATOR_RULES, what)
 
 
 def _describe(net: TFNetwork) -> dict[str, Any]:
@@ -618,39 +496,30 @@ def is_tf_networks(data: Any) -> bool:
     return isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, TFNetwork) for n in data)
 
 
-def records_from_tf(data: Any, source: str) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
-    """Records for ``G``, ``D``, ``G_ema`` from an unpickled ``(G, D, Gs)`` tuple, plus extra metadata."""
+def read_tf_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
+    """Read a TensorFlow-era StyleGAN2 pickle into records for ``G``, ``D``, ``G_ema`` and extra metadata."""
+    data = unpickle_tf(path)
     if not is_tf_networks(data):
         found = f"a tuple of {len(data)} items" if isinstance(data, tuple) else f"a {type(data).__name__}"
         raise CheckpointError(
-            f"{source} is a TensorFlow-era pickle but holds {found}, not NVIDIA's (G, D, Gs) networks"
+            f"{path} is a TensorFlow-era pickle but holds {found}, not NVIDIA's (G, D, Gs) networks"
         )
     G, D, Gs = data
-    records = {
-        "G": generator_record(G, f"{source}: G"),
-        "D": discriminator_record(D, f"{source}: D"),
-        "G_ema": generator_record(Gs, f"{source}: Gs"),
-    }
-    extra = {
-        "tensorflow": {"G": _describe(G), "D": _describe(D), "Gs": _describe(Gs)},
-        "notes": [
-            "converted from a TensorFlow StyleGAN2 pickle as NVIDIA's legacy.py converts it (Gs -> G_ema)"
-        ],
-    }
-    check_metadata(extra, f"{source}: the TensorFlow networks' settings")
-    return records, extra
-
-
-def read_tf_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
-    """Read a TensorFlow-era StyleGAN2 pickle into records for ``G``, ``D``, ``G_ema`` and extra metadata."""
-    source = str(path)
-    data = unpickle_tf(path)
     try:
-        return records_from_tf(data, source)
+        records = {
+            "G": generator_record(G, f"{path}: G"),
+            "D": discriminator_record(D, f"{path}: D"),
+            "G_ema": generator_record(Gs, f"{path}: Gs"),
+        }
+        tensorflow = {"G": _describe(G), "D": _describe(D), "Gs": _describe(Gs)}
     except CheckpointError:
         raise
     except Exception as err:  # a malformed tree (wrong types where arrays/dicts belong)
         raise CheckpointError(
-            f"{source} is corrupt: its TensorFlow network structure is malformed ({type(err).__name__}: "
-            f"{_first_line(err)})"
+            f"{path} is corrupt: its TensorFlow network structure is malformed ({type(err).__name__}: "
+            f"{first_line(err)})"
         ) from err
+    note = "converted from a TensorFlow StyleGAN2 pickle as NVIDIA's legacy.py converts it (Gs -> G_ema)"
+    extra = {"tensorflow": tensorflow, "notes": [note]}
+    check_metadata(extra, f"{path}: the TensorFlow networks' settings")
+    return records, extra

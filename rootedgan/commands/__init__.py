@@ -14,14 +14,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--network": {"required": True, "help": "checkpoint path, URL or shortcut name (e.g. ffhq256)"},
     "--trunc": {"type": float, "default": 1.0, "help": "truncation psi (default 1)"},
     "--noise-mode": {"choices": ["const", "random", "none"], "default": "const"},
-    "--class": {"dest": "class_idx", "type": int, "default": None, "help": "class index (conditional)"},
+    "--class": {"dest": "class_idx", "type": int, "help": "class index (conditional)"},
     "--outdir": {"required": True, "help": "output directory (created if needed)"},
     "--device": {"default": "auto", "help": "cpu, cuda, cuda:N or auto"},
     "--which": {"choices": ["G_ema", "G"], "default": "G_ema", "help": "network in the checkpoint"},
     "--base": {
-        "default": None,
         "help": "base checkpoint of an orthogonal-finetuning adapter --network (default: the file of the "
-        "same name next to the adapter; checked by sha256)",
+        "same name next to the adapter; checked by sha256)"
     },
 }
 

@@ -1,14 +1,8 @@
 """``rootedgan compare``: the same finetune per loss (x learning rate) x seed, then curves and statistics.
 
-    rootedgan compare --config configs/demo.yaml --losses logistic,rooted:2,rooted:4 --kimg 1 \\
-        --seeds 0-2 [--metric metrics/fid1k_full] [--out runs/compare] [-- --data.batch_size 8 ...]
-
-    rootedgan compare --config configs/demo.yaml --losses logistic,rooted:2 --lrs 0.25,0.5,1 \\
-        --tune-seeds 100,101 --seeds 0-4 --targets 800,600 --jobs 2 --threads 1 --out runs/study
-
-Runs ``rootedgan finetune`` per (loss, lr multiplier, seed), then writes the report into ``--out``; with
-``--tune-seeds`` a two-stage study (:mod:`rootedgan.compare.study`). Arguments after ``--`` go to every
-finetune. Exits 1 if a run failed (after reporting on the others), 2 for bad options.
+Runs ``rootedgan finetune`` per (loss, lr multiplier, seed) and writes the report into ``--out``; with
+``--tune-seeds`` a two-stage study (:mod:`rootedgan.compare.study`; README "Comparing losses"). Arguments
+after ``--`` go to every finetune. Exits 1 if a run failed (after reporting on the others).
 """
 
 from __future__ import annotations
@@ -40,9 +34,7 @@ def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
         default="logistic,rooted",
         help="comma list of model.loss values; the first is the baseline",
     )
-    parser.add_argument(
-        "--kimg", type=float, default=None, help="model.total_kimg per run (default: config's)"
-    )
+    parser.add_argument("--kimg", type=float, help="model.total_kimg per run (default: config's)")
     parser.add_argument(
         "--seeds",
         default="0",
@@ -50,13 +42,11 @@ def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lrs",
-        default=None,
         help="learning-rate multipliers of the config's model.optim.g_lr and model.optim.d_lr, e.g. "
         "0.25,0.5,1 (default: the config's rates)",
     )
     parser.add_argument(
         "--tune-seeds",
-        default=None,
         help="seeds on which each loss's best lr is chosen; then every loss runs at its own best lr on "
         "--seeds (which must not overlap)",
     )
@@ -79,14 +69,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
         help="CPU threads per run (OMP_NUM_THREADS; default: cores / jobs when --jobs > 1)",
     )
     parser.add_argument("--out", default="runs/compare", help="output folder (runs in OUT/<loss>/seed<S>)")
     parser.add_argument(
-        "--metric",
-        default=None,
-        help="logged key to compare (default: the first metrics/* key every run logged)",
+        "--metric", help="logged key to compare (default: the first metrics/* key every run logged)"
     )
     direction = parser.add_mutually_exclusive_group()
     direction.add_argument(

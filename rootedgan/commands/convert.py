@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rootedgan.checkpoints import convert_network
+
 HELP = "Convert a network checkpoint (NVIDIA .pkl, rosinality .pt, .safetensors) to .safetensors or .pt."
 
 
@@ -15,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         choices=("native", "rosinality"),
-        default=None,
         help="output format (default: from OUT's suffix: .safetensors -> native, .pt -> rosinality). "
         "NVIDIA .pkl output is not offered (it would embed NVIDIA's non-commercial source code).",
     )
@@ -27,15 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base",
-        default=None,
         help="base checkpoint of an adapter: a path, URL or network name (default: the file of the recorded "
         "name next to the adapter; recorded paths and URLs are never opened). Checked by sha256",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from rootedgan.checkpoints import convert_network
-
     result = convert_network(args.input, args.output, fmt=args.format, merge=args.merge, base=args.base)
     nets = ", ".join(result["networks"])
     print(

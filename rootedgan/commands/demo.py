@@ -1,10 +1,8 @@
 """``rootedgan demo``: finetune the shipped digits StyleGAN2 (digits 0-4) to digits 5-9, offline, on a CPU.
 
-Runs ``rootedgan finetune --config configs/demo.yaml`` with the packaged assets (pretrained network,
-target digits, digits classifier), then composes ``before_after.png`` (G_ema on the same seeds before
-and after) next to the run's ``report.png`` and prints the quality numbers, each with its feature
-space. ``--baseline`` runs the logistic loss and a rooted one (``--loss``, or the config's k when ``--loss``
-is logistic) with the same seed and budget as ``rootedgan compare`` does and writes its curves and table.
+Runs ``rootedgan finetune --config configs/demo.yaml`` on the packaged assets, then composes
+``before_after.png`` (G_ema on the same seeds before and after) and prints the outputs; ``--baseline`` runs
+the logistic and a rooted loss with the same seed and budget as ``rootedgan compare`` (README "The demo").
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare with the logistic baseline, same seed/budget (the rooted loss with the config's k "
         "when --loss is logistic)",
     )
-    parser.add_argument("--kimg", type=float, default=None, help="training length (default: the config's)")
+    parser.add_argument("--kimg", type=float, help="training length (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="model.seed (latents, noise, data order)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: configs/demo.yaml)")

@@ -40,10 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the compiler's full output on failure")
 
 
-# --------------------------------------------------------------------------------------------------
-# Probes (each returns plain data; none raises)
-
-
 def _run_version(cmd: list[str]) -> list[str] | None:
     """Non-empty lines of ``cmd``'s output (``--version`` style), or None when it cannot run."""
     try:
@@ -78,18 +74,20 @@ def _gpu_info(torch: Any) -> dict[str, Any]:
     try:
         if torch.version.cuda is None or not torch.cuda.is_available():
             return info
-        info["available"] = True
-        info["count"] = torch.cuda.device_count()
+        info.update(available=True, count=torch.cuda.device_count())
         for i in range(info["count"]):
             major, minor = torch.cuda.get_device_capability(i)
             info["devices"].append(
-                {"index": i, "name": torch.cuda.get_device_name(i), "capability": f"{major}.{minor}",
-                 "arch": f"sm_{major}{minor}"}
-            )  # fmt: skip
+                {
+                    "index": i,
+                    "name": torch.cuda.get_device_name(i),
+                    "capability": f"{major}.{minor}",
+                    "arch": f"sm_{major}{minor}",
+                }
+            )
         info["torch_arch_list"] = list(torch.cuda.get_arch_list())
     except Exception as err:  # a broken driver shows up here
-        info["error"] = f"{type(err).__name__}: {err}"
-        info["available"] = False
+        info.update(error=f"{type(err).__name__}: {err}", available=False)
     return info
 
 
@@ -125,12 +123,13 @@ def _op_smoke_test(name: str) -> dict[str, Any]:
 Problem = tuple[str, str, str]  # level (error, warning, info), what is wrong, what to do
 
 
-def _machine(torch: Any) -> dict[str, Any]:
-    """Python, the platform and torch's build (CUDA, ROCm, cuDNN)."""
+def _machine() -> dict[str, Any]:
+    """Python, the platform, torch's build (CUDA, ROCm, cuDNN), the GPU, CUDA_HOME, nvcc, ninja and C++."""
     try:
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     except Exception:
         cudnn = None
+    cuda_home, cxx = build.find_cuda_home(), os.environ.get("CXX", "c++")
     return {
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "platform": platform.platform(),
@@ -141,14 +140,6 @@ def _machine(torch: Any) -> dict[str, Any]:
             "cudnn": cudnn,
             "path": str(Path(torch.__file__).parent),
         },
-    }
-
-
-def _toolchain(torch: Any) -> dict[str, Any]:
-    """The GPU, CUDA_HOME, nvcc, ninja and the C++ compiler."""
-    cuda_home = build.find_cuda_home()
-    cxx = os.environ.get("CXX", "c++")
-    return {
         "gpu": _gpu_info(torch),
         "cuda_home": cuda_home,
         "nvcc": _nvcc_info(cuda_home),
@@ -253,8 +244,12 @@ def _kernel(name: str, build_kernels: bool, reason: str | None) -> tuple[dict[st
         return {**entry, "state": "skipped", "detail": f"{reason}; the reference path is used"}, None
     if not build_kernels:
         status = build.build_status()["ops"][name]
-        return {**entry, "build": status, "state": "not built (--no-build)",
-                "detail": f"build dir {status['build_dir']}"}, None  # fmt: skip
+        return {
+            **entry,
+            "build": status,
+            "state": "not built (--no-build)",
+            "detail": f"build dir {status['build_dir']}",
+        }, None
     status = entry["build"] = build.try_build(name)
     if not status["ok"]:
         fix = (
@@ -278,7 +273,7 @@ def _kernel(name: str, build_kernels: bool, reason: str | None) -> tuple[dict[st
 def collect(*, build_kernels: bool = True) -> dict[str, Any]:
     """Everything the doctor reports, as plain data (``problems``: a list of {level, what, fix})."""
     settings, problems = _ops_settings()
-    report = {**_machine(torch), **_toolchain(torch), **settings}
+    report = {**_machine(), **settings}
     problems += [*_torch_problems(report), *_compiler_problems(report), *_setup_problems(report)]
     reason = build.cuda_unavailable_reason()
     kernels = {name: _kernel(name, build_kernels, reason) for name in build.OPS}
@@ -287,10 +282,6 @@ def collect(*, build_kernels: bool = True) -> dict[str, Any]:
     report["problems"] = [dict(zip(("level", "what", "fix"), p, strict=True)) for p in problems]
     report["ok"] = not any(p[0] == "error" for p in problems)
     return report
-
-
-# --------------------------------------------------------------------------------------------------
-# Output
 
 
 def _found(tool: dict[str, Any], missing: str = "not found") -> str:
@@ -332,9 +323,8 @@ def _format_text(report: dict[str, Any], *, verbose: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = collect(build_kernels=not getattr(args, "no_build", False))
-    if getattr(args, "json", False):
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(_format_text(report, verbose=getattr(args, "verbose", False)))
+    report = collect(build_kernels=not args.no_build)
+    print(
+        json.dumps(report, indent=2, default=str) if args.json else _format_text(report, verbose=args.verbose)
+    )
     return 0 if report["ok"] else 1

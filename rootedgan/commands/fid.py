@@ -1,18 +1,5 @@
-"""``rootedgan fid``: FID / KID of a network or an image folder against a reference data set.
-
-``rootedgan fid --data REF (--network X | --images DIR) --metrics fid50k_full,kid50k_full``
-
-``--data`` is images or statistics (``.npz``, ours or clean-fid's; refused when they record another
-protocol or Inception file); ``--network`` any checkpoint ``load_network`` reads (``fid50k_full``
-generates 50,000 images, ``--num-gen`` overrides the count and the name follows it); ``--images`` a folder
-or zip of images of any size, all used. The protocol is ``--mode``: ``legacy_tensorflow`` (the default,
-NVIDIA's, under NVIDIA's names ``fid50k_full``), ``clean`` (clean-fid's, ``clean_fid50k_full``) or
-``fast`` (``approx_clean_*``); a prefixed metric name selects its protocol (why the default is NVIDIA's:
-:mod:`rootedgan.metrics.evaluator`). The protocol and the Inception file are printed before any work;
-values are printed and appended to ``metric-<name>.jsonl`` in ``--outdir`` (default: the network's
-folder, else the current one). Reference statistics are cached (``$ROOTEDGAN_CACHE/fid-stats``).
-NVIDIA's Inception file: ``--inception PATH`` or ``$ROOTEDGAN_INCEPTION``, else the caches, else
-downloaded. The work is :func:`rootedgan.metrics.score.score`.
+"""``rootedgan fid``: FID / KID of a network or an image folder against a reference data set (README
+"FID / KID"); the work is :func:`rootedgan.metrics.score.score`.
 """
 
 from __future__ import annotations
@@ -37,32 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(clean_fid50k_full); default fid50k_full",
     )
     parser.add_argument("--mirror", action="store_true", help="add x-flipped copies of the reference images")
-    parser.add_argument("--num-gen", type=int, default=None, help="generated (or used) images, overrides N")
-    parser.add_argument("--inception", default=None, help="NVIDIA's inception-2015-12-05.pt (offline use)")
+    parser.add_argument("--num-gen", type=int, help="generated (or used) images, overrides N")
+    parser.add_argument("--inception", help="NVIDIA's inception-2015-12-05.pt (offline use)")
     add_options(parser, "--device")
     parser.add_argument(
         "--mode",
         choices=MODES,
-        default=None,
         help="FID protocol: legacy_tensorflow = NVIDIA's (default; comparable with published StyleGAN "
         "FIDs; names fid50k_full...), clean = clean-fid's (clean_fid50k_full...), fast = an approximation "
         "of clean on the device (approx_clean_fid50k_full...); default: the protocol the metric names "
         "state, else legacy_tensorflow",
     )
     parser.add_argument("--bf16", action="store_true", help="Inception in bf16 (fast mode only)")
-    parser.add_argument("--resolution", type=int, default=None, help="reference resolution (default: G's)")
+    parser.add_argument("--resolution", type=int, help="reference resolution (default: G's)")
     add_options(parser, "--which", "--trunc", "--base", "--noise-mode", noise_mode={"default": "random"})
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and of the KID subsets")
     parser.add_argument("--batch", type=int, default=64, help="images per generator/Inception batch")
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="CPU workers for decoding and resizing (default: min(4, usable cores))",
+        "--workers", type=int, help="CPU workers for decoding and resizing (default: min(4, usable cores))"
     )
-    parser.add_argument(
-        "--outdir", default=None, help="where metric-*.jsonl go (default: the network's folder)"
-    )
+    parser.add_argument("--outdir", help="where metric-*.jsonl go (default: the network's folder)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached statistics")
     parser.add_argument("--no-download", action="store_true", help="never download the Inception file")
 

@@ -20,13 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
-from rootedgan.errors import UserError
+from rootedgan.data import ImageDataModule
+from rootedgan.errors import UserError, printable
 from rootedgan.imaging import ensure_writable_dir
 from rootedgan.runs import claim_version
+from rootedgan.training import strategy  # noqa: F401 - registers the gan_ddp strategy name
+from rootedgan.training.module import FinetuneModule
+from rootedgan.training.nvidia_flags import translate as translate_nvidia_flags
 from rootedgan.training.progress import TrainingProgress
+from rootedgan.training.resume import (
+    SafeCheckpointIO,
+    check_resume_state,
+    read_checkpoint,
+    remove_stale_temp_files,
+    resume_changes,
+)
 from rootedgan.training.settings import moved_hint
 from rootedgan.training.snapshots import NetworkSnapshot
 
@@ -63,8 +77,6 @@ def _wants_several_devices(devices: object, num_nodes: object) -> bool:
 def default_loggers(save_dir: str | None) -> list[Any]:
     """CSV (always: ``compare`` and the plots read ``metrics.csv``) and TensorBoard (when installed), in
     one run directory. The CSV file is flushed at every logged step, so a crash loses at most one interval."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     root = Path(save_dir or ".")
     common = {"save_dir": str(root), "name": "lightning_logs", "version": claim_version(root)}
     loggers: list[Any] = [CSVLogger(**common, flush_logs_every_n_steps=1)]
@@ -75,6 +87,14 @@ def default_loggers(save_dir: str | None) -> list[Any]:
     else:
         loggers.append(TensorBoardLogger(**common))
     return loggers
+
+
+class PlainHelpFormatter(DefaultHelpFormatter):
+    """The help without the docstrings' reST markup (``x``, :class:`~a.b`), which a terminal shows raw."""
+
+    def format_help(self) -> str:
+        text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", super().format_help())
+        return text.replace("``", "").replace(" (module docstring)", "")
 
 
 class RootedganCLI(LightningCLI):
@@ -94,8 +114,6 @@ class RootedganCLI(LightningCLI):
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
     def parse_arguments(self, parser, args) -> None:
-        from jsonargparse import ArgumentError
-
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -117,8 +135,6 @@ class RootedganCLI(LightningCLI):
             self._check_resume(config)
 
     def _check_resume(self, config: Any) -> None:
-        from rootedgan.training.resume import read_checkpoint, remove_stale_temp_files, resume_changes
-
         ckpt = read_checkpoint(config["ckpt_path"])
         saved = dict(ckpt.get("hyper_parameters") or {})
         given = config["model"].as_dict() if hasattr(config["model"], "as_dict") else dict(config["model"])
@@ -132,23 +148,44 @@ class RootedganCLI(LightningCLI):
         folder = Path(config["ckpt_path"]).expanduser().parent  # left there by the killed run's writes
         for stale in [*remove_stale_temp_files(folder), *remove_stale_temp_files(folder.parent)]:
             print(f"  removed {stale} (an unfinished write of the interrupted run)")
+        total = float(given.get("total_kimg", 0))
+        if nimg is not None and nimg >= total * 1000:  # nothing to train: no new run folder either
+            self._finished = ckpt
+            more = 2 * max(total, nimg / 1000)
+            print(
+                f"the run is finished (kimg {nimg / 1000:g} of model.total_kimg {total:g}): nothing to "
+                f"train; to extend it, raise model.total_kimg (e.g. --model.total_kimg {more:g})"
+            )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
-        from lightning.pytorch.plugins.io import CheckpointIO
-
-        from rootedgan.training.resume import SafeCheckpointIO
-
-        if config.get("logger") in (None, True):
+        if getattr(self, "_finished", None) is not None:
+            config["logger"] = False
+        elif config.get("logger") in (None, True):
             config["logger"] = default_loggers(config.get("default_root_dir"))
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(SafeCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, callbacks)
+        # snapshots first (an evaluation at the same kimg then names its snapshot), progress last (its last
+        # tick line shows the final evaluation)
+        given = config.get("callbacks") or []
+        given = list(given) if isinstance(given, (list, tuple)) else [given]
+        ours = {type(cb): cb for cb in callbacks}
+        config["callbacks"] = [ours.pop(NetworkSnapshot), *given, *ours.values()]
+        return super()._instantiate_trainer(config, [])
 
     def fit(self) -> None:
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.config.get("ckpt_path"))
+        finished = getattr(self, "_finished", None)
+        if finished is None:
+            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.config.get("ckpt_path"))
+            return
+        # a finished run: only the snapshot a kill may have cost it (the final one) is written, if missing
+        module = self.model
+        check_resume_state(finished, module, [module.g_params(), module.d_params()])
+        module.load_state_dict(finished["state_dict"])
+        snapshot = next(cb for cb in self.trainer.callbacks if isinstance(cb, NetworkSnapshot))
+        snapshot.recover(module, self.config["ckpt_path"])
 
 
 def _checkpoint_nimg(ckpt: dict[str, Any]) -> int | None:
@@ -185,18 +222,15 @@ def _one_line_parse_error(message: str, parser: Any) -> str:
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
-    argv = list(argv)
-    if argv and argv[0] == "fit":  # the sub-command of earlier versions
-        argv = argv[1:]
-    out = []
-    for arg in argv:
-        if arg == "--network":
-            out.append("--model.network")
-        elif arg.startswith("--network="):
-            out.append("--model.network=" + arg.split("=", 1)[1])
-        else:
-            out.append(arg)
-    return out
+    """``--network`` is short for ``--model.network``; NVIDIA's train.py flags become ours (printed)."""
+    argv = list(argv[1:] if argv[:1] == ["fit"] else argv)  # the sub-command of earlier versions
+    argv = [
+        a.replace("--network", "--model.network", 1) if a.split("=")[0] == "--network" else a for a in argv
+    ]
+    argv, applied = translate_nvidia_flags(argv)
+    if applied and os.environ.get("LOCAL_RANK", "0") == "0":
+        print("NVIDIA train.py flags:\n" + "\n".join(f"  {line}" for line in applied))
+    return argv
 
 
 class _DropTips(logging.Filter):
@@ -222,10 +256,6 @@ def quiet_lightning() -> None:
 
 def run_finetune_cli(argv: list[str]) -> int:
     """Entry point used by ``rootedgan finetune``; returns the exit status."""
-    import rootedgan.training.strategy  # noqa: F401 - registers the gan_ddp strategy name
-    from rootedgan.data import ImageDataModule
-    from rootedgan.training.module import FinetuneModule
-
     quiet_lightning()
     try:
         cli = RootedganCLI(
@@ -233,7 +263,12 @@ def run_finetune_cli(argv: list[str]) -> int:
             ImageDataModule,
             args=_normalise_argv(argv),
             run=False,
-            parser_kwargs={"prog": "rootedgan finetune", "description": DESCRIPTION, "exit_on_error": False},
+            parser_kwargs={
+                "prog": "rootedgan finetune",
+                "description": DESCRIPTION,
+                "exit_on_error": False,
+                "formatter_class": PlainHelpFormatter,
+            },
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "max_epochs": -1,
@@ -253,6 +288,6 @@ def run_finetune_cli(argv: list[str]) -> int:
         print(f"rootedgan finetune: error: trainer: {first}", file=sys.stderr)
         return 2
     except UserError as err:
-        print(f"rootedgan finetune: error: {err}", file=sys.stderr)
+        print(f"rootedgan finetune: error: {printable(err)}", file=sys.stderr)
         return 2
     return 0

@@ -1,9 +1,6 @@
-"""``rootedgan landscape``: probe the alpha-beta condition (arXiv 2410.12455) along saved snapshots.
-
-Replays the generator objective with D frozen at one snapshot (the last, unless ``--d-snapshot``; see
-:mod:`rootedgan.tools.landscape`), with the loss recorded in the snapshots unless ``--loss`` is given, and
-writes ``landscape.json`` (per-step A, B, C, cos and a summary per run) and ``landscape.png``; the
-output states which D was frozen and where the loss came from.
+"""``rootedgan landscape``: probe the alpha-beta condition (arXiv 2410.12455) along saved snapshots, with D
+frozen at one snapshot (:mod:`rootedgan.tools.landscape`); writes ``landscape.json`` and ``landscape.png``
+and says which D was frozen and where the loss came from.
 """
 
 from __future__ import annotations
@@ -19,21 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshots", required=True, help="glob of native snapshots x_0..x_K (sorted by name)"
     )
-    parser.add_argument("--d-snapshot", default=None, help="snapshot whose D is frozen (default: the last)")
+    parser.add_argument("--d-snapshot", help="snapshot whose D is frozen (default: the last)")
     parser.add_argument(
-        "--loss",
-        default=None,
-        help="generator loss: rooted:K or logistic (default: the loss recorded in the snapshots)",
+        "--loss", help="generator loss: rooted:K or logistic (default: the loss recorded in the snapshots)"
     )
-    parser.add_argument("--compare", default=None, help="glob of a second run's snapshots")
+    parser.add_argument("--compare", help="glob of a second run's snapshots")
     parser.add_argument(
-        "--compare-loss", default=None, help="loss of the --compare run (default: recorded in its snapshots)"
+        "--compare-loss", help="loss of the --compare run (default: recorded in its snapshots)"
     )
-    parser.add_argument("--compare-d-snapshot", default=None, help="frozen D for the --compare run")
+    parser.add_argument("--compare-d-snapshot", help="frozen D for the --compare run")
     parser.add_argument("--batch", type=int, default=16, help="latents per step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-step latents")
     parser.add_argument("--steps-per-snapshot", type=int, default=1, help="mini-batches per snapshot")
-    parser.add_argument("--network", choices=["G", "G_ema"], default="G", help="generator to probe")
+    parser.add_argument("--which", choices=["G", "G_ema"], default="G", help="generator to probe")
     parser.add_argument("--alpha-max", type=float, default=50.0, help="alpha/beta grid goes 0..alpha-max")
     parser.add_argument("--grid", type=int, default=201, help="grid points per axis")
     parser.add_argument("--device", default="cpu")
@@ -43,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rootedgan.tools.landscape import LandscapeOptions, landscape_report  # ~0.1 s: not for --help
 
-    report, json_path, png_path = landscape_report(options_from(args, LandscapeOptions))
+    report, json_path, png_path = landscape_report(options_from(args, LandscapeOptions, network=args.which))
     for name, entry in report["runs"].items():
         s = entry["summary"]
         best = s["smallest_feasible_alpha"]

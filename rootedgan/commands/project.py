@@ -1,13 +1,6 @@
-"""``rootedgan project``: GAN inversion of an image into W (NVIDIA's ``projector.py``).
-
-    rootedgan project --network ffhq256 --target face.png --outdir out [--num-steps 1000] [--seed 303]
-        [--save-video]
-
-Writes ``target.png`` (the target as the network sees it: center-cropped and resized), ``proj.png`` (the
-projection rendered by the unmodified network, noise ``const``), ``projected_w.npz`` (``w`` of
-``[1, num_ws, w_dim]``, NVIDIA's file, read by ``rootedgan generate --projected-w``) and with
-``--save-video`` ``proj.mp4`` (or ``proj.gif``): target and projection side by side, step by step.
-See :mod:`rootedgan.tools.projector` for the method and the VGG16 file it downloads.
+"""``rootedgan project``: GAN inversion of an image into W (NVIDIA's ``projector.py``), writing
+``target.png``, ``proj.png``, ``projected_w.npz`` (read by ``rootedgan generate --projected-w``) and with
+``--save-video`` ``proj.mp4`` or ``proj.gif``. The method: :mod:`rootedgan.tools.projector`.
 """
 
 from __future__ import annotations
@@ -48,7 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vgg16",
-        default=None,
         help="NVIDIA's VGG16 LPIPS torchscript (vgg16.pt; default: $ROOTEDGAN_VGG16, the network cache, "
         "else downloaded into it)",
     )

@@ -1,14 +1,7 @@
-"""Compare adversarial losses on the same finetune (``rootedgan compare``): runs, curves, statistics, report.
-
-* :mod:`rootedgan.compare.runner`: one ``rootedgan finetune`` subprocess per (loss, lr, seed), ``jobs`` at
-  a time, finished runs skipped (:func:`plan_runs`, :func:`run_all`);
-* :mod:`rootedgan.compare.curves`: a run's logged curves against kimg (:func:`collect_run`);
-* :mod:`rootedgan.compare.bootstrap`: mean/std, bootstrap CIs, sign-flip tests, areas, spikes
-  (:func:`summarize`, :func:`bootstrap_ci`, :func:`paired_difference`);
-* :mod:`rootedgan.compare.analysis`: per-run summaries, per-arm statistics, paired differences, the lr choice;
-* :mod:`rootedgan.compare.pairing`: the paired design, recorded per run and checked across arms;
-* :mod:`rootedgan.compare.report`: ``compare.png`` / ``forest.png`` / ``compare.md`` / ``compare.json``
-  (:func:`plot`, :func:`plot_forest`, :func:`render_study_markdown`, :func:`write_report`).
+"""Compare adversarial losses on the same finetune (``rootedgan compare``; README, "Comparing losses"):
+:mod:`.runner` runs the finetunes, :mod:`.curves` reads their logs, :mod:`.bootstrap` and :mod:`.analysis`
+compute the statistics, :mod:`.pairing` checks the paired design, :mod:`.report` writes the outputs and
+:mod:`.study` ties them together.
 """
 
 from rootedgan.compare.analysis import arm_statistics, paired_statistics, run_summary, select_learning_rates

@@ -1,34 +1,19 @@
 """Per-run summaries of a comparison, their statistics per arm, and paired differences against a baseline.
 
-An *arm* is one training setting (a loss, possibly at a learning-rate multiplier); it is run once per
-seed. Per run (:func:`run_summary`), of the quality metric's curve against kimg:
-
-* ``auc``: area under the curve over the run (trapezoids; metric x kimg), and ``auc_mean`` = ``auc``
-  divided by the kimg span: the curve's average level, in the metric's units;
-* ``final`` and ``best`` values (and their kimg), ``start``;
-* ``to_target[T]``: the first kimg at which the curve reaches each fixed target ``T`` (absolute values,
-  linearly interpolated between evaluations; None if never);
-
-and of the training losses ``Loss/G/loss``, ``Loss/D/loss``:
-
-* ``spikes``: logged steps at which G's or D's loss exceeds ``spike_factor`` (10) times its running
-  median (:func:`rootedgan.compare.bootstrap.spikes`; measured above the loss's lower bound, so rooted's
-  constant ``k`` does not hide them);
-* ``nonfinite``: ``phases``, the logged G, D, R1 and path-length losses that were not finite (each such
-  phase was skipped by the training step), and ``frac``, the run's last ``Progress/nonfinite_frac``: the
-  share of all phases skipped, which also counts phases with a finite loss but a non-finite gradient.
-
-Per arm (:func:`arm_statistics`): mean over seeds with a percentile bootstrap 95 % CI. Against the
-baseline (:func:`paired_statistics`): per-seed differences ``arm - baseline`` on the seeds both ran, their
-mean with a bootstrap CI, the sign-flip p-value and the number of seeds the arm was better. For
-``to_target``, a run that never reached ``T`` counts as reaching it at the end of the run (censored: the
-mean is then a lower bound), and the number that reached it is given.
+An *arm* is one training setting (a loss, maybe at a learning-rate multiplier), run once per seed. Per run
+(:func:`run_summary`): of the metric's curve ``auc`` and ``auc_mean`` (its average level), ``start``,
+``final``, ``best`` and ``to_target[T]`` (first kimg reaching each target, interpolated; None if never); of
+the losses ``spikes`` (measured above the loss's lower bound, so rooted's ``k`` does not hide them) and
+``nonfinite`` (non-finite logged G, D, R1 and path-length losses, each a skipped phase, and the last
+``Progress/nonfinite_frac``, which also counts phases skipped for a non-finite gradient). Per arm
+(:func:`arm_statistics`) means with bootstrap CIs; against the baseline (:func:`paired_statistics`) per-seed
+differences. A run that never reached ``T`` counts as reaching it at its end (the mean is a lower bound).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +40,6 @@ PHASE_LOSSES = (G_LOSS, D_LOSS, "Loss/r1_penalty", "Loss/pl_penalty")
 NONFINITE_FRAC = "Progress/nonfinite_frac"
 #: Per-run values with a mean and CI per arm, and paired differences (``primary`` is one of them).
 VALUE_KEYS = ("auc_mean", "final", "best")
-PRIMARY_CHOICES = {"auc": "auc_mean", "final": "final", "best": "best"}
 SPIKE_FACTOR = 10.0
 SPIKE_WINDOW = 50
 
@@ -74,8 +58,7 @@ def loss_floors(loss: Any) -> tuple[float, float]:
 
 
 def run_loss(log_dir: str | Path, default: Any = None) -> Any:
-    """The loss settings in a run's ``hparams.yaml`` (Lightning's copy of the module's settings, any
-    version), else ``default``."""
+    """The loss settings in a run's ``hparams.yaml`` (any settings version), else ``default``."""
     try:
         data = yaml.safe_load((Path(log_dir) / "hparams.yaml").read_text())
     except (OSError, yaml.YAMLError):
@@ -93,28 +76,27 @@ def run_summary(
     spike_factor: float = SPIKE_FACTOR,
     spike_window: int = SPIKE_WINDOW,
 ) -> dict[str, Any]:
-    """The summary of one run (module docstring) from its curves ``{logged key: Curve}``.
-
-    ``span`` = ``(lo, hi)`` kimg of the area (default: the metric's first and last logged kimg; give the
-    planned length so that a run that stopped early is continued at its last value, not cut short).
-    ``floors``: lower bounds of the G and D losses (:func:`loss_floors`).
-    """
+    """The summary of one run (module docstring) from its curves ``{logged key: Curve}``. ``span``: the kimg
+    range of the area (default: the metric's; give the planned length, so a run that stopped early is
+    continued at its last value); ``floors``: the G and D losses' lower bounds (:func:`loss_floors`)."""
     curve = curves[metric]
     if not len(curve):
         raise ValueError(f"run_summary: {metric} has no points")
     lo, hi = span if span is not None else (float(curve.kimg[0]), float(curve.kimg[-1]))
     area = auc(curve, lo, hi)
     best, best_kimg = best_value(curve, lower_is_better)
+    start, final, final_kimg = float(curve.value[0]), float(curve.value[-1]), float(curve.kimg[-1])
+    to_target = {target_key(t): crossing_kimg(curve, t, lower_is_better) for t in targets}
     out: dict[str, Any] = {
-        "start": float(curve.value[0]),
-        "final": float(curve.value[-1]),
-        "final_kimg": float(curve.kimg[-1]),
+        "start": start,
+        "final": final,
+        "final_kimg": final_kimg,
         "best": best,
         "best_kimg": best_kimg,
         "auc": area,
-        "auc_mean": area / (hi - lo) if hi > lo else float(curve.value[0]),
+        "auc_mean": area / (hi - lo) if hi > lo else start,
         "span": [lo, hi],
-        "to_target": {target_key(t): crossing_kimg(curve, t, lower_is_better) for t in targets},
+        "to_target": to_target,
     }
     spike_info: dict[str, Any] = {}
     steps: set[float] = set()
@@ -155,12 +137,9 @@ def arm_statistics(
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Any]:
-    """Mean and bootstrap CI over seeds of an arm's per-run summaries ``summaries[seed]``.
-
-    ``values[key]`` for :data:`VALUE_KEYS` (non-finite values are left out and counted in
-    ``values[key]["dropped"]``), ``to_target[T]`` (censored at the run's end; ``reached`` of ``n``),
-    ``spikes`` (mean per run with CI; total; runs with at least one) and ``nonfinite`` (total phases).
-    """
+    """Means and bootstrap CIs over seeds of an arm's ``summaries[seed]``: ``values[key]`` (non-finite values
+    left out, counted in ``dropped``), ``to_target[T]`` (censored; ``reached`` of ``n``), ``spikes`` (per
+    run; total; runs with any) and ``nonfinite`` (total phases; runs with any; largest skipped share)."""
     seeds = sorted(summaries)
 
     def ci(values: list[float]) -> dict[str, Any]:
@@ -184,16 +163,13 @@ def arm_statistics(
     bad = [int(summaries[s]["nonfinite"]["phases"]) for s in seeds]
     fracs = [summaries[s]["nonfinite"].get("frac") for s in seeds]
     max_frac = max((float(f) for f in fracs if f is not None and math.isfinite(float(f))), default=None)
+    nonfinite = {"total": int(sum(bad)), "runs_with": int(sum(b > 0 for b in bad)), "max_frac": max_frac}
     return {
         "seeds": seeds,
         "values": values,
         "to_target": to_target,
         "spikes": spike_stats,
-        "nonfinite": {
-            "total": int(sum(bad)),
-            "runs_with": int(sum(b > 0 for b in bad)),
-            "max_frac": max_frac,
-        },
+        "nonfinite": nonfinite,
     }
 
 
@@ -210,38 +186,13 @@ def paired_statistics(
     of every :data:`VALUE_KEYS` value, of the censored kimg to each target (fewer kimg is better) and of
     the spike count (fewer is better)."""
 
-    def pick(by_seed: Mapping[int, Mapping[str, Any]], fn: Any) -> dict[int, float]:
-        return {s: float(fn(v)) for s, v in by_seed.items()}
+    def paired(value: Callable[[Mapping[str, Any]], float], lower: bool = True) -> dict[str, Any]:
+        a, b = ({s: float(value(v)) for s, v in by_seed.items()} for by_seed in (arm, baseline))
+        return paired_difference(a, b, lower, confidence, n_resamples, seed)
 
-    out: dict[str, Any] = {}
-    for key in VALUE_KEYS:
-        out[key] = paired_difference(
-            pick(arm, lambda v, k=key: v[k]),
-            pick(baseline, lambda v, k=key: v[k]),
-            lower_is_better,
-            confidence,
-            n_resamples,
-            seed,
-        )
-    out["to_target"] = {
-        target_key(t): paired_difference(
-            pick(arm, lambda v, t=t: _censored(v, t)[0]),
-            pick(baseline, lambda v, t=t: _censored(v, t)[0]),
-            True,
-            confidence,
-            n_resamples,
-            seed,
-        )
-        for t in targets
-    }
-    out["spikes"] = paired_difference(
-        pick(arm, lambda v: v["spikes"]["steps"]),
-        pick(baseline, lambda v: v["spikes"]["steps"]),
-        True,
-        confidence,
-        n_resamples,
-        seed,
-    )
+    out: dict[str, Any] = {key: paired(lambda v, k=key: v[k], lower_is_better) for key in VALUE_KEYS}
+    out["to_target"] = {target_key(t): paired(lambda v, t=t: _censored(v, t)[0]) for t in targets}
+    out["spikes"] = paired(lambda v: v["spikes"]["steps"])
     return out
 
 
@@ -250,15 +201,11 @@ def select_learning_rates(
     primary: str = "auc_mean",
     lower_is_better: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Each loss's best learning-rate multiplier on the tuning seeds.
-
-    ``summaries[loss][lr][seed]`` is a run's :func:`run_summary`, or None for a run that failed. A
-    multiplier is eligible when all its runs finished with a finite ``primary`` value; of the eligible
-    ones the best mean ``primary`` wins (ties: the larger multiplier, the cheaper one to train to a given
-    quality). If none is eligible, the one with the most finished runs and then the best mean wins, and
-    ``eligible`` is False. Returns per loss ``{"lr", "eligible", "means": {lr: mean or None},
-    "failed": {lr: count}}``.
-    """
+    """Each loss's best learning-rate multiplier on the tuning seeds: ``{"lr", "eligible", "means": {lr:
+    mean or None}, "failed": {lr: count}}`` per loss, from ``summaries[loss][lr][seed]`` (a run's
+    :func:`run_summary`, None if it failed). Of the multipliers whose runs all have a finite ``primary``
+    value the best mean wins (ties: the larger, cheaper to train); if there is none, the most finished
+    runs, then the best mean, and ``eligible`` is False."""
     sign = 1.0 if lower_is_better else -1.0
     choice = {}
     for loss, by_lr in summaries.items():
@@ -272,14 +219,13 @@ def select_learning_rates(
             finished[lr] = len(finite)
             means[lr] = float(np.mean(finite)) if finite else None
         eligible = [lr for lr in by_lr if failed[lr] == 0 and means[lr] is not None]
+        scored = [lr for lr in by_lr if means[lr] is not None]
         if eligible:
             best = min(eligible, key=lambda lr: (sign * means[lr], -lr))  # type: ignore[operator]
+        elif scored:
+            best = min(scored, key=lambda lr: (-finished[lr], sign * means[lr], -lr))  # type: ignore[operator]
         else:
-            scored = [lr for lr in by_lr if means[lr] is not None]
-            if not scored:
-                best = max(by_lr)
-            else:
-                best = min(scored, key=lambda lr: (-finished[lr], sign * means[lr], -lr))  # type: ignore[operator]
+            best = max(by_lr)
         choice[loss] = {
             "lr": best,
             "eligible": bool(eligible),

@@ -1,7 +1,8 @@
-"""Statistics over seeds: mean/std bands on a common kimg grid, threshold crossings and the summary.
+"""Statistics over seeds: bands on a common kimg grid, crossings, areas, spikes, bootstrap CIs, sign flips.
 
-Conventions (stated again in the rendered table): "std" is the sample standard deviation over seeds
-(``ddof=1``; NaN with one seed); curves are compared on kimg, linearly interpolated between logged points.
+"std" is the sample standard deviation over seeds (``ddof=1``; NaN with one seed); curves are compared on
+kimg, linearly interpolated between logged points. Bootstrap intervals are percentile intervals from numpy's
+PCG64 seeded with ``seed`` (the same data give the same intervals).
 """
 
 from __future__ import annotations
@@ -37,17 +38,22 @@ def common_grid(curves: Sequence[Curve]) -> np.ndarray:
     return points[(points >= lo) & (points <= hi)]
 
 
-def band(curves: Sequence[Curve]) -> Band:
-    """Per-kimg mean and sample std (ddof=1) of ``curves`` (each linearly interpolated onto the common
-    grid, so seeds logged at different kimg can be averaged)."""
+def _on_grid(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """The common grid ``[T]`` and the non-empty curves interpolated onto it, ``[n, T]``."""
     curves = [c for c in curves if len(c)]
     grid = common_grid(curves)
+    return grid, np.array([np.interp(grid, c.kimg, c.value) for c in curves] if len(grid) else [])
+
+
+def band(curves: Sequence[Curve]) -> Band:
+    """Per-kimg mean and sample std (ddof=1) of ``curves`` on their common grid (seeds logged at different
+    kimg can be averaged)."""
+    grid, stacked = _on_grid(curves)
+    n = sum(1 for c in curves if len(c))
     if len(grid) == 0:
-        empty = np.zeros(0)
-        return Band(empty, empty, empty, len(curves))
-    stacked = np.stack([np.interp(grid, c.kimg, c.value) for c in curves])
-    std = stacked.std(axis=0, ddof=1) if len(curves) > 1 else np.full(len(grid), math.nan)
-    return Band(grid, stacked.mean(axis=0), std, len(curves))
+        return Band(grid, grid, grid, n)
+    std = stacked.std(axis=0, ddof=1) if n > 1 else np.full(len(grid), math.nan)
+    return Band(grid, stacked.mean(axis=0), std, n)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, Any]:
@@ -93,16 +99,10 @@ def summarize(
     baseline: str | None = None,
     wall_s: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
-    """Summary per loss of one metric's curves ``curves[loss][seed]``.
-
-    Per loss: ``start`` (first logged value), ``final`` (last value), ``best`` (lowest, or highest with
-    ``lower_is_better=False``) and the kimg of the final and best points, each as :func:`mean_std` over
-    seeds; ``kimg_to_threshold``: :func:`crossing_kimg` per seed (``values`` holds None for a seed that
-    never reached it; mean/std over those that did, ``reached`` of ``n``); ``wall_s`` per run if given.
-
-    The threshold is ``threshold`` if given, else the mean final value of ``baseline`` (default: the
-    first loss), i.e. "how soon does each loss get as good as the baseline ends up".
-    """
+    """Per loss, :func:`mean_std` over seeds of one metric's ``start``, ``final``, ``best`` values and the
+    kimg of the final and best points, of ``wall_s`` per run, and of the kimg to reach the threshold
+    (``values`` per seed, None for a seed that never did; ``reached`` of ``n``). The threshold is
+    ``threshold``, else the mean final value of ``baseline`` (default: the first loss)."""
     if not curves:
         raise ValueError("summarize: no curves")
     names = list(curves)
@@ -129,6 +129,7 @@ def summarize(
         reached = [k for k in crossings if k is not None]
         to_threshold = mean_std(reached)
         to_threshold.update(values=crossings, reached=len(reached), n=len(series))
+        wall = mean_std(list(wall_s[name])) if wall_s and wall_s.get(name) else None
         losses[name] = {
             "seeds": seeds,
             "start": mean_std([float(c.value[0]) for c in series]),
@@ -137,7 +138,7 @@ def summarize(
             "best": mean_std([b[0] for b in bests]),
             "best_kimg": mean_std([b[1] for b in bests]),
             "kimg_to_threshold": to_threshold,
-            "wall_s": mean_std(list(wall_s[name])) if wall_s and wall_s.get(name) else None,
+            "wall_s": wall,
         }
     return {
         "lower_is_better": lower_is_better,
@@ -146,21 +147,16 @@ def summarize(
     }
 
 
-# -- per-run summaries and their statistics over seeds ------------------------------------------------
-
-#: Bootstrap defaults of the comparison (seeded: the same data give the same intervals).
+#: Bootstrap defaults of the comparison.
 N_RESAMPLES = 10_000
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 
 
 def auc(curve: Curve, lo: float | None = None, hi: float | None = None) -> float:
-    """Area under ``curve`` against kimg on ``[lo, hi]`` (trapezoids between the logged points).
-
-    ``lo``/``hi`` default to the first/last logged kimg. A curve that ends before ``hi`` (a run that
-    stopped early) is continued at its last value; one that starts after ``lo`` is continued back at
-    its first value. NaN when a value inside the range is not finite or the curve is empty.
-    """
+    """Area under ``curve`` against kimg on ``[lo, hi]`` (default: its first/last kimg), trapezoids between
+    the logged points; a curve that ends early is continued at its last value (and back at its first).
+    NaN when a value inside the range is not finite or the curve is empty."""
     if not len(curve):
         return math.nan
     lo = float(curve.kimg[0]) if lo is None else float(lo)
@@ -178,11 +174,9 @@ def auc(curve: Curve, lo: float | None = None, hi: float | None = None) -> float
 def spikes(
     curve: Curve, factor: float = 10.0, window: int = 50, min_history: int = 5, floor: float = 0.0
 ) -> np.ndarray:
-    """Indices of the points of a loss curve that are spikes: ``value - floor > factor * m``, where ``m``
-    is the median of ``value - floor`` over the (up to) ``window`` finite points before it (at least
-    ``min_history`` of them). ``floor`` is the loss's lower bound (e.g. ``k`` for a rooted G loss), so a
-    constant offset does not hide spikes. Non-finite points are not spikes (they are counted apart) and
-    are left out of the medians."""
+    """Indices of a loss curve's spikes: ``value - floor > factor * m``, ``m`` the median of ``value - floor``
+    over the (up to) ``window`` finite points before it (at least ``min_history``). ``floor``: the loss's
+    lower bound (``k`` for a rooted G loss). Non-finite points are neither spikes nor in the medians."""
     excess = curve.value - floor
     finite = np.flatnonzero(np.isfinite(excess))
     hits = []
@@ -199,14 +193,9 @@ def bootstrap_ci(
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Any]:
-    """Mean of ``values`` with a percentile bootstrap confidence interval.
-
-    ``n_resamples`` resamples of ``len(values)`` values drawn with replacement (numpy's PCG64 seeded
-    with ``seed``); the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
-    of the resample means (numpy's default linear quantiles). Returns ``{"mean", "lo", "hi", "n",
-    "std", "values"}`` (``std`` with ddof 1); NaN bounds for fewer than 2 values, NaN everything for
-    none. Non-finite values are an error: decide what a missing value means before calling.
-    """
+    """``{"mean", "lo", "hi", "n", "std", "values"}``: the mean with a percentile bootstrap CI (the ``(1 -/+
+    confidence) / 2`` quantiles of ``n_resamples`` resample means) and the std (ddof 1); NaN bounds for
+    fewer than 2 values. Non-finite values are an error: decide what a missing value means first."""
     arr = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"bootstrap_ci: non-finite values {arr.tolist()}")
@@ -217,9 +206,7 @@ def bootstrap_ci(
     out["std"] = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
     if len(arr) < 2:
         return {**out, "lo": math.nan, "hi": math.nan}
-    means = bootstrap_means(arr, n_resamples, seed)
-    alpha = 1 - confidence
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    lo, hi = _interval(arr, confidence, n_resamples, seed)
     return {**out, "lo": float(lo), "hi": float(hi)}
 
 
@@ -232,14 +219,16 @@ def bootstrap_means(values: np.ndarray, n_resamples: int = N_RESAMPLES, seed: in
     return values[idx].mean(axis=1)
 
 
-def sign_flip_p(diffs: Sequence[float], exact_up_to: int = 16, n_resamples: int = N_RESAMPLES) -> float:
-    """Two-sided p-value of the paired sign-flip (permutation) test of "mean difference = 0".
+def _interval(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> Any:
+    """``(lo, hi)``: the percentile bootstrap interval of the mean of ``values`` (per column)."""
+    alpha = 1 - confidence
+    return np.quantile(bootstrap_means(values, n_resamples, seed), [alpha / 2, 1 - alpha / 2], axis=0)
 
-    Under the null each difference is as likely ``+d`` as ``-d``; the p-value is the share of the
-    ``2^n`` sign patterns whose ``|mean|`` is at least the observed one (exact up to ``exact_up_to``
-    pairs, Monte Carlo with the observed pattern counted above that). With n pairs the smallest
-    possible p-value is ``2 / 2^n`` (0.0625 for 5 pairs).
-    """
+
+def sign_flip_p(diffs: Sequence[float], exact_up_to: int = 16, n_resamples: int = N_RESAMPLES) -> float:
+    """Two-sided p-value of the paired sign-flip test of "mean difference = 0": the share of the ``2^n`` sign
+    patterns whose ``|mean|`` is at least the observed one (exact up to ``exact_up_to`` pairs, else Monte
+    Carlo counting the observed pattern); it cannot go below ``2 / 2^n``."""
     d = np.asarray(diffs, dtype=np.float64)
     if len(d) == 0 or not np.all(np.isfinite(d)):
         return math.nan
@@ -247,10 +236,8 @@ def sign_flip_p(diffs: Sequence[float], exact_up_to: int = 16, n_resamples: int 
     tol = 1e-12 * max(1.0, float(np.abs(d).max()))
     if len(d) <= exact_up_to:
         signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
-        stats = np.abs((signs * d).mean(axis=1))
-        return float(np.mean(stats >= observed - tol))
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    signs = rng.choice([-1.0, 1.0], size=(n_resamples, len(d)))
+        return float(np.mean(np.abs((signs * d).mean(axis=1)) >= observed - tol))
+    signs = np.random.default_rng(BOOTSTRAP_SEED).choice([-1.0, 1.0], size=(n_resamples, len(d)))
     stats = np.abs((signs * d).mean(axis=1))
     return float((np.sum(stats >= observed - tol) + 1) / (n_resamples + 1))
 
@@ -263,9 +250,9 @@ def paired_difference(
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Any]:
-    """``arm - baseline`` per seed both have (finite), its mean with a percentile bootstrap CI (seeds
-    resampled, :func:`bootstrap_ci`), the sign-flip p-value (:func:`sign_flip_p`) and the number of seeds
-    on which the arm was better (lower, or higher with ``lower_is_better=False``)."""
+    """``arm - baseline`` per seed both have (finite), its mean with a bootstrap CI over seeds
+    (:func:`bootstrap_ci`), the sign-flip p-value (:func:`sign_flip_p`) and the number of seeds on which
+    the arm was better (lower, or higher with ``lower_is_better=False``)."""
     seeds = sorted(s for s in arm if s in baseline and math.isfinite(arm[s]) and math.isfinite(baseline[s]))
     diffs = [float(arm[s]) - float(baseline[s]) for s in seeds]
     out = bootstrap_ci(diffs, confidence, n_resamples, seed)
@@ -280,20 +267,14 @@ def ci_band(
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, np.ndarray]:
-    """Pointwise mean and percentile bootstrap CI of the mean of ``curves`` on their common grid
-    (:func:`common_grid`, linear interpolation); ``{"kimg", "mean", "lo", "hi"}`` (``lo``/``hi`` NaN for
-    one curve). Every grid point uses the same resamples of the curves."""
-    curves = [c for c in curves if len(c)]
-    grid = common_grid(curves)
+    """Pointwise mean and bootstrap CI of the mean of ``curves`` on their common grid, every grid point
+    with the same resamples of the curves; ``{"kimg", "mean", "lo", "hi"}`` (``lo``/``hi`` NaN for one)."""
+    grid, stacked = _on_grid(curves)
     if len(grid) == 0:
-        empty = np.zeros(0)
-        return {"kimg": empty, "mean": empty, "lo": empty, "hi": empty}
-    stacked = np.stack([np.interp(grid, c.kimg, c.value) for c in curves])
+        return {"kimg": grid, "mean": grid, "lo": grid, "hi": grid}
     mean = stacked.mean(axis=0)
-    if len(curves) < 2:
+    if len(stacked) < 2:
         nan = np.full(len(grid), math.nan)
         return {"kimg": grid, "mean": mean, "lo": nan, "hi": nan}
-    means = bootstrap_means(stacked, n_resamples, seed)
-    alpha = 1 - confidence
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    lo, hi = _interval(stacked, confidence, n_resamples, seed)
     return {"kimg": grid, "mean": mean, "lo": lo, "hi": hi}

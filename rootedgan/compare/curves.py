@@ -1,14 +1,9 @@
 """Curves (a logged quantity against kimg) read back from a finetune run's logs.
 
-Sources, per run:
-
-* Lightning's CSV log ``lightning_logs/version_*/metrics.csv``: one column per logged key, rows sparse
-  (a key is empty on rows where it was not logged). ``kimg`` is logged with every training row; a row
-  without it (e.g. an FID value written straight to the logger) is placed by its ``step``, linearly
-  interpolated between the rows that have both (extrapolated with the least-squares slope beyond them).
-* ``metric-*.jsonl`` files of the evaluation callbacks (one record per evaluation with its exact
-  ``kimg``; see :func:`read_metric_jsonl`): their ``metrics/*`` curves replace the CSV's, since their
-  kimg is exact.
+Lightning's ``metrics.csv`` has one column per logged key, rows sparse; a row without ``kimg`` (e.g. an FID
+written straight to the logger) is placed by its ``step``, interpolated between the rows that have both
+(extrapolated with the least-squares slope beyond them). The ``metrics/*`` curves of the evaluation
+callbacks' ``metric-*.jsonl`` files (each record with its exact ``kimg``) replace the CSV's.
 """
 
 from __future__ import annotations
@@ -48,20 +43,11 @@ class Curve:
     def __len__(self) -> int:
         return len(self.kimg)
 
-    def to_json(self) -> dict[str, list[float | None]]:
-        """``{"kimg": [...], "value": [...]}``; non-finite values become ``null`` (valid JSON)."""
-        return {
-            "kimg": [float(k) for k in self.kimg],
-            "value": [float(v) if math.isfinite(v) else None for v in self.value],
-        }
-
 
 def _float(cell: str | None) -> float | None:
-    if cell is None or cell.strip() == "":
-        return None
     try:
-        return float(cell)
-    except ValueError:
+        return float(cell)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # None, empty or not a number
         return None
 
 
@@ -111,12 +97,9 @@ def read_metrics_csv(path: str | Path) -> dict[str, Curve]:
 
 
 def read_metric_jsonl(path: str | Path) -> dict[str, Curve]:
-    """A ``metric-*.jsonl`` file (one evaluation a line, each with its ``kimg``) as ``{key: Curve}``.
-
-    Two record shapes: NVIDIA's ``{"results": {"fid50k_full": v}, "kimg": k, ...}`` (FIDCallback,
-    ``rootedgan fid``) gives ``metrics/fid50k_full``; a flat ``{"kimg": k, "metrics/<name>": v, ...}``
-    (e.g. the digits quality callback) gives its ``metrics/*`` keys as they are. A truncated last line
-    (a run killed while writing) is skipped.
+    """A ``metric-*.jsonl`` file as ``{key: Curve}``: NVIDIA's records ``{"results": {"fid50k_full": v},
+    "kimg": k, ...}`` give ``metrics/fid50k_full``, flat ones ``{"kimg": k, "metrics/<name>": v, ...}`` (the
+    digits callback) their ``metrics/*`` keys. A truncated last line (a run killed while writing) is skipped.
     """
     points: dict[str, list[tuple[float, float]]] = {}
     for line in Path(path).read_text().splitlines():
@@ -136,15 +119,11 @@ def read_metric_jsonl(path: str | Path) -> dict[str, Curve]:
 
 
 def collect_run(run_dir: str | Path) -> dict[str, Curve]:
-    """All curves of one run: ``{logged key: Curve}``, the FID callback's jsonl values taking precedence.
-
-    ``run_dir`` is a run's ``trainer.default_root_dir`` (its ``lightning_logs/version_*`` is found;
-    see :func:`run_log_dir`) or a version folder itself.
-    """
+    """All curves of one run (its ``default_root_dir`` or a version folder, :func:`run_log_dir`):
+    ``{logged key: Curve}``, the jsonl values taking precedence."""
     log_dir = run_log_dir(run_dir)
-    curves: dict[str, Curve] = {}
-    if (log_dir / "metrics.csv").is_file():
-        curves.update(read_metrics_csv(log_dir / "metrics.csv"))
+    csv_file = log_dir / "metrics.csv"
+    curves = read_metrics_csv(csv_file) if csv_file.is_file() else {}
     for jsonl in sorted(log_dir.glob("metric-*.jsonl")):
         curves.update(read_metric_jsonl(jsonl))
     return curves

@@ -1,20 +1,11 @@
 """The paired design of a comparison, recorded by each run and checked across arms.
 
-A comparison is paired when, for a given seed, every arm (loss, learning rate) trains on the same data order
-with the same random draws and is evaluated on the same samples; then per-seed differences between arms cancel
-the luck of the seed. ``rootedgan compare`` makes this so by giving every run of a seed the same
-``--model.seed`` (the training step's draws are a function of ``(seed, rank, step)``, see
-:mod:`rootedgan.training.randomness`) and ``--data.seed`` (subset and order), while the evaluation callbacks
-draw their latents from their own fixed ``seed``. This module checks it instead of assuming it:
-
-* :class:`PairingRecorder`, a callback ``compare`` adds to every run, writes ``pairing.json`` in the run's
-  log folder: SHA-256 digests of the first ``steps`` real batches (images and labels, as the step
-  received them), of every latent the training step drew in those steps (through the module's
-  ``randomness`` source, in call order, with the phase names) and of the evaluation latents of each
-  metric callback (``chunk_latents`` of its ``seed`` for its ``num_gen`` samples);
-* :func:`check_pairing` compares those records across the arms of each seed.
-
-The recorder only reads what the step draws (no extra random draws), so it does not change a run.
+A comparison is paired when, for a seed, every arm sees the same data order and random draws and is
+evaluated on the same samples: ``rootedgan compare`` gives every run of a seed the same ``--model.seed``
+(a step's draws are a function of ``(seed, rank, step)``) and ``--data.seed``, and the metric callbacks
+have their own ``seed``. :class:`PairingRecorder` writes SHA-256 digests of the first batches, of the
+latents the steps drew in them (read, never drawn: the run is unchanged) and of the evaluation latents to
+``pairing.json``; :func:`check_pairing` compares them across arms.
 """
 
 from __future__ import annotations
@@ -49,17 +40,16 @@ class _RecordingRandomness:
         self._inner = inner
         self._digest = digest
 
-    def latents(self, phase: str, n: int, z_dim: int, device: torch.device) -> torch.Tensor:
-        z = self._inner.latents(phase, n, z_dim, device)
-        self._digest.update(phase.encode())
+    def _record(self, label: str, z: torch.Tensor) -> torch.Tensor:
+        self._digest.update(label.encode())
         _update(self._digest, z)
         return z
 
+    def latents(self, phase: str, n: int, z_dim: int, device: torch.device) -> torch.Tensor:
+        return self._record(phase, self._inner.latents(phase, n, z_dim, device))
+
     def mixing_latents(self, phase: str, z: torch.Tensor) -> torch.Tensor:
-        z2 = self._inner.mixing_latents(phase, z)
-        self._digest.update(f"{phase}/mixing".encode())
-        _update(self._digest, z2)
-        return z2
+        return self._record(f"{phase}/mixing", self._inner.mixing_latents(phase, z))
 
     def __getattr__(self, name: str) -> Any:  # step, labels, mixing_cutoff, pl_noise, noise_mode, rank, ...
         return getattr(self._inner, name)
@@ -85,11 +75,7 @@ def evaluation_latents(callback: Any, z_dim: int) -> dict[str, Any] | None:
 
 
 class PairingRecorder(L.Callback):
-    """Writes ``pairing.json`` (module docstring) after the first ``steps`` training steps of a run.
-
-    Args:
-        steps: how many steps (real batches) to fingerprint.
-    """
+    """Writes ``pairing.json`` (module docstring) after the first ``steps`` training steps (real batches)."""
 
     def __init__(self, steps: int = 4) -> None:
         super().__init__()
@@ -133,9 +119,7 @@ class PairingRecorder(L.Callback):
             module.randomness = self._wrapped._inner
         z_dim = int(getattr(getattr(module, "G_ema", None), "z_dim", 0) or 0)
         evaluation = [
-            e
-            for cb in trainer.callbacks
-            if cb is not self and (e := evaluation_latents(cb, z_dim)) is not None
+            e for cb in trainer.callbacks if cb is not self and (e := evaluation_latents(cb, z_dim))
         ]
         record = {
             "steps": self._seen,
@@ -185,14 +169,13 @@ def check_pairing(records: Mapping[str, Mapping[int, Mapping[str, Any] | None]])
             "were evaluated on the same latents."
         )
     else:
-        parts = []
-        if missing:
-            parts.append(f"no pairing record for {', '.join(missing)}")
+        parts = [f"no pairing record for {', '.join(missing)}"] if missing else []
         if mismatches:
             parts.append(
                 "differences: " + ", ".join(f"seed {m['seed']} {m['field']}" for m in mismatches[:10])
             )
-        text = "Pairing NOT verified: " + "; ".join(parts) + "."
+        text = "Pairing NOT verified: " + "; ".join(p for p in parts if p) + "."
+    digests = {arm: {str(s): r for s, r in by_seed.items()} for arm, by_seed in records.items()}
     return {
         "paired": paired,
         "seeds": len(seeds),
@@ -200,14 +183,5 @@ def check_pairing(records: Mapping[str, Mapping[int, Mapping[str, Any] | None]])
         "missing": missing,
         "mismatches": mismatches,
         "text": text,
-        "digests": {arm: {str(s): r for s, r in by_seed.items()} for arm, by_seed in records.items()},
+        "digests": digests,
     }
-
-
-__all__ = [
-    "PAIRING_FILE",
-    "PairingRecorder",
-    "check_pairing",
-    "evaluation_latents",
-    "read_pairing",
-]

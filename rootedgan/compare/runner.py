@@ -1,12 +1,8 @@
-"""Run the same finetune once per (loss, learning rate, seed), each in a fresh ``python -m rootedgan
-finetune`` process, ``jobs`` of them at a time.
+"""Run the same finetune per (loss, learning rate, seed), each in a fresh ``rootedgan finetune`` process.
 
-A run lives in ``OUT/<loss>/seed<S>``, or ``OUT/<loss>/lr<M>/seed<S>`` with learning-rate multipliers
-(``rooted:4`` becomes the folder ``rooted-k4``, ``logistic*2`` ``logistic-x2``), with its output teed
-to ``finetune.log``. When it exits with status 0, ``run.json`` is written there (atomically) with
-its arguments, wall time and log folder; a later comparison with the same arguments skips it, so an
-interrupted comparison continues where it stopped. A run without that record (interrupted, failed, or
-with other arguments) is run again from the start, in a new ``lightning_logs/version_*`` folder.
+A run lives in ``OUT/<loss>[/lr<M>]/seed<S>``, its output teed to ``finetune.log``. One that exits with
+status 0 writes ``run.json`` (arguments, wall time, log folder), and a later comparison with the same
+arguments skips it, so an interrupted comparison continues; any other run starts again in a new version.
 """
 
 from __future__ import annotations
@@ -24,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 from rootedgan.runs import RUN_RECORD, log_dirs
@@ -36,10 +34,7 @@ PAIRING_CALLBACK = "rootedgan.compare.pairing.PairingRecorder"
 
 
 def parse_losses(spec: str | Sequence[str]) -> list[str]:
-    """``'logistic,rooted:2,rooted:4'`` -> the list, each checked as a ``model.loss`` value.
-
-    Raises UserError for an unknown loss, a bad root, duplicates or an empty list (before any run starts).
-    """
+    """``'logistic,rooted:2,rooted:4'`` -> the list, each checked as a ``model.loss`` value, no duplicates."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     losses = [s.strip() for s in items if s.strip()]
     if not losses:
@@ -58,30 +53,22 @@ def parse_losses(spec: str | Sequence[str]) -> list[str]:
     return losses
 
 
-def loss_dirname(loss: str) -> str:
-    """Folder name of a loss: ``rooted:4`` -> ``rooted-k4``, ``logistic*2`` -> ``logistic-x2`` (no ``:``
-    or ``*`` in paths)."""
-    return loss.replace(":", "-k").replace("*", "-x")
-
-
 def parse_lrs(spec: str | Sequence[float] | None) -> list[float] | None:
-    """``'0.25,0.5,1'`` -> ``[0.25, 0.5, 1.0]`` (learning-rate multipliers, each finite and > 0, no
-    duplicates); None or empty -> None (the config's learning rates)."""
+    """``'0.25,0.5,1'`` -> ``[0.25, 0.5, 1.0]`` (multipliers: finite, > 0, no duplicates); None or empty ->
+    None (the config's learning rates)."""
     if spec is None:
         return None
     items = [x.strip() for x in spec.split(",")] if isinstance(spec, str) else [str(x) for x in spec]
-    items = [x for x in items if x]
-    if not items:
-        return None
     lrs = []
-    for item in items:
+    for item in filter(None, items):
         try:
-            value = float(item)
+            lrs.append(float(item))
         except ValueError:
             raise UserError(f"--lrs: cannot read {item!r} as a number (e.g. --lrs 0.25,0.5,1)") from None
-        if not (math.isfinite(value) and value > 0):
+        if not (math.isfinite(lrs[-1]) and lrs[-1] > 0):
             raise UserError(f"--lrs: multipliers must be finite and > 0, got {item}")
-        lrs.append(value)
+    if not lrs:
+        return None
     if len(set(lrs)) != len(lrs):
         raise UserError(f"--lrs {spec!r} lists a multiplier more than once")
     return lrs
@@ -94,9 +81,8 @@ def arm_name(loss: str, lr: float | None) -> str:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One finetune of the comparison: ``args`` are the arguments after ``rootedgan finetune``; ``lr`` is
-    the learning-rate multiplier (None: the config's learning rates); ``label`` names the arm in
-    reports (default :func:`arm_name`), it is not part of the run's identity."""
+    """One finetune: ``args`` follow ``rootedgan finetune``; ``lr`` is the multiplier (None: the config's);
+    ``label`` names the arm in reports (default :func:`arm_name`), not part of the run's identity."""
 
     loss: str
     seed: int
@@ -148,14 +134,11 @@ def plan_runs(
 ) -> list[RunSpec]:
     """One :class:`RunSpec` per (loss, lr, seed), losses outermost, then learning rates, then seeds.
 
-    Each run gets ``--model.loss L --model.seed S --data.seed S`` (so every arm sees the same latents, data
-    subset and data order for a given seed), ``--model.total_kimg`` when ``kimg`` is given,
-    ``--trainer.default_root_dir``, ``--trainer.log_every_n_steps`` and no progress bar; then ``extra``, which
-    can override any of them; then (``pairing``) the :class:`rootedgan.compare.pairing.PairingRecorder`
-    callback, appended after ``extra`` so that ``--trainer.callbacks.init_args.*`` in ``extra`` still set the
-    config's last callback. With ``lrs`` (multipliers), ``--model.optim.g_lr`` and ``--model.optim.d_lr`` are
-    the multiplier times ``base_lr`` (G's, D's; default :func:`base_learning_rates` of the config and
-    ``extra``), last, since they include ``extra``.
+    Each run gets ``--model.loss L --model.seed S --data.seed S`` (every arm sees the same latents, data
+    subset and order for a seed), ``--model.total_kimg`` with ``kimg``, its folder, ``log_every`` and no
+    progress bar; then ``extra``, which can override them; then the ``PairingRecorder`` (after ``extra``, so
+    its ``--trainer.callbacks.init_args.*`` still reach the config's last callback); then, with ``lrs``, the
+    learning rates: the multiplier times ``base_lr`` (default :func:`base_learning_rates`).
     """
     out = Path(out)
     if lrs is not None and base_lr is None:
@@ -164,7 +147,7 @@ def plan_runs(
     for loss in losses:
         for lr in lrs if lrs is not None else [None]:
             for seed in seeds:
-                folder = out / loss_dirname(loss)
+                folder = out / loss.replace(":", "-k").replace("*", "-x")  # no ':' or '*' in paths
                 run_dir = (folder if lr is None else folder / f"lr{lr:g}") / f"seed{seed}"
                 args = ["--config", str(config), "--model.loss", loss, "--model.seed", str(seed)]
                 args += ["--data.seed", str(seed)]
@@ -185,8 +168,6 @@ def plan_runs(
 
 
 def _yaml_lrs(path: str | Path) -> dict[str, float]:
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -204,9 +185,8 @@ def _yaml_lrs(path: str | Path) -> dict[str, float]:
 
 
 def base_learning_rates(config: str | Path, extra: Sequence[str] = ()) -> tuple[float, float]:
-    """``(g_lr, d_lr)`` a finetune with ``--config config`` and ``extra`` would use: the defaults, then the
-    config's ``model.optim.g_lr``/``d_lr``, then ``extra`` in order (its ``--config`` files and
-    ``--model.optim.g_lr``/``--model.optim.d_lr`` values, ``--key value`` or ``--key=value``)."""
+    """``(g_lr, d_lr)`` of a finetune with ``--config config`` and ``extra``: the defaults, then the config's,
+    then ``extra`` in order (its ``--config`` files and ``--model.optim.g_lr``/``d_lr`` values)."""
     lrs = {"g_lr": OptimConfig().g_lr, "d_lr": OptimConfig().d_lr}
     lrs.update(_yaml_lrs(config))
     items = list(extra)
@@ -250,8 +230,7 @@ _ECHO_LOCK = threading.Lock()
 
 
 def run_env(threads: int | None = None) -> dict[str, str]:
-    """The environment of a run: ours, unbuffered, and with ``threads`` set, ``OMP_NUM_THREADS`` and
-    ``MKL_NUM_THREADS`` (PyTorch's CPU thread count at start-up)."""
+    """Ours, unbuffered, with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (torch's CPU threads) = ``threads``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -318,32 +297,26 @@ def run_all(
     jobs: int = 1,
     threads: int | None = None,
 ) -> list[RunResult]:
-    """Run every spec (skipping finished ones unless ``force``), ``jobs`` at a time in spec order, each
-    process with ``threads`` CPU threads (:func:`run_env`); a failure does not stop the rest. Results come
-    back in spec order."""
+    """Run every spec (finished ones skipped unless ``force``), ``jobs`` at a time, each with ``threads`` CPU
+    threads; a failure does not stop the rest. Results in spec order."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    lock = threading.Lock()
-
-    def say_locked(msg: str) -> None:
-        with lock, _ECHO_LOCK:
-            say(msg)
 
     def one(i: int, spec: RunSpec) -> RunResult:
+        def tell(message: str) -> None:
+            with _ECHO_LOCK:  # not in the middle of another run's echoed line
+                say(f"[{i}/{len(specs)}] {spec.name}: {message}")
+
         record = None if force else finished_record(spec)
+        log = spec.run_dir / LOG_NAME
         if record is not None:
-            say_locked(
-                f"[{i}/{len(specs)}] {spec.name}: finished earlier ({spec.run_dir / RUN_RECORD}), skipped"
-            )
-            return RunResult(
-                spec, "skipped", record.get("returncode", 0), record.get("wall_s"), spec.run_dir / LOG_NAME
-            )
-        say_locked(f"[{i}/{len(specs)}] {spec.name}: running, log in {spec.run_dir / LOG_NAME}")
+            tell(f"finished earlier ({spec.run_dir / RUN_RECORD}), skipped")
+            return RunResult(spec, "skipped", record.get("returncode", 0), record.get("wall_s"), log)
+        tell(f"running, log in {log}")
         result = execute(spec, echo=echo, threads=threads)
-        if result.ok:
-            say_locked(f"[{i}/{len(specs)}] {spec.name}: done in {result.wall_s:.1f} s")
-        else:
-            say_locked(f"[{i}/{len(specs)}] {spec.name}: FAILED with exit status {result.returncode}")
+        tell(
+            f"done in {result.wall_s:.1f} s" if result.ok else f"FAILED with exit status {result.returncode}"
+        )
         return result
 
     if jobs == 1:

@@ -1,13 +1,9 @@
-"""The study behind ``rootedgan compare``: the same finetune per loss (x learning rate) x seed, then reports.
+"""The study behind ``rootedgan compare`` (README, "Comparing losses"): runs, then reports.
 
-:func:`plan_study` checks the options and plans the runs (nothing runs, nothing is written);
-:func:`run_study` runs them (:mod:`rootedgan.compare.runner`, finished runs skipped unless ``force``) and
-writes ``compare.png``, ``forest.png``, ``compare.md``, ``compare.json`` and ``runs.csv`` into ``out``
-(:mod:`rootedgan.compare.report`). With ``tune_seeds`` it is two stages: every (loss, lr) on the tuning
-seeds (report in ``out/tune``), each loss's best lr chosen on them (``out/selection.md``/``.json``),
-then every loss at its own best lr on the fresh ``seeds`` (report in ``out/eval``).
-
-Errors name the ``rootedgan compare`` option they concern (``--seeds``, ``--kimg``, ...).
+:func:`plan_study` checks the options (errors name the option) and plans the runs; :func:`run_study` runs
+them (:mod:`.runner`) and writes the report (:mod:`.report`) into ``out``. With ``tune_seeds`` there are two
+stages: every (loss, lr) on the tuning seeds (``out/tune``), each loss's best lr (``out/selection.md`` and
+``.json``), then every loss at its own lr on the fresh ``seeds`` (``out/eval``).
 """
 
 from __future__ import annotations
@@ -100,9 +96,16 @@ class StudyPlan:
     def runs(self, losses: Sequence[str], seeds: Sequence[int], lrs: Sequence[float] | None) -> list[RunSpec]:
         o = self.options
         return plan_runs(
-            self.config, losses, seeds, self.out, kimg=o.kimg, extra=list(o.extra), log_every=o.log_every,
-            lrs=lrs, base_lr=self.base_lr,
-        )  # fmt: skip
+            self.config,
+            losses,
+            seeds,
+            self.out,
+            kimg=o.kimg,
+            extra=list(o.extra),
+            log_every=o.log_every,
+            lrs=lrs,
+            base_lr=self.base_lr,
+        )
 
 
 @dataclass
@@ -138,12 +141,9 @@ def _seeds(value: str, option: str) -> list[int]:
 def _check_counts(o: StudyOptions) -> None:
     if o.kimg is not None and not (math.isfinite(o.kimg) and o.kimg > 0):
         raise UserError(f"--kimg must be > 0, got {o.kimg}")
-    if o.log_every is not None and o.log_every < 1:
-        raise UserError(f"--log-every must be >= 1, got {o.log_every}")
-    if o.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {o.jobs}")
-    if o.threads is not None and o.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {o.threads}")
+    for option, value in (("--log-every", o.log_every), ("--jobs", o.jobs), ("--threads", o.threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
     if o.primary not in PRIMARY:
         raise UserError(f"--primary must be one of {', '.join(sorted(PRIMARY))}, got {o.primary!r}")
 
@@ -171,8 +171,9 @@ def plan_study(options: StudyOptions) -> StudyPlan:
     items = [item for item in (x.strip() for x in o.targets.split(",")) if item]
     targets = [_finite(item, "--targets", "a comma list of numbers") for item in items]
     base_lr = base_learning_rates(config, list(o.extra)) if lrs is not None else None
-    plan = StudyPlan(o, config, Path(o.out), losses, seeds, tune_seeds, lrs, base_lr, threads, targets,
-                     threshold, [])  # fmt: skip
+    plan = StudyPlan(
+        o, config, Path(o.out), losses, seeds, tune_seeds, lrs, base_lr, threads, targets, threshold, []
+    )
     plan.specs = plan.runs(losses, tune_seeds or seeds, lrs)
     return plan
 
@@ -213,7 +214,6 @@ class _Stage:
 
     results: list[RunResult]
     runs: dict[str, dict[int, Any]] = field(default_factory=dict)
-    wall: dict[str, list[float]] = field(default_factory=dict)
     wall_by_seed: dict[str, dict[int, float]] = field(default_factory=dict)
     floors: dict[str, tuple[float, float]] = field(default_factory=dict)
     pairing: dict[str, dict[int, Any]] = field(default_factory=dict)
@@ -236,7 +236,6 @@ def _collect(results: list[RunResult], base_lr: tuple[float, float] | None) -> _
             continue
         got.runs.setdefault(arm, {})[r.spec.seed] = collect_run(r.spec.run_dir)
         if r.wall_s is not None:
-            got.wall.setdefault(arm, []).append(float(r.wall_s))
             got.wall_by_seed.setdefault(arm, {})[r.spec.seed] = float(r.wall_s)
         log_dir = run_log_dir(r.spec.run_dir)
         if arm not in got.floors:
@@ -276,22 +275,30 @@ def _report(out: Path, got: _Stage, plan: StudyPlan, context: dict[str, Any]) ->
         for arm, info in got.arm_info.items()
         if info["lr"] is not None and arm != info["loss"] and arm_name(first, info["lr"]) in got.runs
     }
+    run_context = {
+        **context,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "runs": _run_records(got.results),
+    }
+    span = (0.0, float(kimg)) if kimg is not None else None
+    pairing = check_pairing(got.pairing) if len(got.runs) > 1 else None
+    wall = {arm: list(by_seed.values()) for arm, by_seed in got.wall_by_seed.items()}
     return write_report(
         out,
         got.runs,
         o.metric,
         o.lower_is_better,
         threshold=plan.threshold,
-        wall_s=got.wall,
-        context={**context, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": _run_records(got.results)},
+        wall_s=wall,
+        context=run_context,
+        pairing=pairing,
+        arm_info=got.arm_info,
+        wall_by_seed=got.wall_by_seed,
         targets=plan.targets,
         primary=PRIMARY[o.primary],
-        span=(0.0, float(kimg)) if kimg is not None else None,
+        span=span,
         floors=got.floors,
-        pairing=check_pairing(got.pairing) if len(got.runs) > 1 else None,
-        arm_info=got.arm_info,
         baselines=baselines or None,
-        wall_by_seed=got.wall_by_seed,
     )
 
 
@@ -329,11 +336,8 @@ def _select(plan: StudyPlan, got: _Stage, metric: str, kimg: float | None) -> tu
     for r in got.results:
         lr = r.spec.lr if r.spec.lr is not None else 1.0
         curves = got.runs.get(r.spec.arm, {}).get(r.spec.seed) if r.ok else None
-        summary = (
-            run_summary(curves, metric, o.lower_is_better, plan.targets, span)
-            if curves is not None and metric in curves
-            else None
-        )
+        finished = curves is not None and metric in curves
+        summary = run_summary(curves, metric, o.lower_is_better, plan.targets, span) if finished else None
         by_loss.setdefault(r.spec.loss, {}).setdefault(lr, {})[r.spec.seed] = summary
     selection = select_learning_rates(by_loss, PRIMARY[o.primary], o.lower_is_better)
     assert plan.tune_seeds is not None
@@ -352,12 +356,12 @@ def _select(plan: StudyPlan, got: _Stage, metric: str, kimg: float | None) -> tu
 
 
 def _context(plan: StudyPlan, kimg: float | None) -> dict[str, Any]:
-    o = plan.options
+    o, base_lr = plan.options, list(plan.base_lr) if plan.base_lr else None
     return {
         "config": str(plan.config),
         "losses": plan.losses,
         "lrs": plan.lrs,
-        "base_lr": list(plan.base_lr) if plan.base_lr else None,
+        "base_lr": base_lr,
         "kimg": kimg,
         "targets": plan.targets,
         "primary": o.primary,

@@ -1,13 +1,9 @@
 """The embedded digits demo: real data, a pretrained model and a quality metric that all work offline.
 
-* :mod:`rootedgan.digits.data`: the 1,797 UCI handwritten digits that ship with scikit-learn, upsampled
-  to 32x32 RGB and split into a source domain (digits 0-4) and a target domain (digits 5-9), stored as
-  zips in ``assets/`` (regenerate with ``python -m rootedgan.digits.data``).
-* :mod:`rootedgan.digits.classifier`: a small CNN digit classifier trained by our own code; its
-  penultimate features define the *digits FID* (a domain FID, not Inception's).
-* :mod:`rootedgan.digits.pretrain`: trains the small StyleGAN2 on the source domain that the demo
-  finetunes (``assets/digits-source-G.safetensors``).
-* :mod:`rootedgan.digits.quality`: ``DigitsQualityCallback``, the digits FID while training.
+:mod:`~rootedgan.digits.data` builds the source (digits 0-4) and target (5-9) zips in ``assets/`` from
+scikit-learn's UCI digits; :mod:`~rootedgan.digits.classifier` is the small CNN whose features define the
+*digits FID*; :mod:`~rootedgan.digits.pretrain` trains the small StyleGAN2 the demo finetunes;
+:mod:`~rootedgan.digits.quality` holds ``DigitsQualityCallback``, the digits FID while training.
 """
 
 from __future__ import annotations

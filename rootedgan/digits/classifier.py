@@ -1,14 +1,10 @@
 """A small CNN digit classifier, trained by our own code; its penultimate layer is the digits-FID space.
 
-Digit GANs are customarily scored with a classifier trained on the digits rather than with Inception
-(ImageNet features say little about 8x8-pixel handwriting, and Inception weights cannot be fetched
-offline). The shipped ``assets/digits-classifier.safetensors`` is trained on a seeded 80 % split of the
-1,797 UCI digits (both domains, all ten classes) with small random shifts; its held-out accuracy is
-stored in the file's metadata. Rebuild it with ``python -m rootedgan.digits.classifier`` (about a
-minute on a CPU).
-
-Input convention of :meth:`DigitsClassifier.features`: uint8 ``[N, C, H, W]`` images (C = 1 or 3; RGB
-is averaged to grey), resized to 32x32 (bilinear, antialiased) when they are not 32x32.
+Digit GANs are customarily scored with a classifier trained on the digits (ImageNet's Inception features
+say little about 8x8-pixel handwriting, and its weights cannot be fetched offline). The shipped
+``assets/digits-classifier.safetensors`` is trained on a seeded 80 % split of the 1,797 UCI digits (all ten
+classes) with small random shifts, its held-out accuracy in the file's metadata; rebuild it with
+``python -m rootedgan.digits.classifier`` (about a minute on a CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +20,7 @@ from safetensors.torch import load_file, safe_open, save
 from torch import nn
 
 from rootedgan.digits import CLASSIFIER
+from rootedgan.digits.data import load_uci_digits, upsample_digit
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 
@@ -38,25 +35,16 @@ class DigitsClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(128 * 4 * 4, FEATURE_DIM),
-            nn.ReLU(),
-        )
+        layers: list[nn.Module] = []
+        for i, o in ((1, 32), (32, 64), (64, 128)):
+            layers += [nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, FEATURE_DIM), nn.ReLU())
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
     @staticmethod
     def prepare(images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[N, C, H, W]`` -> float ``[N, 1, 32, 32]`` in [-1, 1] (grey, resized if needed)."""
+        """uint8 ``[N, C, H, W]`` (C = 1 or 3) -> float ``[N, 1, 32, 32]`` in [-1, 1]: RGB averaged to grey,
+        resized (bilinear, antialiased) when not 32x32."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected uint8 [N, 1|3, H, W] images, got {images.dtype} {list(images.shape)}")
         x = images.to(torch.float32).mean(dim=1, keepdim=True) / 127.5 - 1
@@ -140,8 +128,6 @@ def classifier_metadata(path: str | Path | None = None) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rootedgan.digits.data import load_uci_digits, upsample_digit
-
     parser = argparse.ArgumentParser(description="Train the digits classifier (digits-FID features).")
     parser.add_argument("--out", default=str(CLASSIFIER))
     parser.add_argument("--seed", type=int, default=0)

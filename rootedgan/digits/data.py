@@ -1,16 +1,11 @@
 """Build the digits data sets from scikit-learn's copy of the UCI handwritten digits.
 
-The UCI "Optical Recognition of Handwritten Digits" test set (1,797 images of 8x8 pixels, 16 grey
-levels, 43 writers) ships inside scikit-learn, so it is available offline. Each image is scaled to
-8-bit (``v * 255 / 16``), upsampled to 32x32 with PIL's bicubic filter, replicated to RGB and stored
-as PNG in a zip with NVIDIA's ``dataset.json`` class labels (the digit). Two domains:
-
-* ``digits-source.zip``: digits 0-4 (the "pretraining" domain);
-* ``digits-target.zip``: digits 5-9 (the finetuning target).
-
-Run ``python -m rootedgan.digits.data [OUT_DIR]`` (needs ``pip install scikit-learn``); the default
-output is the package's ``assets/`` folder. The zips are byte-for-byte reproducible for the same
-Pillow/zlib versions (fixed timestamps and order); their decoded pixels always are.
+The 1,797 UCI "Optical Recognition of Handwritten Digits" test images (8x8 pixels, 16 grey levels) are
+scaled to 8 bits (``v * 255 / 16``), upsampled to 32x32 (PIL bicubic), replicated to RGB and stored as PNG
+in zips with NVIDIA's ``dataset.json`` class labels: ``digits-source.zip`` (digits 0-4, the pretraining
+domain) and ``digits-target.zip`` (5-9, the finetuning target). ``python -m rootedgan.digits.data
+[OUT_DIR]`` (needs scikit-learn) writes them, by default into the package's ``assets/``; the decoded
+pixels are reproducible, the zip bytes for the same Pillow/zlib versions (fixed timestamps and order).
 """
 
 from __future__ import annotations

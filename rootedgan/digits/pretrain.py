@@ -1,16 +1,12 @@
 """Train the demo's pretrained model: a small StyleGAN2 on the source digits (0-4), from scratch, on a CPU.
 
-The result, ``assets/digits-source-G.safetensors``, plays the role NVIDIA's pretrained pickles play for a real
-finetune: the demo starts from it and finetunes to the target digits (5-9). It is an ordinary StyleGAN2 (our
-``Generator``/``Discriminator`` with NVIDIA's constructor arguments, at 32x32 with reduced widths), trained by
-:class:`rootedgan.training.module.FinetuneModule` with the logistic loss and NVIDIA's CIFAR-style settings (2
-mapping layers, no path-length regularization or style mixing). The file holds G_ema and D (the finetune
-starts G from G_ema), with the settings in its metadata.
-
-Reproduce it with ``python -m rootedgan.digits.pretrain`` (70 kimg at batch 32, seed 0; the same seed
-gives the same weights on the same machine and library versions). The shipped file took 43 minutes on
-one core of the project's 2-core Xeon (about 28 img/s), as a 40 kimg run resumed to 70 kimg with
-``--resume``, which is exact, so it equals one uninterrupted run.
+The result, ``assets/digits-source-G.safetensors`` (G_ema and D, the settings in its metadata), plays the
+role of NVIDIA's pretrained pickles: the demo finetunes it to the target digits (5-9). It is an ordinary
+StyleGAN2 at 32x32 with reduced widths, trained by :class:`~rootedgan.training.module.FinetuneModule` with
+the logistic loss and NVIDIA's CIFAR-style settings (2 mapping layers, no path-length regularization or
+style mixing). ``python -m rootedgan.digits.pretrain`` reproduces it (70 kimg at batch 32, seed 0: the same
+weights on the same machine and library versions); the shipped file took 43 minutes on one core of the
+project's 2-core Xeon, as a 40 kimg run resumed (exactly) to 70 kimg with ``--resume``.
 """
 
 from __future__ import annotations
@@ -33,25 +29,12 @@ from rootedgan.training.snapshots import NetworkSnapshot
 
 __all__ = ["G_KWARGS", "D_KWARGS", "TRAIN_SETTINGS", "pretrain", "main"]
 
+_SHARED = dict(c_dim=0, img_resolution=32, img_channels=3)  # G's and D's, with their widths:
+_WIDTHS = dict(channel_base=2048, channel_max=64, num_fp16_res=0, conv_clamp=None)
 G_KWARGS: dict[str, Any] = dict(
-    z_dim=64,
-    c_dim=0,
-    w_dim=64,
-    img_resolution=32,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    synthesis_kwargs=dict(channel_base=2048, channel_max=64, num_fp16_res=0, conv_clamp=None),
+    z_dim=64, w_dim=64, **_SHARED, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(_WIDTHS)
 )
-D_KWARGS: dict[str, Any] = dict(
-    c_dim=0,
-    img_resolution=32,
-    img_channels=3,
-    channel_base=2048,
-    channel_max=64,
-    num_fp16_res=0,
-    conv_clamp=None,
-    epilogue_kwargs=dict(mbstd_group_size=4),
-)
+D_KWARGS: dict[str, Any] = dict(**_SHARED, **_WIDTHS, epilogue_kwargs=dict(mbstd_group_size=4))
 TRAIN_SETTINGS: dict[str, Any] = dict(
     loss="logistic",
     optim=dict(g_lr=0.0025, d_lr=0.0025),
@@ -136,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir) if args.run_dir else None
     path = pretrain(
-        Path(args.out), args.kimg, args.batch, args.seed, run_dir=run_dir, resume=args.resume,
-        r1_gamma=args.r1_gamma, lr=args.lr,
-    )  # fmt: skip
+        Path(args.out),
+        args.kimg,
+        args.batch,
+        args.seed,
+        run_dir=run_dir,
+        resume=args.resume,
+        r1_gamma=args.r1_gamma,
+        lr=args.lr,
+    )
     print(f"wrote {path}")
     return 0
 

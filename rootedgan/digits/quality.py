@@ -1,20 +1,14 @@
 """The digits FID: a domain FID in the feature space of our digits classifier, while training.
 
-``DigitsQualityCallback`` evaluates ``G_ema`` every ``every_kimg`` thousand images on ``num_gen``
-seeded samples (the same latents every time) and logs
-
-* ``metrics/fid{N}_digits``: the Frechet distance between Gaussians fitted to the classifier's 128-d
-  penultimate features of the samples and of the reference images (the training set by default).
-  It is **not** comparable with Inception FIDs (``metrics/fid{N}_full``): another feature space;
-* ``metrics/target_frac{N}``: the share of samples the classifier assigns to a class present in the
-  reference set (e.g. digits 5-9 when finetuning from 0-4 to 5-9).
-
-With NVIDIA's Inception weights on disk (``inception`` left at ``None`` = use them when found
-locally, never downloaded), the real FID on the same samples is logged too, as ``metrics/fid{N}_full``.
-Everything is written to ``metric-digits.jsonl``, and at the end to ``quality.json`` and ``report.png``
-(quality and losses against kimg) in the run directory. The digits evaluation is cheap (1,000
-samples at 32x32 take about a second on a CPU), so every rank computes it identically, without a
-collective; the Inception part is collective (every rank calls it, as with FIDCallback).
+``DigitsQualityCallback`` evaluates ``G_ema`` every ``every_kimg`` thousand images on ``num_gen`` seeded
+samples (the same latents every time) and logs ``metrics/fid{N}_digits`` (Frechet distance of the
+classifier's 128-d penultimate features of the samples and of the reference images: **not** comparable
+with Inception FIDs) and ``metrics/target_frac{N}`` (the share of samples classified as a class present in
+the reference set, e.g. digits 5-9). With NVIDIA's Inception weights on disk (never downloaded unless
+``inception=True``) the real FID of the same samples is logged too, as ``metrics/fid{N}_full``. Records go
+to ``metric-digits.jsonl``, and at the end ``quality.json`` and ``report.png`` to the run folder. The digits
+part is cheap (1,000 samples at 32x32: about a second on a CPU), so every rank computes it identically
+without a collective; the Inception part is collective, as in FIDCallback.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.metrics.callback import reference_dataset
 from rootedgan.metrics.evaluator import Evaluator
 from rootedgan.metrics.features import DatasetImages, generated_uint8
-from rootedgan.metrics.inception import resolve_inception
+from rootedgan.metrics.inception import locate_inception
 from rootedgan.metrics.stats import GaussianStats, frechet_distance
 from rootedgan.runs import append_metric_record
 
@@ -51,9 +45,8 @@ def reference_features(classifier: DigitsClassifier, dataset: Any, batch_size: i
     device = next(classifier.parameters()).device
     feats, classes = [], []
     for start in range(0, len(dataset), batch_size):
-        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        images = images.to(device)
-        f = classifier.features(images)
+        stop = min(start + batch_size, len(dataset))
+        f = classifier.features(torch.stack([dataset[i][0] for i in range(start, stop)]).to(device))
         feats.append(f.double().cpu())
         classes.append(classifier.head(f).argmax(dim=1).cpu())
     return torch.cat(feats).numpy(), torch.cat(classes).numpy()
@@ -116,22 +109,18 @@ class DigitsQualityCallback(KimgMetricCallback):
         super().__init__(every_kimg)
         if num_gen < 2:
             raise ValueError(f"DigitsQualityCallback: num_gen must be >= 2, got {num_gen}")
-        self.num_gen = num_gen
-        self.data_path = data_path
-        self.classifier_path = classifier
-        self.seed = seed
-        self.plot = plot
-        self.inception = inception
+        self.num_gen, self.data_path, self.classifier_path = num_gen, data_path, classifier
+        self.seed, self.plot, self.inception = seed, plot, inception
         tag = f"{num_gen // 1000}k" if num_gen % 1000 == 0 else str(num_gen)
         self.fid_key = f"metrics/fid{tag}_digits"
         self.frac_key = f"metrics/target_frac{tag}"
         self.inception_key = f"metrics/fid{tag}_full"
-        self._evaluator: Any = None
-        self._inception_reference: GaussianStats | None = None
         self.history: list[dict[str, float]] = []
         self.losses: list[dict[str, Any]] = []
+        self._evaluator: Any = None  # Inception's, when on
         self._classifier: DigitsClassifier | None = None
         self._reference: GaussianStats | None = None
+        self._inception_reference: GaussianStats | None = None
         self._targets: set[int] = set()
 
     def prepare(self, trainer: L.Trainer, module: Any) -> None:
@@ -139,7 +128,6 @@ class DigitsQualityCallback(KimgMetricCallback):
         if self._reference is not None:
             return
         self._classifier = load_classifier(self.classifier_path, device=module.device)
-        # the images themselves, not mirrored copies
         dataset = reference_dataset(
             trainer, module, self.data_path, mirror=False, who="DigitsQualityCallback"
         )
@@ -154,12 +142,14 @@ class DigitsQualityCallback(KimgMetricCallback):
         if self.inception is False:
             return
         try:
-            path = resolve_inception(download=bool(self.inception))
+            found = locate_inception(download=bool(self.inception))
         except UserError:
             if self.inception:
                 raise
             return  # auto: no local Inception weights, digits FID only
-        self._evaluator = Evaluator(path, device=module.device, num_workers=0, progress=False, download=False)
+        self._evaluator = Evaluator(
+            found, device=module.device, num_workers=0, progress=False, download=False
+        )
         self._inception_reference = self._evaluator.reference_stats(DatasetImages(dataset))
 
     def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
@@ -189,8 +179,6 @@ class DigitsQualityCallback(KimgMetricCallback):
             append_metric_record(self._out or Path(trainer.default_root_dir), "digits", record)
         return {k: v for k, v in record.items() if k.startswith("metrics/")}
 
-    # -- hooks -------------------------------------------------------------------------------------
-
     def on_step(self, trainer: L.Trainer, module: Any, kimg: float) -> None:
         metrics = trainer.callback_metrics
         if all(k in metrics for k in _LOSS_KEYS):  # tensors: converted when plotted, so no GPU sync here
@@ -213,16 +201,21 @@ class DigitsQualityCallback(KimgMetricCallback):
             json.dump(summary, fh, indent=2)
         if self.plot:
             self.write_report(out / "report.png", title=f"loss {module.adv_loss.label}")
-        print(
+        self._summary = [
             f"digits FID ({FEATURE_SPACE}): {first[self.fid_key]:.2f} at kimg {first['kimg']:.2f} -> "
             f"{last[self.fid_key]:.2f} at kimg {last['kimg']:.2f}; samples classified as the target digits "
             f"{sorted(self._targets)}: {100 * first[self.frac_key]:.1f}% -> {100 * last[self.frac_key]:.1f}%"
-        )
+        ]
         if self.inception_key in last:
-            print(
-                f"FID (Inception, {self.inception_key}): {first[self.inception_key]:.2f} -> "
-                f"{last[self.inception_key]:.2f}"
+            self._summary.append(
+                f"FID ({self._evaluator.inception_label}, {self.inception_key}): "
+                f"{first[self.inception_key]:.2f} -> {last[self.inception_key]:.2f}"
             )
+
+    def on_fit_end(self, trainer: L.Trainer, module: Any) -> None:
+        """The summary, after the run's last tick and ``done`` lines (printed at the end of training)."""
+        for line in getattr(self, "_summary", []):
+            print(line)
 
     def write_report(self, path: Path, title: str = "") -> None:
         """Quality (digits FID, target share) and the G/D losses against kimg, as one PNG."""
@@ -236,8 +229,8 @@ class DigitsQualityCallback(KimgMetricCallback):
         axes[0].plot(kimg, [h[self.fid_key] for h in self.history], marker="o")
         axes[0].set(xlabel="kimg", ylabel=f"{self.fid_key}\n(digits-classifier features)", title="digits FID")
         axes[1].plot(kimg, [100 * h[self.frac_key] for h in self.history], marker="o", color="tab:green")
-        axes[1].set(xlabel="kimg", ylabel="% of samples", title=f"classified as {sorted(self._targets)}")
-        axes[1].set_ylim(0, 100)
+        classes = f"classified as {sorted(self._targets)}"
+        axes[1].set(xlabel="kimg", ylabel="% of samples", title=classes, ylim=(0, 100))
         if self.losses:
             lk = [r["kimg"] for r in self.losses]
             for key in _LOSS_KEYS:

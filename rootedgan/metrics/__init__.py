@@ -1,20 +1,10 @@
-"""FID and KID under NVIDIA's or clean-fid's protocol, cached reference statistics and a training callback.
+"""FID and KID of generators and image folders, cached reference statistics, and a training callback.
 
-The protocol is ``mode``: ``"legacy_tensorflow"`` (the default: NVIDIA's, reported as ``fid50k_full``,
-comparable with published StyleGAN FIDs), ``"clean"`` (clean-fid's, reported as ``clean_fid50k_full``)
-or ``"fast"`` (our approximation of ``clean`` on the GPU, ``approx_clean_fid50k_full``); why the default
-is NVIDIA's: :mod:`rootedgan.metrics.evaluator`.
-
-* :func:`folder_fid` / :func:`folder_kid`: two image folders (or zips) of any image size, like
-  ``cleanfid.compute_fid(fdir1, fdir2, mode=...)`` / ``compute_kid``;
-* :func:`generator_fid`: a generator against a reference (folder, zip, or cached statistics);
-* :class:`Evaluator`: the same with control over devices, modes, ranks and caching;
-* :class:`FIDCallback`: FID of G_ema every N kimg while finetuning (``trainer.callbacks`` in YAML);
-* :func:`frechet_distance`, :func:`kernel_inception_distance`, :class:`FeatureStats`: the formulas and
-  the float64, rank-combined statistics.
-
-clean-fid is imported only when features are computed (``pip install clean-fid``); NVIDIA's
-Inception torchscript is found as :mod:`rootedgan.metrics.inception` describes.
+The protocols (``mode``: NVIDIA's ``legacy_tensorflow`` by default, clean-fid's ``clean``, our ``fast``) and
+the options are in the README, "FID / KID"; why NVIDIA's is the default: :mod:`rootedgan.metrics.evaluator`.
+:func:`folder_fid` / :func:`folder_kid` are ``cleanfid.compute_fid`` / ``compute_kid`` of two folders,
+:func:`generator_fid` scores a generator, :class:`Evaluator` does either with control over devices, ranks and
+caching, and :class:`FIDCallback` runs while finetuning (``trainer.callbacks`` in YAML).
 """
 
 from __future__ import annotations
@@ -24,9 +14,8 @@ from typing import Any
 
 import torch
 
+from rootedgan.metrics.callback import FIDCallback
 from rootedgan.metrics.evaluator import (
-    DEFAULT_MODE,
-    MODES,
     PROTOCOLS,
     Evaluator,
     MetricSpec,
@@ -34,7 +23,7 @@ from rootedgan.metrics.evaluator import (
     metric_name,
     parse_metric,
 )
-from rootedgan.metrics.features import DatasetImages, FolderImages, ImageSource
+from rootedgan.metrics.features import DEFAULT_MODE, MODES, DatasetImages, FolderImages, ImageSource
 from rootedgan.metrics.inception import INCEPTION_URL, load_inception, resolve_inception
 from rootedgan.metrics.stats import FeatureStats, GaussianStats, frechet_distance, kernel_inception_distance
 
@@ -64,15 +53,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # FIDCallback imports Lightning: loaded on first use, so that the formulas import quickly.
-    if name == "FIDCallback":
-        from rootedgan.metrics.callback import FIDCallback
-
-        return FIDCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _reference(evaluator: Evaluator, reference: Any, keep_features: bool) -> GaussianStats:
     if isinstance(reference, GaussianStats):
         return reference
@@ -86,12 +66,8 @@ def _reference(evaluator: Evaluator, reference: Any, keep_features: bool) -> Gau
 def folder_fid(
     path1: str | os.PathLike[str], path2: str | os.PathLike[str], **evaluator_kwargs: Any
 ) -> float:
-    """FID between all images of two folders/zips, any size (``path1`` may also be statistics, ``.npz``,
-    refused when made under another protocol or Inception file).
-
-    ``evaluator_kwargs`` go to :class:`Evaluator` (``inception``, ``device``, ``mode``, ...); the default
-    protocol is NVIDIA's (``mode="legacy_tensorflow"``), ``mode="clean"`` gives clean-fid's default.
-    """
+    """FID between all images of two folders/zips, any size (``path1`` may also be statistics, ``.npz``);
+    ``evaluator_kwargs`` go to :class:`Evaluator` (``mode="clean"`` gives clean-fid's default protocol)."""
     ev = Evaluator(**evaluator_kwargs)
     return ev.fid(_reference(ev, path1, False), ev.images_stats(FolderImages(path2)))
 

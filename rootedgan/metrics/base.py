@@ -1,10 +1,8 @@
-"""The skeleton every metric callback shares: evaluate ``G_ema`` at the start, every ``every_kimg`` thousand
+"""The skeleton of every metric callback: evaluate ``G_ema`` at the start, every ``every_kimg`` thousand
 images and at the end, and write the values to the loggers at the step Lightning's own logging uses.
 
-Subclasses implement :meth:`KimgMetricCallback.prepare` (load what an evaluation needs; called at the start
-of training, so a missing file fails then and not hours in) and :meth:`KimgMetricCallback.evaluate` (compute,
-record, return ``{logged key: value}``); :meth:`on_step` and :meth:`on_finish` are optional hooks.
-Only public Lightning API is used.
+Subclasses implement :meth:`KimgMetricCallback.prepare` (load what an evaluation needs, at the start of
+training, so a missing file fails then and not hours in) and :meth:`KimgMetricCallback.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,13 +17,8 @@ from rootedgan.runs import KimgSchedule, run_dir
 
 
 class KimgMetricCallback(L.Callback):
-    """Evaluate on a kimg schedule (see module docstring).
-
-    Args:
-        every_kimg: interval in thousands of real images (0: only at the start and the end).
-        at_start: evaluate the starting network before the first step (fresh runs only).
-        at_end: evaluate when training ends (unless that point was just evaluated).
-    """
+    """Evaluate every ``every_kimg`` thousand real images (0: never in between), before the first step of a
+    fresh run (``at_start``) and when training ends (``at_end``, unless that point was just evaluated)."""
 
     def __init__(self, every_kimg: float, at_start: bool = True, at_end: bool = True) -> None:
         super().__init__()
@@ -36,10 +29,8 @@ class KimgMetricCallback(L.Callback):
         self.at_end = at_end
         self._schedule = KimgSchedule(every_kimg)
         self._last_nimg: int | None = None
-        self._out: Path | None = None
+        self._out: Path | None = None  # the run folder (version_N), known from the start of training
         self._in_batch_end = False
-
-    # -- for subclasses ------------------------------------------------------------------------------
 
     def prepare(self, trainer: L.Trainer, module: Any) -> None:
         """Load and check what an evaluation needs (every rank; random state is preserved)."""
@@ -54,38 +45,22 @@ class KimgMetricCallback(L.Callback):
     def on_finish(self, trainer: L.Trainer, module: Any) -> None:
         """Called at the end of training, after the final evaluation."""
 
-    # -- shared --------------------------------------------------------------------------------------
-
-    @property
-    def out_dir(self) -> Path:
-        """The run folder (``version_N``), known from the start of training."""
-        return self._out if self._out is not None else Path(".")
-
-    def logger_step(self, module: Any) -> int:
-        """The step Lightning writes this batch's logged values under (batches trained before it), so that
-        metric curves line up with the losses; from the module's own step counter."""
-        step = int(module.step_idx)
-        return step - 1 if self._in_batch_end else step
-
-    def log_to_loggers(self, trainer: L.Trainer, module: Any, values: dict[str, float]) -> None:
-        """Write ``values`` to every logger now (rank 0): ``LightningModule.log`` is not allowed outside the
-        loop, and in the loop it would reach the loggers only on every ``log_every_n_steps``-th step."""
-        if trainer.is_global_zero and values:
-            step = self.logger_step(module)
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=step)
-
     def _fork_rng(self, module: Any) -> Any:
         return torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else [])
 
     def _evaluate_and_log(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
-        with self._fork_rng(module):  # an evaluation must not change the training's random stream
+        """Evaluate (the training's random stream untouched) and write the values to every logger now (rank
+        0) at the step Lightning writes this batch's values under, so metric curves line up with the losses:
+        ``LightningModule.log`` is not allowed outside the loop, and in it reaches the loggers only every
+        ``log_every_n_steps`` steps."""
+        with self._fork_rng(module):
             values = self.evaluate(trainer, module)
         self._last_nimg = int(module.cur_nimg)
-        self.log_to_loggers(trainer, module, values)
+        if trainer.is_global_zero and values:
+            step = int(module.step_idx) - (1 if self._in_batch_end else 0)  # batches trained before this one
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=step)
         return values
-
-    # -- Lightning hooks -----------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
         self._out = run_dir(trainer)  # a collective under DDP: resolved on every rank

@@ -1,31 +1,10 @@
-"""``FIDCallback``: FID of G_ema every ``every_kimg`` thousand images while finetuning.
+"""``FIDCallback``: FID (and KID) of G_ema every ``every_kimg`` thousand images while finetuning.
 
-Add it in YAML under ``trainer.callbacks``::
-
-    trainer:
-      callbacks:
-        - class_path: rootedgan.metrics.FIDCallback
-          init_args: {every_kimg: 50, num_gen: 50000}
-        - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-          init_args: {monitor: metrics/fid50k_full, mode: min, save_top_k: 1, every_n_train_steps: 1,
-                      filename: best-fid}
-
-Each evaluation writes ``metrics/fid50k_full`` (the name follows ``num_gen``: ``fid10k_full``,
-``fid1k_full``, ...; ``metrics/kid50k_full`` too with ``kid=True``) to the loggers and appends
-NVIDIA-style lines to ``metric-fid50k_full.jsonl`` in the run directory. The names are NVIDIA's
-because the default protocol is NVIDIA's (``mode: legacy_tensorflow``, comparable with published
-StyleGAN FIDs); ``mode: clean`` (clean-fid's protocol) logs ``metrics/clean_fid50k_full`` and ``mode:
-fast`` ``metrics/approx_clean_fid50k_full`` (see :mod:`rootedgan.metrics.evaluator`). Every jsonl record
-also names the protocol and the Inception file (path and sha256), which is printed when the run
-starts. Evaluations inside the loop are also ``LightningModule.log``-ged (float64, the same value on
-every rank, not re-sent to the loggers), so ``ModelCheckpoint(monitor=...)`` keeps the best snapshot;
-the evaluations before training (``at_start``) and at the end (``at_end``) are outside the loop, where
-Lightning allows no ``log``.
-
-The reference set is the datamodule's data set (its resolution, channels and xflip; ``mirror``
-overrides xflip) or ``data_path``; its statistics are computed once and cached on disk
-(:mod:`rootedgan.metrics.cache`). Under DDP every rank generates ``num_gen / world`` images and the
-statistics are summed over ranks; training's random state is left untouched.
+In YAML under ``trainer.callbacks`` (README, "FID / KID"). Each evaluation logs ``metrics/<name>`` (the name
+follows ``num_gen`` and the protocol: ``clean_fid10k_full`` under ``mode: clean``) and appends a record to
+``metric-<name>.jsonl`` in the run folder. Evaluations inside the loop are also ``LightningModule.log``-ged
+(float64, the same on every rank) for ``ModelCheckpoint(monitor=...)``; Lightning allows no ``log`` before
+training (``at_start``) and at its end (``at_end``). Under DDP each rank generates ``num_gen / world`` images.
 """
 
 from __future__ import annotations
@@ -40,25 +19,17 @@ import torch
 from rootedgan.data import ImageDataset
 from rootedgan.distributed import rank_world
 from rootedgan.metrics.base import KimgMetricCallback
-from rootedgan.metrics.evaluator import (
-    DEFAULT_MODE,
-    Evaluator,
-    check_mode,
-    metric_name,
-)
-from rootedgan.metrics.features import DatasetImages
+from rootedgan.metrics.evaluator import Evaluator, metric_name
+from rootedgan.metrics.features import DEFAULT_MODE, DatasetImages, check_mode
 from rootedgan.metrics.stats import GaussianStats
 from rootedgan.runs import append_metric_record, snapshot_path
-
-__all__ = ["FIDCallback", "reference_dataset"]
 
 
 def reference_dataset(
     trainer: L.Trainer, module: Any, data_path: str | None = None, mirror: bool | None = None, who: str = ""
 ) -> Any:
-    """The reference images of a metric callback: ``data_path`` (at the module's resolution and
-    channels), else the datamodule's training set; ``mirror`` (None: the data set's own xflip) sets
-    whether x-flipped copies are included. The training set itself is never modified (a copy is)."""
+    """The reference images of a metric callback: ``data_path`` (at the module's resolution and channels),
+    else the datamodule's training set; ``mirror`` (None: the data set's own xflip) adds x-flipped copies."""
     if data_path is not None:
         return ImageDataset(
             data_path,
@@ -69,8 +40,7 @@ def reference_dataset(
         )
     dataset = getattr(getattr(trainer, "datamodule", None), "dataset", None)
     if dataset is None:
-        loader = trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
     if dataset is None or not hasattr(dataset, "content_key"):
         raise ValueError(
             f"{who} needs the reference images: use rootedgan's ImageDataModule or set data_path"
@@ -103,51 +73,33 @@ class FIDCallback(KimgMetricCallback):
         noise_mode: Literal["random", "const", "none"] = "random",
         progress: bool = False,
     ) -> None:
-        """
-        Args:
-            every_kimg: interval in thousands of real images (0: only at the start and the end).
-            num_gen: generated images per evaluation (50000 gives ``fid50k_full``).
-            kid: also compute KID on the same images (keeps the features in memory).
-            at_start: evaluate the starting network before the first step (fresh runs only).
-            at_end: evaluate when training ends (unless that point was just evaluated).
-            data_path: reference images (folder or zip); default: the datamodule's data set.
-            mirror: reference with x-flipped copies; default: the data set's own xflip setting.
-            inception: NVIDIA's Inception torchscript file (default: ``$ROOTEDGAN_INCEPTION``, the caches).
-            download_inception: download the Inception file when it is not found locally.
-            mode: the FID protocol: ``legacy_tensorflow`` (NVIDIA's, the default; names ``fid50k_full``),
-                ``clean`` (clean-fid's; ``clean_fid50k_full``) or ``fast`` (an approximation of ``clean``
-                on the GPU; ``approx_clean_fid50k_full``).
-            bf16: run Inception in bf16 (``fast`` mode only).
-            batch_size: images per generator / Inception batch.
-            num_workers: CPU workers for decoding and resizing (None: ``min(4, usable cores)``).
-            seed: seed of the generated latents (the same images at every evaluation) and KID subsets.
-            truncation_psi: truncation of the generated images (1: none, as for reported FIDs).
-            noise_mode: G's noise inputs (NVIDIA's metrics use ``random``, seeded here).
-            progress: show progress bars (rank 0).
-        """
+        """``num_gen`` generated images per evaluation (50000: ``fid50k_full``); ``kid``: also KID (keeps the
+        features); ``data_path``: reference images (default: the datamodule's data set), with x-flipped
+        copies per ``mirror`` (default: the data set's xflip); ``seed``: of the latents (the same images at
+        every evaluation) and KID subsets. ``inception``, ``mode``, ``bf16`` (``fast`` only), ``batch_size``,
+        ``num_workers``, ``progress``: :class:`~rootedgan.metrics.evaluator.Evaluator`'s."""
         super().__init__(every_kimg, at_start=at_start, at_end=at_end)
         if num_gen < 2:
             raise ValueError(f"FIDCallback: num_gen must be >= 2, got {num_gen}")
         mode = check_mode(mode)
         if bf16 and mode != "fast":
             raise ValueError(f"FIDCallback: bf16 needs mode 'fast' (the {mode} protocol runs in float32)")
-        self.num_gen = num_gen
-        self.kid = kid
-        self.data_path = data_path
-        self.mirror = mirror
-        self.inception = inception
-        self.download_inception = download_inception
-        self.mode = mode
-        self.bf16 = bf16
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.truncation_psi = truncation_psi
-        self.noise_mode = noise_mode
-        self.progress = progress
-        self.fid_name = metric_name("fid", num_gen, mode)
-        self.kid_name = metric_name("kid", num_gen, mode)
+        self.num_gen, self.kid, self.data_path, self.mirror = num_gen, kid, data_path, mirror
+        self.mode, self.seed = mode, seed
+        self._generate = dict(truncation_psi=truncation_psi, noise_mode=noise_mode)  # G's settings
+        self.fid_name, self.kid_name = metric_name("fid", num_gen, mode), metric_name("kid", num_gen, mode)
         self.history: list[dict[str, Any]] = []
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        # the Evaluator is made in prepare, on the module's device
+        self._evaluator_kwargs = dict(
+            inception=inception,
+            mode=mode,
+            dtype=dtype,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            download=download_inception,
+        )
         self._evaluator: Evaluator | None = None
         self._reference: GaussianStats | None = None
         self._labels: Any = None
@@ -159,70 +111,37 @@ class FIDCallback(KimgMetricCallback):
         protocol's prefix: ``metrics/clean_fid50k_full`` under ``mode: clean``)."""
         return f"metrics/{self.fid_name}"
 
-    # -- set-up ------------------------------------------------------------------------------------
-
-    def _dataset(self, trainer: L.Trainer, module: Any) -> Any:
-        return reference_dataset(trainer, module, self.data_path, self.mirror, "FIDCallback")
-
     def prepare(self, trainer: L.Trainer, module: Any) -> None:
         """The Inception file and the reference statistics (on every rank)."""
         if self._evaluator is None:
-            self._evaluator = Evaluator(
-                inception=self.inception,
-                device=module.device,
-                mode=self.mode,
-                dtype=torch.bfloat16 if self.bf16 else torch.float32,
-                batch_size=self.batch_size,
-                num_workers=self.num_workers,
-                progress=self.progress,
-                download=self.download_inception,
-            )
+            self._evaluator = Evaluator(device=module.device, **self._evaluator_kwargs)
         if self._reference is None:
-            dataset = self._dataset(trainer, module)
+            dataset = reference_dataset(trainer, module, self.data_path, self.mirror, "FIDCallback")
             self._reference = self._evaluator.reference_stats(DatasetImages(dataset), keep_features=self.kid)
             self._labels = dataset.labels if getattr(dataset, "has_labels", False) else None
             self._reference_path = str(dataset.path)
 
-    # -- evaluation --------------------------------------------------------------------------------
-
     def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
-        """Compute the metrics of ``module.G_ema`` now (every rank must call); ``{"metrics/<name>": value}``,
-        each also appended to ``metric-<name>.jsonl`` in the run folder."""
+        """``{"metrics/<name>": value}`` of ``module.G_ema`` now (every rank calls), each value also appended
+        to ``metric-<name>.jsonl``."""
         start = time.time()
         self.prepare(trainer, module)
         assert self._evaluator is not None and self._reference is not None
-        gen = self._evaluator.generator_stats(
-            module.G_ema,
-            self.num_gen,
-            keep_features=self.kid,
-            seed=self.seed,
-            labels=self._labels,
-            truncation_psi=self.truncation_psi,
-            noise_mode=self.noise_mode,
-        )
-        results = {self.fid_name: self._evaluator.fid(self._reference, gen)}
+        ev, generate = self._evaluator, dict(seed=self.seed, labels=self._labels, **self._generate)
+        gen = ev.generator_stats(module.G_ema, self.num_gen, keep_features=self.kid, **generate)
+        results = {self.fid_name: ev.fid(self._reference, gen)}
         if self.kid:
-            results[self.kid_name] = self._evaluator.kid(self._reference, gen, seed=self.seed)
-        self._record(trainer, module, results, time.time() - start)
-        return {f"metrics/{name}": value for name, value in results.items()}
-
-    def _record(self, trainer: L.Trainer, module: Any, results: dict[str, float], seconds: float) -> None:
-        _, world = rank_world()
-        assert self._evaluator is not None
-        kimg = float(module.cur_nimg) / 1000
-        out = self._out or Path(trainer.default_root_dir)
+            results[self.kid_name] = ev.kid(self._reference, gen, seed=self.seed)
+        seconds, out = time.time() - start, self._out or Path(trainer.default_root_dir)
         snapshot = snapshot_path(out, int(module.cur_nimg))
+        fields = dict(
+            kimg=float(module.cur_nimg) / 1000, num_gen=self.num_gen, reference=self._reference_path
+        )
         for name, value in results.items():
-            record = self._evaluator.metric_record(
-                name,
-                value,
-                seconds,
-                snapshot.name if snapshot is not None else None,
-                world,
-                kimg=kimg,
-                num_gen=self.num_gen,
-                reference=self._reference_path,
-            )
+            snapshot_name = snapshot.name if snapshot is not None else None
+            gpus = rank_world()[1] if module.device.type == "cuda" else 0  # NVIDIA's field: GPUs, not ranks
+            record = ev.metric_record(name, value, seconds, snapshot_name, gpus, **fields)
             self.history.append(record)
             if trainer.is_global_zero:
                 append_metric_record(out, name, record)
+        return {f"metrics/{name}": value for name, value in results.items()}

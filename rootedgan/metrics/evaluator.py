@@ -1,50 +1,29 @@
-"""FID / KID of generators and image folders against a reference set: protocols, metric names, ranks, caching.
+"""FID / KID of generators and image sets against a reference: protocols, metric names, ranks, caching.
 
-Protocols (``mode``), all through clean-fid's own definitions, all with NVIDIA's Inception file:
+The protocols (``mode``; README, "FID / KID") follow clean-fid's definitions with NVIDIA's Inception file:
+``legacy_tensorflow`` (NVIDIA's, the default: ``fid50k_full``), ``clean`` (clean-fid's PIL resize on the
+CPU: ``clean_fid50k_full``) and ``fast`` (that filter in torch, not exact: ``approx_clean_fid50k_full``).
 
-=====================  ==========================================  ========================================
-``mode``               what happens to an image                    metric names
-=====================  ==========================================  ========================================
-``legacy_tensorflow``  none outside the network: the Inception     NVIDIA's: ``fid50k_full``,
-(default)              file resizes it to 299x299 inside, as the   ``kid50k_full``
-                       TensorFlow FID did (bilinear, aliased)
-``clean``              clean-fid's PIL bicubic (antialiased)       ``clean_fid50k_full``,
-                       resize to 299x299 on the CPU                ``clean_kid50k_full``
-``fast``               ours: ``clean``'s filter in torch on the    ``approx_clean_fid50k_full``,
-                       device (optionally bf16); not exact         ``approx_clean_kid50k_full``
-=====================  ==========================================  ========================================
+**Why ``legacy_tensorflow`` is the default.** The FIDs rootedgan's users compare against (the StyleGAN2 /
+StyleGAN2-ADA papers, MetFaces, FFHQ, AFHQ, every paper reporting ``fid50k_full``) were computed with
+NVIDIA's code, i.e. this protocol, and the resize alone changes FID (clean-fid's paper lists different
+values for the same networks), so a value under NVIDIA's name must be NVIDIA's value. It is also the
+cheapest (no CPU resize). ``clean`` resizes better (antialiased; its authors recommend it for new
+comparisons) and is one ``mode`` away, under names that say so.
 
-**Why ``legacy_tensorflow`` is the default.** rootedgan finetunes StyleGAN2 networks, and the FIDs its
-users compare against (the StyleGAN2 / StyleGAN2-ADA papers, MetFaces, FFHQ, AFHQ, every paper that
-reports ``fid50k_full``) were all computed with NVIDIA's code, i.e. with this protocol. A number
-computed otherwise under the same name cannot be put next to them: the resize alone changes FID
-(clean-fid's paper and leaderboard list different values for the same networks under the two
-protocols). So the default reproduces NVIDIA's numbers under NVIDIA's names,
-and it is also the cheapest (no CPU resize: everything runs on the GPU). clean-fid's ``clean``
-protocol resizes better (antialiased; its authors recommend it for new comparisons) and is one
-``mode`` away, under names that say so; its values are comparable only with other ``clean`` values.
-``fast`` approximates ``clean`` to about 1e-7 relative (float32) and is named as an approximation.
-
-The protocol is part of every metric name, of every ``metric-*.jsonl`` record (``protocol``), of the
-logged key (``metrics/<name>``) and of the key and the metadata of cached statistics, together with the
-Inception file's sha256: statistics from another protocol or another Inception file are refused
-(:meth:`Evaluator.load_reference_file`).
-
-Counts follow NVIDIA's names: ``fid50k_full`` is the FID of 50,000 generated images against the full
-reference set, ``kid50k_full`` its KID; other counts are written the same way (``fid10k_full``,
-``fid1k_full``, ``fid2500_full``). :class:`Evaluator` works in one process or under
-``torch.distributed`` (every rank must call the same methods in the same order): each rank extracts
-the features of its share of the images, and the float64 statistics are summed over ranks.
-Reference statistics are cached on disk (:mod:`rootedgan.metrics.cache`); under several ranks rank 0
-decides whether the cache has them and shares them.
+The protocol and the Inception file's sha256 are part of every metric name, ``metric-*.jsonl`` record and
+cache key: statistics made otherwise are refused. Under ``torch.distributed`` every rank calls the same
+methods in the same order; each extracts its share and the float64 statistics are summed over ranks.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,22 +35,9 @@ import torch.distributed as dist
 from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
 from rootedgan.metrics import cache
-from rootedgan.metrics.features import DEFAULT_MODE, MODES, FeatureExtractor, ImageSource, Mode
-from rootedgan.metrics.inception import FEATURE_DIM, load_inception
+from rootedgan.metrics.features import DEFAULT_MODE, FeatureExtractor, ImageSource, Mode, check_mode
+from rootedgan.metrics.inception import FEATURE_DIM, InceptionFile, load_inception
 from rootedgan.metrics.stats import FeatureStats, GaussianStats, frechet_distance, kernel_inception_distance
-
-__all__ = [
-    "DEFAULT_MODE",
-    "METRIC_PREFIX",
-    "MODES",
-    "PROTOCOLS",
-    "Evaluator",
-    "MetricSpec",
-    "format_time",
-    "metric_mode",
-    "metric_name",
-    "parse_metric",
-]
 
 METRIC_PREFIX: dict[str, str] = {"legacy_tensorflow": "", "clean": "clean_", "fast": "approx_clean_"}
 PROTOCOLS: dict[str, str] = {
@@ -88,20 +54,12 @@ _PREFIX_MODE = {prefix: mode for mode, prefix in METRIC_PREFIX.items()}
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric: ``kind`` (``fid`` or ``kid``) on ``num_gen`` images under protocol ``mode``,
-    reported as ``name``."""
+    """One metric: ``kind`` (``fid``/``kid``) on ``num_gen`` images under protocol ``mode``, as ``name``."""
 
     name: str
     kind: Literal["fid", "kid"]
     num_gen: int
     mode: str = DEFAULT_MODE
-
-
-def check_mode(mode: str) -> Mode:
-    """``mode`` if it is a protocol (:data:`MODES`), else a :class:`UserError`."""
-    if mode not in MODES:
-        raise UserError(f"unknown FID protocol (mode) {mode!r}: use one of {', '.join(MODES)}")
-    return mode  # type: ignore[return-value]
 
 
 def metric_name(kind: str, num_gen: int, mode: str = DEFAULT_MODE) -> str:
@@ -119,12 +77,9 @@ def metric_mode(name: str) -> str | None:
 
 
 def parse_metric(name: str, num_gen: int | None = None, mode: str | None = None) -> MetricSpec:
-    """``'fid50k_full'`` -> ``MetricSpec('fid50k_full', 'fid', 50000, 'legacy_tensorflow')``.
-
-    ``num_gen`` overrides the count (and the name follows it). ``mode`` is the protocol of the run
-    (None: the default); the name is written for it (``fid50k_full`` under ``clean`` becomes
-    ``clean_fid50k_full``), and a name whose prefix states another protocol is refused.
-    """
+    """``'fid50k_full'`` -> ``MetricSpec('fid50k_full', 'fid', 50000, 'legacy_tensorflow')``; ``num_gen``
+    overrides the count, and the name is written for the run's protocol ``mode`` (``fid50k_full`` under
+    ``clean`` becomes ``clean_fid50k_full``; a prefix stating another protocol is refused)."""
     match = _METRIC_RX.match(name.strip().lower())
     if not match:
         raise UserError(
@@ -136,9 +91,7 @@ def parse_metric(name: str, num_gen: int | None = None, mode: str | None = None)
     run_mode = check_mode(mode) if mode is not None else (stated or DEFAULT_MODE)
     if stated is not None and stated != run_mode:
         raise UserError(f"metric {name} is the {stated} protocol's, but this evaluation uses {run_mode}")
-    count = int(number) * (1000 if k else 1)
-    if num_gen is not None:
-        count = int(num_gen)
+    count = int(num_gen) if num_gen is not None else int(number) * (1000 if k else 1)
     if count < 2:
         raise UserError(f"{name}: needs at least 2 generated images, got {count}")
     return MetricSpec(metric_name(kind, count, run_mode), kind, count, run_mode)  # type: ignore[arg-type]
@@ -156,35 +109,69 @@ def format_time(seconds: float) -> str:
 
 def _broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (itself in a single process)."""
-    _, world = rank_world()
-    if world == 1:
-        return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    if rank_world()[1] > 1:
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-class Evaluator:
-    """Computes FID / KID with one loaded Inception network (see module docstring).
+#: What a statistics file may hold: 2048-d mu and sigma, and for KID up to 200k feature vectors (float32).
+MAX_STATS_BYTES = 2 * FEATURE_DIM * FEATURE_DIM * 8 + 200_000 * FEATURE_DIM * 4 + (1 << 20)
 
-    Args:
-        inception: path of NVIDIA's Inception torchscript (None: ``$ROOTEDGAN_INCEPTION``, the caches).
-        device: where Inception (and, except for ``mode="clean"``, the resize) runs.
-        mode: the protocol: ``"legacy_tensorflow"`` (NVIDIA's, default), ``"clean"`` (clean-fid's) or
-            ``"fast"`` (an approximation of ``clean``); see the module docstring.
-        dtype: Inception's dtype in fast mode (``torch.bfloat16`` for speed); the exact modes are float32.
-        batch_size: images per Inception batch.
-        num_workers: CPU workers (DataLoader processes / resize threads); None: ``min(4, usable cores)``.
-        progress: progress bars (rank 0).
-        download: fetch the Inception file when it is not found.
-        use_cache: read and write reference statistics in the on-disk cache.
-        cache_dir: cache folder (default ``$ROOTEDGAN_CACHE/fid-stats``).
-        announce: print which Inception file is used (path, sha256, origin) when it is loaded (rank 0).
-    """
+
+def check_stats_archive(path: Path) -> None:
+    """Refuse a statistics ``.npz`` whose members would unpack to more than :data:`MAX_STATS_BYTES`, from
+    the zip's own headers, before anything is decompressed (a small file can unpack to gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read statistics {path}: not an .npz archive ({err})") from None
+    if total > MAX_STATS_BYTES:
+        raise UserError(f"{path} unpacks to {total / 2**30:.1f} GiB, more than statistics hold; refused")
+
+
+def check_stats_values(stats: GaussianStats, path: Path) -> None:
+    """Shapes, finiteness and a covariance that is symmetric and positive semi-definite (within rounding),
+    so that a damaged or crafted file is refused instead of giving a NaN or negative FID."""
+    if stats.mu.shape != (FEATURE_DIM,) or stats.sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise UserError(
+            f"{path} holds statistics of shapes {stats.mu.shape} and {stats.sigma.shape}, not Inception's "
+            f"({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM})"
+        )
+    features = stats.features
+    if features is not None and (features.ndim != 2 or features.shape[1] != FEATURE_DIM or len(features) < 2):
+        raise UserError(f"{path}: its KID features are {features.shape}, not [N >= 2, {FEATURE_DIM}]")
+    arrays = [stats.mu, stats.sigma] + ([features] if features is not None else [])
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise UserError(f"{path} holds NaN or infinite statistics; refused (recompute them)")
+    scale = max(float(np.abs(stats.sigma).max()), 1e-12)
+    if np.abs(stats.sigma - stats.sigma.T).max() > 1e-6 * scale:
+        raise UserError(f"{path}: its sigma is not symmetric, so not a covariance; refused")
+    if np.linalg.eigvalsh(stats.sigma).min() < -1e-6 * scale:
+        raise UserError(f"{path}: its sigma has negative eigenvalues, so not a covariance; refused")
+
+
+def _checked(name: str, value: float, lowest: float) -> float:
+    """``value``, or a one-line error when it cannot be a real FID / KID (nothing is recorded then)."""
+    if not math.isfinite(value) or value < lowest:
+        raise UserError(
+            f"{name} came out {value}: the images or the statistics are broken (non-finite features, or a "
+            "covariance that is not one); nothing was recorded"
+        )
+    return value
+
+
+class Evaluator:
+    """FID / KID with one Inception network (``inception``: its path, else found as
+    :mod:`~rootedgan.metrics.inception` says, downloaded with ``download``) on ``device``, under the protocol
+    ``mode`` (``dtype`` ``torch.bfloat16`` only with ``"fast"``). ``num_workers``: CPU workers (None:
+    ``min(4, usable cores)``); ``use_cache``, ``cache_dir``: :mod:`~rootedgan.metrics.cache`; ``announce``:
+    print the protocol and the Inception file (path, sha256, origin) when it is loaded (rank 0)."""
 
     def __init__(
         self,
-        inception: str | os.PathLike[str] | None = None,
+        inception: str | os.PathLike[str] | InceptionFile | None = None,
         device: torch.device | str = "cpu",
         mode: Mode = DEFAULT_MODE,
         dtype: torch.dtype = torch.float32,
@@ -196,33 +183,21 @@ class Evaluator:
         cache_dir: str | os.PathLike[str] | None = None,
         announce: bool = True,
     ) -> None:
-        mode = check_mode(mode)
-        if mode != "fast" and dtype != torch.float32:
+        self.mode = check_mode(mode)
+        if self.mode != "fast" and dtype != torch.float32:
             raise UserError(f"the {mode} FID protocol runs Inception in float32; use mode='fast' for bf16")
-        self.inception_path = inception
-        self.device = torch.device(device)
-        self.mode = mode
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.progress = progress
-        self.download = download
-        self.use_cache = use_cache
+        self.inception_path, self.device, self.dtype = inception, torch.device(device), dtype
+        self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
+        self.download, self.use_cache, self.announce = download, use_cache, announce
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.announce = announce
         self._extractor: FeatureExtractor | None = None
 
     @property
     def extractor(self) -> FeatureExtractor:
         """The feature extractor (loads the Inception network on first use, and says which file it is)."""
         if self._extractor is None:
-            net = load_inception(
-                self.inception_path,
-                self.device,
-                download=self.download,
-                dtype=self.dtype,
-                resize_inside=self.mode == "legacy_tensorflow",
-            )
+            resize_inside = self.mode == "legacy_tensorflow"
+            net = load_inception(self.inception_path, self.device, self.download, self.dtype, resize_inside)
             self._extractor = FeatureExtractor(
                 net, self.mode, self.batch_size, self.num_workers, self.progress
             )
@@ -231,32 +206,23 @@ class Evaluator:
                 print(f"Inception: {net.describe()}", flush=True)
         return self._extractor
 
-    def protocol(self) -> dict[str, Any]:
-        """What determines the features besides the images: the protocol, dtype and the Inception file's
-        sha256 (part of the key and the metadata of cached statistics)."""
-        return {
-            "protocol": self.mode,
-            "mode": self.mode,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "inception_sha256": self.extractor.inception.digest,
-        }
+    @property
+    def inception_label(self) -> str:
+        """How this network's FIDs are named in summaries (``Inception``, or that they are not comparable)."""
+        return self.extractor.inception.label
 
-    def record_fields(self) -> dict[str, Any]:
-        """What every ``metric-*.jsonl`` record says about the protocol and the Inception file."""
-        net = self.extractor.inception
-        return {
-            "protocol": self.mode,
-            "protocol_description": PROTOCOLS[self.mode],
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "inception": net.path,
-            "inception_sha256": net.digest,
-        }
+    def protocol(self) -> dict[str, Any]:
+        """What determines the features besides the images (part of the key and ``meta`` of cached
+        statistics): the protocol, dtype and the Inception file's sha256."""
+        dtype, sha = str(self.dtype).replace("torch.", ""), self.extractor.inception.digest
+        return {"protocol": self.mode, "mode": self.mode, "dtype": dtype, "inception_sha256": sha}
 
     def metric_record(
         self, name: str, value: float, seconds: float, snapshot: str | None, num_gpus: int, **fields: Any
     ) -> dict[str, Any]:
         """One line of ``metric-<name>.jsonl``: NVIDIA's fields, then ``fields`` (``kimg``, ``num_gen``,
-        ``reference``, ...), then the protocol and the Inception file (:meth:`record_fields`)."""
+        ``reference``, ...), then the protocol and the Inception file."""
+        net, dtype = self.extractor.inception, str(self.dtype).replace("torch.", "")
         return {
             "results": {name: value},
             "metric": name,
@@ -266,35 +232,34 @@ class Evaluator:
             "snapshot_pkl": snapshot,
             "timestamp": time.time(),
             **fields,
-            **self.record_fields(),
+            "protocol": self.mode,
+            "protocol_description": PROTOCOLS[self.mode],
+            "dtype": dtype,
+            "inception": net.path,
+            "inception_sha256": net.digest,
+            "inception_is_nvidias": not net.not_nvidia,
         }
 
     def check_stats_meta(self, meta: dict[str, Any] | None, what: str) -> str | None:
         """Refuse (:class:`UserError`, one line) statistics ``what`` whose recorded protocol or Inception
         file differ from this evaluator's; returns a note when ``meta`` records neither (not checkable)."""
         mine = self.protocol()
+        sha = mine["inception_sha256"]
         if not meta or ("inception_sha256" not in meta and "mode" not in meta):
             return (
                 f"note: {what} records neither its FID protocol nor its Inception file; it is assumed to "
-                f"match this run ({self.mode}, Inception sha256 {mine['inception_sha256'][:16]}...): "
+                f"match this run ({self.mode}, Inception sha256 {sha[:16]}...): "
                 "statistics made otherwise give meaningless FIDs"
             )
-        theirs_mode = meta.get("mode")
-        theirs_sha = meta.get("inception_sha256")
+        theirs_mode, theirs_sha = meta.get("mode"), meta.get("inception_sha256")
         problems = []
         if theirs_mode is not None and theirs_mode != self.mode:
             problems.append(f"protocol {theirs_mode}, not {self.mode}")
-        if (
-            theirs_mode == "fast"
-            and self.mode == "fast"
-            and meta.get("dtype", mine["dtype"]) != mine["dtype"]
-        ):
+        if theirs_mode == self.mode == "fast" and meta.get("dtype", mine["dtype"]) != mine["dtype"]:
             problems.append(f"Inception in {meta.get('dtype')}, not {mine['dtype']}")
-        if theirs_sha is not None and theirs_sha != mine["inception_sha256"]:
-            problems.append(
-                f"Inception sha256 {str(theirs_sha)[:16]}..., not {mine['inception_sha256'][:16]}... "
-                f"({self.extractor.inception.path})"
-            )
+        if theirs_sha is not None and theirs_sha != sha:
+            path = self.extractor.inception.path
+            problems.append(f"Inception sha256 {str(theirs_sha)[:16]}..., not {sha[:16]}... ({path})")
         if problems:
             raise UserError(
                 f"{what} was computed with {' and '.join(problems)}: recompute it with this protocol and "
@@ -307,19 +272,14 @@ class Evaluator:
         under another protocol or with another Inception file (their metadata, or clean-fid's file name
         ``<name>_<mode>_<split>_<res>.npz``); files that record neither are used with a printed note."""
         p = Path(path).expanduser()
+        check_stats_archive(p)
         try:
             stats = GaussianStats.load(p)
         except Exception as err:
             raise UserError(f"cannot read statistics {p}: {err}") from None
-        if stats.mu.shape != (FEATURE_DIM,):
-            raise UserError(
-                f"{p} holds {stats.mu.size}-d statistics, not Inception's {FEATURE_DIM}-d features"
-            )
-        meta = stats.meta
-        if not meta:
-            named = _cleanfid_file_mode(p.name)
-            if named is not None:
-                meta = {"mode": named}
+        check_stats_values(stats, p)
+        named = _CLEANFID_STATS_RX.search(p.name.lower())
+        meta = stats.meta or ({"mode": named.group(1)} if named else None)
         note = self.check_stats_meta(meta, f"statistics file {p}")
         if note and self.announce and rank_world()[0] == 0:
             print(note, flush=True)
@@ -333,8 +293,6 @@ class Evaluator:
         stats.update(torch.zeros([0, FEATURE_DIM], device=self.device))
         return stats
 
-    # -- statistics ----------------------------------------------------------------------------
-
     def images_stats(
         self,
         source: ImageSource,
@@ -343,18 +301,17 @@ class Evaluator:
         desc: str = "features",
     ) -> GaussianStats:
         """Statistics of (the first ``max_images`` of) an image set, computed by all ranks together."""
-        _check_count(source, max_images)
-        rank, world = rank_world()
+        check_image_count(source, max_images)
         stats = self._new_stats(keep_features)
+        rank, world = rank_world()
         self.extractor.images_stats(source, stats, rank=rank, world=world, desc=desc, max_images=max_images)
         return stats.compute()
 
     def reference_stats(self, source: ImageSource, keep_features: bool = False) -> GaussianStats:
-        """Statistics of a reference set, from the on-disk cache when there (then written to it)."""
-        _check_count(source, None)
-        rank, _ = rank_world()
-        key = meta = None
-        cached = None
+        """Statistics of a reference set, from the on-disk cache when there (else written to it)."""
+        check_image_count(source)
+        rank = rank_world()[0]
+        key = meta = cached = None
         if self.use_cache and rank == 0:
             key, meta = cache.cache_key(source.content_key(), self.protocol())
             cached = cache.load_stats(key, features=keep_features, folder=self.cache_dir, expect=meta)
@@ -370,40 +327,20 @@ class Evaluator:
         return stats
 
     def generator_stats(
-        self,
-        G: torch.nn.Module,
-        num_gen: int,
-        keep_features: bool = False,
-        seed: int = 0,
-        labels: np.ndarray | None = None,
-        truncation_psi: float = 1.0,
-        noise_mode: str = "random",
-        latents: torch.Tensor | None = None,
+        self, G: torch.nn.Module, num_gen: int, keep_features: bool = False, **generate: Any
     ) -> GaussianStats:
-        """Statistics of ``num_gen`` images of ``G`` (each rank generates its share; see features.py)."""
-        rank, world = rank_world()
+        """Statistics of ``num_gen`` images of ``G``, each rank generating its share; ``generate``: ``seed``,
+        ``labels``, ``truncation_psi``, ``noise_mode``, ``latents`` (:func:`~.features.generated_uint8`)."""
         stats = self._new_stats(keep_features)
-        self.extractor.generator_stats(
-            G,
-            num_gen,
-            stats,
-            seed=seed,
-            rank=rank,
-            world=world,
-            labels=labels,
-            truncation_psi=truncation_psi,
-            noise_mode=noise_mode,
-            latents=latents,
-        )
+        rank, world = rank_world()
+        self.extractor.generator_stats(G, num_gen, stats, rank=rank, world=world, **generate)
         return stats.compute()
-
-    # -- distances -----------------------------------------------------------------------------
 
     def fid(self, a: GaussianStats, b: GaussianStats) -> float:
         """FID between two statistics (computed on rank 0, the same value returned on every rank)."""
-        rank, _ = rank_world()
-        value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma, device=self.device) if rank == 0 else None
-        return float(_broadcast(value))
+        on_rank0 = rank_world()[0] == 0
+        value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma, device=self.device) if on_rank0 else None
+        return _checked("FID", float(_broadcast(value)), lowest=-1e-3)
 
     def kid(
         self,
@@ -416,18 +353,9 @@ class Evaluator:
         """KID with clean-fid's subset procedure, ``kernel_distance(reference, other)`` (rank 0, shared)."""
         if reference.features is None or other.features is None:
             raise ValueError("KID needs the features of both sets (keep_features=True)")
-        rank, _ = rank_world()
-        value = None
-        if rank == 0:
-            value = kernel_inception_distance(
-                reference.features,
-                other.features,
-                num_subsets,
-                max_subset_size,
-                seed=seed,
-                device=self.device,
-            )
-        return float(_broadcast(value))
+        args = (reference.features, other.features, num_subsets, max_subset_size, seed, self.device)
+        value = kernel_inception_distance(*args) if rank_world()[0] == 0 else None
+        return _checked("KID", float(_broadcast(value)), lowest=-1.0)  # unbiased: slightly < 0 is fine
 
     def metrics(
         self, reference: GaussianStats, other: GaussianStats, specs: list[MetricSpec], kid_seed: int = 0
@@ -436,12 +364,8 @@ class Evaluator:
         for s in specs:
             if s.mode != self.mode:
                 raise ValueError(f"metric {s.name} is for protocol {s.mode}, this evaluator uses {self.mode}")
-        return {
-            s.name: self.fid(reference, other)
-            if s.kind == "fid"
-            else self.kid(reference, other, seed=kid_seed)
-            for s in specs
-        }
+        fid_or_kid = {"fid": self.fid, "kid": lambda a, b: self.kid(a, b, seed=kid_seed)}
+        return {s.name: fid_or_kid[s.kind](reference, other) for s in specs}
 
     def evaluate_generator(
         self,
@@ -449,11 +373,10 @@ class Evaluator:
         reference: ImageSource | GaussianStats,
         specs: list[MetricSpec],
         seed: int = 0,
-        labels: np.ndarray | None = None,
-        truncation_psi: float = 1.0,
-        noise_mode: str = "random",
+        **generate: Any,
     ) -> dict[str, float]:
-        """All ``specs`` for a generator; one generated set per distinct count (KID keeps its features)."""
+        """All ``specs`` for a generator; one generated set per distinct count (KID keeps its features).
+        ``generate``: ``labels``, ``truncation_psi``, ``noise_mode`` (:meth:`generator_stats`)."""
         need_feats = any(s.kind == "kid" for s in specs)
         ref = (
             reference if isinstance(reference, GaussianStats) else self.reference_stats(reference, need_feats)
@@ -463,20 +386,14 @@ class Evaluator:
         results: dict[str, float] = {}
         for count in dict.fromkeys(s.num_gen for s in specs):
             group = [s for s in specs if s.num_gen == count]
-            gen = self.generator_stats(
-                G,
-                count,
-                keep_features=any(s.kind == "kid" for s in group),
-                seed=seed,
-                labels=labels,
-                truncation_psi=truncation_psi,
-                noise_mode=noise_mode,
-            )
+            keep = any(s.kind == "kid" for s in group)
+            gen = self.generator_stats(G, count, keep_features=keep, seed=seed, **generate)
             results.update(self.metrics(ref, gen, group, kid_seed=seed))
         return results
 
 
-def _check_count(source: ImageSource, max_images: int | None) -> None:
+def check_image_count(source: ImageSource, max_images: int | None = None) -> None:
+    """A one-line :class:`UserError` unless (the first ``max_images`` of) ``source`` has 2 images or more."""
     count = len(source) if max_images is None else min(len(source), max_images)
     if count < 2:
         raise UserError(
@@ -485,10 +402,5 @@ def _check_count(source: ImageSource, max_images: int | None) -> None:
         )
 
 
+#: The protocol in clean-fid's statistics file names (``ffhq_clean_trainval70k_1024.npz``).
 _CLEANFID_STATS_RX = re.compile(r"_(legacy_tensorflow|legacy_pytorch|clean)_")
-
-
-def _cleanfid_file_mode(name: str) -> str | None:
-    """The protocol in a clean-fid statistics file name (``ffhq_clean_trainval70k_1024.npz``), if any."""
-    match = _CLEANFID_STATS_RX.search(name.lower())
-    return match.group(1) if match else None

@@ -1,78 +1,56 @@
 """Inception features of image sets and generators under the three FID protocols (``mode``).
 
-NVIDIA's protocol (``mode="legacy_tensorflow"``, clean-fid's mode of that name; the default)
-    Every uint8 image, at its own size, goes as float32 to the Inception file's own ``forward``, which
-    resizes it to 299x299 inside (TensorFlow 1's bilinear resize, no antialiasing), exactly as NVIDIA's
-    StyleGAN metric code and clean-fid's ``legacy_tensorflow`` mode call it. Features equal clean-fid's
-    by construction. Nothing is resized on the CPU: images of one size are batched together and the whole
-    path runs on ``device``. FIDs are comparable with those published with NVIDIA's code.
+``legacy_tensorflow`` (NVIDIA's): each uint8 image, at its own size, goes as float32 to the Inception file's
+``forward``, which resizes it inside as TensorFlow 1 did, exactly as NVIDIA's code and clean-fid call it; all
+on ``device``. ``clean``: clean-fid's own resize (``build_resizer("clean")``, PIL bicubic) on the CPU, then
+the Inception layers as clean-fid calls them. In both, features equal clean-fid's by construction.
+``fast``: resize (``F.interpolate(bicubic, antialias=True)``, PIL's filter) and Inception (float32 or bf16)
+on ``device``; its deviation from ``clean`` is measured by ``bench/fid.py``.
 
-clean-fid's protocol (``mode="clean"``)
-    clean-fid's own resize function (``cleanfid.resize.build_resizer("clean")``: PIL bicubic on each
-    channel in float mode to 299x299, clipped to [0, 255]) on every uint8 image, then the Inception
-    layers as clean-fid calls them. Features equal clean-fid's by construction. The resize runs on
-    the CPU: in DataLoader workers for image sets, in a thread pool for generated images. FIDs are
-    comparable with clean-fid's ``clean`` numbers, not with NVIDIA's.
-
-Our approximation of the clean protocol (``mode="fast"``)
-    Everything on ``device``: generation, the uint8 rounding, the resize (``F.interpolate(bicubic,
-    antialias=True)``, the same filter as PIL's, computed in float32) and Inception, optionally in
-    bf16 (``dtype``). Its deviation from the clean path is measured by ``bench/fid.py`` (float32:
-    about 1e-7 relative in FID with the stand-in network; bf16: about 1e-4). Not exact, so its metrics
-    carry their own names (``approx_clean_fid50k_full``, :mod:`rootedgan.metrics.evaluator`).
-
-Generated images are rounded to uint8 as if saved to PNG (NVIDIA's rule ``clamp(x * 127.5 + 128)``),
-so a generator scores what its saved images would score. Grayscale images are repeated to RGB.
-
-Latents of generated sample ``i`` depend only on ``(seed, i)``: sample ``i`` belongs to chunk
-``i // LATENT_CHUNK``, whose latents are ``randn([LATENT_CHUNK, z_dim])`` from a generator seeded with
-``(seed, chunk)``. Under several ranks, rank ``r`` of ``W`` takes chunks ``r, r + W, ...``, so the
-generated set does not depend on the number of ranks. ``noise_mode="random"`` (NVIDIA's metric
-setting) draws the noise from a torch generator seeded per chunk and batch.
+Generated images are rounded to uint8 as if saved to PNG (NVIDIA's ``clamp(x * 127.5 + 128)``), so a
+generator scores what its saved images would. The latents of sample ``i`` depend only on ``(seed, i)``: it
+belongs to chunk ``i // LATENT_CHUNK``, whose latents are ``randn([LATENT_CHUNK, z_dim])`` seeded with
+``(seed, chunk)``; rank ``r`` of ``W`` takes chunks ``r, r + W, ...``, so the set does not depend on the
+number of ranks. ``noise_mode="random"`` (NVIDIA's setting) draws noise seeded per chunk and batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from rootedgan import data
 from rootedgan.data import ZipHandle
 from rootedgan.errors import UserError
+from rootedgan.metrics._cleanfid_import import import_cleanfid
 from rootedgan.metrics.inception import INPUT_SIZE, InceptionFeatures
 from rootedgan.metrics.stats import FeatureStats
 from rootedgan.sampling import derive_seed
-
-__all__ = [
-    "LATENT_CHUNK",
-    "DEFAULT_MODE",
-    "MODES",
-    "DatasetImages",
-    "FeatureExtractor",
-    "FolderImages",
-    "ImageSource",
-    "chunk_latents",
-    "clean_resize",
-    "default_workers",
-    "fast_resize",
-    "usable_cores",
-]
 
 LATENT_CHUNK = 256
 Mode = Literal["legacy_tensorflow", "clean", "fast"]
 MODES: tuple[str, ...] = ("legacy_tensorflow", "clean", "fast")
 DEFAULT_MODE: Mode = "legacy_tensorflow"  # why: rootedgan.metrics.evaluator's module docstring
 MAX_DEFAULT_WORKERS = 4
+
+
+def check_mode(mode: str) -> Mode:
+    """``mode`` if it is a protocol (:data:`MODES`), else a :class:`UserError`."""
+    if mode not in MODES:
+        raise UserError(f"unknown FID protocol (mode) {mode!r}: use one of {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]
 
 
 def usable_cores() -> int:
@@ -95,15 +73,9 @@ def default_workers() -> int:
     return min(MAX_DEFAULT_WORKERS, usable_cores())
 
 
-# --------------------------------------------------------------------------------------------------
-# Resizing
-
-
 @functools.cache
 def _clean_resizer() -> Callable[[np.ndarray], np.ndarray]:
-    from rootedgan.metrics._cleanfid_import import import_cleanfid
-
-    import_cleanfid()
+    import_cleanfid()  # clean-fid is optional: imported on first use
     from cleanfid.resize import build_resizer
 
     return build_resizer("clean")
@@ -124,18 +96,9 @@ def fast_resize(images: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 255)
 
 
-def _rgb(images: torch.Tensor) -> torch.Tensor:
-    """``[N, C, H, W]`` with C = 1 or 3 -> 3 channels."""
-    return images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
-
-
 def to_uint8_nchw(images: torch.Tensor) -> torch.Tensor:
     """Network images ``[N, C, H, W]`` in [-1, 1] -> uint8 on the same device (NVIDIA's rounding)."""
     return (images.detach().to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
-# --------------------------------------------------------------------------------------------------
-# Image sets
 
 
 class ImageSource:
@@ -182,13 +145,9 @@ class DatasetImages(ImageSource):
 
 
 class FolderImages(ZipHandle, ImageSource):
-    """Every image file under a folder or in a zip, any size, decoded as clean-fid does (``convert("RGB")``).
-
-    Files are ordered by relative path; hidden files and folders are skipped. A file or zip member larger
-    than ``max_image_mb`` (uncompressed) is refused before it is read, and an image of more than
-    ``max_image_pixels`` pixels before it is decoded (the limits of :mod:`rootedgan.data`). ``xflip``
-    appends a mirrored copy of every image (index ``i >= N`` is image ``i - N`` flipped left-right).
-    """
+    """Every image file under a folder or in a zip (by relative path, hidden ones skipped), any size, decoded
+    as clean-fid does (``convert("RGB")``), with the size limits of :mod:`rootedgan.data`. ``xflip`` appends
+    a mirrored copy of every image (index ``i >= N`` is image ``i - N`` flipped left-right)."""
 
     def __init__(
         self,
@@ -239,9 +198,8 @@ class FolderImages(ZipHandle, ImageSource):
         return f"{len(self.names)} images{flip} in {self.path} (as they are, any size)"
 
 
-class _Resized(torch.utils.data.Dataset):
-    """Images ``indices`` of a source, as ``[3, 299, 299]`` float32 (clean resize) or ``[3, H, W]`` uint8
-    (at their own size: the legacy_tensorflow and fast paths resize on the device)."""
+class _Resized(Dataset):
+    """Images ``indices`` of a source, as ``[3, 299, 299]`` float32 (clean resize) or uint8 at their size."""
 
     def __init__(self, source: ImageSource, indices: Sequence[int], resize: bool) -> None:
         self.source, self.indices, self.resize = source, list(indices), resize
@@ -251,17 +209,9 @@ class _Resized(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         img = self.source.image(self.indices[i])
-        if self.resize:
-            return torch.from_numpy(np.ascontiguousarray(clean_resize(img).transpose(2, 0, 1)))
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-
-
-def _collate_list(batch: list[torch.Tensor]) -> list[torch.Tensor]:
-    return batch
-
-
-# --------------------------------------------------------------------------------------------------
-# Latents
+        return torch.from_numpy(
+            np.ascontiguousarray((clean_resize(img) if self.resize else img).transpose(2, 0, 1))
+        )
 
 
 def chunk_latents(seed: int, chunk: int, z_dim: int) -> torch.Tensor:
@@ -282,10 +232,6 @@ def _chunk_labels(labels: np.ndarray | None, seed: int, chunk: int, c_dim: int) 
     return torch.from_numpy(np.asarray(labels, np.float32)[rng.randint(len(labels), size=LATENT_CHUNK)])
 
 
-# --------------------------------------------------------------------------------------------------
-# Extraction
-
-
 def generated_uint8(
     G: torch.nn.Module,
     num_gen: int,
@@ -299,9 +245,7 @@ def generated_uint8(
     latents: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield uint8 RGB batches ``[B, 3, H, W]`` (on G's device) of rank ``rank``'s share of ``num_gen``
-    seeded samples: latents in chunks of ``LATENT_CHUNK`` (:func:`chunk_latents`), chunk ``i`` on rank
-    ``i % world``, noise seeded per batch, so the images do not depend on the batch size or world size
-    (up to the noise draw) and every evaluation sees the same latents."""
+    seeded samples (module docstring): every evaluation sees the same latents, whatever the batch size."""
     device = next(G.parameters()).device
     num_chunks = (num_gen + LATENT_CHUNK - 1) // LATENT_CHUNK
     for chunk in range(rank, num_chunks, world):
@@ -322,22 +266,14 @@ def generated_uint8(
                     with torch.cuda.device(device):
                         torch.cuda.manual_seed(noise_seed)
                 img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
-            yield _rgb(to_uint8_nchw(img))
+            img = to_uint8_nchw(img)
+            yield img.repeat(1, 3, 1, 1) if img.shape[1] == 1 else img  # grayscale as RGB
 
 
 class FeatureExtractor:
-    """Inception features of image sets and generators into :class:`FeatureStats`.
-
-    Args:
-        inception: the loaded network (:func:`rootedgan.metrics.inception.load_inception`), with
-            ``resize_inside`` exactly when ``mode`` is ``"legacy_tensorflow"``.
-        mode: ``"legacy_tensorflow"`` (NVIDIA's protocol, all on ``device``), ``"clean"`` (clean-fid's
-            resize on the CPU) or ``"fast"`` (an approximation of ``clean``, all on ``device``).
-        batch_size: images per Inception (and generator) batch.
-        num_workers: DataLoader workers for image sets; threads for resizing generated images in the
-            clean mode (0: in the calling thread). None: :func:`default_workers`.
-        progress: show progress bars (on rank 0 only).
-    """
+    """Inception features of image sets and generators into :class:`FeatureStats`, for the
+    :class:`~rootedgan.metrics.evaluator.Evaluator`. ``num_workers`` (None: :func:`default_workers`):
+    DataLoader workers for image sets, threads resizing generated images in the clean mode (0: none)."""
 
     def __init__(
         self,
@@ -347,20 +283,11 @@ class FeatureExtractor:
         num_workers: int | None = None,
         progress: bool = True,
     ) -> None:
-        if mode not in MODES:
-            raise UserError(f"FID mode must be one of {', '.join(MODES)}; got {mode!r}")
         if batch_size < 1:
             raise UserError(f"the FID batch size must be >= 1, got {batch_size}")
-        if bool(getattr(inception, "resize_inside", False)) != (mode == "legacy_tensorflow"):
-            raise ValueError(
-                f"mode {mode!r} needs the Inception network loaded with resize_inside="
-                f"{mode == 'legacy_tensorflow'} (load_inception(..., resize_inside=...))"
-            )
-        self.inception = inception
-        self.mode: Mode = mode
-        self.batch_size = int(batch_size)
+        self.inception, self.batch_size, self.progress = inception, int(batch_size), progress
+        self.mode = check_mode(mode)
         self.num_workers = default_workers() if num_workers is None else max(0, int(num_workers))
-        self.progress = progress
 
     @property
     def device(self) -> torch.device:
@@ -369,10 +296,9 @@ class FeatureExtractor:
     def _bar(self, total: int, desc: str, rank: int) -> tqdm:
         return tqdm(total=total, desc=desc, unit="img", disable=not self.progress or rank != 0, leave=False)
 
-    def _pool(self) -> ThreadPoolExecutor | _NoPool:
-        return ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else _NoPool()
-
-    # -- image sets ----------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of uint8 ``[N, 3, H, W]`` on the device: resized by us (fast) or inside Inception."""
+        return self.inception(fast_resize(x) if self.mode == "fast" else x.to(torch.float32))
 
     def images_stats(
         self,
@@ -385,36 +311,20 @@ class FeatureExtractor:
     ) -> FeatureStats:
         """Add the features of rank ``rank``'s share (``i % world == rank``) of ``source`` to ``stats``."""
         count = len(source) if max_images is None else min(len(source), max_images)
-        indices = range(rank, count, world)
-        data = _Resized(source, indices, resize=self.mode == "clean")
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=None if self.mode == "clean" else _collate_list,
-        )
+        clean = self.mode == "clean"
+        data = _Resized(source, range(rank, count, world), resize=clean)
+        collate = None if clean else list  # images of any size stay a list
+        loader = DataLoader(data, self.batch_size, num_workers=self.num_workers, collate_fn=collate)
         bar = self._bar(count, desc, rank)
         for batch in loader:
-            if self.mode == "clean":
+            if clean:
                 feats = self.inception(batch.to(self.device))
-            elif self.mode == "fast":
-                feats = torch.cat(
-                    [self.inception(fast_resize(group)) for group in _same_size_groups(batch, self.device)]
-                )
-            else:  # legacy_tensorflow: the Inception file resizes each same-size group itself
-                feats = torch.cat(
-                    [
-                        self.inception(group.to(torch.float32))
-                        for group in _same_size_groups(batch, self.device)
-                    ]
-                )
+            else:  # images of any size: one Inception call per run of same-size images
+                feats = torch.cat([self._features(group) for group in _same_size_groups(batch, self.device)])
             stats.update(feats)
             bar.update(len(feats) * world)
         bar.close()
         return stats
-
-    # -- generators ----------------------------------------------------------------------------
 
     @torch.no_grad()
     def generator_stats(
@@ -422,75 +332,56 @@ class FeatureExtractor:
         G: torch.nn.Module,
         num_gen: int,
         stats: FeatureStats,
-        seed: int = 0,
         rank: int = 0,
         world: int = 1,
-        labels: np.ndarray | None = None,
-        truncation_psi: float = 1.0,
-        noise_mode: str = "random",
-        latents: torch.Tensor | None = None,
         desc: str = "generate",
+        **generate: Any,
     ) -> FeatureStats:
         """Add the features of rank ``rank``'s share of ``num_gen`` samples of ``G`` to ``stats``.
-
-        ``latents [num_gen, z_dim]`` replaces the seeded latents (e.g. to match another tool's draw).
-        ``labels [L, c_dim]``: the classes of a conditional ``G`` are drawn from these rows.
-        """
+        ``generate``: ``seed``, ``labels [L, c_dim]`` (a conditional ``G``'s classes are drawn from these
+        rows), ``truncation_psi``, ``noise_mode``, ``latents [num_gen, z_dim]`` (instead of seeded ones)."""
         if num_gen < 1:
             raise UserError(f"the number of generated images must be >= 1, got {num_gen}")
+        latents = generate.get("latents")
         if latents is not None and len(latents) < num_gen:
             raise ValueError(f"{len(latents)} latents given for {num_gen} images")
         was_training = G.training
         G.eval()
         bar = self._bar(num_gen, desc, rank)
+        batches = generated_uint8(G, num_gen, batch_size=self.batch_size, rank=rank, world=world, **generate)
+
+        def add(feats: torch.Tensor) -> None:
+            stats.update(feats)
+            bar.update(len(feats) * world)
+
         try:
-            batches = generated_uint8(
-                G, num_gen, seed, self.batch_size, rank, world, labels, truncation_psi, noise_mode, latents
-            )
             if self.mode != "clean":  # everything on the device
                 for images in batches:
-                    x = images.to(self.device)
-                    x = fast_resize(x) if self.mode == "fast" else x.to(torch.float32)
-                    feats = self.inception(x)
-                    stats.update(feats)
-                    bar.update(len(feats) * world)
+                    add(self._features(images.to(self.device)))
                 return stats
-            # clean: resize batch i in the pool while G produces batch i + 1 (a one-batch pipeline)
-            with self._pool() as pool:
+            # clean: batch i is resized in the pool while G produces batch i + 1
+            threads = ThreadPoolExecutor(self.num_workers) if self.num_workers else contextlib.nullcontext()
+            with threads as pool:
                 pending: list[Any] | None = None
-
-                def finish(resized: list[Any]) -> None:
-                    arrays = [r.result() for r in resized] if pool is not None else resized
-                    x = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2))
-                    feats = self.inception(x.to(self.device))
-                    stats.update(feats)
-                    bar.update(len(feats) * world)
-
                 for images in batches:
-                    arr = images.permute(0, 2, 3, 1).cpu().numpy()
-                    if pool is None:
-                        finish([clean_resize(a) for a in arr])
-                        continue
-                    submitted = [pool.submit(clean_resize, a) for a in arr]
+                    arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+                    resized = [
+                        pool.submit(clean_resize, a) if pool is not None else clean_resize(a) for a in arrays
+                    ]
                     if pending is not None:
-                        finish(pending)
-                    pending = submitted
+                        add(self._resized_features(pending))
+                    pending = resized
                 if pending is not None:
-                    finish(pending)
+                    add(self._resized_features(pending))
         finally:
             bar.close()
             G.train(was_training)
         return stats
 
-
-class _NoPool:
-    """Stands in for a thread pool when resizing runs in the calling thread."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def _resized_features(self, resized: list[Any]) -> torch.Tensor:
+        """Features of clean-resized ``[299, 299, 3]`` arrays (or futures of them)."""
+        arrays = [r.result() if isinstance(r, Future) else r for r in resized]
+        return self.inception(torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2)).to(self.device))
 
 
 def _same_size_groups(batch: list[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:

@@ -1,34 +1,20 @@
-"""NVIDIA's Inception torchscript (the network of both FID protocols): finding, loading, calling.
+"""NVIDIA's Inception torchscript (the network of every FID protocol): finding, loading, calling.
 
-Where the file is looked for, in order:
+The file is an explicit path, else ``$ROOTEDGAN_INCEPTION``, else in rootedgan's cache (where it is
+downloaded) or clean-fid's ``/tmp``; without internet the :class:`UserError` names the URL and these places.
+Its path, sha256 and origin are printed before every evaluation (:meth:`InceptionFeatures.describe`):
+statistics made with another Inception file give meaningless FIDs.
 
-1. an explicit path (``--inception PATH``, ``FIDCallback(inception=...)``);
-2. ``$ROOTEDGAN_INCEPTION``;
-3. ``$ROOTEDGAN_CACHE/networks/inception-2015-12-05.pt`` (default ``~/.cache/rootedgan/networks/``),
-   where rootedgan downloads it;
-4. ``/tmp/inception-2015-12-05.pt``, where clean-fid caches it.
-
-When none exists it is downloaded into 3. (unless downloading is switched off); a machine without
-internet gets a :class:`UserError` naming the URL and the places to put the file, never a traceback.
-:func:`locate_inception` also says which of these places the file came from, and
-:meth:`InceptionFeatures.describe` names the file, its sha256 and that origin (printed before every
-evaluation: statistics made with another Inception file give meaningless FIDs).
-
-:class:`InceptionFeatures` calls the file as clean-fid's ``InceptionV3W`` does, in one of two ways:
-
-* ``resize_inside=False`` (clean-fid's ``clean`` mode and our ``fast`` mode): images already resized
-  to 299x299, in [0, 255], are mapped with ``(x - 128) / 128`` and passed to ``model.layers``;
-* ``resize_inside=True`` (clean-fid's ``legacy_tensorflow`` mode, which is what NVIDIA's own metric code
-  does): images of any size, in [0, 255], go to the file's ``forward(x, return_features=True)``, which
-  resizes them to 299x299 itself the way TensorFlow's original FID graph did (bilinear, no antialiasing).
-
-Either way the output is viewed as ``[N, 2048]``.
+:class:`InceptionFeatures` calls the file as clean-fid's ``InceptionV3W`` does: images resized to 299x299
+beforehand (``clean``, ``fast``) are mapped with ``(x - 128) / 128`` and go to ``model.layers``; with
+``resize_inside`` (``legacy_tensorflow``, as NVIDIA's metric code) images of any size go to the file's
+``forward(x, return_features=True)``, which resizes them as TensorFlow's FID graph did.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -36,21 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from rootedgan.errors import DownloadError, UserError
-
-__all__ = [
-    "INCEPTION_ENV",
-    "INCEPTION_FILENAME",
-    "INCEPTION_URL",
-    "InceptionFeatures",
-    "InceptionFile",
-    "file_digest",
-    "inception_candidates",
-    "load_inception",
-    "locate_inception",
-    "resolve_inception",
-    "tf1_bilinear_resize",
-]
+import rootedgan.checkpoints.download as downloads
+from rootedgan.errors import UserError
 
 INCEPTION_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -64,28 +37,13 @@ INPUT_SIZE = 299
 _digests: dict[tuple[str, int, int], str] = {}
 
 
-def _cache_location() -> Path:
-    from rootedgan.checkpoints.download import cache_path
-
-    return cache_path(INCEPTION_URL)
-
-
-def inception_candidates() -> list[Path]:
-    """Where the file is looked for when no path is given (env var, rootedgan cache, clean-fid's /tmp)."""
-    places = []
-    env = os.environ.get(INCEPTION_ENV)
-    if env:
-        places.append(Path(env).expanduser())
-    places += [_cache_location(), CLEANFID_INCEPTION_PATH]
-    return places
-
-
 def _missing_message(reason: str) -> str:
     return (
         f"{reason}. FID uses NVIDIA's Inception torchscript ({INCEPTION_FILENAME}, 95 MB). On a machine "
         f"without internet, download it elsewhere from {INCEPTION_URL} and either pass --inception PATH "
-        f"(FIDCallback(inception=PATH)), set {INCEPTION_ENV}=PATH, or put it at {_cache_location()} "
-        f"(rootedgan's cache) or {CLEANFID_INCEPTION_PATH} (clean-fid's cache)"
+        f"(FIDCallback(inception=PATH)), set {INCEPTION_ENV}=PATH, or put it at "
+        f"{downloads.cache_path(INCEPTION_URL)} (rootedgan's cache) or {CLEANFID_INCEPTION_PATH} "
+        "(clean-fid's cache)"
     )
 
 
@@ -96,10 +54,20 @@ class InceptionFile(NamedTuple):
     origin: str
 
 
+def _check_shared_folder(path: Path) -> None:
+    """A file found (not given) in a folder anyone may write to, such as clean-fid's ``/tmp``, must be the
+    user's own: anyone could have planted it there."""
+    st, folder = path.stat(), path.parent.stat()
+    if folder.st_mode & stat.S_IWOTH and st.st_uid != os.getuid():
+        raise UserError(
+            f"{path} is in a folder anyone can write to and belongs to user id {st.st_uid}, not to you: it "
+            "is not used (anyone could have planted it). Check it and pass --inception PATH, or set "
+            f"{INCEPTION_ENV}"
+        )
+
+
 def locate_inception(path: str | os.PathLike[str] | None = None, download: bool = True) -> InceptionFile:
-    """The local Inception torchscript file and its origin: ``path``, else the first existing candidate
-    (module docstring), else downloaded. Raises :class:`UserError` (never a urllib traceback) when there is
-    none and it cannot be fetched."""
+    """The local Inception torchscript file and its origin (module docstring), else a :class:`UserError`."""
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
@@ -111,20 +79,17 @@ def locate_inception(path: str | os.PathLike[str] | None = None, download: bool 
     if env:
         return InceptionFile(Path(env).expanduser(), f"from ${INCEPTION_ENV}")
     for candidate, origin in (
-        (_cache_location(), "found in rootedgan's cache"),
+        (downloads.cache_path(INCEPTION_URL), "found in rootedgan's cache"),
         (CLEANFID_INCEPTION_PATH, "found in clean-fid's cache"),
     ):
         if candidate.is_file():
+            _check_shared_folder(candidate)
             return InceptionFile(candidate, origin)
     if not download:
         raise UserError(_missing_message("the Inception network was not found and downloading is off"))
-    from rootedgan.checkpoints.download import download as fetch
-
     try:
-        return InceptionFile(fetch(INCEPTION_URL), f"downloaded from {INCEPTION_URL}")
-    except DownloadError as err:
-        raise UserError(_missing_message(f"the Inception network could not be downloaded ({err})")) from None
-    except Exception as err:  # anything else urllib/http may raise: still no traceback
+        return InceptionFile(downloads.download(INCEPTION_URL), f"downloaded from {INCEPTION_URL}")
+    except Exception as err:  # a DownloadError, or anything else urllib/http may raise: no traceback
         raise UserError(_missing_message(f"the Inception network could not be downloaded ({err})")) from None
 
 
@@ -139,23 +104,14 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _digests:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        _digests[key] = h.hexdigest()
+        _digests[key] = downloads.sha256_of(p)
     return _digests[key]
 
 
 class InceptionFeatures(torch.nn.Module):
-    """The torchscript called as clean-fid calls it: ``[N, 3, H, W]`` in [0, 255] -> ``[N, 2048]`` float32.
-
-    ``resize_inside=False``: inputs must be 299x299 (resized beforehand) and go to ``layers``.
-    ``resize_inside=True``: inputs of any size go (as float32) to the file's ``forward(x,
-    return_features=True)``, which resizes them (NVIDIA's / TensorFlow's protocol). ``dtype`` other than
-    float32 (bf16 for the fast path; not with ``resize_inside``) casts the network and its input.
-    ``path``, ``digest`` (sha256) and ``origin`` identify the file (:meth:`describe`).
-    """
+    """The torchscript called as clean-fid calls it (module docstring): ``[N, 3, H, W]`` in [0, 255] ->
+    ``[N, 2048]`` float32. ``dtype`` other than float32 (bf16, fast mode only) casts the network and its
+    input; ``path``, ``digest`` (sha256) and ``origin`` identify the file."""
 
     def __init__(
         self,
@@ -171,20 +127,26 @@ class InceptionFeatures(torch.nn.Module):
             raise UserError(
                 "the Inception file's own resize (legacy_tensorflow protocol) runs in float32 only"
             )
-        self.base = script
-        self.layers = script.layers
-        self.digest = digest
-        self.dtype = dtype
-        self.resize_inside = bool(resize_inside)
+        self.base, self.layers, self.digest, self.origin = script, script.layers, digest, origin
+        self.not_nvidia = not_nvidias(script)  # why this is not NVIDIA's file ("" when it is)
+        self.dtype, self.resize_inside = dtype, bool(resize_inside)
         self.path = None if path is None else str(path)
-        self.origin = origin
         if dtype != torch.float32:
             self.base.to(dtype)
 
     def describe(self) -> str:
-        """``'PATH (sha256 HEX, ORIGIN)'``, the line printed before an evaluation."""
+        """``'PATH (sha256 HEX, ORIGIN)'``, the line printed before an evaluation; a file that is not NVIDIA's
+        says so loudly."""
         origin = f", {self.origin}" if self.origin else ""
-        return f"{self.path or '(in memory)'} (sha256 {self.digest}{origin})"
+        text = f"{self.path or '(in memory)'} (sha256 {self.digest}{origin})"
+        if self.not_nvidia:
+            text += f"\nWARNING: NOT NVIDIA's Inception ({self.not_nvidia}): these FIDs are NOT comparable"
+        return text
+
+    @property
+    def label(self) -> str:
+        """How the FIDs it gives are named in summaries."""
+        return "not NVIDIA's Inception: not comparable" if self.not_nvidia else "Inception"
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +158,7 @@ class InceptionFeatures(torch.nn.Module):
             return self.base(x.to(torch.float32), return_features=True).view((n, FEATURE_DIM))
         if tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"expected [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] inputs, got {list(x.shape)}")
-        x1 = x - 128  # the same two operations as clean-fid's InceptionV3W
-        x2 = x1 / 128
+        x2 = (x - 128) / 128  # the same two operations as clean-fid's InceptionV3W
         if self.dtype == torch.float32:
             return self.layers.forward(x2).view((n, FEATURE_DIM))
         try:
@@ -208,15 +169,36 @@ class InceptionFeatures(torch.nn.Module):
             ) from None
 
 
+def not_nvidias(script: torch.nn.Module) -> str:
+    """Why a torchscript is not NVIDIA's Inception file, or "" when its structure is. No sha256 of the
+    file is published, so its structure is checked: the TensorFlow graph's 1008-class ``output`` layer on
+    2048 features, about 24 M parameters, and a ``forward`` that takes ``return_features`` and
+    ``no_output_bias`` (NVIDIA's metrics call both)."""
+    output = getattr(script, "output", None)
+    weight = getattr(output, "weight", None)
+    params = sum(p.numel() for p in script.parameters())
+    forward = getattr(script, "forward", None)
+    schema = getattr(forward, "schema", None)
+    arguments = {a.name for a in schema.arguments} if schema is not None else set()
+    if weight is None or tuple(weight.shape) != (1008, FEATURE_DIM):
+        return "no 1008 x 2048 output layer"
+    if not 20_000_000 < params < 30_000_000:
+        return f"{params:,} parameters, not Inception-v3's about 24 M"
+    if not {"return_features", "no_output_bias"} <= arguments:
+        return "its forward does not take return_features and no_output_bias"
+    return ""
+
+
 def load_inception(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | InceptionFile | None = None,
     device: torch.device | str = "cpu",
     download: bool = True,
     dtype: torch.dtype = torch.float32,
     resize_inside: bool = False,
 ) -> InceptionFeatures:
-    """Find (:func:`locate_inception`), load and wrap the Inception torchscript on ``device``."""
-    file, origin = locate_inception(path, download=download)
+    """Find (:func:`locate_inception`, unless ``path`` is an :class:`InceptionFile` already), load and wrap
+    the Inception torchscript on ``device``."""
+    file, origin = path if isinstance(path, InceptionFile) else locate_inception(path, download=download)
     try:
         with warnings.catch_warnings():  # NVIDIA's file is TorchScript, whatever torch thinks of it
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
@@ -244,10 +226,7 @@ def tf1_bilinear_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor
     ``1 / W - 1 / size`` lands exactly on ``i W / size``.
     """
     n, c, h, w = x.shape
-    theta = torch.zeros([n, 2, 3], dtype=x.dtype, device=x.device)
-    theta[:, 0, 0] = 1.0
-    theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = 1.0 / w - 1.0 / size
-    theta[:, 1, 2] = 1.0 / h - 1.0 / size
+    shift = [[1.0, 0.0, 1.0 / w - 1.0 / size], [0.0, 1.0, 1.0 / h - 1.0 / size]]
+    theta = torch.tensor(shift, dtype=x.dtype, device=x.device).repeat(n, 1, 1)
     grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,10 +1,5 @@
-"""``rootedgan fid`` as a function: FID / KID of a network or an image folder against a reference set.
-
-:func:`score` resolves the reference (statistics ``.npz``, or images read with the training data rules at
-the network's resolution, or, folder against folder, every image as it is, any size, like
-``cleanfid.compute_fid(A, B)``), scores the generator or the folder, and appends one record per metric to
-``metric-<name>.jsonl`` (NVIDIA's format, plus the protocol and the Inception file) in ``outdir``
-(default: the network's folder, else the current one). Errors name the ``rootedgan fid`` option.
+"""``rootedgan fid`` as a function (:func:`score`): FID / KID of a network or an image folder against a
+reference set, one record per metric appended to ``metric-<name>.jsonl``; errors name the option.
 """
 
 from __future__ import annotations
@@ -22,15 +17,14 @@ from rootedgan.data import ImageDataset
 from rootedgan.errors import UserError
 from rootedgan.imaging import ensure_writable_dir
 from rootedgan.metrics.evaluator import (
-    DEFAULT_MODE,
     Evaluator,
     MetricSpec,
-    check_mode,
+    check_image_count,
     metric_mode,
     metric_name,
     parse_metric,
 )
-from rootedgan.metrics.features import DatasetImages, FolderImages, Mode, default_workers
+from rootedgan.metrics.features import DEFAULT_MODE, DatasetImages, FolderImages, Mode, check_mode
 from rootedgan.metrics.stats import GaussianStats
 from rootedgan.runs import append_metric_record
 from rootedgan.sampling import check_ops_setting, check_truncation, load_generator, resolve_device
@@ -95,11 +89,9 @@ def _specs(o: ScoreOptions) -> tuple[list[MetricSpec], Mode]:
 
 
 def _outdir(o: ScoreOptions) -> Path:
-    if o.outdir is not None:
-        return ensure_writable_dir(o.outdir)
-    if o.network is not None and Path(o.network).expanduser().is_file():
-        return ensure_writable_dir(Path(o.network).expanduser().resolve().parent)
-    return ensure_writable_dir(".")
+    network = Path(o.network).expanduser() if o.network is not None else None
+    default = network.resolve().parent if network is not None and network.is_file() else "."
+    return ensure_writable_dir(o.outdir if o.outdir is not None else default)
 
 
 def _reference(
@@ -116,12 +108,11 @@ def _reference(
         # folder against folder: every image as it is, any size, as cleanfid.compute_fid(A, B) reads them
         source: FolderImages | DatasetImages = FolderImages(o.data, xflip=o.mirror)
     else:
+        res, channels, cond = (
+            (G.img_resolution, G.img_channels, G.c_dim > 0) if G is not None else (None, 3, False)
+        )
         dataset = ImageDataset(
-            o.data,
-            resolution=o.resolution or (G.img_resolution if G is not None else None),
-            channels=G.img_channels if G is not None else 3,
-            xflip=o.mirror,
-            use_labels=G is not None and G.c_dim > 0,
+            o.data, resolution=o.resolution or res, channels=channels, xflip=o.mirror, use_labels=cond
         )
         labels = dataset.labels if dataset.has_labels else None
         source = DatasetImages(dataset)
@@ -159,15 +150,16 @@ def score(options: ScoreOptions, say: Callable[[str], None] = print) -> Scores:
     outdir = _outdir(o)
     device = resolve_device(o.device)
     images = FolderImages(o.images) if o.images is not None else None
-    if images is not None and len(images) < 2:
-        raise UserError(f"{o.images} has {len(images)} image: FID and KID need at least 2 (a covariance)")
+    if images is not None:
+        check_image_count(images)
+    dtype = torch.bfloat16 if o.bf16 else torch.float32
     evaluator = Evaluator(
-        inception=o.inception,
-        device=device,
-        mode=mode,
-        dtype=torch.bfloat16 if o.bf16 else torch.float32,
-        batch_size=o.batch,
-        num_workers=default_workers() if o.workers is None else o.workers,
+        o.inception,
+        device,
+        mode,
+        dtype,
+        o.batch,
+        o.workers,
         download=not o.no_download,
         use_cache=not o.no_cache,
     )

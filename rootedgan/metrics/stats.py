@@ -1,20 +1,10 @@
-"""Feature statistics in float64, combined across ranks, and the FID / KID formulas.
+"""Feature statistics in float64, summed across ranks, and the FID / KID formulas.
 
-:class:`FeatureStats` is a torchmetrics ``Metric``: every rank ``update``\\ s it with its share of
-features and ``compute()`` sums the states of all ranks (torchmetrics' sync, over
-``torch.distributed`` when it is initialised; a no-op in a single process). It keeps the count, the
-float64 sum ``[D]`` and the float64 sum of outer products ``[D, D]``, and optionally the float32
-features themselves (KID needs them).
-
-:func:`frechet_distance` is computed in float64 without a general matrix square root:
-``tr sqrt(S1 S2) = sum_i sqrt(lambda_i(A^T S2 A))`` with ``S1 = A A^T`` from the eigendecomposition
-of ``S1`` (the eigenvalues of ``S1 S2`` and of ``A^T S2 A`` coincide, and the latter matrix is symmetric
-positive semi-definite). It agrees with clean-fid's ``scipy.linalg.sqrtm``-based formula and is both
-faster and better conditioned for singular covariances (fewer samples than dimensions).
-
-:func:`kernel_inception_distance` follows clean-fid's ``kernel_distance`` draw for draw (same subset
-sizes, same order of ``choice`` calls), from ``np.random.RandomState(seed)`` instead of the global
-generator, and computes in float64.
+Sums and sums of outer products are accumulated in float64, so 50k 2048-d features lose no precision,
+whatever their order or rank split. :func:`frechet_distance` avoids a general matrix square root:
+``tr sqrt(S1 S2) = sum_i sqrt(lambda_i(A^T S2 A))`` with ``S1 = A A^T`` (same eigenvalues, and the latter
+is symmetric PSD); it agrees with clean-fid's ``sqrtm`` formula and is better conditioned for singular
+covariances. :func:`kernel_inception_distance` is clean-fid's ``kernel_distance`` draw for draw, seeded.
 """
 
 from __future__ import annotations
@@ -32,17 +22,12 @@ from torchmetrics.utilities import dim_zero_cat
 
 from rootedgan.fileio import atomic_open
 
-__all__ = ["FeatureStats", "GaussianStats", "frechet_distance", "kernel_inception_distance"]
-
 
 @dataclass
 class GaussianStats:
-    """Mean and covariance of a feature set (float64), its size, and optionally the features.
-
-    ``mu [D]``, ``sigma [D, D]`` (unbiased, ``n - 1``), ``features [count, D]`` float32 or None.
-    ``meta``: what a loaded file says about how it was made (protocol, Inception sha256, ...; see
-    :mod:`rootedgan.metrics.cache`), None when it says nothing (e.g. clean-fid's files).
-    """
+    """Float64 mean ``mu [D]`` and unbiased covariance ``sigma [D, D]`` of ``count`` features (float32
+    ``[count, D]``, when kept); ``meta``: how a loaded file says it was made (:mod:`.cache`; None for
+    clean-fid's files)."""
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -94,11 +79,8 @@ def _parse_meta(value: np.ndarray) -> dict[str, Any] | None:
 
 
 class FeatureStats(Metric):
-    """Running float64 moments of ``[N, D]`` feature batches, summed over ranks on ``compute()``.
-
-    States: ``count`` (int64), ``total [D]`` and ``total_outer [D, D]`` (float64), and with
-    ``keep_features`` the float32 feature batches (concatenated over ranks, rank 0 first).
-    """
+    """Running float64 sums ``total [D]`` and ``total_outer [D, D]`` of ``[N, D]`` feature batches (and, with
+    ``keep_features``, the float32 batches), summed (concatenated) over ranks on ``compute()``."""
 
     full_state_update = False
     is_differentiable = False
@@ -142,22 +124,16 @@ class FeatureStats(Metric):
 
 
 def _trace_sqrt_product(s1: np.ndarray | torch.Tensor, s2: np.ndarray | torch.Tensor) -> float:
-    """``tr sqrt(S1 S2)`` of symmetric PSD float64 matrices (numpy on the CPU, torch elsewhere)."""
-    if isinstance(s1, np.ndarray):
-        w, v = scipy.linalg.eigh(s1)
-        keep = w > 0
-        a = v[:, keep] * np.sqrt(w[keep])  # S1 = A A^T
-        m = a.T @ s2 @ a
-        if m.size == 0:
-            return 0.0
-        return float(np.sqrt(np.clip(scipy.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
-    w, v = torch.linalg.eigh(s1)
+    """``tr sqrt(S1 S2)`` of symmetric PSD float64 matrices (SciPy on the CPU, torch elsewhere)."""
+    scipy_ops = (scipy.linalg.eigh, scipy.linalg.eigvalsh, np.sqrt)
+    eigh, eigvalsh, sqrt = (
+        scipy_ops if isinstance(s1, np.ndarray) else (torch.linalg.eigh, torch.linalg.eigvalsh, torch.sqrt)
+    )
+    w, v = eigh(s1)
     keep = w > 0
-    a = v[:, keep] * w[keep].sqrt()
+    a = v[:, keep] * sqrt(w[keep])  # S1 = A A^T
     m = a.T @ s2 @ a
-    if m.numel() == 0:
-        return 0.0
-    return float(torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum())
+    return float(sqrt(eigvalsh((m + m.T) / 2).clip(0)).sum()) if len(m) else 0.0
 
 
 def frechet_distance(
@@ -184,11 +160,8 @@ def frechet_distance(
         )
     s1 = (s1 + s1.T) / 2
     s2 = (s2 + s2.T) / 2
-    if torch.device(device).type == "cpu":
-        tr_covmean = _trace_sqrt_product(s1, s2)
-    else:
-        t1, t2 = (torch.from_numpy(x).to(device) for x in (s1, s2))
-        tr_covmean = _trace_sqrt_product(t1, t2)
+    on_cpu = torch.device(device).type == "cpu"
+    tr_covmean = _trace_sqrt_product(*(x if on_cpu else torch.from_numpy(x).to(device) for x in (s1, s2)))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 

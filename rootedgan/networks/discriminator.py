@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -11,22 +10,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from rootedgan.networks.generator import MappingNetwork, channels_at, fp16_start_resolution
+from rootedgan.networks.generator import MappingNetwork, captured_kwargs, channels_at, fp16_start_resolution
 from rootedgan.networks.layers import (
     DEFAULT_RESAMPLE_KERNEL,
     Conv2dLayer,
     FullyConnectedLayer,
     MinibatchStdLayer,
+    ResolutionBlock,
 )
-from stylegan_ops import downsample2d, setup_filter
+from stylegan_ops import downsample2d
 
 
-class DiscriminatorBlock(nn.Module):
-    """One resolution of D: (fromrgb), conv0 3x3, conv1 3x3 down x2, and a 1x1 skip (resnet).
-
-    Layers count from ``first_layer_idx`` in the order fromrgb, conv0, conv1, skip; those with an
-    index below ``freeze_layers`` keep their weights as buffers (not trained).
-    """
+class DiscriminatorBlock(ResolutionBlock):
+    """One resolution of D: (fromrgb), conv0 3x3, conv1 3x3 down x2, and a 1x1 skip (resnet). Layers count
+    from ``first_layer_idx`` (fromrgb, conv0, conv1, skip); those below ``freeze_layers`` are not trained."""
 
     def __init__(
         self,
@@ -44,72 +41,31 @@ class DiscriminatorBlock(nn.Module):
         fp16_channels_last: bool = False,
         freeze_layers: int = 0,
     ) -> None:
-        super().__init__()
-        if architecture not in ("orig", "skip", "resnet"):
-            raise ValueError(f"architecture must be orig, skip or resnet, got {architecture!r}")
-        self.in_channels = in_channels
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.first_layer_idx = first_layer_idx
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
-        self.channels_last = use_fp16 and fp16_channels_last
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        super().__init__(in_channels, resolution, architecture, resample_filter, use_fp16, fp16_channels_last)
+        self.img_channels, self.first_layer_idx = img_channels, first_layer_idx
         self.num_layers = 0
 
-        def next_trainable() -> bool:
+        def add(name: str, cin: int, cout: int, kernel_size: int, **kwargs: Any) -> None:
             trainable = first_layer_idx + self.num_layers >= freeze_layers
             self.num_layers += 1
-            return trainable
+            conv = Conv2dLayer(
+                cin, cout, kernel_size, trainable=trainable, channels_last=self.channels_last, **kwargs
+            )
+            setattr(self, name, conv)
 
-        common = dict(conv_clamp=conv_clamp, channels_last=self.channels_last)
+        act = dict(activation=activation, conv_clamp=conv_clamp)
         if in_channels == 0 or architecture == "skip":
-            self.fromrgb = Conv2dLayer(
-                img_channels,
-                tmp_channels,
-                kernel_size=1,
-                activation=activation,
-                trainable=next_trainable(),
-                **common,
-            )
-        self.conv0 = Conv2dLayer(
-            tmp_channels,
-            tmp_channels,
-            kernel_size=3,
-            activation=activation,
-            trainable=next_trainable(),
-            **common,
-        )
-        self.conv1 = Conv2dLayer(
-            tmp_channels,
-            out_channels,
-            kernel_size=3,
-            activation=activation,
-            down=2,
-            resample_filter=resample_filter,
-            trainable=next_trainable(),
-            **common,
-        )
+            add("fromrgb", img_channels, tmp_channels, 1, **act)
+        add("conv0", tmp_channels, tmp_channels, 3, **act)
+        add("conv1", tmp_channels, out_channels, 3, down=2, resample_filter=resample_filter, **act)
         if architecture == "resnet":
-            self.skip = Conv2dLayer(
-                tmp_channels,
-                out_channels,
-                kernel_size=1,
-                bias=False,
-                down=2,
-                resample_filter=resample_filter,
-                trainable=next_trainable(),
-                channels_last=self.channels_last,
-            )
+            add("skip", tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
     def forward(
         self, x: torch.Tensor | None, img: torch.Tensor | None, force_fp32: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x [N, in, R, R]`` (None for the first block), ``img [N, C, R, R]`` -> ``[N, out, R/2, R/2]``."""
-        ref = img if img is not None else x
-        use_fp16 = self.use_fp16 and not force_fp32 and ref.device.type == "cuda"
-        dtype = torch.float16 if use_fp16 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and use_fp16 else torch.contiguous_format
+        dtype, memory_format = self.formats((img if img is not None else x).device, force_fp32)
         if x is not None:
             x = x.to(dtype=dtype, memory_format=memory_format)
         if self.in_channels == 0 or self.architecture == "skip":
@@ -119,15 +75,8 @@ class DiscriminatorBlock(nn.Module):
             img = downsample2d(img, self.resample_filter) if self.architecture == "skip" else None
         if self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
-            x = self.conv0(x)
-            x = self.conv1(x, gain=math.sqrt(0.5))
-            x = y + x
-        else:
-            x = self.conv1(self.conv0(x))
-        return x, img
-
-    def extra_repr(self) -> str:
-        return f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}"
+            return y + self.conv1(self.conv0(x), gain=math.sqrt(0.5)), img
+        return self.conv1(self.conv0(x)), img
 
 
 class DiscriminatorEpilogue(nn.Module):
@@ -146,10 +95,8 @@ class DiscriminatorEpilogue(nn.Module):
         conv_clamp: float | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.cmap_dim = cmap_dim
-        self.resolution = resolution
-        self.architecture = architecture
+        self.in_channels, self.cmap_dim = in_channels, cmap_dim
+        self.resolution, self.architecture = resolution, architecture
         if architecture == "skip":
             self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
         self.mbstd = (
@@ -174,9 +121,7 @@ class DiscriminatorEpilogue(nn.Module):
             x = x + self.fromrgb(img.to(torch.float32))
         if self.mbstd is not None:
             x = self.mbstd(x)
-        x = self.conv(x)
-        x = self.fc(x.flatten(1))
-        x = self.out(x)
+        x = self.out(self.fc(self.conv(x).flatten(1)))
         if self.cmap_dim > 0:
             x = (x * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
         return x
@@ -206,31 +151,12 @@ class Discriminator(nn.Module):
         block_kwargs = dict(block_kwargs or {})
         mapping_kwargs = dict(mapping_kwargs or {})
         epilogue_kwargs = dict(epilogue_kwargs or {})
-        self.init_kwargs = copy.deepcopy(
-            dict(
-                c_dim=c_dim,
-                img_resolution=img_resolution,
-                img_channels=img_channels,
-                architecture=architecture,
-                channel_base=channel_base,
-                channel_max=channel_max,
-                num_fp16_res=num_fp16_res,
-                conv_clamp=conv_clamp,
-                cmap_dim=cmap_dim,
-                block_kwargs=block_kwargs,
-                mapping_kwargs=mapping_kwargs,
-                epilogue_kwargs=epilogue_kwargs,
-            )
-        )
-        self.c_dim = c_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        self.init_kwargs = captured_kwargs(locals())
+        self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
         self.block_resolutions = [2**i for i in range(int(np.log2(img_resolution)), 2, -1)]
         if cmap_dim is None:
             cmap_dim = channels_at(4, channel_base, channel_max)
-        if c_dim == 0:
-            cmap_dim = 0
-        self.cmap_dim = cmap_dim
+        self.cmap_dim = cmap_dim = 0 if c_dim == 0 else cmap_dim
         fp16_resolution = fp16_start_resolution(img_resolution, num_fp16_res)
         common = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
         layer_idx = 0

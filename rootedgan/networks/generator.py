@@ -1,8 +1,5 @@
-"""StyleGAN2 generator: mapping network + synthesis network, NVIDIA stylegan2-ada compatible.
-
-Constructor arguments, ``state_dict`` keys and call signatures follow NVIDIA's networks so that
-their pickles load into these modules and scripts written for theirs run on ours.
-"""
+"""StyleGAN2 generator (mapping + synthesis network) with NVIDIA stylegan2-ada's constructor arguments,
+``state_dict`` keys and call signatures."""
 
 from __future__ import annotations
 
@@ -19,6 +16,8 @@ from rootedgan.networks.layers import (
     DEFAULT_RESAMPLE_KERNEL,
     Conv2dLayer,
     FullyConnectedLayer,
+    ResolutionBlock,
+    conv_weight,
     modulated_conv2d,
     normalize_2nd_moment,
 )
@@ -35,6 +34,12 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
 def fp16_start_resolution(img_resolution: int, num_fp16_res: int) -> int:
     """Lowest resolution whose blocks run in fp16: the ``num_fp16_res`` highest, never below 8."""
     return max(2 ** (int(np.log2(img_resolution)) + 1 - num_fp16_res), 8)
+
+
+def captured_kwargs(local_vars: dict[str, Any]) -> dict[str, Any]:
+    """A private copy of a constructor's arguments (its ``locals()`` on entry): the ``init_kwargs`` that
+    rebuild the network (NVIDIA records the same for its pickles)."""
+    return copy.deepcopy({k: v for k, v in local_vars.items() if k not in ("self", "__class__")})
 
 
 class MappingNetwork(nn.Module):
@@ -54,26 +59,18 @@ class MappingNetwork(nn.Module):
         w_avg_beta: float | None = 0.995,
     ) -> None:
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-        if embed_features is None:
-            embed_features = w_dim
-        if c_dim == 0:
-            embed_features = 0
-        if layer_features is None:
-            layer_features = w_dim
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
+        self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
+        embed_features = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
+        layer_features = w_dim if layer_features is None else layer_features
         widths = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
         for idx in range(num_layers):
-            layer = FullyConnectedLayer(
+            fc = FullyConnectedLayer(
                 widths[idx], widths[idx + 1], activation=activation, lr_multiplier=lr_multiplier
             )
-            setattr(self, f"fc{idx}", layer)
+            setattr(self, f"fc{idx}", fc)
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
 
@@ -87,10 +84,8 @@ class MappingNetwork(nn.Module):
         update_emas: bool | None = None,
     ) -> torch.Tensor:
         """``z [N, z_dim]``, ``c [N, c_dim]`` -> ``ws [N, num_ws, w_dim]`` (``[N, w_dim]`` if num_ws is None).
-
         ``w_avg`` is updated in training mode unless ``skip_w_avg_update`` (stylegan2-ada's flag);
-        ``update_emas`` (stylegan3's flag) forces the choice when given.
-        """
+        ``update_emas`` (stylegan3's flag) forces the choice when given."""
         parts = []
         if self.z_dim > 0:
             parts.append(normalize_2nd_moment(z.to(torch.float32)))
@@ -138,21 +133,13 @@ class SynthesisLayer(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.resolution = resolution
-        self.up = up
-        self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
+        self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
+        self.up, self.use_noise, self.activation, self.conv_clamp = up, use_noise, activation, conv_clamp
         self.register_buffer("resample_filter", setup_filter(resample_filter))
         self.padding = kernel_size // 2
         self.act_gain = ACTIVATIONS[activation].def_gain
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = nn.Parameter(
-            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
-        )
+        self.weight = nn.Parameter(conv_weight(out_channels, in_channels, kernel_size, channels_last))
         if use_noise:
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -187,10 +174,8 @@ class SynthesisLayer(nn.Module):
             flip_weight=(self.up == 1),
             fused_modconv=fused_modconv,
         )
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(
-            x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
-        )
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
     def extra_repr(self) -> str:
         return (
@@ -214,10 +199,7 @@ class ToRGBLayer(nn.Module):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = nn.Parameter(
-            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
-        )
+        self.weight = nn.Parameter(conv_weight(out_channels, in_channels, kernel_size, channels_last))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
@@ -228,7 +210,7 @@ class ToRGBLayer(nn.Module):
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 
-class SynthesisBlock(nn.Module):
+class SynthesisBlock(ResolutionBlock):
     """One resolution of the synthesis network: (const |) conv0 (up x2), conv1, torgb."""
 
     def __init__(
@@ -246,48 +228,24 @@ class SynthesisBlock(nn.Module):
         fp16_channels_last: bool = False,
         **layer_kwargs: Any,
     ) -> None:
-        super().__init__()
-        if architecture not in ("orig", "skip", "resnet"):
-            raise ValueError(f"architecture must be orig, skip or resnet, got {architecture!r}")
-        self.in_channels = in_channels
-        self.resolution = resolution
+        super().__init__(in_channels, resolution, architecture, resample_filter, use_fp16, fp16_channels_last)
         self.is_last = is_last
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
-        self.channels_last = use_fp16 and fp16_channels_last
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
-        self.num_conv = 0
-        self.num_torgb = 0
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = 1 if is_last or architecture == "skip" else 0
+        common = dict(
+            w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, channels_last=self.channels_last
+        )
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
             self.conv0 = SynthesisLayer(
-                in_channels,
-                out_channels,
-                w_dim,
-                resolution,
-                up=2,
-                resample_filter=resample_filter,
-                conv_clamp=conv_clamp,
-                channels_last=self.channels_last,
-                **layer_kwargs,
+                in_channels, out_channels, up=2, resample_filter=resample_filter, **common, **layer_kwargs
             )
-            self.num_conv += 1
-        self.conv1 = SynthesisLayer(
-            out_channels,
-            out_channels,
-            w_dim,
-            resolution,
-            conv_clamp=conv_clamp,
-            channels_last=self.channels_last,
-            **layer_kwargs,
-        )
-        self.num_conv += 1
-        if is_last or architecture == "skip":
+        self.conv1 = SynthesisLayer(out_channels, out_channels, **common, **layer_kwargs)
+        if self.num_torgb:
             self.torgb = ToRGBLayer(
                 out_channels, img_channels, w_dim, conv_clamp=conv_clamp, channels_last=self.channels_last
             )
-            self.num_torgb += 1
         if in_channels != 0 and architecture == "resnet":
             self.skip = Conv2dLayer(
                 in_channels,
@@ -310,42 +268,27 @@ class SynthesisBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``ws [N, num_conv + num_torgb, w_dim]``; returns features and the running image (fp32)."""
         w_iter = iter(ws.unbind(dim=1))
-        device = ws.device
-        use_fp16 = self.use_fp16 and not force_fp32 and device.type == "cuda"
-        dtype = torch.float16 if use_fp16 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and use_fp16 else torch.contiguous_format
+        dtype, memory_format = self.formats(ws.device, force_fp32)
         if fused_modconv is None:
             fused_modconv = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
-
+        layer_kwargs["fused_modconv"] = fused_modconv
         if self.in_channels == 0:
-            x = (
-                self.const.to(dtype=dtype, memory_format=memory_format)
-                .unsqueeze(0)
-                .repeat([ws.shape[0], 1, 1, 1])
-            )
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            x = self.const.to(dtype=dtype, memory_format=memory_format)
+            x = self.conv1(x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]), next(w_iter), **layer_kwargs)
+        elif self.architecture == "resnet":
+            x = x.to(dtype=dtype, memory_format=memory_format)
+            y = self.skip(x, gain=math.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), **layer_kwargs)
+            x = y + self.conv1(x, next(w_iter), gain=math.sqrt(0.5), **layer_kwargs)
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)
-            if self.architecture == "resnet":
-                y = self.skip(x, gain=math.sqrt(0.5))
-                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-                x = self.conv1(
-                    x, next(w_iter), fused_modconv=fused_modconv, gain=math.sqrt(0.5), **layer_kwargs
-                )
-                x = y + x
-            else:
-                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-
+            x = self.conv1(self.conv0(x, next(w_iter), **layer_kwargs), next(w_iter), **layer_kwargs)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
             y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
             img = img + y if img is not None else y
         return x, img
-
-    def extra_repr(self) -> str:
-        return f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}"
 
 
 class SynthesisNetwork(nn.Module):
@@ -364,29 +307,23 @@ class SynthesisNetwork(nn.Module):
         super().__init__()
         if img_resolution < 4 or img_resolution & (img_resolution - 1):
             raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.block_resolutions = [2**i for i in range(2, int(np.log2(img_resolution)) + 1)]
         fp16_resolution = fp16_start_resolution(img_resolution, num_fp16_res)
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = channels_at(res // 2, channel_base, channel_max) if res > 4 else 0
-            out_channels = channels_at(res, channel_base, channel_max)
-            is_last = res == img_resolution
             block = SynthesisBlock(
                 in_channels,
-                out_channels,
+                channels_at(res, channel_base, channel_max),
                 w_dim=w_dim,
                 resolution=res,
                 img_channels=img_channels,
-                is_last=is_last,
+                is_last=res == img_resolution,
                 use_fp16=(res >= fp16_resolution),
                 **block_kwargs,
             )
-            self.num_ws += block.num_conv
-            if is_last:
-                self.num_ws += block.num_torgb
+            self.num_ws += block.num_conv + (block.num_torgb if block.is_last else 0)
             setattr(self, f"b{res}", block)
 
     def forward(self, ws: torch.Tensor, **block_kwargs: Any) -> torch.Tensor:
@@ -424,22 +361,9 @@ class Generator(nn.Module):
         super().__init__()
         mapping_kwargs = dict(mapping_kwargs or {})
         synthesis_kwargs = dict(synthesis_kwargs or {})
-        self.init_kwargs = copy.deepcopy(
-            dict(
-                z_dim=z_dim,
-                c_dim=c_dim,
-                w_dim=w_dim,
-                img_resolution=img_resolution,
-                img_channels=img_channels,
-                mapping_kwargs=mapping_kwargs,
-                synthesis_kwargs=synthesis_kwargs,
-            )
-        )
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        self.init_kwargs = captured_kwargs(locals())
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, num_ws=self.num_ws, **mapping_kwargs)

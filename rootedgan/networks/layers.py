@@ -1,8 +1,5 @@
-"""Building blocks shared by the generator and discriminator (equalized learning rate throughout).
-
-Parameters are stored at unit scale and multiplied by their He-init gain at run time
-(``STYLEGAN2-SPEC.md``, "Equalized learning rate"). All tensors are NCHW.
-"""
+"""Building blocks of the generator and discriminator. Parameters are stored at unit scale and multiplied by
+their He-init gain at run time (``STYLEGAN2-SPEC.md``, "Equalized learning rate"). Tensors are NCHW."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylegan_ops import ACTIVATIONS, bias_act, setup_filter, upfirdn2d
-from stylegan_ops.upfirdn2d import filter_size, parse_padding
+from stylegan_ops.upfirdn2d import centered_padding, parse_padding
 
 DEFAULT_RESAMPLE_KERNEL = (1, 3, 3, 1)
 
@@ -42,33 +39,20 @@ def conv2d_resample(
     flip_weight: bool = True,
     flip_filter: bool = False,
 ) -> torch.Tensor:
-    """Convolution with FIR up/downsampling, as defined in ``STYLEGAN2-SPEC.md``.
+    """Convolution with FIR up/downsampling (``STYLEGAN2-SPEC.md``): ``x [N, I, H, W]``, ``w [O, I / groups,
+    kh, kw]`` -> ``[N, O, H', W']``.
 
-    Definition: pad (``padding`` plus the resampling pad), zero-insert and filter with ``f`` if
-    ``up > 1`` (gain ``up^2``), convolve with ``w`` without padding (``flip_weight=True``: correlation,
-    i.e. ``torch.conv2d``; False: true convolution), then filter with ``f`` and keep every
-    ``down``-th sample if ``down > 1``. The branches below are faster orderings of the same
-    linear operator (transposed conv for ``up``, strided conv for ``down``, 1x1 shortcuts).
-
-    Args:
-        x: ``[N, I, H, W]``.
-        w: ``[O, I / groups, kh, kw]``.
-        f: resampling filter from ``setup_filter`` (required when up or down > 1).
-    Returns:
-        ``[N, O, H', W']``.
+    Definition: pad (``padding`` plus the resampling pad), zero-insert and filter with ``f`` (from
+    ``setup_filter``) if ``up > 1`` (gain ``up^2``), convolve with ``w`` unpadded (``flip_weight=True``:
+    correlation, like ``torch.conv2d``), then filter with ``f`` and keep every ``down``-th sample if
+    ``down > 1``. The branches are faster orderings of the same linear operator.
     """
     if up > 1 and down > 1:
         raise ValueError("conv2d_resample: up and down at once is not supported")
-    out_ch, _, kh, kw = w.shape
-    fw, fh = filter_size(f)
-    px0, px1, py0, py1 = parse_padding(padding)
-    if up > 1:
-        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
-        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
-    if down > 1:
-        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
-        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
-    pad = [px0, px1, py0, py1]
+    _, _, kh, kw = w.shape
+    factor = max(up, down)
+    pad = centered_padding(f, padding, (factor, factor), up > 1) if factor > 1 else parse_padding(padding)
+    px0, px1, py0, py1 = pad
 
     if kh == 1 and kw == 1 and (up > 1 or down > 1):  # a 1x1 conv commutes with spatial operations
         if down > 1:
@@ -97,11 +81,15 @@ def conv2d_resample(
     return F.conv2d(x, w_corr, groups=groups)
 
 
-class FullyConnectedLayer(nn.Module):
-    """Equalized-lr linear layer: ``act(x @ (W * m / sqrt(in)).T + b * m)``.
+def conv_weight(out_channels: int, in_channels: int, kernel_size: int, channels_last: bool) -> torch.Tensor:
+    """A convolution weight ``[out, in, k, k]`` ~ N(0, 1) (channels-last memory if asked)."""
+    weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+    return weight.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
-    ``weight`` ``[out, in]`` is stored as ``N(0, 1) / lr_multiplier``; ``bias`` ``[out]`` as ``bias_init``.
-    """
+
+class FullyConnectedLayer(nn.Module):
+    """Equalized-lr linear layer ``act(x @ (W * m / sqrt(in)).T + b * m)``; ``weight [out, in]`` is stored as
+    ``N(0, 1) / lr_multiplier``, ``bias [out]`` as ``bias_init``."""
 
     def __init__(
         self,
@@ -113,9 +101,7 @@ class FullyConnectedLayer(nn.Module):
         bias_init: float = 0.0,
     ) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.activation = activation
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
@@ -140,11 +126,9 @@ class FullyConnectedLayer(nn.Module):
 
 
 class Conv2dLayer(nn.Module):
-    """Equalized-lr convolution with optional FIR up/downsampling, bias, activation and clamp.
-
-    ``weight`` ``[out, in, k, k]`` ~ N(0, 1), used as ``weight / sqrt(in * k * k)``. When not
-    ``trainable`` (frozen D layers) weight and bias are buffers under the same names.
-    """
+    """Equalized-lr convolution (``weight / sqrt(in * k * k)``, weight ~ N(0, 1)) with optional FIR
+    up/downsampling, bias, activation and clamp. When not ``trainable`` (frozen D layers) weight and bias
+    are buffers under the same names."""
 
     def __init__(
         self,
@@ -161,20 +145,13 @@ class Conv2dLayer(nn.Module):
         trainable: bool = True,
     ) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.activation = activation
-        self.up = up
-        self.down = down
-        self.conv_clamp = conv_clamp
+        self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
+        self.up, self.down, self.conv_clamp = up, down, conv_clamp
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.act_gain = ACTIVATIONS[activation].def_gain
         self.register_buffer("resample_filter", setup_filter(resample_filter))
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(
-            memory_format=memory_format
-        )
+        weight = conv_weight(out_channels, in_channels, kernel_size, channels_last)
         bias_value = torch.zeros([out_channels]) if bias else None
         if trainable:
             self.weight = nn.Parameter(weight)
@@ -185,25 +162,49 @@ class Conv2dLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
         """``[N, in, H, W] -> [N, out, H*up/down, W*up/down]``; ``gain`` scales output and clamp."""
-        w = self.weight * self.weight_gain
+        w = (self.weight * self.weight_gain).to(x.dtype)
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        x = conv2d_resample(
-            x,
-            w.to(x.dtype),
-            f=self.resample_filter,
-            up=self.up,
-            down=self.down,
-            padding=self.padding,
-            flip_weight=(self.up == 1),
-        )
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+        flip = self.up == 1
+        x = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding, flip_weight=flip)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
             f"activation={self.activation}, up={self.up}, down={self.down}"
         )
+
+
+class ResolutionBlock(nn.Module):
+    """What a synthesis and a discriminator block share: one resolution, its architecture (``orig``, ``skip``,
+    ``resnet``), fp16 use and the resampling filter."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        architecture: str,
+        resample_filter: Sequence[int],
+        use_fp16: bool,
+        fp16_channels_last: bool,
+    ) -> None:
+        super().__init__()
+        if architecture not in ("orig", "skip", "resnet"):
+            raise ValueError(f"architecture must be orig, skip or resnet, got {architecture!r}")
+        self.in_channels, self.resolution, self.architecture = in_channels, resolution, architecture
+        self.use_fp16 = use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+
+    def formats(self, device: torch.device, force_fp32: bool) -> tuple[torch.dtype, torch.memory_format]:
+        """The dtype and memory format this block runs in (fp16 only on CUDA and unless ``force_fp32``)."""
+        fp16 = self.use_fp16 and not force_fp32 and device.type == "cuda"
+        memory_format = torch.channels_last if self.channels_last and fp16 else torch.contiguous_format
+        return (torch.float16 if fp16 else torch.float32), memory_format
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}"
 
 
 def modulated_conv2d(
@@ -219,77 +220,48 @@ def modulated_conv2d(
     flip_weight: bool = True,
     fused_modconv: bool = True,
 ) -> torch.Tensor:
-    """StyleGAN2's modulated (and optionally demodulated) convolution.
+    """StyleGAN2's modulated (and optionally demodulated) convolution: ``x [N, I, H, W]``, ``weight [O, I,
+    k, k]``, ``styles [N, I]``, ``noise`` broadcastable to the output or None -> ``[N, O, H', W']``.
 
     Per sample n: ``w' = weight * styles[n, in]``; demodulation divides each output filter by
     ``sqrt(sum(w'^2) + 1e-8)``. ``fused_modconv`` runs one grouped conv with per-sample weights (NVIDIA's
     arithmetic, bit for bit); otherwise activations are scaled before and after a shared conv and the
-    demodulation sums are factored (same result up to rounding, without the ``[N, O, I, k, k]`` weights:
-    9x fewer elements at 3x3 and 1/9 of the memory passes; NVIDIA's non-fused path materializes them).
-
-    Args:
-        x: ``[N, I, H, W]``; weight: ``[O, I, k, k]``; styles: ``[N, I]``;
-        noise: broadcastable to ``[N, O, H', W']`` or None.
-    Returns:
-        ``[N, O, H', W']``.
+    demodulation sums are factored (equal up to rounding, without NVIDIA's ``[N, O, I, k, k]`` weights).
     """
     batch = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
-
     if x.dtype == torch.float16 and demodulate:
         # Keep fp16 in range; both factors cancel out in the demodulation below.
         weight = weight * (
             1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
         )
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    resample = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
 
-    dcoefs = None
     if fused_modconv:
         w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1)  # [N, O, I, k, k]
         if demodulate:
-            dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
-            w = w * dcoefs.reshape(batch, out_ch, 1, 1, 1)
-    elif demodulate:
-        # The same sum factored, sum_i s[n,i]^2 * sum_k weight[o,i,k]^2, without materializing the [N, O, I,
-        # k, k] weights (equal up to rounding; fp32 even under autocast, like the per-sample weights).
-        dtype = torch.promote_types(weight.dtype, styles.dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            w_sq = weight.to(dtype).square().sum(dim=[2, 3])  # [O, I]
-            dcoefs = (styles.to(dtype).square() @ w_sq.t() + 1e-8).rsqrt()  # [N, O]
-
-    if not fused_modconv:
+            w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(batch, out_ch, 1, 1, 1)
+        x = x.reshape(1, batch * in_ch, *x.shape[2:])
+        x = conv2d_resample(x, w.reshape(batch * out_ch, in_ch, kh, kw).to(x.dtype), groups=batch, **resample)
+        x = x.reshape(batch, out_ch, *x.shape[2:])
+    else:
         x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)
-        x = conv2d_resample(
-            x,
-            weight.to(x.dtype),
-            f=resample_filter,
-            up=up,
-            down=down,
-            padding=padding,
-            flip_weight=flip_weight,
-        )
-        if dcoefs is not None:
+        x = conv2d_resample(x, weight.to(x.dtype), **resample)
+        if demodulate:
+            # The same sums factored, sum_i s[n,i]^2 * sum_k weight[o,i,k]^2, without the [N, O, I, k, k]
+            # weights (equal up to rounding; fp32 even under autocast, like the per-sample weights).
+            dtype = torch.promote_types(weight.dtype, styles.dtype)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                w_sq = weight.to(dtype).square().sum(dim=[2, 3])  # [O, I]
+                dcoefs = (styles.to(dtype).square() @ w_sq.t() + 1e-8).rsqrt()  # [N, O]
             x = x * dcoefs.to(x.dtype).reshape(batch, out_ch, 1, 1)
-        if noise is not None:
-            x = x + noise.to(x.dtype)
-        return x
-
-    x = x.reshape(1, batch * in_ch, *x.shape[2:])
-    w = w.reshape(batch * out_ch, in_ch, kh, kw).to(x.dtype)
-    x = conv2d_resample(
-        x, w, f=resample_filter, up=up, down=down, padding=padding, groups=batch, flip_weight=flip_weight
-    )
-    x = x.reshape(batch, out_ch, *x.shape[2:])
-    if noise is not None:
-        x = x + noise.to(x.dtype)
-    return x
+    return x + noise.to(x.dtype) if noise is not None else x
 
 
 class MinibatchStdLayer(nn.Module):
-    """Appends the per-group standard deviation of the features as extra channels.
-
-    Groups are formed by stride: with ``n = N / G``, sample i belongs to group ``i % n``.
-    """
+    """Appends the per-group standard deviation of the features as extra channels (groups by stride: with
+    ``n = N / G``, sample i is in group ``i % n``)."""
 
     def __init__(self, group_size: int | None, num_channels: int = 1) -> None:
         super().__init__()

@@ -1,34 +1,19 @@
 """Landscape probe: the alpha-beta condition of arXiv 2410.12455 measured along a training trajectory.
 
-For iterates ``x_0 .. x_K`` with final point ``x_K`` and per-step loss ``f_k`` (a deterministic function
-of the parameters) we log, per step,
+For iterates ``x_0 .. x_K`` and a deterministic per-step loss ``f_k`` we log ``A_k = <grad f_k(x_k),
+x_k - x_K>``, ``B_k = f_k(x_k) - f_k(x_K)``, ``C_k = f_k(x_k) - f_lb`` (``f_lb``: a lower bound of
+``f_k``), the "aiming" cosine ``cos(grad f_k(x_k), x_k - x_K)`` and ``||grad f_k(x_k)||^2`` (for a PL-style
+constant). The condition holds for ``alpha > beta > 0`` iff ``T_k = A_k - alpha*B_k + beta*C_k >= 0`` for
+every k; T is linear in ``(alpha, beta)``, so the feasible region, a min-T heatmap and the smallest feasible
+alpha are computed offline from A, B, C.
 
-* ``A_k = <grad f_k(x_k), x_k - x_K>``
-* ``B_k = f_k(x_k) - f_k(x_K)``
-* ``C_k = f_k(x_k) - f_lb``  (``f_lb``: a lower bound of ``f_k``; 0 for non-negative losses)
-* ``cos_k = cos(grad f_k(x_k), x_k - x_K)`` (the "aiming" cosine)
-* ``||grad f_k(x_k)||^2`` (for a PL-style constant).
-
-The condition holds on the trajectory for ``alpha > beta > 0`` iff ``T_k = A_k - alpha*B_k + beta*C_k >= 0``
-for every k. ``T`` is linear in ``(alpha, beta)``, so A, B, C are logged once and the feasible region,
-a min-T heatmap and the smallest feasible alpha are computed offline (:func:`feasible_region`,
-:func:`min_T_grid`, :func:`alpha_interval`, :func:`smallest_feasible_alpha`).
-
-GAN replay (:func:`replay_generator_objective`)
------------------------------------------------
-The generator's objective ``f(x) = mean phi(-D(G_x(z)))`` depends on D, which keeps moving during
-training: with a moving D there is no single function whose landscape the trajectory explores, and
-``f_k(x_K)`` would be ill-defined. We therefore **freeze D** at one chosen snapshot (by default the last
-one) so the generator objective is a fixed function of G's parameters. Each step's latents come from a
-``torch.Generator`` seeded with ``(seed, step)``, and the synthesis runs with ``noise_mode='const'`` (no
-style mixing, no augmentation), so ``f_k`` is deterministic and the *same* function is evaluated at
-``x_k`` and at ``x_K``.
-
-The trajectory points are saved **snapshots**, not every optimizer step: the training loop does not keep
-every iterate (a StyleGAN2 generator is tens of MB per copy), snapshots are what a finished run has on
-disk, and the condition is a statement about any points of the trajectory versus its end point, so a
-sub-sampled trajectory is a valid (if coarser) probe. ``steps_per_snapshot > 1`` evaluates several
-independent mini-batches at each snapshot.
+GAN replay (:func:`replay_generator_objective`): the generator objective ``mean phi(-D(G_x(z)))`` depends
+on D, which moves during training, so ``f_k(x_K)`` would be ill-defined; D is therefore **frozen** at one
+snapshot (the last by default). Latents are seeded per step and the synthesis uses ``noise_mode='const'``
+(no style mixing or augmentation), so the *same* function is evaluated at ``x_k`` and ``x_K``. The iterates
+are the saved snapshots, not every optimizer step (a generator is tens of MB per copy; the condition is
+about any points against the end point, so a sub-sampled trajectory is a valid, coarser probe);
+``steps_per_snapshot > 1`` evaluates several mini-batches per snapshot.
 """
 
 from __future__ import annotations
@@ -48,14 +33,13 @@ import torch
 from rootedgan.checkpoints import load_network
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+from rootedgan.imaging import ensure_writable_dir
 from rootedgan.sampling import derive_seed
 from rootedgan.training.losses import AdversarialLoss, make_loss
 from rootedgan.training.settings import migrate
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-# -- the log ----------------------------------------------------------------------------------------
+_FIELDS = ("A", "B", "C", "cos", "grad_sq")  # the per-step arrays of a LandscapeLog
 
 
 @dataclass
@@ -70,10 +54,9 @@ class LandscapeLog:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("A", "B", "C", "cos", "grad_sq"):
+        for name in _FIELDS:
             setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
-        n = len(self.A)
-        if any(len(getattr(self, k)) != n for k in ("B", "C", "cos", "grad_sq")):
+        if any(len(getattr(self, k)) != len(self.A) for k in _FIELDS):
             raise ValueError("A, B, C, cos and grad_sq must have the same length")
 
     def __len__(self) -> int:
@@ -85,14 +68,7 @@ class LandscapeLog:
         def clean(a: np.ndarray) -> list[float | None]:
             return [float(v) if math.isfinite(v) else None for v in a.tolist()]
 
-        return {
-            "A": clean(self.A),
-            "B": clean(self.B),
-            "C": clean(self.C),
-            "cos": clean(self.cos),
-            "grad_sq": clean(self.grad_sq),
-            "meta": self.meta,
-        }
+        return {**{k: clean(getattr(self, k)) for k in _FIELDS}, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LandscapeLog:
@@ -101,7 +77,7 @@ class LandscapeLog:
         def arr(key: str) -> np.ndarray:
             return np.array([np.nan if v is None else v for v in data[key]], dtype=np.float64)
 
-        return cls(arr("A"), arr("B"), arr("C"), arr("cos"), arr("grad_sq"), dict(data.get("meta", {})))
+        return cls(*(arr(k) for k in _FIELDS), dict(data.get("meta", {})))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the log as JSON (atomically)."""
@@ -117,9 +93,6 @@ def _atomic_write_text(path: Path, text: str) -> Path:
     with atomic_open(path, "w") as f:
         f.write(text)
     return path
-
-
-# -- the generic core -------------------------------------------------------------------------------
 
 
 def probe_step(x: torch.Tensor, final: torch.Tensor, loss_fn: LossFn, f_lb: float = 0.0) -> dict[str, float]:
@@ -145,29 +118,15 @@ def probe_trajectory(
     f_lb: float | Sequence[float] = 0.0,
     meta: dict[str, Any] | None = None,
 ) -> LandscapeLog:
-    """Log A, B, C, cos per step for flat parameter vectors ``iterates[k]`` with loss ``losses[k]``.
-
-    ``losses[k]`` maps a flat parameter vector to a scalar and must be deterministic (the same function
-    is evaluated at ``iterates[k]`` and at ``final``). ``f_lb`` is the loss's lower bound (per step or one
-    value for all).
-    """
+    """Log A, B, C, cos per step for flat parameter vectors ``iterates[k]`` with the deterministic loss
+    ``losses[k]`` (evaluated at ``iterates[k]`` and at ``final``); ``f_lb``: one lower bound or one a step."""
     if len(iterates) != len(losses):
         raise ValueError(f"{len(iterates)} iterates but {len(losses)} losses")
     lbs = [float(f_lb)] * len(iterates) if isinstance(f_lb, (int, float)) else [float(v) for v in f_lb]
     if len(lbs) != len(iterates):
         raise ValueError("f_lb must be one value or one per step")
     rows = [probe_step(x, final, fn, lb) for x, fn, lb in zip(iterates, losses, lbs, strict=True)]
-    return LandscapeLog(
-        A=np.array([r["A"] for r in rows]),
-        B=np.array([r["B"] for r in rows]),
-        C=np.array([r["C"] for r in rows]),
-        cos=np.array([r["cos"] for r in rows]),
-        grad_sq=np.array([r["grad_sq"] for r in rows]),
-        meta=dict(meta or {}),
-    )
-
-
-# -- offline analysis -------------------------------------------------------------------------------
+    return LandscapeLog(*(np.array([r[k] for r in rows]) for k in _FIELDS), meta=dict(meta or {}))
 
 
 def _abc(A: Any, B: Any, C: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,8 +140,7 @@ def t_values(A: Any, B: Any, C: Any, alpha: float, beta: float) -> np.ndarray:
 
 
 def min_T_grid(A: Any, B: Any, C: Any, alphas: Any, betas: Any) -> np.ndarray:
-    """``min_k T_k`` on a grid: array ``[len(alphas), len(betas)]``; entry ``[i, j]`` is for
-    ``(alphas[i], betas[j])``."""
+    """``min_k T_k`` on a grid: ``[len(alphas), len(betas)]``, ``[i, j]`` at ``(alphas[i], betas[j])``."""
     a, b, c = _abc(A, B, C)
     al = np.asarray(alphas, dtype=np.float64).reshape(-1, 1)
     be = np.asarray(betas, dtype=np.float64).reshape(-1, 1)
@@ -192,26 +150,26 @@ def min_T_grid(A: Any, B: Any, C: Any, alphas: Any, betas: Any) -> np.ndarray:
     return out
 
 
-def feasible_region(A: Any, B: Any, C: Any, alphas: Any, betas: Any, margin: float = 0.0) -> np.ndarray:
-    """Boolean ``[len(alphas), len(betas)]``: ``alpha > beta > 0`` and ``min_k T_k >= margin``."""
+def _cone(alphas: Any, betas: Any) -> np.ndarray:
+    """Boolean ``[len(alphas), len(betas)]``: ``alpha > beta > 0``."""
     al = np.asarray(alphas, dtype=np.float64).reshape(-1, 1)
     be = np.asarray(betas, dtype=np.float64).reshape(1, -1)
-    return (al > be) & (be > 0) & (min_T_grid(A, B, C, alphas, betas) >= margin)
+    return (al > be) & (be > 0)
+
+
+def feasible_region(A: Any, B: Any, C: Any, alphas: Any, betas: Any, margin: float = 0.0) -> np.ndarray:
+    """Boolean ``[len(alphas), len(betas)]``: ``alpha > beta > 0`` and ``min_k T_k >= margin``."""
+    return _cone(alphas, betas) & (min_T_grid(A, B, C, alphas, betas) >= margin)
 
 
 @dataclass(frozen=True)
 class AlphaInterval:
-    """Alphas with ``min_k T_k >= margin`` for a fixed beta: the closed interval ``[lo, hi]`` (may be empty
-    or unbounded). The alpha-beta condition additionally needs ``alpha > beta > 0``: see :meth:`contains`."""
+    """Alphas with ``min_k T_k >= margin`` for a fixed beta: ``[lo, hi]`` (may be empty or unbounded); the
+    condition also needs ``alpha > beta > 0`` (:meth:`contains`)."""
 
     beta: float
     lo: float
     hi: float
-
-    @property
-    def empty(self) -> bool:
-        """No alpha satisfies the T constraints and ``alpha > beta > 0``."""
-        return self.beta <= 0 or self.lo > self.hi or self.hi <= self.beta
 
     def contains(self, alpha: float) -> bool:
         """``alpha`` is feasible: in ``[lo, hi]`` and ``alpha > beta > 0``."""
@@ -219,18 +177,15 @@ class AlphaInterval:
 
     @property
     def smallest(self) -> float:
-        """Infimum of the feasible alphas (NaN if empty). Equals beta when the bound is the open one."""
-        return math.nan if self.empty else max(self.lo, self.beta)
+        """Infimum of the feasible alphas (NaN if none). Equals beta when the bound is the open one."""
+        if self.beta <= 0 or self.lo > self.hi or self.hi <= self.beta:
+            return math.nan
+        return max(self.lo, self.beta)
 
 
 def alpha_interval(A: Any, B: Any, C: Any, beta: float, margin: float = 0.0) -> AlphaInterval:
-    """Exact feasible alphas for fixed ``beta``.
-
-    ``T_k >= margin`` is ``alpha*B_k <= A_k + beta*C_k - margin``.
-
-    ``B_k > 0`` gives an upper bound ``(A_k + beta*C_k - margin) / B_k``, ``B_k < 0`` a lower bound, and
-    ``B_k == 0`` either no constraint or (if ``A_k + beta*C_k < margin``) an empty set.
-    """
+    """Feasible alphas for a fixed ``beta``: ``T_k >= margin`` is ``alpha*B_k <= A_k + beta*C_k - margin``:
+    an upper bound where ``B_k > 0``, a lower one where ``B_k < 0``, all or none where ``B_k == 0``."""
     a, b, c = _abc(A, B, C)
     r = a + beta * c - margin
     pos, neg, zero = b > 0, b < 0, b == 0
@@ -247,12 +202,9 @@ def smallest_feasible_alpha(A: Any, B: Any, C: Any, beta_grid: Any, margin: floa
 
 
 def pl_constants(grad_sq: Any, C: Any, eps: float = 1e-12) -> np.ndarray:
-    """Per-step PL-style constant ``mu_k = ||grad f_k(x_k)||^2 / (2 * C_k)`` (NaN where ``C_k <= eps``).
-
-    This is the largest ``mu`` with ``||grad f_k||^2 >= 2 mu (f_k - f_lb)`` at the visited point: the
-    Polyak-Lojasiewicz inequality checked per mini-batch along the trajectory, with the loss's lower bound
-    in place of the (unknown) mini-batch minimum, so it is a conservative estimate.
-    """
+    """Per-step PL-style constant ``mu_k = ||grad f_k(x_k)||^2 / (2 * C_k)`` (NaN where ``C_k <= eps``): the
+    largest ``mu`` of the Polyak-Lojasiewicz inequality at the visited point, with the loss's lower bound in
+    place of the unknown mini-batch minimum (a conservative estimate)."""
     g = np.asarray(grad_sq, dtype=np.float64).reshape(-1)
     c = np.asarray(C, dtype=np.float64).reshape(-1)
     out = np.full_like(g, np.nan)
@@ -282,8 +234,6 @@ def summarize(log: LandscapeLog, alphas: Any, betas: Any, margin: float = 0.0) -
         j = int(np.nanargmin(small))
         best = {"alpha": float(small[j]), "beta": float(betas_pos[j])}
     mu = pl_constants(log.grad_sq, log.C)
-    cells = np.asarray(alphas).reshape(-1, 1) > np.asarray(betas).reshape(1, -1)
-    cells &= np.asarray(betas).reshape(1, -1) > 0
     return {
         "steps": len(log),
         "margin": margin,
@@ -292,7 +242,7 @@ def summarize(log: LandscapeLog, alphas: Any, betas: Any, margin: float = 0.0) -
             "beta": [float(np.min(betas)), float(np.max(betas)), len(np.asarray(betas))],
         },
         "feasible_cells": int(region.sum()),
-        "feasible_fraction": float(region.sum() / max(int(cells.sum()), 1)),
+        "feasible_fraction": float(region.sum() / max(int(_cone(alphas, betas).sum()), 1)),
         "smallest_feasible_alpha": best,
         "holds_alpha1_beta0": bool(np.all(t_values(log.A, log.B, log.C, 1.0, 0.0) >= margin)),
         "pl_mu_min": _stat(mu, np.min),
@@ -302,9 +252,6 @@ def summarize(log: LandscapeLog, alphas: Any, betas: Any, margin: float = 0.0) -
     }
 
 
-# -- plotting ---------------------------------------------------------------------------------------
-
-
 def plot_landscape(
     logs: dict[str, LandscapeLog],
     path: str | os.PathLike[str],
@@ -312,11 +259,8 @@ def plot_landscape(
     betas: Any | None = None,
     note: str | None = None,
 ) -> Path:
-    """One PNG: per run, the min-T heatmap with the feasible region outlined; then the aiming cosines.
-    ``note`` (e.g. which D was frozen) goes under the panels.
-
-    Written atomically (temp file in the same folder, then renamed).
-    """
+    """One PNG, written atomically: per run, the min-T heatmap with the feasible region outlined; then the
+    aiming cosines; ``note`` (e.g. which D was frozen) under the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,15 +283,13 @@ def plot_landscape(
         lim = min(alphas[-1], betas[-1])
         ax.plot([max(alphas[0], betas[0]), lim], [max(alphas[0], betas[0]), lim], "k--", lw=0.8)
         ax.set_title(f"{name}: min_k T_k ({int(region.sum())} feasible cells)", fontsize=9)
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("beta")
+        ax.set(xlabel="alpha", ylabel="beta")
         fig.colorbar(im, ax=ax, fraction=0.046)
     ax = axes[0][n]
     for name, log in logs.items():
         ax.plot(np.arange(len(log)), log.cos, marker=".", label=name)
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cos(grad f_k, x_k - x_K)")
+    ax.set(xlabel="step", ylabel="cos(grad f_k, x_k - x_K)")
     ax.set_title("aiming cosine", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -363,33 +305,14 @@ def plot_landscape(
     return out
 
 
-# -- GAN replay -------------------------------------------------------------------------------------
-
-
-def loss_lower_bound(loss: Any) -> float:
-    """Per-sample lower bound of ``loss.generator``: ``k`` for rooted without ``subtract_k`` (times the
-    loss's constant ``scale``), else 0 (:meth:`rootedgan.training.losses.AdversarialLoss.lower_bound`)."""
-    return float(loss.lower_bound())
-
-
 def recorded_loss(meta: dict[str, Any]) -> AdversarialLoss | None:
-    """The adversarial loss a snapshot was trained with, from its metadata (written by
-    :meth:`~rootedgan.training.module.FinetuneModule.provenance`, any version), or None for a file without
-    it (e.g. an NVIDIA pickle)."""
+    """The adversarial loss a snapshot was trained with, from its metadata (``FinetuneModule.provenance``,
+    any version), or None for a file without it (e.g. an NVIDIA pickle)."""
     label = meta.get("loss")
     if not isinstance(label, str) or not label:
         return None
     hparams = meta.get("hparams") if isinstance(meta.get("hparams"), dict) else {}
     return make_loss(migrate({"loss": label, **hparams})["loss"])
-
-
-def frozen_d_note(d_path: str, snapshots: Sequence[str]) -> str:
-    """One sentence: which snapshot's D the replay froze."""
-    which = "the last snapshot" if str(d_path) == str(snapshots[-1]) else "a chosen snapshot"
-    return (
-        f"D is frozen at {which} ({d_path}) for every step: f_k is the generator objective against that "
-        "one D, not the loss G saw while D was training."
-    )
 
 
 def _flat(module: torch.nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor]:
@@ -431,6 +354,24 @@ def _replay_loss(
     return found, "recorded in the snapshots", found
 
 
+def _trajectory(
+    snapshots: Sequence[str | os.PathLike[str]], network: str, device: torch.device
+) -> tuple[torch.nn.Module, list[str], list[torch.Size], list[torch.Tensor]]:
+    """``(G of the first snapshot, parameter names, shapes, flat parameters of every snapshot)``."""
+    points: list[torch.Tensor] = []
+    for snap in snapshots:
+        G = load_network(snap, device=device)[network]
+        if G is None:
+            raise UserError(f"{snap} holds no {network}")
+        n, s, x = _flat(G)
+        if not points:
+            template, names, shapes = G, n, s
+        elif n != names or s != shapes:
+            raise UserError(f"{snap}: {network} has a different architecture from {snapshots[0]}")
+        points.append(x)
+    return template.eval().requires_grad_(False), names, shapes, points
+
+
 def replay_generator_objective(
     snapshots: Sequence[str | os.PathLike[str]],
     d_snapshot: str | os.PathLike[str] | None = None,
@@ -444,12 +385,10 @@ def replay_generator_objective(
     """Replay the generator objective with D frozen along snapshots ``x_0 .. x_K`` (in order).
 
     ``f_j(x) = mean loss.generator(D(G_x(z_j, c_j, noise_mode='const')))`` with D from ``d_snapshot``
-    (default: the last snapshot) and ``z_j`` from a generator seeded with ``derive_seed(seed, 0, j)``; step
-    ``j = k * steps_per_snapshot + s`` evaluates snapshot k. ``network`` picks ``'G'`` or ``'G_ema'``.
-
-    ``loss`` None (the default) takes the loss recorded in the snapshots (their metadata, with its
-    ``subtract_k`` and ``max_grad``); a file without one needs ``loss``. A ``loss`` that differs from
-    the recorded one is used as given and noted in ``meta["loss_recorded"]``.
+    (default: the last snapshot) and ``z_j`` seeded with ``derive_seed(seed, 0, j)``; step
+    ``j = k * steps_per_snapshot + s`` evaluates snapshot k of ``network`` (``'G'`` or ``'G_ema'``).
+    ``loss`` None takes the loss recorded in the snapshots' metadata (a file without one needs ``loss``);
+    a given one that differs is used and the recorded one noted in ``meta["loss_recorded"]``.
     """
     if not snapshots:
         raise UserError("no snapshots to replay")
@@ -462,71 +401,47 @@ def replay_generator_objective(
     if D is None:
         raise UserError(f"{d_path} holds no discriminator; pass --d-snapshot with one that does")
     D.eval().requires_grad_(False)
-
-    template: torch.nn.Module | None = None
-    names: list[str] = []
-    shapes: list[torch.Size] = []
-    points: list[torch.Tensor] = []
-    for snap in snapshots:
-        G = load_network(snap, device=device)[network]
-        if G is None:
-            raise UserError(f"{snap} holds no {network}")
-        n, s, x = _flat(G)
-        if template is None:
-            template, names, shapes = G, n, s
-        elif n != names or s != shapes:
-            raise UserError(f"{snap}: {network} has a different architecture from {snapshots[0]}")
-        points.append(x)
-    assert template is not None
-    template.eval().requires_grad_(False)
-    final = points[-1]
-    z_dim, c_dim = template.z_dim, template.c_dim
+    G, names, shapes, points = _trajectory(snapshots, network, device)
 
     def objective_at(step: int) -> LossFn:
         gen = torch.Generator().manual_seed(derive_seed(seed, 0, step))
-        z = torch.randn([batch, z_dim], generator=gen).to(device)
-        if c_dim > 0:
-            idx = torch.randint(0, c_dim, [batch], generator=gen)
-            c = torch.nn.functional.one_hot(idx, c_dim).to(torch.float32).to(device)
-        else:
-            c = torch.zeros([batch, 0], device=device)
+        z = torch.randn([batch, G.z_dim], generator=gen).to(device)
+        c = torch.zeros([batch, 0], device=device)
+        if G.c_dim > 0:
+            idx = torch.randint(0, G.c_dim, [batch], generator=gen)
+            c = torch.nn.functional.one_hot(idx, G.c_dim).to(torch.float32).to(device)
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            params = _unflatten(x, names, shapes)
-            img = torch.func.functional_call(template, params, (z, c), {"noise_mode": "const"})
+            img = torch.func.functional_call(G, _unflatten(x, names, shapes), (z, c), {"noise_mode": "const"})
             return adv.generator(D(img, c)).mean()
 
         return f
 
-    iterates, losses = [], []
-    for k, x in enumerate(points):
-        for s in range(steps_per_snapshot):
-            iterates.append(x)
-            losses.append(objective_at(k * steps_per_snapshot + s))
+    iterates = [x for x in points for _ in range(steps_per_snapshot)]
+    losses = [objective_at(j) for j in range(len(iterates))]
+    f_lb = float(adv.lower_bound())  # k for rooted without subtract_k (times its scale), else 0
+    which = "the last snapshot" if str(d_path) == str(snapshots[-1]) else "a chosen snapshot"
     meta = {
         "snapshots": [str(p) for p in snapshots],
         "d_snapshot": str(d_path),
-        "d_frozen": frozen_d_note(str(d_path), [str(p) for p in snapshots]),
+        "d_frozen": f"D is frozen at {which} ({d_path}) for every step: f_k is the generator objective "
+        "against that one D, not the loss G saw while D was training.",
         "loss": adv.label,
         "loss_source": source,
         "loss_recorded": found.label if found else None,
-        "f_lb": loss_lower_bound(adv),
+        "f_lb": f_lb,
         "seed": seed,
         "batch": batch,
         "steps_per_snapshot": steps_per_snapshot,
         "network": network,
-        "num_params": int(final.numel()),
+        "num_params": int(points[-1].numel()),
     }
-    return probe_trajectory(iterates, final, losses, f_lb=loss_lower_bound(adv), meta=meta)
-
-
-# -- `rootedgan landscape` ----------------------------------------------------------------------------
+    return probe_trajectory(iterates, points[-1], losses, f_lb=f_lb, meta=meta)
 
 
 @dataclass
 class LandscapeOptions:
-    """What ``rootedgan landscape`` takes (its options, same names and defaults): the run (``snapshots``, a
-    glob), optionally a second one (``compare``), and the probe's settings."""
+    """The options of ``rootedgan landscape`` (same names and defaults)."""
 
     snapshots: str
     out: str | os.PathLike[str]
@@ -578,11 +493,7 @@ def landscape_report(o: LandscapeOptions) -> tuple[dict[str, Any], Path, Path]:
             "summary": summarize(log, grid, grid),
             "log": log.to_dict(),
         }
-    out = Path(o.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {out}: {err}") from None
+    out = ensure_writable_dir(o.out)
     notes = {f"{name}: {log.meta['d_frozen'].split(' for every step')[0]}" for name, log in logs.items()}
     report["d_frozen"] = note = (
         "; ".join(sorted(notes)) + ". f_k is the generator objective against that frozen D."

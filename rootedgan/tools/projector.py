@@ -1,19 +1,15 @@
 """GAN inversion into W, as NVIDIA's stylegan2-ada-pytorch ``projector.py`` does it (``rootedgan project``).
 
-One ``w`` (the same for every layer) is optimised, starting at the mean of mapped latents, so that
-``G.synthesis`` reproduces a target image under the LPIPS distance of NVIDIA's VGG16 torchscript. The
-generator's per-layer noise maps are optimised with it, kept from absorbing the image by a penalty on their
-autocorrelation at several scales and renormalised to zero mean / unit variance after every step. The
-learning rate ramps up over the first 5 % of the steps and down (cosine) over the last 25 %; Gaussian noise
-added to ``w``, scaled by the spread of W, decays to zero over the first 75 %. The settings are NVIDIA's
-(1000 steps, lr 0.1, noise weight 1e5, W statistics from 10000 latents of ``RandomState(123)``). Randomness
-(the initial noise maps, the ``w`` jitter) comes from one generator seeded with ``seed`` and drawn on the
-CPU, so a seed gives the same projection on any device up to floating-point differences.
+One ``w`` (the same for every layer) is optimised from the mean of mapped latents so that ``G.synthesis``
+reproduces a target under the LPIPS distance of NVIDIA's VGG16 torchscript, together with the generator's
+noise maps (penalised for autocorrelation at several scales, renormalised after every step). NVIDIA's
+schedule and settings: lr 0.1 ramped up over the first 5 % of the steps and down (cosine) over the last
+25 %; ``w`` jitter scaled by the spread of W, decaying to zero over the first 75 %; noise weight 1e5; W
+statistics from 10000 latents of ``RandomState(123)``. All randomness comes from one CPU generator seeded
+with ``seed``, so a seed gives the same projection on any device up to floating-point differences.
 
-The VGG16 file (``vgg16.pt``) is NVIDIA's download; it is looked for in ``--vgg16 PATH``,
-``$ROOTEDGAN_VGG16`` and rootedgan's network cache, and downloaded into the cache when missing. A machine
-without internet gets one line naming the URL and the places to put the file. ``python bench/standins.py
-vgg16 PATH`` writes a tiny torchscript with the same interface (for tests; its distances mean nothing).
+``vgg16.pt`` (NVIDIA's download) is looked for in ``--vgg16 PATH``, ``$ROOTEDGAN_VGG16`` and the network
+cache, else downloaded into it; ``python bench/standins.py vgg16 PATH`` writes a tiny stand-in for tests.
 """
 
 from __future__ import annotations
@@ -37,76 +33,45 @@ from tqdm import tqdm
 
 from rootedgan.checkpoints.download import VGG16_URL, cache_path, sha256_of
 from rootedgan.checkpoints.download import download as fetch
-from rootedgan.errors import DownloadError, UserError
+from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 from rootedgan.imaging import ensure_writable_dir, save_image_atomic, to_uint8
 from rootedgan.sampling import check_ops_setting, class_labels, load_generator, resolve_device
 
-__all__ = [
-    "VGG16_ENV",
-    "VGG16_URL",
-    "ProjectionResult",
-    "load_target",
-    "load_vgg16",
-    "lpips_distance",
-    "noise_regularization",
-    "project",
-    "read_projected_w",
-    "resolve_vgg16",
-    "w_statistics",
-    "write_projected_w",
-]
-
 VGG16_FILENAME = "vgg16.pt"
 VGG16_ENV = "ROOTEDGAN_VGG16"
 LPIPS_MAX_RESOLUTION = 256  # larger images are area-downsampled to 256x256 first (VGG was trained on 224)
-MAX_PROJECTED = 100_000  # w vectors read from one projected_w.npz
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The VGG16 LPIPS torchscript.
-
-
-def vgg16_cache_location() -> Path:
-    """Where rootedgan downloads (and looks for) NVIDIA's ``vgg16.pt``: ``$ROOTEDGAN_CACHE/networks/``."""
-    return cache_path(VGG16_URL)
+MAX_PROJECTED = 1000  # w vectors rendered from one projected_w.npz by default (generate --max-images)
+MAX_W_AVG_SAMPLES = 1_000_000  # latents held at once for w's mean and spread
 
 
 def _missing_message(reason: str) -> str:
     return (
         f"{reason}. The projector measures distance with NVIDIA's VGG16 LPIPS torchscript "
         f"({VGG16_FILENAME}). On a machine without internet, download it elsewhere from {VGG16_URL} and "
-        f"either pass --vgg16 PATH, set {VGG16_ENV}=PATH, or put it at {vgg16_cache_location()} (rootedgan's "
+        f"either pass --vgg16 PATH, set {VGG16_ENV}=PATH, or put it at {cache_path(VGG16_URL)} (rootedgan's "
         "cache)"
     )
 
 
 def resolve_vgg16(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
-    """The local VGG16 file: ``path``, else ``$ROOTEDGAN_VGG16``, else the cache, else downloaded into it.
-
-    Raises :class:`UserError` (never a urllib traceback) when it is missing and cannot be fetched.
-    """
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise UserError(_missing_message(f"the VGG16 file {p} does not exist"))
-        return p
+    """The local VGG16 file: ``path``, else ``$ROOTEDGAN_VGG16``, else the cache, else downloaded into it; a
+    one-line :class:`UserError` (never a urllib traceback) when it is missing and cannot be fetched."""
     env = os.environ.get(VGG16_ENV)
-    if env:
-        p = Path(env).expanduser()
+    if path is not None or env:
+        p = Path(path if path is not None else env).expanduser()
         if not p.is_file():
-            raise UserError(_missing_message(f"{VGG16_ENV}={env} does not exist"))
+            named = f"the VGG16 file {p}" if path is not None else f"{VGG16_ENV}={env}"
+            raise UserError(_missing_message(f"{named} does not exist"))
         return p
-    cached = vgg16_cache_location()
+    cached = cache_path(VGG16_URL)
     if cached.is_file():
         return cached
     if not download:
         raise UserError(_missing_message("the VGG16 network was not found and downloading is off"))
     try:
         return fetch(VGG16_URL)
-    except DownloadError as err:
-        raise UserError(_missing_message(f"the VGG16 network could not be downloaded ({err})")) from None
-    except Exception as err:  # anything else urllib/http may raise: still one line
+    except Exception as err:  # DownloadError, or anything else urllib/http may raise: still one line
         raise UserError(_missing_message(f"the VGG16 network could not be downloaded ({err})")) from None
 
 
@@ -120,11 +85,14 @@ def load_vgg16(
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
             return torch.jit.load(str(file), map_location=torch.device(device)).eval()
     except Exception as err:
-        reason = " ".join(str(err).split())[:200]
         raise UserError(
-            f"cannot load the VGG16 torchscript {file}: {reason}. It should be {VGG16_FILENAME} from "
+            f"cannot load the VGG16 torchscript {file}: {_brief(err)}. It should be {VGG16_FILENAME} from "
             f"{VGG16_URL}; delete a damaged copy and fetch it again"
         ) from None
+
+
+def _brief(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
 
 
 def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -134,9 +102,8 @@ def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     try:
         return vgg(images, resize_images=False, return_lpips=True)
     except RuntimeError as err:
-        reason = " ".join(str(err).split())[:200]
         raise UserError(
-            f"the VGG16 torchscript does not take images as NVIDIA's vgg16.pt does ({reason}); use "
+            f"the VGG16 torchscript does not take images as NVIDIA's vgg16.pt does ({_brief(err)}); use "
             f"{VGG16_FILENAME} from {VGG16_URL}"
         ) from None
 
@@ -144,10 +111,6 @@ def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def lpips_distance(vgg: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """LPIPS distance per image pair of ``[N, 3, H, W]`` images in [0, 255]."""
     return (lpips_features(vgg, a) - lpips_features(vgg, b)).square().sum(dim=1)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The optimisation.
 
 
 @torch.no_grad()
@@ -193,8 +156,8 @@ def _learning_rate(step: int, num_steps: int, initial: float, rampdown: float, r
 
 @dataclass
 class ProjectionResult:
-    """``w_steps [num_steps, num_ws, w_dim]`` (float32, CPU): the ``w`` after every step, broadcast to all
-    layers (the last is the projection); ``dist`` and ``loss``: the LPIPS distance and total loss per step."""
+    """``w_steps [num_steps, num_ws, w_dim]`` (float32, CPU): ``w`` after every step, on all layers (the last
+    is the projection); ``dist`` and ``loss``: the LPIPS distance and total loss per step."""
 
     w_steps: torch.Tensor
     dist: list[float] = field(default_factory=list)
@@ -224,20 +187,15 @@ def project(
     device: torch.device | str = "cpu",
     callback: Callable[[int, float, float], None] | None = None,
 ) -> ProjectionResult:
-    """Project ``target`` (``[C, H, W]`` uint8 or float in [0, 255], H = W = ``G.img_resolution``) into W.
+    """Project ``target`` (``[C, H, W]`` in [0, 255], H = W = ``G.img_resolution``) into W (module docstring).
 
-    ``G`` is not modified (a copy is optimised). ``c``: ``[1, c_dim]`` label of a conditional generator.
-    ``callback(step, dist, loss)`` is called after every step (1-based). See the module docstring.
-    """
-    if num_steps < 1:
-        raise UserError(f"--num-steps must be >= 1, got {num_steps}")
-    if w_avg_samples < 1:
-        raise UserError(f"w_avg_samples must be >= 1, got {w_avg_samples}")
+    ``G`` is not modified (a copy is optimised); ``c``: ``[1, c_dim]`` label of a conditional generator;
+    ``callback(step, dist, loss)`` is called after every step (1-based)."""
+    _check_counts(num_steps, w_avg_samples)
     expected = (G.img_channels, G.img_resolution, G.img_resolution)
     if tuple(target.shape) != expected:
         raise UserError(f"the target must be {list(expected)} (C, H, W), got {list(target.shape)}")
-    if G.img_channels != 3:
-        raise UserError(f"the projector's VGG16 distance needs RGB images; the network has {G.img_channels}")
+    _check_rgb(G)
     device = torch.device(device)
     G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
     c = None if c is None else c.to(device)
@@ -249,11 +207,8 @@ def project(
     target_features = lpips_features(vgg, target[None].to(device, torch.float32)).detach()
 
     w_opt = w_avg.clone().to(device).requires_grad_(True)
-    with torch.no_grad():
-        for buf in noise_maps:
-            buf.copy_(torch.randn(buf.shape, generator=gen))
     for buf in noise_maps:
-        buf.requires_grad_(True)
+        buf.copy_(torch.randn(buf.shape, generator=gen)).requires_grad_(True)
     optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=initial_learning_rate)
 
     w_steps = torch.zeros([num_steps, G.w_dim], dtype=torch.float32)
@@ -269,8 +224,7 @@ def project(
         ws = (w_opt + w_noise).repeat([1, G.num_ws, 1])
         images = (G.synthesis(ws, noise_mode="const") + 1) * (255 / 2)
         dist = (target_features - lpips_features(vgg, images)).square().sum()
-        reg = noise_regularization(noise_maps) if noise_maps else torch.zeros([], device=device)
-        loss = dist + reg * regularize_noise_weight
+        loss = dist + noise_regularization(noise_maps) * regularize_noise_weight
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,30 +242,32 @@ def project(
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Files: the target image, projected_w.npz, the progress video.
+def _check_counts(num_steps: int, w_avg_samples: int) -> None:
+    if num_steps < 1:
+        raise UserError(f"--num-steps must be >= 1, got {num_steps}")
+    if not 1 <= w_avg_samples <= MAX_W_AVG_SAMPLES:
+        raise UserError(f"--w-avg-samples must be in [1, {MAX_W_AVG_SAMPLES}], got {w_avg_samples}")
+
+
+def _check_rgb(G: torch.nn.Module, name: str = "the network") -> None:
+    if G.img_channels != 3:
+        raise UserError(f"the projector's VGG16 distance needs RGB images; {name} has {G.img_channels}")
 
 
 def load_target(path: str | os.PathLike[str], resolution: int) -> np.ndarray:
     """The target image as NVIDIA's projector prepares it: RGB, center-cropped to a square, LANCZOS-resized
     to ``resolution``; ``[H, W, 3]`` uint8. The file is read under the data pipeline's size limits."""
-    from rootedgan.data import (
-        DEFAULT_MAX_IMAGE_MB,
-        DEFAULT_MAX_IMAGE_PIXELS,
-        _fit_square,
-        max_bytes_of,
-        open_image,
-        read_image_bytes,
-    )
+    from rootedgan import data as pipeline  # imports Lightning: not for `rootedgan --help` (generate)
 
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--target {p}: no such file")
     try:
-        data = read_image_bytes(str(p.parent), p.name, None, max_bytes_of(DEFAULT_MAX_IMAGE_MB))
-        with open_image(data, DEFAULT_MAX_IMAGE_PIXELS) as img:
+        max_bytes = pipeline.max_bytes_of(pipeline.DEFAULT_MAX_IMAGE_MB)
+        data = pipeline.read_image_bytes(str(p.parent), p.name, None, max_bytes)
+        with pipeline.open_image(data, pipeline.DEFAULT_MAX_IMAGE_PIXELS) as img:
             img.load()
-            return np.asarray(_fit_square(img.convert("RGB"), resolution), dtype=np.uint8).copy()
+            return np.asarray(pipeline.fit_square(img.convert("RGB"), resolution), dtype=np.uint8).copy()
     except UserError:
         raise
     except Image.UnidentifiedImageError:
@@ -329,7 +285,9 @@ def write_projected_w(path: str | os.PathLike[str], w: torch.Tensor | np.ndarray
     return path
 
 
-def read_projected_w(path: str | os.PathLike[str], num_ws: int, w_dim: int) -> np.ndarray:
+def read_projected_w(
+    path: str | os.PathLike[str], num_ws: int, w_dim: int, max_count: int = MAX_PROJECTED
+) -> np.ndarray:
     """``w`` of a ``projected_w.npz`` (NVIDIA's or ours) as float32 ``[N, num_ws, w_dim]``, checked against
     the network (``[num_ws, w_dim]`` is taken as N = 1). Never unpickles; the array's header (shape and
     dtype) is checked before its data is read, so a small file cannot make it allocate gigabytes."""
@@ -339,36 +297,43 @@ def read_projected_w(path: str | os.PathLike[str], num_ws: int, w_dim: int) -> n
         raise UserError(f"{what}: no such file (or not a regular file)")
     try:
         with zipfile.ZipFile(p) as archive:
-            if "w.npy" not in archive.namelist():
-                names = ", ".join(n.removesuffix(".npy") for n in archive.namelist()[:8])
-                raise UserError(f"{what}: holds no array `w` (found: {names or 'nothing'})")
-            with archive.open("w.npy") as fh:
-                version = np.lib.format.read_magic(fh)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            if dtype.kind != "f":
-                raise UserError(f"{what}: `w` is {dtype}, not floating point")
-            if len(shape) == 2:
-                shape = (1, *shape)
-            if len(shape) != 3 or tuple(shape[1:]) != (num_ws, w_dim):
-                raise UserError(
-                    f"{what}: `w` has shape {list(shape)}; this network needs [N, {num_ws}, {w_dim}] "
-                    "(N projections of num_ws x w_dim): was it projected with another network?"
-                )
-            if not 1 <= shape[0] <= MAX_PROJECTED:
-                raise UserError(f"{what}: `w` holds {shape[0]} vectors; 1 to {MAX_PROJECTED} are read")
+            shape = _w_shape(archive, what, num_ws, w_dim, max_count)
             with archive.open("w.npy") as fh:
                 arr = np.lib.format.read_array(fh, allow_pickle=False)
-    except UserError:
-        raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise UserError(f"{what}: not a readable .npz file ({type(err).__name__}: {err})") from None
     arr = np.asarray(arr, dtype=np.float32).reshape(shape)
     if not np.isfinite(arr).all():
         raise UserError(f"{what}: `w` holds NaN or infinite values")
     return arr
+
+
+def _w_shape(
+    archive: zipfile.ZipFile, what: str, num_ws: int, w_dim: int, max_count: int
+) -> tuple[int, int, int]:
+    """The ``[N, num_ws, w_dim]`` shape of ``w.npy`` in ``archive``, checked from its header alone."""
+    if "w.npy" not in archive.namelist():
+        names = ", ".join(n.removesuffix(".npy") for n in archive.namelist()[:8])
+        raise UserError(f"{what}: holds no array `w` (found: {names or 'nothing'})")
+    with archive.open("w.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = header(fh)
+    if dtype.kind != "f":
+        raise UserError(f"{what}: `w` is {dtype}, not floating point")
+    shape = (1, *shape) if len(shape) == 2 else tuple(shape)
+    if len(shape) != 3 or shape[1:] != (num_ws, w_dim):
+        raise UserError(
+            f"{what}: `w` has shape {list(shape)}; this network needs [N, {num_ws}, {w_dim}] "
+            "(N projections of num_ws x w_dim): was it projected with another network?"
+        )
+    if not 1 <= shape[0] <= max_count:
+        raise UserError(
+            f"{what}: `w` holds {shape[0]} vectors; at most {max_count} are rendered (--max-images)"
+        )
+    return shape
 
 
 GIF_MAX_FRAMES = 100  # a GIF is assembled in memory: at most this many evenly spaced steps
@@ -404,25 +369,19 @@ def video_frames(
 ) -> Iterator[np.ndarray]:
     """``[H, 2W, 3]`` uint8 frames, target beside the synthesis of each step's ``w`` (noise ``const``);
     every step, or ``max_frames`` evenly spaced ones ending at the last."""
-    device = next(G.parameters()).device
-    steps = len(w_steps)
+    device, steps = next(G.parameters()).device, len(w_steps)
+    picks = np.arange(steps)
     if max_frames is not None and steps > max_frames:
         picks = np.unique(np.linspace(0, steps - 1, max_frames).round().astype(int))
-    else:
-        picks = np.arange(steps)
     with torch.no_grad():
         for i in picks:
             img = to_uint8(G.synthesis(w_steps[i : i + 1].to(device), noise_mode="const"))[0]
             yield np.concatenate([target, img], axis=1)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# `rootedgan project`: one image projected by a network, written to a folder.
-
-
 @dataclass
 class ProjectOptions:
-    """What ``rootedgan project`` takes (its options, same names and defaults)."""
+    """The options of ``rootedgan project`` (same names and defaults)."""
 
     network: str
     target: str
@@ -443,10 +402,7 @@ def project_to_folder(options: ProjectOptions, say: Callable[[str], None] = prin
     ``save_video``, ``proj.mp4`` (or ``proj.gif``; removed again when the projection fails) into ``outdir``;
     ``say`` gets which VGG16 file is used, the distances and the files written."""
     o = options
-    if o.num_steps < 1:
-        raise UserError(f"--num-steps must be >= 1, got {o.num_steps}")
-    if o.w_avg_samples < 1:
-        raise UserError(f"--w-avg-samples must be >= 1, got {o.w_avg_samples}")
+    _check_counts(o.num_steps, o.w_avg_samples)
     check_ops_setting()
     outdir = ensure_writable_dir(o.outdir)
     video = open_video(outdir) if o.save_video else None  # a missing imageio: say so first
@@ -471,8 +427,7 @@ def _project_to(
     device = resolve_device(o.device)
     G = load_generator(o.network, o.which, o.base).eval().requires_grad_(False).to(device)
     c = class_labels(G.c_dim, o.class_idx, 1) if G.c_dim else None
-    if G.img_channels != 3:
-        raise UserError(f"the projector's VGG16 distance needs RGB images; {o.network} has {G.img_channels}")
+    _check_rgb(G, o.network)
     target = load_target(o.target, G.img_resolution)
     vgg_file = resolve_vgg16(o.vgg16)
     say(f"VGG16 LPIPS network: {vgg_file} (sha256 {sha256_of(vgg_file)})")
@@ -485,17 +440,8 @@ def _project_to(
             bar.update(1)
 
         image = torch.from_numpy(target).permute(2, 0, 1)
-        result = project(
-            G,
-            image,
-            vgg,
-            num_steps=o.num_steps,
-            w_avg_samples=o.w_avg_samples,
-            seed=o.seed,
-            c=c,
-            device=device,
-            callback=progress,
-        )
+        kw = dict(num_steps=o.num_steps, w_avg_samples=o.w_avg_samples, seed=o.seed, c=c, device=device)
+        result = project(G, image, vgg, callback=progress, **kw)
     say(
         f"projected in {time.perf_counter() - start:.1f} s: LPIPS distance {result.dist[0]:.4g} -> "
         f"{result.dist[-1]:.4g} over {o.num_steps} steps"

@@ -1,9 +1,7 @@
-"""Orthogonal-finetuning adapter files, the OFT side: :func:`save_adapter` writes the rotations of
-parametrized generators, :func:`load_adapter` rotates the base checkpoint like the training run did and
-returns merged plain networks. The file format itself (reading, finding and checking the base) is
-:mod:`rootedgan.checkpoints.adapter`; importing this module registers :func:`load_adapter` with
-:func:`rootedgan.checkpoints.load_network` for the ``'adapter'`` format (``import rootedgan`` does).
-"""
+"""Orthogonal-finetuning adapter files, the OFT side: :func:`save_adapter` writes the rotations,
+:func:`load_adapter` rotates the base checkpoint like training did and returns merged plain networks. The
+file format (reading, finding and checking the base) is :mod:`rootedgan.checkpoints.adapter`; importing
+this module registers :func:`load_adapter` with ``load_network`` (``import rootedgan`` does)."""
 
 from __future__ import annotations
 
@@ -38,17 +36,15 @@ def save_adapter(
     atomically; ``base`` is :func:`base_reference` of the checkpoint they were loaded from."""
     cfg = OrthogonalConfig.from_any(cfg)
     tensors: dict[str, torch.Tensor] = {}
-    layers: dict[str, list[str]] = {}
-    init_kwargs: dict[str, Any] = {}
+    layers, init_kwargs = {}, {}  # per network: rotated layer names, constructor arguments
     for name, net in nets.items():
         if name not in ADAPTER_NETWORKS or net is None:
             continue
-        if not rotations(net):
-            raise CheckpointError(f"save_adapter: {name} carries no orthogonal rotations")
         layers[name] = list(rotations(net))
+        if not layers[name]:
+            raise CheckpointError(f"save_adapter: {name} carries no orthogonal rotations")
         init_kwargs[name] = jsonable(getattr(net, "init_kwargs", {}))
-        for key, value in adapter_state(net, cfg).items():
-            tensors[f"{name}.{key}"] = value
+        tensors.update({f"{name}.{key}": value for key, value in adapter_state(net, cfg).items()})
     if not tensors:
         raise CheckpointError("save_adapter needs G and/or G_ema")
     metadata = {

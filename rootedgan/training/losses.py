@@ -1,33 +1,12 @@
-"""Adversarial loss primitives, the G/D objectives built from them, and StyleGAN2's regularizers.
+"""Adversarial losses, the G and D objectives built from them, and StyleGAN2's regularizers.
 
-A primitive ``phi`` replaces ``softplus`` everywhere in StyleGAN2's non-saturating logistic loss:
-G minimizes ``phi(-D(G(z)))``; D minimizes ``phi(D(G(z))) + phi(-D(x))``. A loss is a small class that
-carries its settings (EDM's habit), registered in :data:`LOSSES`; :func:`make_loss` builds one from a YAML
-mapping (``{name: rooted, k: 20}``) or the short form (``rooted:20``). Adding a loss is adding one class.
+A loss is a primitive ``phi`` replacing ``softplus`` in StyleGAN2's non-saturating logistic loss (G:
+``phi(-D(G(z)))``; D: ``phi(D(G(z))) + phi(-D(x))``), one class per loss in :data:`LOSSES`, built by
+:func:`make_loss` (short forms and scaled controls: README "Comparing losses").
 
-Rooted logistic objective (arXiv 2310.03890), root ``k > 1``::
-
-    rooted(u) = k * (1 + e^u)^(1/k) = k * exp(softplus(u) / k)        [- k with subtract_k]
-
-It tends to softplus + k as k grows; ``-k`` (``subtract_k``) makes it a tight upper bound of softplus
-without changing any gradient. Its gradient ``exp(softplus(u)/k) * sigmoid(u)`` grows like ``e^(u/k)``;
-at ``u = 1e4`` that is ``e^5000``, beyond even float64. So the loss we optimise is defined as rooted up
-to the logit ``u_cap`` where the gradient reaches ``max_grad``, continued linearly (value and slope
-continuous, still convex and increasing) above it. The capped fraction is reported for logging.
-
-Scaled losses (controls for loss comparisons), written ``BASE*FACTOR`` in ``model.loss``:
-
-* ``logistic*2`` (any loss, any constant ``c > 0``): every G and D adversarial term times ``c``. Under
-  Adam this changes almost nothing: Adam's update is invariant to a constant gradient scale (up to its
-  ``eps``), so for G it is the base loss, and for D, whose Adam also takes the R1 steps, it is the base
-  loss with ``r1_gamma / c`` (the adversarial term weighs ``c`` times more against R1). It isolates that
-  balance, not the step size.
-* ``logistic*rooted:K``: logistic, each term's batch scaled by the (detached) factor that gives it the
-  same total per-sample gradient as ``rooted:K`` on that batch,
-  ``c = sum_i rooted_K'(u_i) / sum_i sigmoid(u_i)``. Its steps are as large as rooted's (Adam sees the
-  same rise in gradient size when D grows confident), but every sample in the batch is weighted as
-  logistic weighs it. ``rooted:K`` minus this control is the effect of rooted's per-sample reweighting;
-  this control minus ``logistic`` is the effect of its step sizes.
+Rooted (arXiv 2310.03890): ``k exp(softplus(u) / k)``, ``k > 1``. Its slope grows like ``e^(u/k)`` and
+overflows even float64 for large logits, so here it continues along its tangent above the logit where the
+slope reaches ``max_grad`` (still convex and increasing; README "The rooted loss, and why it needs care").
 """
 
 from __future__ import annotations
@@ -54,40 +33,41 @@ def _finite_positive(x: Any) -> bool:
 def _validate_root(k: Any) -> float:
     if not (_finite_positive(k) and k > 1):
         raise SettingError(
-            f"the rooted loss needs a root k > 1 (got k={k!r}): k = 1 is exp(softplus(u)), which "
-            f"overflows and is not a valid objective, and k <= 0 inverts or breaks it. Typical values: 2 "
-            f"(the paper's authors) to {DEFAULT_ROOT:g} (the default)."
+            f"the rooted loss needs a root k > 1, got k={k!r} (k = 1 overflows, k <= 0 inverts the loss); "
+            f"typical values: 2 (the paper's authors) to {DEFAULT_ROOT:g} (the default)"
         )
     return float(k)
 
 
+def _wide(u: torch.Tensor) -> torch.Tensor:
+    return u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
+
+
 @functools.lru_cache(maxsize=64)
 def rooted_cap(k: float, max_grad: float | None) -> float:
-    """The logit above which :func:`rooted` continues linearly: where its slope reaches ``max_grad``.
-
-    Solves ``exp(softplus(u)/k) * sigmoid(u) = max_grad`` by bisection in float64 (monotone in u);
-    cached per ``(k, max_grad)`` (a training step asks for it several times).
-    """
+    """The logit where the slope of rooted reaches ``max_grad`` (bisection in float64; inf for None)."""
     if max_grad is None:
         return math.inf
     if max_grad <= 1:
         raise ValueError(f"max_grad must be > 1, got {max_grad}")
-
-    def slope(u: float) -> float:
-        sp = max(u, 0.0) + math.log1p(math.exp(-abs(u)))
-        return math.exp(sp / k) / (1 + math.exp(-u))
-
     lo, hi = 0.0, k * math.log(max_grad) + 50
-    for _ in range(200):
+    for _ in range(200):  # the slope exp(softplus(u) / k) sigmoid(u) increases with u
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if slope(mid) < max_grad else (lo, mid)
+        softplus = max(mid, 0.0) + math.log1p(math.exp(-abs(mid)))
+        lo, hi = (mid, hi) if math.exp(softplus / k) / (1 + math.exp(-mid)) < max_grad else (lo, mid)
     return lo
 
 
 def logistic(u: torch.Tensor) -> torch.Tensor:
     """``softplus(u) = log(1 + e^u)``, computed stably; float32 for low-precision inputs."""
-    x = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
-    return F.softplus(x, beta=1, threshold=20)
+    return F.softplus(_wide(u), beta=1, threshold=20)
+
+
+def _below_cap(u: torch.Tensor, k: float, max_grad: float | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(x, min(x, cap), cap)``: ``u`` in float32 or wider, and clamped at :func:`rooted_cap`."""
+    x = _wide(u)
+    cap = rooted_cap(k, max_grad)
+    return x, (x.clamp(max=cap) if math.isfinite(cap) else x), cap
 
 
 def rooted(
@@ -96,17 +76,11 @@ def rooted(
     subtract_k: bool = False,
     max_grad: float | None = DEFAULT_MAX_GRAD,
 ) -> torch.Tensor:
-    """Elementwise rooted logistic loss ``k * exp(softplus(u) / k)`` (minus ``k`` if ``subtract_k``).
-
-    Finite with finite gradients for logits of any magnitude: above ``rooted_cap(k, max_grad)`` it
-    continues along its tangent (slope ``max_grad``); ``max_grad=None`` disables that (and overflows
-    for large logits, as the paper's reference implementation did). Low-precision inputs (bf16, fp16)
-    are computed in float32 and the result is float32.
-    """
+    """Elementwise rooted loss ``k exp(softplus(u) / k)`` (minus ``k`` with ``subtract_k``), continued along
+    its tangent above ``rooted_cap(k, max_grad)`` (``max_grad=None``: the raw formula, which overflows).
+    bf16/fp16 inputs are computed in float32 and the result is float32."""
     k = _validate_root(k)
-    x = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
-    cap = rooted_cap(k, max_grad)
-    inside = x.clamp(max=cap) if math.isfinite(cap) else x
+    x, inside, cap = _below_cap(u, k, max_grad)
     scaled = F.softplus(inside) / k
     value = k * torch.expm1(scaled) if subtract_k else k * torch.exp(scaled)
     if math.isfinite(cap):
@@ -122,9 +96,7 @@ def rooted_slope(
     """The derivative of :func:`rooted` in closed form (float32 or wider, no autograd):
     ``exp(softplus(u) / k) * sigmoid(u)`` below the cap, ``max_grad`` above it."""
     k = _validate_root(k)
-    x = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
-    cap = rooted_cap(k, max_grad)
-    inside = x.clamp(max=cap) if math.isfinite(cap) else x
+    x, inside, cap = _below_cap(u, k, max_grad)
     slope = torch.exp(F.softplus(inside) / k) * torch.sigmoid(inside)
     if math.isfinite(cap):
         slope = torch.where(x > cap, torch.full_like(slope, float(max_grad)), slope)
@@ -142,7 +114,7 @@ def capped_fraction(
 @dataclass(frozen=True, kw_only=True)
 class AdversarialLoss:
     """An adversarial loss: the primitive ``phi`` and the G and D objectives built from it (per sample, not
-    reduced). ``scale`` multiplies every term by a constant (a control: module docstring)."""
+    reduced). ``scale`` multiplies every term by a constant (a control)."""
 
     name: ClassVar[str]
     scale: float = 1.0
@@ -152,11 +124,10 @@ class AdversarialLoss:
             raise SettingError(f"the loss scale must be a finite number > 0, got {self.scale!r}")
 
     def phi(self, u: torch.Tensor) -> torch.Tensor:
-        """The elementwise primitive (``softplus`` for logistic)."""
-        raise NotImplementedError
+        """The elementwise primitive: ``softplus`` unless a loss overrides it."""
+        return logistic(u)
 
     def term(self, u: torch.Tensor) -> torch.Tensor:
-        """``phi(u)`` per sample, times ``scale``."""
         value = self.phi(u)
         return value * self.scale if self.scale != 1.0 else value
 
@@ -182,11 +153,9 @@ class AdversarialLoss:
 
     @property
     def label(self) -> str:
-        """The short form (``rooted:4``, ``logistic*2``, ``logistic*rooted:2``): run names, logs, reports."""
-        return self._label() + (f"*{self.scale:g}" if self.scale != 1.0 else "")
-
-    def _label(self) -> str:
-        return self.name
+        """The short form (``rooted:4``, ``logistic*2``): run names, logs, reports."""
+        root = f":{self.k:g}" if hasattr(self, "k") else ""
+        return self.name + root + (f"*{self.scale:g}" if self.scale != 1.0 else "")
 
     def spec(self) -> dict[str, Any]:
         """The settings as a plain dict, ``make_loss(spec())`` rebuilds the loss (checkpoints, YAML)."""
@@ -198,9 +167,6 @@ class Logistic(AdversarialLoss):
     """StyleGAN2's non-saturating logistic loss: ``phi = softplus``."""
 
     name: ClassVar[str] = "logistic"
-
-    def phi(self, u: torch.Tensor) -> torch.Tensor:
-        return logistic(u)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,14 +196,11 @@ class Rooted(AdversarialLoss):
     def lower_bound(self) -> float:
         return 0.0 if self.subtract_k else float(self.k) * float(self.scale)
 
-    def _label(self) -> str:
-        return f"rooted:{self.k:g}"
-
 
 @dataclass(frozen=True, kw_only=True)
 class RootedStepLogistic(AdversarialLoss):
-    """The control ``logistic*rooted:K``: logistic, each term's batch scaled by the detached factor that gives
-    it the same total per-sample gradient as ``rooted:K`` on that batch (module docstring)."""
+    """The control ``logistic*rooted:K``: logistic times ``sum_i rooted_K'(u_i) / sum_i sigmoid(u_i)`` (per
+    batch, detached), i.e. rooted's total gradient (step sizes) with logistic's per-sample weights."""
 
     name: ClassVar[str] = "logistic*rooted"
     k: float = DEFAULT_ROOT
@@ -249,14 +212,10 @@ class RootedStepLogistic(AdversarialLoss):
 
     def phi(self, u: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            x = u.detach()
-            x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            x = _wide(u.detach())
             total = torch.sigmoid(x).sum().clamp(min=torch.finfo(x.dtype).tiny)
             factor = rooted_slope(x, self.k, self.max_grad).sum() / total
         return logistic(u) * factor
-
-    def _label(self) -> str:
-        return f"logistic*rooted:{self.k:g}"
 
 
 LOSSES: dict[str, type[AdversarialLoss]] = {cls.name: cls for cls in (Logistic, Rooted, RootedStepLogistic)}
@@ -264,15 +223,13 @@ DEFAULT_LOSS = "logistic"
 
 
 def make_loss(spec: str | Mapping[str, Any] | AdversarialLoss | None = None) -> AdversarialLoss:
-    """The loss of a setting: an instance, a mapping (``{name: rooted, k: 20}``, as in YAML and checkpoints)
-    or the short form ``logistic``, ``rooted``, ``rooted:K``, each optionally ``*C`` (a constant scale,
-    ``logistic*2``), or ``logistic*rooted:K`` (the step-size control). None: the default, logistic."""
+    """The loss of a setting: an instance, a mapping (``{name: rooted, k: 20}``: YAML, checkpoints), None
+    (logistic) or a short form: ``logistic``, ``rooted``, ``rooted:K``, each with an optional constant scale
+    ``*C``, or ``logistic*rooted:K`` (the step-size control)."""
     if isinstance(spec, AdversarialLoss):
         return spec
-    if spec is None:
-        spec = DEFAULT_LOSS
-    if isinstance(spec, str):
-        spec = _parse_short(spec)
+    if spec is None or isinstance(spec, str):
+        spec = _parse_short(DEFAULT_LOSS if spec is None else spec)
     if not isinstance(spec, Mapping):
         raise SettingError(f"a loss is a name (rooted:4) or a mapping ({{name: rooted, k: 4}}), got {spec!r}")
     settings = dict(spec)
@@ -283,10 +240,7 @@ def make_loss(spec: str | Mapping[str, Any] | AdversarialLoss | None = None) -> 
     if set(settings) - known:
         unknown = ", ".join(sorted(map(str, set(settings) - known)))
         raise SettingError(f"the {cls.name} loss has no setting {unknown}; it has {', '.join(sorted(known))}")
-    try:
-        return cls(**settings)
-    except TypeError as err:
-        raise SettingError(f"loss {spec!r}: {err}") from None
+    return cls(**settings)
 
 
 def _number(text: str, spec: str, example: str) -> float:
@@ -317,13 +271,8 @@ def _parse_short(spec: str) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Regularizers
-
-
 def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``||grad_x D(x)||^2`` ``[N]``; ``real_img`` must require grad. Keeps the graph
-    (``create_graph``) so the penalty can be minimised."""
+    """Per-sample ``||grad_x D(x)||^2`` ``[N]`` (``real_img`` must require grad), with its graph."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_img, create_graph=True, only_inputs=True)
     return grad.square().flatten(1).sum(dim=1)
 
@@ -340,11 +289,8 @@ def path_length(img: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor | None 
 def path_length_penalty(
     lengths: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01, batch_mean: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(penalty [N], new pl_mean)``: ``(|J^T y| - a)^2`` with ``a = lerp(pl_mean, mean(lengths), decay)``.
-
-    As in NVIDIA's loss, ``a`` is not detached: the penalty's gradient also flows through the batch mean.
-    ``batch_mean`` replaces the *value* of ``mean(lengths)`` (e.g. averaged over all ranks, detached);
-    the gradient still flows through this rank's ``lengths.mean()``."""
+    """``(penalty [N], new pl_mean)``: ``(|J^T y| - a)^2``, ``a = lerp(pl_mean, mean(lengths), decay)`` not
+    detached (as NVIDIA's); ``batch_mean`` (e.g. all ranks') replaces only the value of ``mean(lengths)``."""
     local = lengths.mean()
     if batch_mean is not None:
         local = local + (batch_mean.detach() - local.detach())

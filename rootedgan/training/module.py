@@ -1,27 +1,15 @@
-"""The finetuning LightningModule: StyleGAN2's training step with a pluggable adversarial loss.
+"""The finetuning LightningModule: NVIDIA's StyleGAN2 training step with a pluggable adversarial loss.
 
-One training step (one real batch) runs NVIDIA's phases (stylegan2-ada-pytorch), each with its own
-``zero_grad``, backward (weighted by the phase's interval) and optimizer step (manual optimization):
+One step (one real batch) runs NVIDIA's phases, each with its own ``zero_grad``, backward (weighted by the
+phase's interval) and optimizer step: ``Gmain`` (G minimises ``phi(-D(G(z)))``), ``Greg`` (path length every
+``reg.pl_interval`` steps), ``Dmain`` (D minimises ``phi(D(G(z))) + phi(-D(x))``) and ``Dreg`` (R1 every
+``reg.r1_interval`` steps); so G's Adam takes ``N + N / pl_interval`` steps in N, which the
+lazy-regularization rescale assumes. Then G_ema follows G. ``tests/test_nvidia_iterations.py`` checks the step
+against NVIDIA's own iterations; README "What a step does" has the details.
 
-* ``Gmain``: G minimises ``phi(-D(G(z)))`` (style mixing with probability ``style_mixing_prob``);
-* ``Greg``: path-length regularization every ``pl_interval`` steps on ``batch / pl_batch_shrink`` samples;
-* ``Dmain``: D minimises ``phi(D(G(z))) + phi(-D(x))``;
-* ``Dreg``: R1, ``gamma / 2 * ||grad_x D(x)||^2``, every ``r1_interval`` steps.
-
-So after N steps G's Adam has taken ``N + N / pl_interval`` steps and D's ``N + N / r1_interval``, which is
-what the lazy-regularization rescale of both optimizers (lr * c, betas ** c, c = I / (I + 1)) assumes.
-Then G_ema follows G with StyleGAN's ``ema_kimg`` half-life (``ema_rampup`` optional). Progress is counted
-in images like NVIDIA's (``cur_nimg``, kimg). ``tests/test_nvidia_iterations.py`` checks this step against
-NVIDIA's own training iterations.
-
-A phase whose loss or gradient is not finite is skipped (weights and optimizer state untouched) and
-counted; ``max_bad_steps`` consecutive bad steps stop training with a clear error after saving the (still
-good) weights. Gradients of each phase are all-reduced by the module itself under the ``gan_ddp``
-strategy (see :mod:`rootedgan.training.strategy`).
-
-Every random draw of a step (latents, labels, style mixing, the path-length probe, the synthesis noise
-mode) comes from ``self.randomness`` (:mod:`rootedgan.training.randomness`); the default source is seeded from
-``(seed, rank, step)``, so resuming from a checkpoint reproduces the run exactly.
+A phase whose loss or gradient is not finite never reaches the weights and is counted (``model.guard``).
+Every random draw comes from ``self.randomness`` (seeded per ``(seed, rank, step)``: resume is exact), and
+under ``gan_ddp`` the module all-reduces each phase's gradients itself.
 """
 
 from __future__ import annotations
@@ -41,13 +29,16 @@ from torch import nn
 from rootedgan.checkpoints import load_network, save_network
 from rootedgan.distributed import rank_world
 from rootedgan.errors import UserError
+from rootedgan.fileio import atomic_open
 from rootedgan.networks import Discriminator, Generator
+from rootedgan.sampling import class_labels, seed_latents
 from rootedgan.training.adapter import base_reference, save_adapter
 from rootedgan.training.augment import build_augment
 from rootedgan.training.losses import DEFAULT_LOSS, make_loss, path_length, path_length_penalty, r1_penalty
 from rootedgan.training.optim import build_optimizer, describe, group_settings
 from rootedgan.training.orthogonal import OrthogonalConfig, OrthogonalFinetune
 from rootedgan.training.randomness import SeededRandomness, StepRandomness
+from rootedgan.training.resume import check_resume_state
 from rootedgan.training.settings import (
     AugmentConfig,
     EmaConfig,
@@ -62,6 +53,15 @@ from rootedgan.training.strategy import GANDDPStrategy
 
 class NonFiniteTrainingError(UserError, RuntimeError):
     """Training produced non-finite losses or gradients for too many consecutive steps."""
+
+
+@torch.no_grad()
+def finite_output(G: nn.Module, n: int = 4) -> bool:
+    """Whether ``G`` makes finite images of the grid seeds 0..n-1 (a synchronisation: used when stopping)."""
+    device = next(G.parameters()).device
+    z = torch.from_numpy(seed_latents(range(n), G.z_dim)).to(device)
+    c = class_labels(G.c_dim, 0 if G.c_dim else None, n).to(device)
+    return bool(torch.isfinite(G(z, c, noise_mode="const")).all())
 
 
 def d_layers_from_input(D: nn.Module) -> list[nn.Module]:
@@ -168,6 +168,7 @@ class FinetuneModule(L.LightningModule):
         self.register_buffer("bad_phases", torch.zeros([], dtype=torch.long))
         self.register_buffer("total_phases", torch.zeros([], dtype=torch.long))
         self.register_buffer("bad_streak", torch.zeros([], dtype=torch.long))
+        self.register_buffer("worst_streak", torch.zeros([], dtype=torch.long), persistent=False)
         self.phase_counts: dict[str, int] = {"Gmain": 0, "Greg": 0, "Dmain": 0, "Dreg": 0}
         self.augment_pipe, self.ada = build_augment(self.augment_cfg)  # (None, None) for kind none
         self.randomness: StepRandomness = SeededRandomness(self.seed, rank=0)
@@ -288,7 +289,8 @@ class FinetuneModule(L.LightningModule):
         opts = []
         for which, params in (("G", self.g_params()), ("D", self.d_params())):
             name, lr, betas, interval = self._optimizer_settings(which)
-            opts.append(build_optimizer(name, params, lr, betas, interval, self.speed.fused_optimizer))
+            fused = self.speed.fused_optimizer or self.speed.sync_free  # sync_free: the fused skip
+            opts.append(build_optimizer(name, params, lr, betas, interval, fused))
         opt_g, opt_d = opts
         if self.orth is not None and self.orth.cfg.eps is not None:  # COFT: project after every G step
             opt_g.register_step_post_hook(lambda *_: self.orth.project_(self.G))
@@ -363,9 +365,13 @@ class FinetuneModule(L.LightningModule):
             return None
         return getattr(self.trainer.precision_plugin, "scaler", None)
 
-    def _finish_phase(self, name: str, loss: torch.Tensor, params: list[nn.Parameter], opt: Any) -> bool:
+    def _finish_phase(
+        self, name: str, loss: torch.Tensor, params: list[nn.Parameter], opt: Any
+    ) -> bool | torch.Tensor:
         """Backward, all-reduce the phase's gradients across ranks, then step only if loss and gradients
-        are finite (one host synchronisation per phase: the decision)."""
+        are finite. The decision is one host synchronisation per phase; with ``speed.sync_free`` it stays
+        on the device (the fused optimizer skips its whole update, state included, when told the phase was
+        bad) and a 0-dim bool tensor is returned instead."""
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         loss_bad = (~torch.isfinite(loss.detach())).float().reshape(1)
@@ -388,10 +394,12 @@ class FinetuneModule(L.LightningModule):
                     (~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())).float().reshape(1)
                 )
             flags = torch.cat([loss_bad, grads_bad])
-        loss_flag, grads_flag = flags.tolist()  # the phase's one host synchronisation
-        loss_ok, grads_ok = loss_flag == 0, grads_flag == 0
         self.total_phases += 1
         self.phase_counts[name] += 1
+        if self.speed.sync_free:
+            return self._step_on_device(flags, opt)
+        loss_flag, grads_flag = flags.tolist()  # the phase's one host synchronisation
+        loss_ok, grads_ok = loss_flag == 0, grads_flag == 0
         if self._grad_scaler() is not None:
             # fp16 loss scaling: inf gradients are expected while the scale is searched. The scaler
             # skips those steps and lowers the scale itself (opt.step() must run for that), so only a
@@ -406,6 +414,17 @@ class FinetuneModule(L.LightningModule):
             self.bad_phases += 1
         opt.zero_grad(set_to_none=True)
         return finite
+
+    def _step_on_device(self, flags: torch.Tensor, opt: Any) -> torch.Tensor:
+        """The optimizer step of a phase without reading its flags ``[loss bad, grads bad]`` on the host."""
+        scaled = self._grad_scaler() is not None  # the scaler skips inf gradients itself
+        bad = flags[0] > 0 if scaled else flags.sum() > 0
+        if not scaled:
+            opt.optimizer.found_inf = bad.float()
+        opt.step()
+        self.bad_phases += bad
+        opt.zero_grad(set_to_none=True)
+        return ~bad
 
     # Each phase is NVIDIA's (training/loss.py of stylegan2-ada-pytorch): its own draws, backward with
     # gain = its interval, and its own optimizer step.
@@ -516,8 +535,12 @@ class FinetuneModule(L.LightningModule):
         self._host_counters = (step, nimg)
         self.cur_nimg.fill_(nimg)
         self.step_idx.fill_(step)
-        self._bad_streak = 0 if ok else self._bad_streak + 1
-        self.bad_streak.fill_(self._bad_streak)
+        if isinstance(ok, torch.Tensor):  # sync_free: the streak on the device, read when the logs are
+            self.bad_streak.copy_(torch.where(ok, 0, self.bad_streak + 1))
+            self.worst_streak.copy_(torch.maximum(self.worst_streak, self.bad_streak))
+        else:
+            self._bad_streak = 0 if ok else self._bad_streak + 1
+            self.bad_streak.fill_(self._bad_streak)
         if self._bad_streak >= self.guard.max_bad_steps:
             self._stop_on_nonfinite()
         if self.ada is not None:  # ADA: move p every ada_interval D steps (all-reduced: same p on every rank)
@@ -560,6 +583,8 @@ class FinetuneModule(L.LightningModule):
         logs["Loss/pl_mean"] = self.pl_mean.detach().clone()
         if self.orth is not None:
             logs.update(self.orth.logs(self.G, step - 1))
+        if self.speed.sync_free and int(self.worst_streak) >= self.guard.max_bad_steps:  # read with the logs
+            self._stop_on_nonfinite()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log("kimg", nimg / 1000, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
 
@@ -582,15 +607,31 @@ class FinetuneModule(L.LightningModule):
         if ema_buffers:
             torch._foreach_copy_(ema_buffers, buffers)
 
-    def _stop_on_nonfinite(self) -> None:
-        saved = ""
-        if self.global_rank == 0 and self._trainer is not None:
-            path = (self._run_dir or Path(self.trainer.default_root_dir)) / "network-lastgood.safetensors"
-            path.parent.mkdir(parents=True, exist_ok=True)
+    def _save_last_good(self) -> str:
+        """Write ``network-lastgood.safetensors``: the current weights when G_ema's output is finite (no bad
+        update reached them), else a copy of the newest snapshot whose G_ema output is (weights can be
+        finite and still overflow); one sentence on what was saved."""
+        folder = self._run_dir or Path(self.trainer.default_root_dir)
+        path = folder / "network-lastgood.safetensors"
+        folder.mkdir(parents=True, exist_ok=True)
+        if finite_output(self.G_ema):
             save_network(path, **self.export_networks(), meta=self.provenance())
-            saved = f" The last good weights (no bad update was applied) are in {path}."
+            return f" The last good weights (no bad update was applied) are in {path}."
+        for snapshot in sorted(folder.glob("network-snapshot-*[0-9].safetensors"), reverse=True):
+            G_ema = load_network(snapshot)["G_ema"]
+            if G_ema is not None and finite_output(G_ema):
+                with atomic_open(path, "wb") as fh:
+                    fh.write(snapshot.read_bytes())
+                return (
+                    f" The weights give a non-finite image; {path} is {snapshot.name}, the last finite one."
+                )
+        return " No weights of this run give a finite image (none saved)."
+
+    def _stop_on_nonfinite(self) -> None:
+        saved = self._save_last_good() if self.global_rank == 0 and self._trainer is not None else ""
+        streak = max(int(self.bad_streak), int(self.worst_streak))
         raise NonFiniteTrainingError(
-            f"{int(self.bad_streak)} consecutive training steps had a non-finite loss or gradient (at kimg "
+            f"{streak} consecutive training steps had a non-finite loss or gradient (at kimg "
             f"{self.cur_kimg:.1f}; {int(self.bad_phases)} of {int(self.total_phases)} phases so far).{saved} "
             f"Try a lower learning rate, a larger R1 gamma, a larger root k (loss {self.adv_loss.label}), or "
             f"precision 32; model.guard.max_bad_steps={self.guard.max_bad_steps} sets the patience."
@@ -663,5 +704,6 @@ class FinetuneModule(L.LightningModule):
         checkpoint["rootedgan_phase_counts"] = dict(self.phase_counts)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_resume_state(checkpoint, self, [self.g_params(), self.d_params()])
         self.phase_counts.update(checkpoint.get("rootedgan_phase_counts", {}))
         self._host_counters = None  # the buffers are about to change: read them again

@@ -1,49 +1,18 @@
-"""Orthogonal finetuning (OFT, and OPT's parameterizations) of StyleGAN2 generator weights.
+"""Orthogonal finetuning (OFT, with OPT's parameterizations) of StyleGAN2: README "Orthogonal finetuning".
 
-Convention (``docs/DESIGN.md``): a weight ``W0`` is viewed as ``[out, fan_in]`` (rows are filters,
-``fan_in = in * kh * kw`` in the flattened ``(in, kh, kw)`` order) and finetuned as ``W = W0 @ R^T``, i.e.
-every filter row ``w_j -> R w_j`` with one orthogonal ``R`` per layer. ``R`` is block-diagonal with
-``fan_in / block_size`` blocks of size ``block_size`` (or one block repeated, ``shared``). The frozen base
-weight stays untouched; the weights are rotated, never the input patches (rotating patches is only the same
-for 1x1 kernels). Rotating all filters of a layer by the same ``R`` keeps their pairwise angles and so their
-hyperspherical energy (:func:`hyperspherical_energy`).
+Convention: a weight ``W0`` is viewed as ``[out, fan_in]`` (``fan_in = in * kh * kw`` in ``(in, kh, kw)``
+order) and finetuned as ``W = W0 @ R^T`` (every filter ``w_j -> m_j R w_j``), with one block-diagonal
+orthogonal ``R`` per layer and optional magnitudes ``m`` (not on demodulated layers, which divide them
+out). Weights are rotated, never input patches. Every parameterization starts at ``R = I`` exactly.
 
-Parameterizations of one block (``b = block_size``):
+Neumann: ``R = (I - Q) sum_{i<=n} (-Q)^i = C (I - E)`` (``C`` exact Cayley, ``E = (-Q)^(n+1)``), so
+``R^T R - I = -(E + E^T) + E^T E`` is ``O(|Q|^(n+1))`` for odd ``n`` but ``O(|Q|^(2(n+1)))`` for even ``n``
+(``E^T = -E``): use even ``n`` (``bench/neumann_terms.py``).
 
-* ``cayley``: ``R = (I - Q)(I + Q)^-1`` with ``Q`` skew-symmetric, stored as its strict upper triangle
-  (``b (b - 1) / 2`` numbers); exact (orthogonal to rounding) for any ``Q``.
-* ``neumann``: the same with ``(I + Q)^-1 ~ sum_{i=0..n} (-Q)^i`` (``n = neumann_terms``), so
-  ``R = (I - Q) sum_i (-Q)^i``, no linear solve. Since ``(I + Q) sum_{i<=n} (-Q)^i = I - E`` with
-  ``E = (-Q)^(n+1)``, ``R = C (I - E)`` (``C`` the exact Cayley transform) and
-  ``R^T R - I = -(E + E^T) + E^T E``: for odd ``n`` (``E^T = E``) the error is ``O(|Q|^(n+1))``, for even
-  ``n`` (``E^T = -E``, the linear terms cancel) it is ``E^T E = O(|Q|^(2(n+1)))``. So even ``n`` are the
-  sensible choices: 2 terms are as orthogonal as 5 (both order 6), and the default, 4 (order 10, one
-  matrix product fewer than 5), is orthogonal to float32 rounding for ``||Q||_2 <= 0.2``
-  (``bench/neumann_terms.py`` measures the orders and costs).
-* ``gram_schmidt`` (OPT's unrolled orthogonalization): ``R = GS(I + P)`` with ``P`` a free ``b x b``
-  matrix; the columns of ``I + P`` are orthonormalized in order by a differentiable, unrolled classical
-  Gram-Schmidt with one re-orthogonalization pass. A Python loop of ``b`` steps per forward: meant for small
-  blocks (``block_size <= 64``).
-
-Every parameterization starts at its zero parameter, where ``R = I`` exactly, so the step-0 network is the
-pretrained one bit for bit. COFT's constraint is applied to the free parameter: after each optimizer step
-:meth:`OrthogonalRotation.project_` rescales it so that ``||Q||_F <= eps``, where ``Q`` is the layer's
-whole block-diagonal matrix (a shared block counted once per repetition; for ``gram_schmidt`` it is
-``P``). For Cayley this bounds the rotation: ``||R - I||_F = ||2 Q (I + Q)^-1||_F <= 2 eps``, since
-``||(I + Q)^-1||_2 <= 1`` for skew ``Q``. This ``eps`` is not OFT's: the OFT reference code and peft's
-COFT project every block on its own, ``||Q_i||_F <= eps / sqrt(r)`` for ``r`` blocks (which also bounds
-the layer by ``eps``, but gives every block the same share), while here the layer's ``Q`` is rescaled as
-a whole, so one block may use the entire radius. The same ``eps`` is therefore the same bound on the
-layer's ``||Q||_F`` (and Cayley's ``||R - I||_F``), and a looser one on each block.
-
-An optional per-filter magnitude ``m`` (initialised to 1) gives ``w_j -> m_j R w_j``. Demodulated
-convolutions (``SynthesisLayer``: conv0/conv1) divide every filter by its norm, so a magnitude would have no
-effect there; it is only created on layers without demodulation (torgb, affine and mapping layers).
-
-Hooking in: :func:`apply_orthogonal` registers an :class:`OrthogonalRotation` as a
-``torch.nn.utils.parametrize`` parametrization of each selected module's ``weight``; our layers read
-``self.weight`` in ``forward``, so modulation/demodulation act on the rotated weight. :func:`merge` folds the
-rotations back into plain weights (same ``state_dict`` keys as the original network).
+COFT (``eps``) rescales the layer's whole block-diagonal free matrix (``Q``, or ``P``; a shared block
+counted once per repetition) to ``||Q||_F <= eps`` after each step (Cayley: ``||R - I||_F <= 2 eps``).
+OFT's reference code and peft's COFT cap every block at ``eps / sqrt(blocks)`` instead: the same bound
+on the layer, but here one block may use all of it.
 """
 
 from __future__ import annotations
@@ -52,44 +21,43 @@ import copy
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from rootedgan.errors import UserError
+from rootedgan.errors import SettingError, UserError
 from rootedgan.networks.generator import SynthesisLayer
+from rootedgan.training.settings import Section, check_choice, check_number
 
 PARAMETERIZATIONS = ("cayley", "neumann", "gram_schmidt")
 DEFAULT_LAYERS = ("synthesis.*.conv0", "synthesis.*.conv1")
 GRAM_SCHMIDT_MAX_BLOCK = 64
 HE_LOG_S = 1.0  # the power s of the hyperspherical energy that training logs (mean variant)
+MAX_PATTERNS = 64
+MAX_BLOCK = 4096
+MAX_NEUMANN_TERMS = 32  # each term is one more matrix product per forward pass
+MAX_PATTERN_CHARS = 256
+MAX_REGEX_REPEATS = 3
 
 
 @dataclass
-class OrthogonalConfig:
-    """Settings of orthogonal finetuning (``model.orthogonal`` in the YAML config).
+class OrthogonalConfig(Section):
+    """Settings of orthogonal finetuning (``model.orthogonal``; README "Orthogonal finetuning (OFT)").
 
     Attributes:
-        layers: which weights of G to rotate: patterns over G's module names, ``fnmatch`` style
-            (``*`` also matches dots), or a regular expression when prefixed with ``re:``. Names look like
-            ``synthesis.b64.conv0``, ``synthesis.b64.conv1``, ``synthesis.b64.torgb``,
-            ``synthesis.b64.conv1.affine``, ``mapping.fc0``. Every pattern must match a layer.
+        layers: G's modules to rotate: ``fnmatch`` patterns (``*`` also matches dots) or ``re:REGEX`` over
+            names like ``synthesis.b64.conv0``, ``synthesis.b64.torgb``, ``mapping.fc0``; each must match.
         block_size: size of the diagonal blocks of R; must divide every selected layer's fan-in.
         shared: one block per layer, repeated along the diagonal (fewer parameters).
         parameterization: ``cayley`` (exact), ``neumann`` (truncated series) or ``gram_schmidt`` (OPT).
-        neumann_terms: highest power of ``-Q`` in the Neumann series (``neumann`` only); use an even
-            number: the orthogonality error is of order ``2 (n + 1)`` for even ``n``, ``n + 1`` for odd
-            ``n`` (module docstring). Default 4 (order 10).
-        eps: COFT radius: after every G step each layer's whole ``||Q||_F`` is rescaled into ``[0, eps]``
-            (None: unconstrained). OFT and peft bound each block by ``eps / sqrt(blocks)`` instead
-            (module docstring).
+        neumann_terms: highest power ``n`` of ``-Q`` in the Neumann series; even: error ``O(|Q|^(2n+2))``.
+        eps: COFT radius of each layer's whole ``||Q||_F`` after every G step (None: unconstrained).
         magnitude: learn a per-filter magnitude (layers without demodulation only).
-        train_extra: patterns over G's parameter names that also train as usual (e.g. ``*.bias``,
-            ``*.noise_strength``); by default only the rotations (and magnitudes) train.
+        train_extra: patterns over G's parameter names that also train (e.g. ``*.bias``).
         log_every: refresh the logged per-layer statistics every this many steps.
     """
 
@@ -103,59 +71,70 @@ class OrthogonalConfig:
     train_extra: list[str] = field(default_factory=list)
     log_every: int = 50
 
-    @classmethod
-    def from_any(cls, value: OrthogonalConfig | Mapping[str, Any] | None) -> OrthogonalConfig:
-        """A validated config from an instance, a mapping (YAML, checkpoint hparams) or None (defaults)."""
-        if value is None:
-            cfg = cls()
-        elif isinstance(value, OrthogonalConfig):
-            cfg = copy.deepcopy(value)
-        elif isinstance(value, Mapping):
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise UserError(
-                    f"model.orthogonal: unknown setting(s) {', '.join(unknown)}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            cfg = cls(**dict(value))
-        else:
-            raise UserError(f"model.orthogonal must be a mapping of settings, got {type(value).__name__}")
-        cfg.layers = [cfg.layers] if isinstance(cfg.layers, str) else list(cfg.layers)
-        cfg.train_extra = [cfg.train_extra] if isinstance(cfg.train_extra, str) else list(cfg.train_extra)
-        cfg.validate()
-        return cfg
+    where: ClassVar[str] = "model.orthogonal"
 
-    def validate(self) -> None:
-        """Raise a :class:`UserError` for settings that cannot work."""
-        where = "model.orthogonal"
-        if self.parameterization not in PARAMETERIZATIONS:
-            raise UserError(
-                f"{where}.parameterization must be one of {', '.join(PARAMETERIZATIONS)}, "
-                f"got {self.parameterization!r}"
-            )
-        if not isinstance(self.block_size, int) or self.block_size < 2:
-            raise UserError(f"{where}.block_size must be an integer >= 2, got {self.block_size!r}")
+    def __post_init__(self) -> None:
+        where = self.where
+        for name in ("layers", "train_extra"):
+            patterns = getattr(self, name)
+            patterns = [patterns] if isinstance(patterns, str) else patterns
+            if not isinstance(patterns, (list, tuple)) or len(patterns) > MAX_PATTERNS:
+                raise SettingError(f"{where}.{name} must be a list of at most {MAX_PATTERNS} patterns")
+            for pattern in patterns:
+                check_pattern(pattern, f"{where}.{name}")
+            setattr(self, name, list(patterns))
+        if not self.layers:
+            raise SettingError(f"{where}.layers is empty: name at least one layer pattern")
+        check_choice(f"{where}.parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_number(f"{where}.block_size", self.block_size, 2, MAX_BLOCK, integer=True)
         if self.parameterization == "gram_schmidt" and self.block_size > GRAM_SCHMIDT_MAX_BLOCK:
-            raise UserError(
+            raise SettingError(
                 f"{where}.parameterization gram_schmidt unrolls a loop of block_size steps per forward pass; "
                 f"use block_size <= {GRAM_SCHMIDT_MAX_BLOCK} (got {self.block_size}) or cayley"
             )
-        if self.neumann_terms < 1:
-            raise UserError(f"{where}.neumann_terms must be >= 1, got {self.neumann_terms}")
-        if self.eps is not None and not (self.eps > 0 and math.isfinite(self.eps)):
-            raise UserError(f"{where}.eps (COFT radius) must be > 0 or null, got {self.eps}")
-        if self.log_every < 1:
-            raise UserError(f"{where}.log_every must be >= 1, got {self.log_every}")
-        if not self.layers:
-            raise UserError(f"{where}.layers is empty: name at least one layer pattern")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (for checkpoints and adapter metadata)."""
-        return asdict(self)
+        check_number(f"{where}.neumann_terms", self.neumann_terms, 1, MAX_NEUMANN_TERMS, integer=True)
+        check_number(f"{where}.eps", self.eps, 0, open_low=True, optional=True)
+        check_number(f"{where}.log_every", self.log_every, 1, integer=True)
+        for name in ("shared", "magnitude"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(f"{where}.{name} must be true or false, got {getattr(self, name)!r}")
 
 
-# -- one block: the parameterizations --------------------------------------------------------------------
+def check_pattern(pattern: Any, where: str) -> None:
+    """Accept only patterns that match in bounded time (one read from a file cannot hang): at most 256
+    characters; with ``re:``, no backreferences, nested repeats, alternatives under a repeat, 4+ repeats."""
+    if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_PATTERN_CHARS:
+        raise SettingError(f"{where}: a pattern must be a string of 1 to {MAX_PATTERN_CHARS} characters")
+    if not pattern.startswith("re:"):
+        return
+    try:
+        tree = re._parser.parse(pattern[3:])
+    except re.error as err:
+        raise SettingError(f"{where}: {pattern!r} is not a regular expression ({err})") from None
+    repeats = 0
+
+    def walk(items: Any, in_repeat: bool) -> None:
+        nonlocal repeats
+        for op, arg in items:
+            kind = str(op)
+            if kind.startswith("GROUPREF"):
+                raise SettingError(f"{where}: {pattern!r}: backreferences are not allowed")
+            repeat = kind.endswith("_REPEAT")
+            repeats += repeat
+            if (in_repeat and (repeat or kind == "BRANCH")) or repeats > MAX_REGEX_REPEATS:
+                raise SettingError(
+                    f"{where}: {pattern!r} can take exponential time (nested repeats, alternatives under "
+                    f"a repeat or more than {MAX_REGEX_REPEATS} repeats): simplify it or use fnmatch"
+                )
+            if repeat:
+                walk(arg[2], True)
+            elif kind == "SUBPATTERN":
+                walk(arg[-1], in_repeat)
+            elif kind == "BRANCH":
+                for branch in arg[1]:
+                    walk(branch, in_repeat)
+
+    walk(tree, False)
 
 
 def skew_from_triu(q: torch.Tensor, size: int) -> torch.Tensor:
@@ -167,7 +146,7 @@ def skew_from_triu(q: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def cayley(q_skew: torch.Tensor) -> torch.Tensor:
-    """Exact Cayley transform ``(I - Q)(I + Q)^-1`` of skew ``[..., b, b]`` (= ``(I + Q)^-1 (I - Q)``)."""
+    """Exact Cayley transform ``(I - Q)(I + Q)^-1 = (I + Q)^-1 (I - Q)`` of skew ``[..., b, b]``."""
     eye = torch.eye(q_skew.shape[-1], dtype=q_skew.dtype, device=q_skew.device)
     return torch.linalg.solve(eye + q_skew, eye - q_skew)
 
@@ -184,9 +163,8 @@ def cayley_neumann(q_skew: torch.Tensor, terms: int) -> torch.Tensor:
 
 
 def gram_schmidt(v: torch.Tensor) -> torch.Tensor:
-    """Orthonormalize the columns of ``v [..., b, b]`` in order (unrolled classical Gram-Schmidt, run twice
-    per column for numerical orthogonality). Equals the ``Q`` of a QR decomposition with a positive
-    diagonal in ``R``. Columns must be linearly independent."""
+    """Orthonormalize the (linearly independent) columns of ``v [..., b, b]`` in order: unrolled classical
+    Gram-Schmidt, twice per column; the ``Q`` of a QR decomposition with a positive diagonal in ``R``."""
     columns: list[torch.Tensor] = []
     for j in range(v.shape[-1]):
         x = v[..., :, j]
@@ -199,11 +177,9 @@ def gram_schmidt(v: torch.Tensor) -> torch.Tensor:
 
 
 class OrthogonalRotation(nn.Module):
-    """Parametrization of one weight: ``W0 [out, ...] -> (W0.view(out, fan_in) @ R^T) * m`` (module doc).
-
-    Parameters: ``q`` (``[blocks, b*(b-1)/2]`` for cayley/neumann, ``[blocks, b, b]`` for gram_schmidt;
-    ``blocks`` is 1 when shared) and, optionally, ``magnitude`` ``[out]``. All start at the identity.
-    """
+    """Parametrization of one weight: ``W0 [out, ...] -> (W0.view(out, fan_in) @ R^T) * m``. Parameters:
+    ``q [blocks, b*(b-1)/2]`` (strict upper triangle of a skew ``Q``; cayley, neumann) or ``[blocks, b, b]``
+    (``P`` of ``R = GS(I + P)``; gram_schmidt), ``blocks`` = 1 when shared; optionally ``magnitude [out]``."""
 
     def __init__(
         self,
@@ -216,29 +192,19 @@ class OrthogonalRotation(nn.Module):
     ) -> None:
         super().__init__()
         shape = tuple(int(s) for s in weight_shape)
-        self.out_features = shape[0]
-        self.fan_in = math.prod(shape[1:])
+        self.out_features, self.fan_in = shape[0], math.prod(shape[1:])
         if self.fan_in % block_size:
             raise ValueError(f"block size {block_size} does not divide the fan-in {self.fan_in}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}")
-        self.block_size = block_size
-        self.num_blocks = self.fan_in // block_size
-        self.shared = shared
-        self.parameterization = parameterization
-        self.neumann_terms = neumann_terms
-        stored = 1 if shared else self.num_blocks
-        if parameterization == "gram_schmidt":
-            self.q = nn.Parameter(torch.zeros(stored, block_size, block_size))
-        else:
-            self.q = nn.Parameter(torch.zeros(stored, block_size * (block_size - 1) // 2))
+        self.block_size, self.num_blocks, self.shared = block_size, self.fan_in // block_size, shared
+        self.parameterization, self.neumann_terms = parameterization, neumann_terms
+        self.multiplicity = self.num_blocks if shared else 1  # how often each stored block is on R's diagonal
+        b, stored = block_size, 1 if shared else self.num_blocks
+        free = (b, b) if parameterization == "gram_schmidt" else (b * (b - 1) // 2,)
+        self.q = nn.Parameter(torch.zeros(stored, *free))
         self.magnitude = nn.Parameter(torch.ones(self.out_features)) if magnitude else None
         self.param_order: list[str] = []  # the host module's parameter names before it was parametrized
-
-    @property
-    def multiplicity(self) -> int:
-        """How often each stored block appears on the diagonal of R."""
-        return self.num_blocks if self.shared else 1
 
     def generator_matrix(self) -> torch.Tensor:
         """Blocks of the free matrix, ``[n, b, b]``: skew ``Q`` (cayley/neumann) or ``P`` (gram_schmidt)."""
@@ -253,13 +219,11 @@ class OrthogonalRotation(nn.Module):
             return cayley(gen)
         if self.parameterization == "neumann":
             return cayley_neumann(gen, self.neumann_terms)
-        eye = torch.eye(self.block_size, dtype=gen.dtype, device=gen.device)
-        return gram_schmidt(eye + gen)
+        return gram_schmidt(torch.eye(self.block_size, dtype=gen.dtype, device=gen.device) + gen)
 
     def matrix(self) -> torch.Tensor:
         """The whole block-diagonal ``R [fan_in, fan_in]`` (dense; for tests and inspection)."""
-        blocks = self.blocks()
-        return torch.block_diag(*blocks.expand(self.num_blocks, -1, -1).unbind(0))
+        return torch.block_diag(*self.blocks().expand(self.num_blocks, -1, -1).unbind(0))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # fp32 math even under autocast: R must stay orthogonal, and the result feeds the modulation.
@@ -281,10 +245,8 @@ class OrthogonalRotation(nn.Module):
 
     @torch.no_grad()
     def project_(self, eps: float) -> None:
-        """COFT projection: rescale ``q`` so that :meth:`free_norm` ``<= eps`` (no host sync). The whole
-        layer's ``Q`` is bounded, not each block (OFT/peft bound each block by ``eps / sqrt(blocks)``)."""
-        scale = (eps / self.free_norm()).clamp(max=1.0).to(self.q.dtype)
-        self.q.mul_(scale)
+        """COFT projection: rescale ``q`` so that :meth:`free_norm` ``<= eps`` (no host sync)."""
+        self.q.mul_((eps / self.free_norm()).clamp(max=1.0).to(self.q.dtype))
 
     @torch.no_grad()
     def errors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,12 +258,8 @@ class OrthogonalRotation(nn.Module):
         return orth.sqrt(), dist.sqrt()
 
     def extra_repr(self) -> str:
-        shared = ", shared" if self.shared else ""
-        blocks = f"{self.num_blocks}x{self.block_size}{shared}"
+        blocks = f"{self.num_blocks}x{self.block_size}" + (", shared" if self.shared else "")
         return f"{self.parameterization}, fan_in={self.fan_in}, blocks={blocks}"
-
-
-# -- whole networks -------------------------------------------------------------------------------------
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -310,40 +268,26 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def weight_layers(net: nn.Module) -> dict[str, nn.Module]:
-    """Modules of ``net`` with a plain (not yet parametrized) ``weight`` parameter of 2+ dimensions."""
-    out = {}
-    for name, module in net.named_modules():
-        weight = module._parameters.get("weight")
-        if isinstance(weight, nn.Parameter) and weight.ndim >= 2:
-            out[name] = module
-    return out
-
-
 def select_layers(net: nn.Module, patterns: Iterable[str]) -> list[str]:
-    """Names of the weight layers matched by any pattern (module order). Every pattern must match."""
-    candidates = weight_layers(net)
+    """Names of the modules with a plain (not yet parametrized) ``weight`` parameter of 2+ dimensions that
+    any pattern matches, in module order. Every pattern must match."""
+    candidates = []
+    for name, module in net.named_modules():
+        if isinstance(weight := module._parameters.get("weight"), nn.Parameter) and weight.ndim >= 2:
+            candidates.append(name)
     chosen = set()
     for pattern in patterns:
         hits = [name for name in candidates if _matches(name, pattern)]
         if not hits:
             parametrized = [n for n, m in net.named_modules() if parametrize.is_parametrized(m, "weight")]
             hint = " (those layers are already orthogonal)" if parametrized else ""
-            examples = ", ".join(list(candidates)[:6])
             raise UserError(
                 f"model.orthogonal.layers: the pattern {pattern!r} matches no weight layer of the generator"
-                f"{hint}. Layer names look like: {examples} ... (fnmatch patterns, or re:REGEX)"
+                f"{hint}. Layer names look like: {', '.join(candidates[:6])} ... (fnmatch patterns, or "
+                "re:REGEX)"
             )
         chosen.update(hits)
     return [name for name in candidates if name in chosen]
-
-
-def _demodulated(module: nn.Module) -> bool:
-    return isinstance(module, SynthesisLayer)
-
-
-def _divisors(n: int, limit: int = 128) -> list[int]:
-    return [d for d in range(2, min(n, limit) + 1) if n % d == 0]
 
 
 def apply_orthogonal(net: nn.Module, cfg: OrthogonalConfig) -> list[str]:
@@ -357,18 +301,15 @@ def apply_orthogonal(net: nn.Module, cfg: OrthogonalConfig) -> list[str]:
         shape = tuple(module.weight.shape)
         fan_in = math.prod(shape[1:])
         if fan_in % cfg.block_size:
+            divisors = [d for d in range(2, min(fan_in, 128) + 1) if fan_in % d == 0]
             raise UserError(
                 f"model.orthogonal.block_size={cfg.block_size} does not divide the fan-in {fan_in} "
                 f"(in*kh*kw of weight {list(shape)}) of layer {name}. Choose a block size dividing every "
-                f"selected layer's fan-in (for this layer: {_divisors(fan_in)}) or leave the layer out."
+                f"selected layer's fan-in (for this layer: {divisors}) or leave the layer out."
             )
+        magnitude = cfg.magnitude and not isinstance(module, SynthesisLayer)  # demodulated: no magnitude
         rotation = OrthogonalRotation(
-            shape,
-            cfg.block_size,
-            shared=cfg.shared,
-            parameterization=cfg.parameterization,
-            neumann_terms=cfg.neumann_terms,
-            magnitude=cfg.magnitude and not _demodulated(module),
+            shape, cfg.block_size, cfg.shared, cfg.parameterization, cfg.neumann_terms, magnitude
         ).to(device=module.weight.device)
         rotation.param_order = list(module._parameters)
         parametrize.register_parametrization(module, "weight", rotation)
@@ -379,28 +320,25 @@ def rotations(net: nn.Module) -> dict[str, OrthogonalRotation]:
     """``layer name -> OrthogonalRotation`` of a network prepared by :func:`apply_orthogonal`."""
     out = {}
     for name, module in net.named_modules():
-        for p in _chain(module):
-            if isinstance(p, OrthogonalRotation):
-                out[name] = p
+        if parametrize.is_parametrized(module, "weight"):
+            for p in module.parametrizations["weight"]:
+                if isinstance(p, OrthogonalRotation):
+                    out[name] = p
     return out
 
 
 def trainable_names(net: nn.Module, cfg: OrthogonalConfig) -> list[str]:
     """Parameter names that train in orthogonal mode: rotations, magnitudes, and ``cfg.train_extra``."""
-    names = []
-    extra_hit = dict.fromkeys(cfg.train_extra, False)
+    names, hit = [], set()
     for name, _ in net.named_parameters():
         if name.endswith(".original"):
             continue  # the frozen base weight of a rotated layer
         if ".parametrizations.weight." in name:
             names.append(name)
-            continue
-        for pattern in cfg.train_extra:
-            if _matches(name, pattern):
-                extra_hit[pattern] = True
-                names.append(name)
-                break
-    missing = [p for p, hit in extra_hit.items() if not hit]
+        elif extra := [p for p in cfg.train_extra if _matches(name, p)]:
+            hit.add(extra[0])
+            names.append(name)
+    missing = [p for p in dict.fromkeys(cfg.train_extra) if p not in hit]
     if missing:
         raise UserError(
             f"model.orthogonal.train_extra: {', '.join(map(repr, missing))} matches no parameter of the "
@@ -409,29 +347,13 @@ def trainable_names(net: nn.Module, cfg: OrthogonalConfig) -> list[str]:
     return names
 
 
-def freeze_base(net: nn.Module, cfg: OrthogonalConfig) -> list[str]:
-    """Freeze every parameter of ``net`` except :func:`trainable_names`; returns those names."""
-    names = trainable_names(net, cfg)
-    keep = set(names)
-    for name, p in net.named_parameters():
-        p.requires_grad_(name in keep)
-    return names
-
-
-def project_(net: nn.Module, eps: float) -> None:
-    """COFT projection of every rotation of ``net`` (call after each optimizer step)."""
-    for rotation in rotations(net).values():
-        rotation.project_(eps)
-
-
 @torch.no_grad()
 def merge_(net: nn.Module) -> nn.Module:
     """Fold the rotations into plain weights, in place: afterwards ``net`` has its original classes and
     ``state_dict`` keys (in the original order), weights ``W0 @ R^T`` (times magnitudes), with gradients."""
-    for _, module in list(net.named_modules()):
-        rotation = next((p for p in _chain(module) if isinstance(p, OrthogonalRotation)), None)
-        if rotation is None:
-            continue
+    modules = dict(net.named_modules())
+    for name, rotation in rotations(net).items():
+        module = modules[name]
         merged = module.weight.detach().clone()
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         module.weight.copy_(merged)
@@ -444,15 +366,8 @@ def merge_(net: nn.Module) -> nn.Module:
     return net
 
 
-def _chain(module: nn.Module) -> list[nn.Module]:
-    if not parametrize.is_parametrized(module, "weight"):
-        return []
-    return list(module.parametrizations["weight"])
-
-
 def merge(net: nn.Module) -> nn.Module:
-    """A merged copy of ``net`` (see :func:`merge_`); ``net`` itself keeps its parametrizations.
-    A network without rotations comes back as a plain copy."""
+    """A merged copy of ``net`` (:func:`merge_`; a network without rotations: a plain copy)."""
     clone = copy.deepcopy(net)
     for module in clone.modules():
         if parametrize.is_parametrized(module):
@@ -464,40 +379,28 @@ def merge(net: nn.Module) -> nn.Module:
 
 
 def adapter_state(net: nn.Module, cfg: OrthogonalConfig) -> dict[str, torch.Tensor]:
-    """What an adapter stores for ``net``: rotation parameters, ``train_extra`` parameters and
-    ``mapping.w_avg`` (training updates it), keyed like ``net.state_dict()`` (detached CPU copies)."""
+    """An adapter's tensors for ``net`` (CPU copies): its trainable parameters and ``mapping.w_avg``."""
     keep = set(trainable_names(net, cfg)) | {"mapping.w_avg"}
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items() if k in keep}
-
-
-# -- hyperspherical energy and per-layer statistics -----------------------------------------------------
 
 
 def hyperspherical_energy(
     weight: torch.Tensor, s: float = 1.0, reduction: str = "mean", eps: float = 1e-6
 ) -> torch.Tensor:
-    """Hyperspherical energy of the neurons (rows) of ``weight [N, ...]`` (each row flattened).
-
-    With ``u_i = w_i / ||w_i||`` and ``d_ij = ||u_i - u_j||``: ``HE_s = sum_{i != j} d_ij^(-s)`` for
-    ``s > 0`` and ``sum_{i != j} log(1 / d_ij)`` for ``s = 0``, over ordered pairs. ``reduction='mean'``
-    divides by ``N (N - 1)``; ``'sum'`` does not. Computed in float64 from ``d_ij^2 = 2 - 2 u_i.u_j``;
-    coincident neurons (``d_ij < eps``) count as ``d_ij = eps`` so the energy stays finite (a huge value
-    then signals collapsed neurons). Zero rows are undefined. Differentiable.
-    """
-    if s < 0:
-        raise ValueError(f"hyperspherical energy needs s >= 0, got {s}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    """Hyperspherical energy of the rows ``w_i`` of ``weight [N, ...]`` (differentiable, float64): with
+    ``d_ij = ||u_i - u_j||``, ``u_i = w_i / ||w_i||``, ``sum_{i != j} d_ij^(-s)`` (``s > 0``) or
+    ``log(1 / d_ij)`` (``s = 0``); ``mean`` divides by ``N (N - 1)``. Coincident rows count as ``d = eps``."""
     n = weight.shape[0]
-    if n < 2:
-        raise ValueError("hyperspherical energy needs at least two neurons (rows)")
+    if s < 0 or reduction not in ("mean", "sum") or n < 2:
+        raise ValueError(
+            "hyperspherical energy needs s >= 0, reduction 'mean' or 'sum' and at least two neurons (rows); "
+            f"got s={s}, {reduction!r}, {n} rows"
+        )
     w = weight.reshape(n, -1).to(torch.float64)
     u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    d2 = (2 - 2 * (u @ u.T)).clamp_min(eps * eps)
-    off = ~torch.eye(n, dtype=torch.bool, device=w.device)
-    d2 = d2[off]
-    energy = (-0.5 * d2.log()) if s == 0 else d2.pow(-s / 2)
-    total = energy.sum()
+    d2 = (2 - 2 * (u @ u.T)).clamp_min(eps * eps)  # d_ij^2
+    d2 = d2[~torch.eye(n, dtype=torch.bool, device=w.device)]
+    total = ((-0.5 * d2.log()) if s == 0 else d2.pow(-s / 2)).sum()
     return total / (n * (n - 1)) if reduction == "mean" else total
 
 
@@ -514,26 +417,20 @@ def layer_stats(net: nn.Module, s: float = HE_LOG_S) -> dict[str, dict[str, torc
     return out
 
 
-# -- the finetuning-mode bundle used by FinetuneModule --------------------------------------------------
-
-
 class OrthogonalFinetune:
-    """Orthogonal mode of :class:`~rootedgan.training.module.FinetuneModule`: parametrizes G and G_ema alike,
-    says which
-    parameters train, the EMA pairs, the COFT projection, the logs, export and adapter files.
-
-    G_ema is parametrized the same way, so the EMA generator is ``R(EMA(q))`` on G_ema's own (frozen)
-    base; only the trainable parameters are averaged and buffers are copied as usual. Bases never change,
-    which is what lets an adapter (the small parameters + a reference to the base file) reproduce both.
-    Mapping, affines, biases, noise strengths and ``const`` stay frozen unless named in ``train_extra``.
-    """
+    """Orthogonal mode of :class:`~rootedgan.training.module.FinetuneModule`: rotates G and G_ema alike (G_ema
+    is ``R(EMA(q))`` on its own frozen base) and gives the trainable parameters, EMA pairs, COFT projection,
+    logs and exported networks."""
 
     def __init__(self, cfg: OrthogonalConfig, G: nn.Module, G_ema: nn.Module, base: str | None) -> None:
         self.cfg = OrthogonalConfig.from_any(cfg)
         self.layers = apply_orthogonal(G, self.cfg)
         if apply_orthogonal(G_ema, self.cfg) != self.layers:
             raise UserError("G and G_ema of the checkpoint have different layers; cannot rotate them alike")
-        self.trainable = freeze_base(G, self.cfg)
+        self.trainable = trainable_names(G, self.cfg)
+        keep = set(self.trainable)
+        for name, p in G.named_parameters():
+            p.requires_grad_(name in keep)
         G_ema.requires_grad_(False)
         self.base_source = base  # the pretrained file (as given); rootedgan.checkpoints.adapter references it
         self._stats: dict[str, torch.Tensor] | None = None
@@ -551,18 +448,18 @@ class OrthogonalFinetune:
         return [(ema[n], p) for n, p in zip(self.trainable, self.parameters(G), strict=True)]
 
     def project_(self, G: nn.Module) -> None:
+        """COFT projection of every rotation of G (after each optimizer step)."""
         if self.cfg.eps is not None:
-            project_(G, self.cfg.eps)
+            for rotation in rotations(G).values():
+                rotation.project_(self.cfg.eps)
 
     def logs(self, G: nn.Module, step: int) -> dict[str, torch.Tensor]:
-        """``Orthogonal/{he,orth_err,rot_dist}/<layer>`` plus ``Orthogonal/orth_err_max`` and
-        ``Orthogonal/rot_dist_max``: refreshed every ``log_every`` steps, the latest values every step (so
-        whichever step the logger writes has them)."""
+        """``Orthogonal/{he,orth_err,rot_dist}/<layer>`` and two ``*_max``, refreshed every ``log_every``."""
         if self._stats is None or step % self.cfg.log_every == 0:
             stats = layer_stats(G)
             logs = {f"Orthogonal/{key}/{name}": v[key] for name, v in stats.items() for key in v}
-            logs["Orthogonal/orth_err_max"] = torch.stack([v["orth_err"] for v in stats.values()]).max()
-            logs["Orthogonal/rot_dist_max"] = torch.stack([v["rot_dist"] for v in stats.values()]).max()
+            for key in ("orth_err", "rot_dist"):
+                logs[f"Orthogonal/{key}_max"] = torch.stack([v[key] for v in stats.values()]).max()
             self._stats = logs
         return dict(self._stats)
 

@@ -18,6 +18,8 @@ second at most. Only rank 0 prints.
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,22 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
+def _nice(kimg: float) -> float:
+    """``kimg`` rounded down to 1, 2, 4 or 5 times a power of ten (an interval a person reads easily)."""
+    if kimg <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(kimg))
+    return max(m for m in (1, 2, 4, 5) if m * power <= kimg * (1 + 1e-9)) * power
+
+
+def _sized_terminal(stream: TextIO) -> bool:
+    """A terminal that reports a width: a bar needs one (a pseudo-terminal without a size shows nothing)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def latest_metrics(trainer: L.Trainer) -> dict[str, float]:
     """The latest value of every metric recorded by the run's metric callbacks (``.history`` records with
     ``results``, as :class:`rootedgan.metrics.FIDCallback` keeps them)."""
@@ -59,21 +77,25 @@ class TrainingProgress(L.Callback):
     """A progress bar in kimg and NVIDIA-style tick lines (module docstring)."""
 
     def __init__(
-        self, tick_kimg: float = 4.0, bar: Literal["auto", "on", "off"] = "auto", log_file: bool = True
+        self,
+        tick_kimg: float | None = None,
+        bar: Literal["auto", "on", "off"] = "auto",
+        log_file: bool = True,
     ) -> None:
         """
         Args:
-            tick_kimg: thousands of images between tick lines (NVIDIA: 4).
+            tick_kimg: thousands of images between tick lines; null: NVIDIA's 4, or a tenth of a shorter
+                run (at least 10 tick lines).
             bar: ``auto`` shows the bar when standard error is a terminal (tick lines then go to log.txt
                 only); ``on`` / ``off`` force it.
             log_file: append the tick lines to ``log.txt`` in the run directory.
         """
         super().__init__()
-        if not tick_kimg > 0:
+        if tick_kimg is not None and not tick_kimg > 0:
             raise ValueError(f"progress.tick_kimg must be > 0, got {tick_kimg}")
         if bar not in ("auto", "on", "off"):
             raise ValueError(f"progress.bar must be auto, on or off, got {bar!r}")
-        self.tick_kimg = float(tick_kimg)
+        self.tick_kimg = tick_kimg
         self.bar = bar
         self.log_file = log_file
         self._bar: Any = None
@@ -87,6 +109,9 @@ class TrainingProgress(L.Callback):
         self._refresh_time = 0.0
         self._rate: tuple[float, int] = (0.0, 0)  # (time, nimg) at the last rate update
         self._total_kimg = 0.0
+        self._every = 4.0
+        self._next_tick = 0.0
+        self._run: Path | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -135,6 +160,11 @@ class TrainingProgress(L.Callback):
             fields.append(f"gpumem {torch.cuda.max_memory_allocated(module.device) / 2**30:.1f}")
         return "  ".join(f.rstrip() for f in fields)
 
+    def _next_tick_after(self, nimg: int) -> float:
+        """The image count of the next multiple of the tick interval after ``nimg``."""
+        every = self._every * 1000
+        return (math.floor(nimg / every + 1e-9) + 1) * every - 1e-6
+
     # -- hooks -------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
@@ -146,13 +176,15 @@ class TrainingProgress(L.Callback):
         self._start_time = self._tick_time = self._refresh_time = now
         self._tick_nimg = self._shown_nimg = nimg
         self._rate = (now, nimg)
-        self._tick = int(nimg / 1000 // self.tick_kimg)
         total = self._total_kimg = float(module.hparams.total_kimg)
+        self._every = self.tick_kimg or _nice(min(4.0, total / 10))
+        self._tick = int(nimg / 1000 // self._every)  # tick lines are numbered on from a resumed run's
+        self._next_tick = self._next_tick_after(nimg)
         self._stream = sys.stdout
         if self.log_file:
             run.mkdir(parents=True, exist_ok=True)
             self._log = open(run / "log.txt", "a")
-        show_bar = self.bar == "on" or (self.bar == "auto" and sys.stderr.isatty())
+        show_bar = self.bar == "on" or (self.bar == "auto" and _sized_terminal(sys.stderr))
         if show_bar:
             from tqdm.auto import tqdm
 
@@ -171,8 +203,12 @@ class TrainingProgress(L.Callback):
                 f"batch: {per_device} per device x {ranks} device(s) = {per_device * ranks} images a step"
             )
         verb = "resuming at" if nimg else "starting at"
+        self._run = run
         self._write(
-            f"training {verb} kimg {self._kimg(nimg)} of {total:g}; tick lines every {self.tick_kimg:g} kimg"
+            f"run folder: {run}" + (f" (resumed from {trainer.ckpt_path})" if trainer.ckpt_path else "")
+        )
+        self._write(
+            f"training {verb} kimg {self._kimg(nimg)} of {total:g}; tick lines every {self._every:g} kimg"
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
@@ -193,8 +229,9 @@ class TrainingProgress(L.Callback):
                 postfix.update({k: f"{v:.4g}" for k, v in latest_metrics(trainer).items()})
                 self._bar.set_postfix(postfix, refresh=True)
                 self._refresh_time, self._rate = now, (now, nimg)
-        if nimg >= (self._tick + 1) * self.tick_kimg * 1000 - 1e-6:
-            self._tick = int(nimg / 1000 // self.tick_kimg)
+        if nimg >= self._next_tick:
+            self._tick += 1
+            self._next_tick = self._next_tick_after(nimg)
             self._write(self.tick_line(trainer, module, now, nimg))
             self._tick_time, self._tick_nimg = now, nimg
 
@@ -206,7 +243,8 @@ class TrainingProgress(L.Callback):
         if nimg > self._tick_nimg:
             self._tick += 1
             self._write(self.tick_line(trainer, module, now, nimg))
-        self._write(f"done: kimg {self._kimg(nimg)} in {format_duration(now - self._start_time)}")
+        took = format_duration(now - self._start_time)
+        self._write(f"done: kimg {self._kimg(nimg)} in {took}; outputs in {self._run}")
         self._close()
 
     def on_exception(self, trainer: L.Trainer, module: Any, exception: BaseException) -> None:

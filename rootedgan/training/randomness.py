@@ -1,17 +1,9 @@
-"""Where the random draws of a training step come from: one replaceable source.
+"""Where a training step's random draws come from (latents, labels, style mixing, path-length probe).
 
-A training step (:mod:`rootedgan.training.module`) asks its source for every random quantity it uses: each
-phase's latents and generated labels, the style-mixing cutoff and second latents, the path-length probe,
-and the synthesis noise mode. Swapping the source changes nothing else in the step.
-
-* :class:`SeededRandomness` (the default) draws from PyTorch's generators, re-seeded at the start of
-  every step from ``(seed, rank, step)``. A resumed run therefore draws exactly what the uninterrupted
-  run drew, and no state needs to be checkpointed. The CPU generator's state is restored after the step
-  (user code around training is not disturbed); CUDA generators are only re-seeded, which needs no
-  device synchronisation.
-* :class:`ReplayRandomness` returns recorded draws, e.g. NVIDIA's own training iterations
-  (``tests/fixtures/nvidia/tiny32.train4.npz``), so that the real ``training_step`` can be checked
-  against another implementation draw for draw.
+* :class:`SeededRandomness` (the default): PyTorch's generators, re-seeded at every step from
+  ``(seed, rank, step)``, so a resumed run draws what the uninterrupted run drew with no state to save.
+* :class:`ReplayRandomness`: recorded draws (NVIDIA's own iterations, ``tests/fixtures/nvidia/``), so that
+  the real ``training_step`` can be checked against another implementation draw for draw.
 """
 
 from __future__ import annotations
@@ -30,34 +22,19 @@ PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
 
 
 class StepRandomness(Protocol):
-    """What a training step draws. ``phase`` is one of :data:`PHASES`."""
+    """What a training step draws (``phase``: one of :data:`PHASES`): inside the context ``step``, ``latents``
+    ``[n, z_dim]``; ``labels`` to generate with, drawn from the real batch's; ``mixing_cutoff``, the first ws
+    index taken from the second latent (None: no mixing); ``mixing_latents``, the second latents, shaped like
+    ``z``; ``pl_noise``, the path-length probe ``N(0, I) / sqrt(H * W)`` shaped like ``img``."""
 
-    #: ``noise_mode`` of the synthesis network during training (``random``, ``const`` or ``none``).
-    noise_mode: str
+    noise_mode: str  # of the synthesis network during training: random, const or none
 
-    def step(self, step: int, device: torch.device) -> contextlib.AbstractContextManager[None]:
-        """Context of one training step (all other draws happen inside it)."""
-        ...
-
-    def latents(self, phase: str, n: int, z_dim: int, device: torch.device) -> torch.Tensor:
-        """``[n, z_dim]`` latents of a phase."""
-        ...
-
-    def labels(self, phase: str, real_c: torch.Tensor) -> torch.Tensor:
-        """``[N, c_dim]`` labels to generate with, drawn from the real batch's labels."""
-        ...
-
-    def mixing_cutoff(self, phase: str, num_ws: int, prob: float) -> int | None:
-        """Style mixing: the first ws index taken from the second latent, or None for no mixing."""
-        ...
-
-    def mixing_latents(self, phase: str, z: torch.Tensor) -> torch.Tensor:
-        """The second latents of style mixing, shaped like ``z``."""
-        ...
-
-    def pl_noise(self, img: torch.Tensor) -> torch.Tensor:
-        """Path-length probe ``y ~ N(0, I) / sqrt(H * W)`` shaped like ``img``."""
-        ...
+    def step(self, step: int, device: torch.device) -> contextlib.AbstractContextManager[None]: ...
+    def latents(self, phase: str, n: int, z_dim: int, device: torch.device) -> torch.Tensor: ...
+    def labels(self, phase: str, real_c: torch.Tensor) -> torch.Tensor: ...
+    def mixing_cutoff(self, phase: str, num_ws: int, prob: float) -> int | None: ...
+    def mixing_latents(self, phase: str, z: torch.Tensor) -> torch.Tensor: ...
+    def pl_noise(self, img: torch.Tensor) -> torch.Tensor: ...
 
 
 class SeededRandomness:
@@ -66,13 +43,11 @@ class SeededRandomness:
     noise_mode = "random"
 
     def __init__(self, seed: int, rank: int = 0) -> None:
-        self.seed = int(seed)
-        self.rank = int(rank)
+        self.seed, self.rank = int(seed), int(rank)
 
     @contextlib.contextmanager
     def step(self, step: int, device: torch.device) -> Iterator[None]:
-        # fork_rng on a CUDA device would copy the generator state to the host (a synchronisation) twice
-        # per step; re-seeding needs none, so only the CPU state is saved and restored.
+        # Only the CPU state is restored: saving a CUDA generator's state would sync; re-seeding does not.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, self.rank, step))  # seeds every CUDA device too
             yield
@@ -99,16 +74,11 @@ class SeededRandomness:
 
 
 class ReplayRandomness:
-    """Recorded draws, one entry per step: ``z_<phase>`` ``[steps, N, z_dim]`` and ``pl_noise``
-    ``[steps, n, C, H, W]`` (already divided by ``sqrt(H * W)``), as in NVIDIA's ``tiny32.train4.npz``.
-
-    Labels are the real batch's own (no shuffling) and the synthesis noise is ``const`` unless told
-    otherwise. Style mixing cannot be replayed (no recorded cutoffs): a mixing probability > 0 raises.
-    """
+    """Recorded ``z_<phase> [steps, N, z_dim]`` and ``pl_noise [steps, n, C, H, W]`` (over ``sqrt(H W)``);
+    labels are the real batch's, noise ``const`` by default; style mixing cannot be replayed (it raises)."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], noise_mode: str = "const") -> None:
-        self.arrays = arrays
-        self.noise_mode = noise_mode
+        self.arrays, self.noise_mode = arrays, noise_mode
         self._step: int | None = None
 
     @contextlib.contextmanager

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from rootedgan.checkpoints.records import check_metadata
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
 from rootedgan.training.losses import make_loss
@@ -94,12 +95,75 @@ def read_checkpoint(path: str | os.PathLike[str], what: str = "--ckpt_path") -> 
             f"{what} {p}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]}); "
             "is it truncated, or another kind of file? A run's checkpoint is checkpoints/last.ckpt"
         ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(
             f"{what} {p}: not a Lightning training checkpoint (no state_dict); to start from a network "
             "file use --network instead"
         )
+    try:  # before anything expands them: a shared-reference bomb is small on disk, huge once walked
+        for key, value in ckpt.items():
+            if key not in ("state_dict", "optimizer_states"):
+                check_metadata(value, f"{what} {p}: its {key!r}")
+        flat_settings(ckpt.get("hyper_parameters") or {}, f"{what} {p}: its settings")
+        _check_counters(ckpt)
+    except UserError as err:
+        raise UserError(str(err)) from None
     return ckpt
+
+
+#: The run's counters in a checkpoint (0-dim integer buffers of the module) and their largest sane value.
+COUNTERS = ("cur_nimg", "step_idx", "bad_phases", "total_phases", "bad_streak")
+MAX_COUNT = 10**15
+
+
+def _check_counters(ckpt: dict[str, Any]) -> None:
+    state, what = ckpt["state_dict"], "--ckpt_path"
+    for key in COUNTERS:
+        value = state.get(key)
+        ok = isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point
+        if value is not None and not (ok and 0 <= int(value) <= MAX_COUNT):
+            raise UserError(f"{what}: the checkpoint's counter {key} is {value!r}, not a count in [0, 1e15]")
+    counts = ckpt.get("rootedgan_phase_counts", {})
+    if not isinstance(counts, dict) or any(
+        not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_COUNT for v in counts.values()
+    ):
+        raise UserError(f"{what}: the checkpoint's phase counts are not counts: {str(counts)[:200]}")
+
+
+def check_resume_state(checkpoint: dict[str, Any], module: torch.nn.Module, optimizers: list[list]) -> None:
+    """Refuse, in one line, a checkpoint whose weights or optimizer states do not fit ``module`` and its
+    optimizers' parameters (``optimizers``: G's and D's parameter lists), before anything is loaded."""
+    ours, theirs = module.state_dict(), checkpoint["state_dict"]
+    if set(ours) != set(theirs):
+        diff = sorted(set(ours) ^ set(theirs))
+        raise UserError(
+            f"--ckpt_path: the checkpoint's weights do not fit this config's networks ({diff[:3]})"
+        )
+    for key, value in theirs.items():
+        if not isinstance(value, torch.Tensor) or value.shape != ours[key].shape:
+            raise UserError(f"--ckpt_path: the checkpoint's {key} does not fit this config's networks")
+    states = checkpoint.get("optimizer_states")
+    if states is None:
+        return
+    if not isinstance(states, list) or len(states) != len(optimizers):
+        raise UserError("--ckpt_path: the checkpoint's optimizer states are not G's and D's")
+    for opt_state, params in zip(states, optimizers, strict=True):
+        per_param = opt_state.get("state") if isinstance(opt_state, dict) else None
+        groups = opt_state.get("param_groups") if isinstance(opt_state, dict) else None
+        if not isinstance(per_param, dict) or not isinstance(groups, list):
+            raise UserError("--ckpt_path: an optimizer state of the checkpoint is malformed")
+        for index, entry in per_param.items():
+            if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+                raise UserError(
+                    f"--ckpt_path: the checkpoint's optimizer state has an unknown entry {index!r}"
+                )
+            for name, value in entry.items():
+                fits = isinstance(value, torch.Tensor) and value.shape in (
+                    params[index].shape,
+                    torch.Size([]),
+                )
+                if not fits:
+                    raise UserError(f"--ckpt_path: the checkpoint's optimizer state {name} does not fit")
 
 
 def resume_changes(saved: dict[str, Any], given: dict[str, Any], what: str = "--ckpt_path") -> list[str]:

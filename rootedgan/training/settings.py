@@ -248,15 +248,19 @@ class SpeedConfig(Section):
         tf32: allow TF32 in fp32 matrix products and convolutions (true), forbid it (false, as NVIDIA's
             training loop does), or leave PyTorch's setting (null).
         fused_optimizer: PyTorch's fused Adam/SGD (one kernel for all parameters).
+        sync_free: decide on the device whether a phase's update is applied (the fused optimizer skips a
+            non-finite phase whole, state included) and read the counters only with the logs: no host
+            synchronisation inside a training step. Implies the fused optimizer.
     """
 
     where: ClassVar[str] = "model.speed"
     channels_last: bool = False
     tf32: bool | None = None
     fused_optimizer: bool = False
+    sync_free: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("channels_last", "tf32", "fused_optimizer"):
+        for name in ("channels_last", "tf32", "fused_optimizer", "sync_free"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "tf32")):
                 raise SettingError(f"{self.where}.{name} must be true or false, got {value!r}")

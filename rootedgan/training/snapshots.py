@@ -27,7 +27,7 @@ import torch
 from rootedgan.checkpoints import save_network
 from rootedgan.errors import UserError
 from rootedgan.imaging import make_grid, parse_grid, save_image_atomic, to_uint8
-from rootedgan.runs import KimgSchedule, run_dir, snapshot_tag
+from rootedgan.runs import KimgSchedule, run_dir, snapshot_path, snapshot_tag
 from rootedgan.sampling import class_labels, seed_latents
 
 
@@ -99,8 +99,12 @@ class NetworkSnapshot(L.Callback):
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
         if self.keep_checkpoints:
             trainer.save_checkpoint(out / "checkpoints" / f"kimg{tag}.ckpt", weights_only=False)
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            self.written.append(self.write_files(module, out, tag))
+
+    def write_files(self, module: Any, out: Path, tag: str) -> Path:
+        """``network-snapshot-TAG.safetensors`` (orthogonal mode: merged weights, plus the adapter file) and
+        ``fakesTAG.png`` of ``module`` in ``out``; returns the snapshot's path."""
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"network-snapshot-{tag}.safetensors"
         export = getattr(module, "export_networks", None)  # orthogonal mode: merged plain weights
@@ -109,9 +113,24 @@ class NetworkSnapshot(L.Callback):
         if getattr(module, "save_adapter", None) is not None:  # orthogonal mode: the small deltas alone
             module.save_adapter(out / f"network-snapshot-{tag}.adapter.safetensors")
         save_image_atomic(self._grid(module), out / f"fakes{tag}.png")
-        self.written.append(path)
+        return path
+
+    def recover(self, module: Any, ckpt_path: str | Path) -> Path | None:
+        """Write the snapshot of a resumed checkpoint's weights into the checkpoint's run folder when it is
+        not there (a run killed after writing ``last.ckpt`` and before its snapshot, the final one
+        included); returns its path, or None when nothing was missing."""
+        ckpt = Path(ckpt_path).expanduser()
+        folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        nimg = int(module.cur_nimg)
+        if nimg == 0 or snapshot_path(folder, nimg) is not None:
+            return None
+        path = self.write_files(module, folder, snapshot_tag(nimg, self.snap_kimg))
+        print(f"  wrote {path}: the snapshot of kimg {nimg / 1000:g} was missing (an interrupted write)")
+        return path
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.ckpt_path and trainer.is_global_zero:
+            self.recover(module, trainer.ckpt_path)
         self._schedule.start(module.cur_kimg)
         # A resumed run already has its snapshot at this point (last.ckpt is written with one): the final
         # snapshot is only written when this session trained at least one step.
