@@ -650,7 +650,8 @@ def test_dataset_into_a_folder_or_onto_a_full_disk_is_one_line(tmp_path, shapes,
     monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
     dest = tmp_path / "data.zip"
     assert cli_main(["dataset", str(shapes), str(dest), "--resolution", "32"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]  # no progress bar
+    lines = capsys.readouterr().err.splitlines()
+    err = [line for line in lines if line.strip() and "%|" not in line]  # without the progress bar
     assert len(err) == 1 and "No space left on device); nothing was written" in err[0]
     assert not dest.exists() and not list(tmp_path.glob(".*.tmp"))
 
