@@ -1,21 +1,12 @@
 """Training images: a folder or zip of image files as uint8 tensors, and the LightningDataModule.
 
-A folder is searched recursively (hidden names and ``__MACOSX/`` skipped), a zip is recognised by content;
-images (first frame only) are ordered by relative path. Labels come from NVIDIA's ``dataset.json``. The
-rules below are the README's "Data" section:
-
-Geometry: channels are converted first, then a non-square image is center-cropped to its shorter side
-(NVIDIA ``dataset_tool --transform=center-crop``: offsets ``(size - short) // 2``) and LANCZOS-resized to
-``resolution`` if its size differs; with ``resolution=None`` every image must be square, all one size.
-
-Channels: grey is replicated to RGB; alpha is dropped without compositing (as PIL's ``convert("RGB")`` and
-NVIDIA's tool do); 16-bit grey is reduced by ``>> 8`` (PIL would clip it to white), float clipped to
-[0, 255]; ``channels=1`` is PIL's L. EXIF orientation is not applied (as in NVIDIA's tools).
-
-Limits: a file or zip member over ``max_image_mb`` is refused before it is read, an image over
-``max_image_pixels`` before it is decoded, anything but a regular file is never opened, and
-``dataset.json`` must be plain JSON with class indices below 65,536. Each error is one line that starts
-with the file, also from a DataLoader worker.
+The rules are the README's "Data" section; in more detail: a folder is searched recursively (hidden names
+and ``__MACOSX/`` skipped), a zip is recognised by content, images (first frame only) are ordered by
+relative path. Channels are converted first (alpha dropped without compositing, as PIL's ``convert("RGB")``
+and NVIDIA's tool do; 16-bit grey ``>> 8`` where PIL would clip it to white; float clipped to [0, 255];
+``channels=1`` is PIL's L), then the center crop (NVIDIA's offsets ``(size - short) // 2``). Anything but a
+regular file is never opened; ``dataset.json`` must be plain JSON with class indices below 65,536. Each
+error is one line that starts with the file, also from a DataLoader worker.
 """
 
 from __future__ import annotations
@@ -43,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rootedgan.distributed import rank_world
-from rootedgan.errors import UserError, printable
+from rootedgan.errors import UserError, one_line, printable
 from rootedgan.fileio import atomic_open
 from rootedgan.imaging import ensure_writable_dir
 from rootedgan.sampling import derive_seed
@@ -59,7 +50,6 @@ DEFAULT_MAX_IMAGE_MB = 256.0
 DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # PIL's Image.MAX_IMAGE_PIXELS default
 MAX_CLASSES = 1 << 16  # class indices must be below this (c_dim = max + 1)
 MAX_LABEL_BYTES = 8 << 30  # the float32 label table of the whole data set
-_WORKER_PREFIX = "Caught {name} in DataLoader worker"
 # ImageDataModule settings passed on to ImageDataset as they are
 _DATASET_OPTIONS = "use_labels xflip max_images on_error seed max_image_mb max_image_pixels".split()
 
@@ -77,7 +67,7 @@ class DatasetError(UserError):
 
 def _worker_message(text: str, name: str) -> str:
     """The original message inside torch's "Caught X in DataLoader worker ..." text (else ``text``)."""
-    if not text.startswith(_WORKER_PREFIX.format(name=name)):
+    if not text.startswith(f"Caught {name} in DataLoader worker"):
         return text
     lines = text.rstrip().splitlines()
     for i in range(len(lines) - 1, -1, -1):
@@ -104,9 +94,7 @@ def is_image_name(rel_name: str) -> bool:
     return not hidden and os.path.splitext(rel_name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_files(
-    path: str, error: type[UserError] = UserError, what: str = "image path"
-) -> tuple[bool, list[str]]:
+def list_files(path: str, error: type[UserError], what: str) -> tuple[bool, list[str]]:
     """``(is_zip, names)`` of a folder (searched recursively, hidden folders skipped) or a zip file
     (detected by content): every file's name relative to it with ``/`` separators, sorted. Anything else
     (a missing path, a FIFO or device, another file, an unreadable zip) raises ``error`` in one line."""
@@ -163,11 +151,6 @@ def _shorten(names: Sequence[str]) -> str:
     return shown + (f", ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _short_repr(value: Any, limit: int = 80) -> str:
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxstring, r.maxother = 3, 6, limit, limit
@@ -183,9 +166,7 @@ def max_bytes_of(max_image_mb: float | None) -> int | None:
     return int(max_image_mb * (1 << 20))
 
 
-def read_image_bytes(
-    root: str, name: str, zf: zipfile.ZipFile | None, max_bytes: int | None, option: str = "max_image_mb"
-) -> bytes:
+def read_image_bytes(root: str, name: str, zf: zipfile.ZipFile | None, max_bytes: int | None) -> bytes:
     """The bytes of image ``name`` under folder ``root`` or in the zip ``zf`` (the file ``root``). A file
     (it must be a regular one) or member over ``max_bytes`` is refused before it is read, and the limit is
     enforced while reading too, whatever a zip's directory says; errors name the member and the file."""
@@ -194,7 +175,7 @@ def read_image_bytes(
     def too_big(size: int | str) -> DatasetError:
         return DatasetError(
             f"{where}: the file is {size} bytes (uncompressed), more than the limit of {max_bytes} bytes "
-            f"({option}); refused"
+            "(max_image_mb); refused"
         )
 
     if zf is not None:
@@ -215,14 +196,14 @@ def read_image_bytes(
     return data
 
 
-def open_image(data: bytes, max_pixels: int | None, option: str = "max_image_pixels") -> Image.Image:
+def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
     """``Image.open`` on bytes, refusing (before decoding) an image of more than ``max_pixels`` pixels."""
     img = Image.open(io.BytesIO(data))
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         img.close()
         raise Image.DecompressionBombError(
-            f"the image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} ({option}); "
+            f"the image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} (max_image_pixels); "
             "refused as a possible decompression bomb"
         )
     return img
@@ -291,38 +272,31 @@ def _check_label_size(where: str, count: int, width: int, what: str) -> None:
         )
 
 
-def _one_hot(names: list[str], values: list[int], where: str) -> np.ndarray:
-    classes = np.asarray([min(max(v, -1), 1 << 62) for v in values], dtype=np.int64)
-    if classes.min() < 0:
-        i = int(np.argmin(classes))
-        raise DatasetError(f"{where}: class labels must be >= 0, got {values[i]} for {names[i]!r}")
-    top = int(np.argmax(classes))
-    width = int(classes[top]) + 1
-    _check_label_size(where, len(names), width, f"class index {values[top]} for {names[top]!r} is too large")
-    onehot = np.zeros([len(names), width], dtype=np.float32)
-    onehot[np.arange(len(names)), classes] = 1
-    return onehot
-
-
-def _vectors(names: list[str], values: list[list[float]], where: str) -> np.ndarray:
-    lengths = {len(v) for v in values}
-    if len(lengths) != 1:
-        raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)[:8]}")
-    _check_label_size(where, len(names), lengths.pop(), "the label vectors are too long")
-    f32_max = float(np.finfo(np.float32).max)  # NaN and inf fail the comparison; so do ints beyond float32
-    bad = next((i for i, v in enumerate(values) if not all(-f32_max <= x <= f32_max for x in v)), None)
-    if bad is not None:
-        label = _short_repr(values[bad])
-        raise DatasetError(f"{where}: the label of {names[bad]!r} is not a finite float32 vector ({label})")
-    return np.asarray(values, dtype=np.float32).reshape(len(names), -1)
-
-
 def _label_array(names: list[str], values: list[Any], where: str) -> np.ndarray:
     """float32 ``[len(names), c_dim]``: one-hot class indices, or the label vectors."""
+    n = len(names)
     if all(_is_int(v) for v in values):
-        return _one_hot(names, values, where)
+        bad = next((i for i, v in enumerate(values) if v < 0), None)
+        if bad is not None:
+            raise DatasetError(f"{where}: class labels must be >= 0, got {values[bad]} for {names[bad]!r}")
+        top = max(range(n), key=values.__getitem__)
+        width = values[top] + 1
+        _check_label_size(where, n, width, f"class index {values[top]} for {names[top]!r} is too large")
+        onehot = np.zeros([n, width], dtype=np.float32)
+        onehot[np.arange(n), values] = 1
+        return onehot
     if all(_is_vector(v) for v in values):
-        return _vectors(names, values, where)
+        lengths = {len(v) for v in values}
+        if len(lengths) != 1:
+            raise DatasetError(f"{where}: label vectors have different lengths {sorted(lengths)[:8]}")
+        _check_label_size(where, n, lengths.pop(), "the label vectors are too long")
+        # NaN and inf fail the comparison; so do ints beyond float32
+        f32_max = float(np.finfo(np.float32).max)
+        bad = next((i for i, v in enumerate(values) if not all(-f32_max <= x <= f32_max for x in v)), None)
+        if bad is None:
+            return np.asarray(values, dtype=np.float32).reshape(n, -1)
+        label = _short_repr(values[bad])
+        raise DatasetError(f"{where}: the label of {names[bad]!r} is not a finite float32 vector ({label})")
     kind = _is_int if _is_int(values[0]) else _is_vector
     bad = next((i for i, v in enumerate(values) if not kind(v)), 0)
     raise DatasetError(
@@ -389,29 +363,13 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             np.random.RandomState(self.seed % (1 << 31)).shuffle(idx)
             idx = np.sort(idx[: self.max_images])
         self.names: list[str] = [names[i] for i in idx]
+        self.num_images = len(self.names)  # N distinct images (without the mirrored copies)
         self.labels: np.ndarray = labels.astype(np.float32)[idx]  # float32 [N, c_dim]
-        self.label_shape: tuple[int, ...] = (self.labels.shape[1],)
+        self.c_dim: int = self.labels.shape[1]  # 0 without labels
+        self.label_shape, self.has_labels = (self.c_dim,), self.c_dim > 0
         self.resolution: int = int(resolution) if resolution is not None else self._native_resolution(sizes)
+        self.image_shape = (self.channels, self.resolution, self.resolution)
         self._check_sizes = resolution is None
-
-    @property
-    def num_images(self) -> int:
-        """Number of distinct images N (without the mirrored copies)."""
-        return len(self.names)
-
-    @property
-    def c_dim(self) -> int:
-        """Length of the label vector (0 without labels)."""
-        return self.label_shape[0]
-
-    @property
-    def has_labels(self) -> bool:
-        return self.c_dim > 0
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(C, R, R)``."""
-        return (self.channels, self.resolution, self.resolution)
 
     def __len__(self) -> int:
         return self.num_images * (2 if self.xflip else 1)
@@ -438,16 +396,10 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         """The file's bytes, within ``max_image_mb`` (a :class:`DatasetError` naming it otherwise)."""
         return read_image_bytes(self.path, name, self._get_zip(), self.max_bytes)
 
-    def _open(self, data: bytes) -> Image.Image:
-        return open_image(data, self.max_pixels)
-
-    def _describe(self, name: str) -> str:
-        return f"{name!r} in {self.path}"
-
     def _bad_image(self, name: str, err: BaseException) -> DatasetError:
         if isinstance(err, DatasetError):
             return err
-        return DatasetError(f"{self._describe(name)}: cannot read image: {_one_line(err)}")
+        return DatasetError(f"{name!r} in {self.path}: cannot read image: {one_line(err)}")
 
     def _drop_unreadable(self, names: list[str]) -> tuple[list[str], dict[str, tuple[int, int]]]:
         """Decode every image once; drop the ones PIL cannot read. Returns (good names, sizes)."""
@@ -457,9 +409,9 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             try:
                 with lock:  # one reader of the shared zip handle at a time; decoding runs in parallel
                     data = self._read_bytes(name)
-                with self._open(data) as img:
+                with open_image(data, self.max_pixels) as img:
                     img.verify()
-                with self._open(data) as img:
+                with open_image(data, self.max_pixels) as img:
                     img.load()
                     return img.size
             except Exception:
@@ -498,7 +450,7 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         except DatasetError:
             raise
         except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
-            raise DatasetError(f"cannot parse {where}: {_one_line(err)}") from None
+            raise DatasetError(f"cannot parse {where}: {one_line(err)}") from None
         finally:
             self.close()
         table = _label_table(meta, where)
@@ -509,7 +461,7 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
 
     def _image_size(self, name: str) -> tuple[int, int]:
         try:
-            with self._open(self._read_bytes(name)) as img:
+            with open_image(self._read_bytes(name), self.max_pixels) as img:
                 return img.size
         except Exception as err:
             raise self._bad_image(name, err) from None
@@ -521,7 +473,7 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
             w, h = sizes.get(first) or self._image_size(first)
             if w != h or not _is_power_of_two(w):
                 raise DatasetError(
-                    f"image {self._describe(first)} is {w}x{h}; without a resolution every image must be "
+                    f"image {first!r} in {self.path} is {w}x{h}; without a resolution every image must be "
                     "square with a power-of-two size. Set the resolution (data.resolution) to "
                     "center-crop and resize the images"
                 )
@@ -529,7 +481,7 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
                 size = sizes.get(name) or self._image_size(name)
                 if size != (w, w):
                     raise DatasetError(
-                        f"image {self._describe(name)} is {size[0]}x{size[1]} but the first image "
+                        f"image {name!r} in {self.path} is {size[0]}x{size[1]} but the first image "
                         f"{first!r} is {w}x{w}; without a resolution every image must have the same "
                         "square size. Set the resolution (data.resolution) to center-crop and resize them"
                     )
@@ -541,11 +493,11 @@ class ImageDataset(ZipHandle, torch.utils.data.Dataset):
         """Decode image ``raw_index`` (0 <= raw_index < N) as uint8 ``[R, R, C]`` (not mirrored)."""
         name = self.names[raw_index]
         try:
-            with self._open(self._read_bytes(name)) as img:
+            with open_image(self._read_bytes(name), self.max_pixels) as img:
                 img.load()
                 if self._check_sizes and img.size != (self.resolution, self.resolution):
                     raise DatasetError(
-                        f"image {self._describe(name)} is {img.size[0]}x{img.size[1]}, expected "
+                        f"image {name!r} in {self.path} is {img.size[0]}x{img.size[1]}, expected "
                         f"{self.resolution}x{self.resolution}; set data.resolution to resize images"
                     )
                 out = fit_square(_to_channels(img, self.channels), self.resolution)
@@ -693,8 +645,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """Shuffled (seeded) batches of ``(img uint8 [B, C, R, R], label float32 [B, c_dim])``."""
-        if self.dataset is None:
-            self.setup("fit")
+        self.setup("fit")  # a no-op when set up already
         assert self.dataset is not None
         n = len(self.dataset)
         if n < self.batch_size:
@@ -770,24 +721,16 @@ def write_dataset_zip(
     ensure_writable_dir(dest.parent)  # before the images are read, not after
     on_error: Literal["raise", "skip"] = "raise" if strict else "skip"
     ds = ImageDataset(source, resolution, channels, labels, max_images=max_images, on_error=on_error)
+    names = []
     try:
-        return _write_zip(ds, dest, progress)
+        with atomic_open(dest, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i in tqdm(range(ds.num_images), desc="dataset", unit="img", disable=not progress):
+                arr, buf = ds.load_image(i), io.BytesIO()
+                Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(buf, "PNG", compress_level=6)
+                name = f"{i // 1000:05d}/img{i:08d}.png"
+                zf.writestr(name, buf.getvalue())
+                names.append([name, _dataset_json_label(ds.labels[i])])
+            zf.writestr("dataset.json", json.dumps({"labels": names if ds.has_labels else None}))
     except OSError as err:  # the disk filled up, or the folder went away: the temp file is gone too
         raise UserError(f"cannot write {dest} ({err.strerror or err}); nothing was written") from None
-
-
-def _write_zip(ds: ImageDataset, dest: Path, progress: bool) -> ImageDataset:
-    names = []
-    with atomic_open(dest, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-        for i in tqdm(range(ds.num_images), desc="dataset", unit="img", disable=not progress):
-            arr = ds.load_image(i)
-            name = f"{i // 1000:05d}/img{i:08d}.png"
-            buf = io.BytesIO()
-            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(
-                buf, format="PNG", compress_level=6
-            )
-            zf.writestr(name, buf.getvalue())
-            if ds.has_labels:
-                names.append([name, _dataset_json_label(ds.labels[i])])
-        zf.writestr("dataset.json", json.dumps({"labels": names if ds.has_labels else None}))
     return ds

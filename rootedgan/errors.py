@@ -9,6 +9,12 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """``err``'s message on one line (whitespace runs collapsed), cut at ``limit`` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class UserError(Exception):
     """A problem the user can fix (bad path, bad file, bad option). The CLI prints only the message."""
 

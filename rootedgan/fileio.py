@@ -10,12 +10,6 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file next to ``path`` (parents created) for writing; on success it is fsynced and replaces
@@ -26,7 +20,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
+        umask = os.umask(0o022)  # the only portable way to read the umask is to set it
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -1,13 +1,11 @@
-"""The run folder of a finetune, in one place: its name and version (:func:`claim_version`), where a
-trainer writes (:func:`run_dir`), the kimg schedule of its snapshots and evaluations (:class:`KimgSchedule`),
-snapshot names (:func:`snapshot_tag`, :func:`snapshot_path`, :func:`newest_snapshot`), discovery of runs and
-their logs (:func:`log_dirs`, :func:`latest_run`, :func:`run_log_dir`) and the one writer of NVIDIA-style
-``metric-*.jsonl`` records (:func:`append_metric_record`).
+"""The run folder of a finetune, ``<default_root_dir>/lightning_logs/version_N/``, in one place: its version,
+the kimg schedule and names of its snapshots, discovery of runs and their logs, and the one writer of
+NVIDIA-style ``metric-*.jsonl`` records.
 
-A run folder is ``<default_root_dir>/lightning_logs/version_N/``. ``KKKKKK`` in ``network-snapshot-KKKKKK.
-safetensors`` and ``fakesKKKKKK.png`` is the whole kimg as in NVIDIA's runs; with a ``snap_kimg`` that is not
-a whole number it is ``KKKKKK.III`` (kimg and the remaining images), so snapshots less than 1 kimg apart do
-not overwrite each other.
+``KKKKKK`` in ``network-snapshot-KKKKKK.safetensors`` and ``fakesKKKKKK.png`` is the whole kimg as in
+NVIDIA's runs; with a ``snap_kimg`` that is not a whole number it is ``KKKKKK.III`` (kimg and the remaining
+images), so snapshots less than 1 kimg apart do not overwrite each other (names still sort in training
+order).
 """
 
 from __future__ import annotations
@@ -83,13 +81,9 @@ class KimgSchedule:
 
 
 def snapshot_tag(cur_nimg: int, snap_kimg: float) -> str:
-    """The ``KKKKKK`` in snapshot and grid names: NVIDIA's whole kimg (``000012``), or, when the interval
-    is not a whole number of kimg, the kimg with its remaining images (``000000.250``) so that two
-    snapshots within one kimg never overwrite each other (names still sort in training order)."""
+    """The ``KKKKKK`` (``000012``) or ``KKKKKK.III`` (``000000.250``) in snapshot and grid names."""
     kimg, rest = divmod(int(cur_nimg), 1000)
-    if float(snap_kimg).is_integer():
-        return f"{kimg:06d}"
-    return f"{kimg:06d}.{rest:03d}"
+    return f"{kimg:06d}" if float(snap_kimg).is_integer() else f"{kimg:06d}.{rest:03d}"
 
 
 def snapshot_path(out: Path, cur_nimg: int) -> Path | None:
@@ -105,16 +99,20 @@ def snapshot_path(out: Path, cur_nimg: int) -> Path | None:
 def newest_snapshot(run: str | os.PathLike[str]) -> Path | None:
     """The newest ``network-snapshot-KKKKKK[.III].safetensors`` of a run folder (by kimg), else None.
     Adapter files (``*.adapter.safetensors``) are left out: the plain snapshot next to each loads alone."""
-    found = []
     try:
         entries = list(Path(run).iterdir())
     except OSError:
         return None
-    for entry in entries:
-        match = _SNAPSHOT_RX.fullmatch(entry.name)
-        if match and entry.is_file():
-            found.append(((int(match.group(1)), int(match.group(2) or 0)), entry))
+    found = [
+        ((int(m.group(1)), int(m.group(2) or 0)), entry)
+        for entry in entries
+        if (m := _SNAPSHOT_RX.fullmatch(entry.name)) and entry.is_file()
+    ]
     return max(found)[1] if found else None
+
+
+def _has_logs(folder: Path) -> bool:
+    return (folder / "metrics.csv").is_file() or any(folder.glob("metric-*.jsonl"))
 
 
 def _version_number(path: Path) -> int:
@@ -126,7 +124,7 @@ def log_dirs(root: str | os.PathLike[str]) -> list[Path]:
     """The folders holding a run's logs, oldest first: ``root`` itself when it has a ``metrics.csv`` or
     ``metric-*.jsonl``, else its ``lightning_logs/version_*`` folders."""
     root = Path(root)
-    if (root / "metrics.csv").is_file() or any(root.glob("metric-*.jsonl")):
+    if _has_logs(root):
         return [root]
     versions = [p for p in (root / LOGS).glob("version_*") if p.is_dir() and _version_number(p) >= 0]
     return sorted(versions, key=_version_number)
@@ -151,7 +149,7 @@ def run_log_dir(root: str | os.PathLike[str]) -> Path:
             named = None
         if named and (root / named).is_dir():
             return root / named
-    candidates = [d for d in log_dirs(root) if (d / "metrics.csv").is_file() or any(d.glob("metric-*.jsonl"))]
+    candidates = [d for d in log_dirs(root) if _has_logs(d)]
     if not candidates:
         raise UserError(
             f"no logs in {root}: expected lightning_logs/version_*/metrics.csv (Lightning's CSV logger) "

@@ -203,9 +203,7 @@ def style_mixing_grid(
             w = w_of[r].clone()
             w[styles] = w_of[s][styles]
             images[(r, s)] = render(w)
-    blank = np.zeros_like(images[(-1, col_seeds[0])])
-    cells = [blank] + [images[(-1, s)] for s in col_seeds]
-    for r in row_seeds:
-        cells += [images[(r, -1)]] + [images[(r, s)] for s in col_seeds]
+    blank = np.zeros_like(images[(-1, col_seeds[0])])  # the top-left corner
+    cells = [images.get((r, s), blank) for r in [-1, *row_seeds] for s in [-1, *col_seeds]]
     figure = make_grid(np.stack(cells), len(row_seeds) + 1, len(col_seeds) + 1)
     return figure, images

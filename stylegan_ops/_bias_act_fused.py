@@ -84,11 +84,9 @@ class _BiasActGrad(torch.autograd.Function):
 
 
 def _inside(y: torch.Tensor, clamp: float) -> bool:
-    """Whether every element lies strictly inside ``(-clamp, clamp)`` (False with a NaN): then the clamp
-    changes nothing and its mask passes every gradient, so both can be skipped. Reads back to the host, so
-    only on the CPU: on a GPU that would wait for the device, and the clamp is kept."""
-    if y.device.type != "cpu":
-        return False
+    """Whether every element of a CPU tensor lies strictly inside ``(-clamp, clamp)`` (False with a NaN): then
+    the clamp changes nothing and its mask passes every gradient, so both can be skipped. (On a GPU the read
+    back to the host would wait for the device: there the clamp is kept.)"""
     if y.numel() == 0:
         return True
     lo, hi = torch.aminmax(y)

@@ -64,14 +64,12 @@ class _Config:
     padding: tuple[int, int, int, int]
     flip_filter: bool
     gain: float
-    tiled: int = -1
+    tiled: int
 
 
-def _run(plugin: Any, x: torch.Tensor, f: torch.Tensor, cfg: _Config) -> torch.Tensor:
-    """Forward computation with the kernel: one pass for a 2-D filter, x then y for a 1-D one.
-
-    x: ``[N, C, H, W]``; f: float32/float64 ``[fh, fw]`` or ``[k]``, on x's device.
-    """
+def _run(x: torch.Tensor, f: torch.Tensor, cfg: _Config) -> torch.Tensor:
+    """The kernel's forward pass, ``x [N, C, H, W]``: one pass for a 2-D filter, x then y for a 1-D one."""
+    plugin = cfg.plugin
     x = x.contiguous()
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     f = f.to(device=x.device, dtype=acc)
@@ -94,7 +92,7 @@ class _UpFirDn2d(torch.autograd.Function):
         ctx.save_for_backward(f)
         ctx.cfg = cfg
         ctx.in_hw = (x.shape[2], x.shape[3])
-        return _run(cfg.plugin, x, f, cfg)
+        return _run(x, f, cfg)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:

@@ -28,13 +28,12 @@ class ActivationSpec:
     def_alpha: float
     def_gain: float
     cuda_idx: int
-    uses_alpha: bool = False
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {
     "linear": ActivationSpec(lambda x, a: x, 0.0, 1.0, 1),
     "relu": ActivationSpec(lambda x, a: F.relu(x), 0.0, math.sqrt(2), 2),
-    "lrelu": ActivationSpec(lambda x, a: F.leaky_relu(x, a), 0.2, math.sqrt(2), 3, uses_alpha=True),
+    "lrelu": ActivationSpec(lambda x, a: F.leaky_relu(x, a), 0.2, math.sqrt(2), 3),
     "tanh": ActivationSpec(lambda x, a: torch.tanh(x), 0.0, 1.0, 4),
     "sigmoid": ActivationSpec(lambda x, a: torch.sigmoid(x), 0.0, 1.0, 5),
     "elu": ActivationSpec(lambda x, a: F.elu(x), 0.0, 1.0, 6),
@@ -51,7 +50,7 @@ def resolve_bias_act_args(
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
     spec = ACTIVATIONS[act]
-    if alpha is not None and not spec.uses_alpha:
+    if alpha is not None and act != "lrelu":
         raise ValueError(f"alpha is only used by 'lrelu', not by {act!r}")
     alpha = float(alpha if alpha is not None else spec.def_alpha)
     gain = float(gain if gain is not None else spec.def_gain)

@@ -1,11 +1,6 @@
-"""Load-time compilation of the CUDA kernels (``torch.utils.cpp_extension.load`` + ninja), cached across
-processes, behind a build lock with a timeout, with one fallback warning (README, "The custom ops").
-
-Each op builds into ``<cache root>/<op>-<key>/`` (the key hashes its sources, torch, CUDA, GPU architectures,
-Python, ``TORCH_CUDA_ARCH_LIST``) and leaves a marker from which later processes import it without a
-compiler. A failed build keeps the compiler output for :func:`build_status` (``rootedgan doctor``). Tests
-replace the compile step, :func:`_compile`.
-"""
+"""Load-time compilation of the CUDA kernels (``torch.utils.cpp_extension.load`` + ninja) into
+``<cache root>/<op>-<key>/`` (README, "The custom ops"), which keeps a marker from which later processes
+import the build without a compiler. Tests replace the compile step, :func:`_compile`."""
 
 from __future__ import annotations
 
@@ -96,9 +91,7 @@ def cache_root() -> Path:
     ``~/.cache/rootedgan/ops``."""
     if os.environ.get(CACHE_ENV_VAR):
         return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    if os.environ.get(ROOT_CACHE_ENV_VAR):
-        return Path(os.environ[ROOT_CACHE_ENV_VAR]).expanduser() / "ops"
-    return Path.home() / ".cache" / "rootedgan" / "ops"
+    return Path(os.environ.get(ROOT_CACHE_ENV_VAR) or "~/.cache/rootedgan").expanduser() / "ops"
 
 
 def lock_timeout() -> float:
@@ -320,6 +313,7 @@ def _load_or_build(name: str, status: OpStatus, *, verbose: bool = False) -> Mod
     status.build_dir, status.lock_file = str(bdir), str(lock_file)
     start = time.perf_counter()
     module = _load_cached(bdir)
+    status.cached = module is not None
     if module is None:
         try:
             bdir.mkdir(parents=True, exist_ok=True)
@@ -329,32 +323,22 @@ def _load_or_build(name: str, status: OpStatus, *, verbose: bool = False) -> Mod
         lock = _acquire(lock_file, lock_timeout(), name)
         try:
             module = _load_cached(bdir)  # another process may have built it while we waited
+            status.cached = module is not None
             if module is None:
-                module = _build(name, sources, bdir, start, verbose)
-            else:
-                status.cached = True
+                _remove_stale_torch_baton(bdir)
+                print(
+                    f"stylegan_ops: compiling the '{name}' CUDA kernel into {bdir} "
+                    "(first use with this torch/GPU only; about a minute)...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                module = _compile(name, [CSRC_DIR / f for f in sources.compiled], bdir, verbose=verbose)
+                _write_marker(name, bdir, module)
+                seconds = time.perf_counter() - start
+                print(f"stylegan_ops: compiled the '{name}' CUDA kernel in {seconds:.0f}s", file=sys.stderr)
         finally:
             lock.release()
-    else:
-        status.cached = True
     status.seconds = time.perf_counter() - start
-    return module
-
-
-def _build(name: str, sources: OpSources, bdir: Path, start: float, verbose: bool) -> ModuleType:
-    _remove_stale_torch_baton(bdir)
-    print(
-        f"stylegan_ops: compiling the '{name}' CUDA kernel into {bdir} "
-        "(first use with this torch/GPU only; about a minute)...",
-        file=sys.stderr,
-        flush=True,
-    )
-    module = _compile(name, [CSRC_DIR / f for f in sources.compiled], bdir, verbose=verbose)
-    _write_marker(name, bdir, module)
-    print(
-        f"stylegan_ops: compiled the '{name}' CUDA kernel in {time.perf_counter() - start:.0f}s",
-        file=sys.stderr,
-    )
     return module
 
 

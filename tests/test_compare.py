@@ -199,6 +199,9 @@ def test_compare_end_to_end_writes_figure_table_and_json(compared):
         evaluations = [
             json.loads(x) for x in (log_dir / f"metric-{METRIC[8:]}.jsonl").read_text().splitlines()
         ]
+        # NVIDIA's record fields: no GPU here; the final evaluation names the snapshot it measured
+        assert [e["num_gpus"] for e in evaluations] == [0, 0]
+        assert (log_dir / evaluations[-1]["snapshot_pkl"]).is_file()
         curve = record["curves"][loss]["0"][METRIC]
         assert curve["kimg"] == pytest.approx([0.0, KIMG])  # at the start and at the end
         assert curve["value"] == pytest.approx([e["results"][METRIC[8:]] for e in evaluations])
@@ -283,7 +286,7 @@ def test_skip_needs_the_same_arguments_and_force_reruns(tmp_path, monkeypatch):
 
 def test_failing_run_is_reported_and_exits_nonzero(tmp_path, shapes, nvidia_fixture_dir, capsys):
     out = tmp_path / "cmp"
-    argv = compare_argv(out, shapes, nvidia_fixture_dir / "tiny32.pkl", "logistic")
+    argv = compare_argv(out, shapes, nvidia_fixture_dir / "tiny32.pkl", "logistic", "--metric", "Loss/G/loss")
     argv += ["--model.guard.max_bad_steps", "0"]  # rejected by FinetuneModule: the finetune exits 2
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
@@ -292,6 +295,24 @@ def test_failing_run_is_reported_and_exits_nonzero(tmp_path, shapes, nvidia_fixt
     assert "no report written" in err
     assert not (out / "logistic" / "seed0" / "run.json").exists()
     assert not (out / "compare.md").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "smoke.yaml logs no quality metric, so there would be nothing to compare (nothing was trained)"),
+        (["--model.no_such_option", "1"], "finetune settings are not valid (nothing was trained)"),
+    ],
+)
+def test_compare_checks_the_runs_settings_before_training(
+    tmp_path, shapes, nvidia_fixture_dir, capsys, extra, message
+):
+    out = tmp_path / "cmp"
+    argv = compare_argv(out, shapes, nvidia_fixture_dir / "tiny32.pkl", "logistic,rooted") + extra
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from rootedgan.compare import (
     spikes,
 )
 from rootedgan.compare import runner as runner_mod
+from rootedgan.compare import study as study_mod
 from rootedgan.compare.bootstrap import bootstrap_means
 from rootedgan.compare.pairing import _RecordingRandomness
 from rootedgan.compare.runner import RunResult, base_learning_rates, parse_lrs
@@ -297,6 +298,7 @@ def test_two_stage_study_picks_each_lr_on_tuning_seeds_and_resumes(tmp_path, mon
     monkeypatch.setattr(
         runner_mod, "execute", lambda spec, **kw: calls.append(spec.name) or fake_finetune(spec)
     )
+    monkeypatch.setattr(study_mod, "preflight", lambda spec, metric: None)  # c.yaml is not a whole config
     out = tmp_path / "study"
     argv = ["compare", "--config", str(config), "--losses", "logistic,rooted:2", "--lrs", "0.5,1",
             "--tune-seeds", "100,101", "--seeds", "0-4", "--kimg", "1", "--targets", "50,41", "--jobs", "2",

@@ -71,12 +71,34 @@ def test_nvidia_train_flags_become_ours_and_the_mapping_is_printed(tiny32, capsy
         (["--batch", "33", "--gpus", "2"], "--batch 33 (global) does not divide over --gpus 2"),
         (["--cfg", "auto"], "--cfg auto: use one of stylegan2, paper256"),
         (["--mirror", "maybe"], "--mirror takes a boolean"),
+        (["--cfg", "stylegan3-t"], "--cfg stylegan3-t: rootedgan trains StyleGAN2 networks"),
+        (
+            ["--batch-gpu", "8"],
+            "--batch-gpu (NVIDIA's train.py) has no rootedgan equivalent: there is no gradient",
+        ),
+        (
+            ["--cbase=16384"],
+            "--cbase (NVIDIA's train.py) has no rootedgan equivalent: the architecture comes",
+        ),
     ],
 )
 def test_nvidia_flags_without_an_equivalent_are_one_line(capsys, argv, message):
     assert cli_main(["finetune", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_stylegan3_learning_rates_and_tick_translate():
+    argv, applied = translate(["--glr", "0.0025", "--dlr=0.002", "--tick", "1"])
+    assert argv == [
+        "--model.optim.g_lr",
+        "0.0025",
+        "--model.optim.d_lr",
+        "0.002",
+        "--progress.tick_kimg",
+        "1",
+    ]
+    assert applied[1] == "--dlr 0.002 -> --model.optim.d_lr 0.002"
 
 
 def test_translation_keeps_our_own_options_and_their_order():

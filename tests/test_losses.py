@@ -134,7 +134,8 @@ def test_adversarial_loss_objectives_and_parsing():
     torch.testing.assert_close(loss.discriminator_fake(logits), rooted(logits, k=4.0))
     torch.testing.assert_close(loss.discriminator_real(logits), rooted(-logits, k=4.0))
     lg = make_loss("logistic")
-    assert lg == Logistic() == make_loss(None) == make_loss(DEFAULT_LOSS)
+    assert lg == Logistic() == make_loss("logistic")
+    assert make_loss(None) == make_loss(DEFAULT_LOSS) == Rooted(k=20.0)  # the default: rooted, k = 20
     torch.testing.assert_close(lg.generator(logits), torch.nn.functional.softplus(-logits))
     with pytest.raises(SettingError, match="unknown loss"):
         make_loss("hinge")

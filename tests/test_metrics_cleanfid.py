@@ -227,6 +227,23 @@ def test_generator_features_are_bit_identical_to_cleanfid(cleanfid, cf_models, s
     np.testing.assert_array_equal(ours.features, ref_feats)
 
 
+@pytest.mark.parametrize("mode", [*PROTOCOLS, "fast"])
+def test_inception_gets_contiguous_nchw_batches_as_in_cleanfid(standin, folders, mode, monkeypatch):
+    """clean-fid hands Inception contiguous NCHW batches; a channels-last view of the same values makes oneDNN
+    pick other kernels (features ~1e-6 off on AVX2 CPUs, equal on AVX-512 ones), so the layout is checked."""
+    ev = evaluator(standin, mode=mode)
+    forward, layouts = ev.extractor.inception.forward, []
+
+    def spy(x):
+        layouts.append(x.is_contiguous())
+        return forward(x)
+
+    monkeypatch.setattr(ev.extractor.inception, "forward", spy)
+    ev.generator_stats(small_generator(), 10, keep_features=True, seed=0, noise_mode="const")
+    ev.images_stats(FolderImages(folders[0]))
+    assert len(layouts) >= 3 and all(layouts)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", PROTOCOLS)
 def test_generator_fid_equals_cleanfid_gen_path(cleanfid, cf_models, standin, folders, mode):

@@ -76,7 +76,9 @@ def test_lookup_order_explicit_env_cache_then_cleanfid_tmp(no_inception_anywhere
     cached.unlink()
     assert locate_inception(download=False) == (cleanfid_copy, "found in clean-fid's cache")
     net = load_inception(download=False)
-    assert net.describe() == f"{cleanfid_copy} (sha256 {net.digest}, found in clean-fid's cache)"
+    first, warning = net.describe().splitlines()  # a stand-in: the second line says it is not NVIDIA's
+    assert first == f"{cleanfid_copy} (sha256 {net.digest}, found in clean-fid's cache)"
+    assert warning.startswith("WARNING: NOT NVIDIA's Inception")
     monkeypatch.setenv(inc.INCEPTION_ENV, str(env_copy))
     with pytest.raises(UserError, match="does not exist"):
         resolve_inception(tmp / "nope.pt")

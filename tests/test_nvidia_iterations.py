@@ -19,13 +19,17 @@ from conftest import fit_batches
 from rootedgan.training.module import FinetuneModule
 from rootedgan.training.randomness import ReplayRandomness
 
-# Tolerances, from what fp32 allows. Adam divides each gradient element by its running RMS, so an
-# element whose gradient is ~1e-8 (Adam's eps) turns rounding noise into a visible fraction of a step
-# (lr * 2/3 = 1.3e-3): a handful of elements differ by up to ~2e-5, the rest by < 1e-6. NVIDIA's own
-# code re-run on this machine with the same draws differs from its stored result by the same 1.5e-5.
-MAX_ABS = 5e-5
+# Tolerances: what rounding alone does, measured with NVIDIA's own code (bench/nvidia_iterations.py). Adam
+# divides each gradient element by its running RMS, so an element whose gradient is ~1e-8 (Adam's eps) turns
+# rounding noise into a visible fraction of a step (lr * 2/3 = 1.3e-3). Rounding depends on the CPU's
+# instruction set (oneDNN's kernels): NVIDIA's code re-run with the stored draws on an AVX2 CPU matches its
+# logistic result written on an AVX-512 CPU for only 98.87 % of G's elements within 1e-6, D up to 4.3e-5,
+# while on one machine ours and NVIDIA's agree for >= 99.99 % within 1e-6. The tolerances accept NVIDIA's
+# own code on either CPU; an error in the step (a wrong term, step or order) moves far more elements by far
+# more (test_the_iterations_move_the_weights).
+MAX_ABS = 1e-4  # 2x NVIDIA's own deviation across CPUs; 13x below one Adam step
 CLOSE = 1e-6
-CLOSE_SHARE = 0.999
+CLOSE_SHARE = 0.985  # NVIDIA's own code across CPUs: 0.9887 for G
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +110,8 @@ def test_the_iterations_move_the_weights(tiny32, train4):
             (torch.from_numpy(train4[f"logistic/{net}/{k}"]).float() - v.float()).abs().max().item()
             for k, v in before.items()
         )
-        assert moved > 100 * MAX_ABS, f"{net} barely moved ({moved:.3g}): the fixture cannot tell steps apart"
+        assert moved > 50 * MAX_ABS, f"{net} barely moved ({moved:.3g}): the fixture cannot tell steps apart"
     rooted_vs_logistic = max(
         np.abs(train4[f"rooted/D/{k}"] - train4[f"logistic/D/{k}"]).max() for k in start["D"].state_dict()
     )
-    assert rooted_vs_logistic > 100 * MAX_ABS
+    assert rooted_vs_logistic > 50 * MAX_ABS

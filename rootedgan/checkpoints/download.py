@@ -1,11 +1,6 @@
-"""Fetch network files by URL (or NVIDIA shortcut name) into a local cache, resumably.
-
-A URL's file lands in ``$ROOTEDGAN_CACHE/networks/<hash of the URL>/<file name>`` (default cache
-``~/.cache/rootedgan``); NVIDIA's public files rootedgan knows keep their documented ``networks/<file name>``.
-A download goes to ``NAME.part``, is resumed with an HTTP ``Range`` request after an interruption and renamed
-when complete (its sha256 checked when known); a cached file is used without network access. Failures raise
-:class:`~rootedgan.errors.DownloadError` naming the URL and the cache path to place the file at by hand.
-"""
+"""Fetch network files by URL (or NVIDIA shortcut name) into the cache laid out in :func:`cache_path` (README,
+"Security"): a download goes to ``NAME.part``, resumes with an HTTP ``Range`` request and is renamed when
+complete; a failure is a :class:`~rootedgan.errors.DownloadError` naming the path to place the file at."""
 
 from __future__ import annotations
 
@@ -103,11 +98,6 @@ def url_file_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
 
 
-def url_key(url: str) -> str:
-    """A short hash of the full URL: the cache folder of its file."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
-
-
 def cache_path(url: str, cache: str | os.PathLike[str] | None = None) -> Path:
     """Where ``url`` is (or will be) cached: ``<cache>/<hash of the URL>/<the URL's file name>``, or
     ``<cache>/<file name>`` for NVIDIA's known public URLs (module docstring)."""
@@ -115,7 +105,7 @@ def cache_path(url: str, cache: str | os.PathLike[str] | None = None) -> Path:
     fixed = _fixed_names().get(url)
     if fixed is not None:
         return root / fixed
-    key = url_key(url)
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]  # the full URL's hash: its cache folder
     return root / key / (url_file_name(url) or f"network-{key}")
 
 

@@ -19,6 +19,8 @@ from rootedgan.errors import CheckpointError, UnsafeCheckpointError
 from rootedgan.runs import newest_snapshot
 
 Records = tuple[str, dict[str, NetworkRecord | None], dict[str, Any]]
+# The keys of a Lightning training checkpoint (trainer.save_checkpoint) next to its state_dict.
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "loops", "optimizer_states")
 
 
 def _read_pickle(path: Path) -> Records:
@@ -33,7 +35,7 @@ def _read_torch(path: Path) -> Records:
         if _names_lightning(path):
             raise CheckpointError(lightning_checkpoint_message(path)) from None
         raise
-    if is_lightning_checkpoint(ckpt):
+    if isinstance(ckpt, dict) and "state_dict" in ckpt and any(k in ckpt for k in _LIGHTNING_KEYS):
         raise CheckpointError(lightning_checkpoint_message(path))
     if not rosinality.is_rosinality(ckpt):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -108,13 +110,6 @@ def _read_records(path: Path, fmt: str | None) -> Records:
 
 # ----------------------------------------------------------------------------------------------------------
 # Lightning training checkpoints (checkpoints/last.ckpt) are not network files: say which file to use.
-
-_LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "loops", "optimizer_states")
-
-
-def is_lightning_checkpoint(ckpt: Any) -> bool:
-    """Whether a ``torch.load``-ed object is a Lightning training checkpoint (``trainer.save_checkpoint``)."""
-    return isinstance(ckpt, dict) and "state_dict" in ckpt and any(k in ckpt for k in _LIGHTNING_KEYS)
 
 
 def _names_lightning(path: Path, limit: int = 64 << 20) -> bool:

@@ -133,9 +133,8 @@ def read_native(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord |
     metadata, states = read_file(path, NETWORK_NAMES)
     init_kwargs = json_field(metadata, "init_kwargs", str(path))
     meta = json_field(metadata, "meta", str(path))
-    records: dict[str, NetworkRecord | None] = {}
+    records: dict[str, NetworkRecord | None] = dict.fromkeys(NETWORK_NAMES)
     for name in NETWORK_NAMES:
-        records[name] = None
         if name in init_kwargs:
             kind = DISCRIMINATOR if name == "D" else GENERATOR
             records[name] = NetworkRecord(kind, dict(init_kwargs[name]), states.get(name, {}))

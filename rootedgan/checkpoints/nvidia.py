@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 import io
+import mmap
 import os
-import pickle
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,6 +28,7 @@ from rootedgan.checkpoints.records import (
     NETWORK_NAMES,
     SHARED_GLOBALS,
     NetworkRecord,
+    RestrictedUnpickler,
     check_metadata,
     first_line,
     jsonable,
@@ -144,41 +145,27 @@ class TensorFlowPickle(CheckpointError):
     """Raised while unpickling when the file turns out to be TensorFlow-era (read by ``tf_legacy``)."""
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only allow-listed globals (and torch's dtypes and ``Size``)."""
+class SafeUnpickler(RestrictedUnpickler):
+    """Resolves :data:`_ALLOWED` and torch's dtypes and ``Size``; a TensorFlow class means a TensorFlow-era
+    pickle."""
+
+    allowed = _ALLOWED
 
     def find_class(self, module: str, name: str) -> Any:
-        target = _ALLOWED.get((module, name))
         if module == "torch" and (isinstance(getattr(torch, name, None), torch.dtype) or name == "Size"):
-            target = getattr(torch, name)
-        if target is not None:
-            return target
+            return getattr(torch, name)
         if module.startswith("dnnlib.tflib"):
             raise TensorFlowPickle("a TensorFlow-era pickle: read by rootedgan.checkpoints.tf_legacy")
-        raise UnsafeCheckpointError(
-            f"the pickle references the global `{module}.{name}`, which is not on the allow-list of "
-            "tensor and container types (unpickling it could run arbitrary code); the file was not loaded"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(
-            "the pickle uses persistent ids, which NVIDIA network pickles never contain; the file was not "
-            "loaded"
-        )
+        return super().find_class(module, name)
 
 
-def _file_contains(path: Path, needle: bytes, chunk: int = 1 << 22) -> bool:
-    """Whether ``needle`` occurs in the file (streamed, for error messages only)."""
-    tail = b""
+def _file_contains(path: Path, needle: bytes) -> bool:
+    """Whether ``needle`` occurs in the file (memory-mapped, for error messages only)."""
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                if needle in tail + block:
-                    return True
-                tail = block[-len(needle) :]
-    except OSError:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(needle) >= 0
+    except (OSError, ValueError):  # ValueError: an empty file
         return False
-    return False
 
 
 def unpickle(path: str | os.PathLike[str]) -> Any:
@@ -317,19 +304,6 @@ def _aux_meta(obj: Any, what: str) -> Any:
     return jsonable(obj)
 
 
-def _records(data: Mapping[str, Any], source: str) -> dict[str, NetworkRecord | None]:
-    try:
-        return {slot: record_of(data.get(slot), slot, source) for slot in NETWORK_NAMES}
-    except CheckpointError as err:
-        if source in str(err):
-            raise
-        raise type(err)(f"{source}: {err}") from None
-    except Exception as err:  # a malformed tree (wrong types where dicts/tensors belong)
-        raise CheckpointError(
-            f"{source} is corrupt: its network structure is malformed ({type(err).__name__}: {err})"
-        ) from err
-
-
 def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkRecord | None], dict]:
     """Read an NVIDIA network pickle into records for ``G``, ``D``, ``G_ema`` and extra metadata (with a
     ``tensorflow`` entry for a TensorFlow-era pickle, read by :mod:`rootedgan.checkpoints.tf_legacy`)."""
@@ -345,7 +319,16 @@ def read_nvidia_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, NetworkR
             f"{source} is a pickle of a {type(data).__name__}, not an NVIDIA network pickle "
             "(a dict with G, D, G_ema)"
         )
-    records = _records(data, source)
+    try:
+        records = {slot: record_of(data.get(slot), slot, source) for slot in NETWORK_NAMES}
+    except CheckpointError as err:
+        if source in str(err):
+            raise
+        raise type(err)(f"{source}: {err}") from None
+    except Exception as err:  # a malformed tree (wrong types where dicts/tensors belong)
+        raise CheckpointError(
+            f"{source} is corrupt: its network structure is malformed ({type(err).__name__}: {err})"
+        ) from err
     if records["G"] is None and records["G_ema"] is None:
         raise CheckpointError(
             f"{source} holds no generator: expected the keys G and/or G_ema, found {sorted(map(str, data))}"

@@ -7,7 +7,6 @@ flat state dict with NVIDIA's key names. :func:`build_network` checks it before 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import pickle
@@ -21,9 +20,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors  # torch's factories that take device= (cached)
 
 from rootedgan import networks
-from rootedgan.errors import CheckpointError, UnsafeCheckpointError
+from rootedgan.errors import CheckpointError, UnsafeCheckpointError, one_line
 from rootedgan.fileio import atomic_open
 
 NETWORK_NAMES = ("G", "D", "G_ema")
@@ -192,6 +192,28 @@ SHARED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+class RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals in ``allowed`` (stand-ins that store values) and no persistent ids (network
+    pickles have none); anything else is refused, naming ``allow_list``."""
+
+    allowed: Mapping[tuple[str, str], Any] = SHARED_GLOBALS
+    allow_list = "tensor and container types"
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = self.allowed.get((module, name))
+        if target is None:
+            raise UnsafeCheckpointError(
+                f"the pickle references the global `{module}.{name}`, which is not on the allow-list of "
+                f"{self.allow_list} (unpickling it could run arbitrary code); the file was not loaded"
+            )
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError(
+            "the pickle uses persistent ids, which network pickles never contain; the file was not loaded"
+        )
+
+
 def first_line(err: BaseException) -> str:
     """The first sentence of an exception's message (torch's messages go on for paragraphs)."""
     lines = str(err).strip().splitlines()
@@ -271,6 +293,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _leaves(kwargs: Mapping[str, Any]) -> Iterator[tuple[Any, Any]]:
     """``(key, value)`` of every value that is not a dict, list or tuple, however deeply nested."""
     stack: list[Any] = [kwargs]
@@ -331,19 +357,6 @@ def check_init_kwargs(kind: str, kwargs: Any, where: str = "") -> None:
 # Planning (meta device) and building.
 
 
-@functools.lru_cache(maxsize=1)
-def _device_constructors() -> set:
-    """torch's tensor factory functions (those that take ``device=``)."""
-    try:
-        from torch.utils._device import _device_constructors as constructors  # what torch.device(...) uses
-
-        return constructors()
-    except ImportError:  # pragma: no cover - a torch without the private helper
-        names = ("empty", "zeros", "ones", "full", "rand", "randn", "randint", "randperm", "arange", "eye",
-                 "tensor", "as_tensor", "linspace", "logspace", "empty_strided", "scalar_tensor")  # fmt: skip
-        return {getattr(torch, n) for n in names if hasattr(torch, n)}
-
-
 _TRUE_DIVIDE = {
     torch.Tensor.__truediv__,
     torch.Tensor.div,
@@ -361,6 +374,7 @@ class _MetaDevice(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        meta = bool(args) and isinstance(args[0], torch.Tensor) and args[0].is_meta
         if func in (torch.tensor, torch.as_tensor, torch.asarray):
             pass
         elif func in (torch.randn, torch.rand):
@@ -368,18 +382,10 @@ class _MetaDevice(TorchFunctionMode):
             return torch.empty(size, dtype=kwargs.get("dtype"), device="meta")
         elif func in _device_constructors():
             kwargs["device"] = "meta"
-        elif func is torch.Tensor.to and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+        elif func is torch.Tensor.to and meta:
             kwargs.pop("device", None)
             args = (args[0], *(a for a in args[1:] if not isinstance(a, torch.device | str | int)))
-        elif (
-            func in _TRUE_DIVIDE
-            and len(args) == 2
-            and not kwargs
-            and isinstance(args[0], torch.Tensor)
-            and args[0].is_meta
-            and isinstance(args[1], int | float)
-            and not isinstance(args[1], bool)
-        ):
+        elif func in _TRUE_DIVIDE and meta and len(args) == 2 and not kwargs and _is_number(args[1]):
             dtype = (torch.ones((), dtype=args[0].dtype) / args[1]).dtype  # torch's own promotion
             return torch.empty(args[0].shape, dtype=dtype, device="meta")
         return func(*args, **kwargs)
@@ -419,9 +425,9 @@ def construct(record: NetworkRecord, label: str, meta: bool = False) -> torch.nn
         with _MetaDevice() if meta else contextlib.nullcontext():
             return cls(**record.init_kwargs)
     except _BUILD_ERRORS as err:
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise CheckpointError(
-            f"cannot build {label} from its constructor arguments {_short(record.init_kwargs)}: {reason}"
+            f"cannot build {label} from its constructor arguments {_short(record.init_kwargs)}: "
+            f"{one_line(err)}"
         ) from None
 
 

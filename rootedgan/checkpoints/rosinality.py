@@ -159,9 +159,8 @@ def discriminator_kwargs(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 # our ``resample_filter`` buffers with rosinality's blur kernels (None: rosinality stores none).
 
 Entry = tuple[str, str | None, str]
-_RESHAPES: dict[
-    str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
-] = {
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+_RESHAPES: dict[str, tuple[Reshape, Reshape]] = {
     "": (lambda t: t, lambda t: t),  # (to ours, to rosinality)
     "batch": (lambda t: t[0], lambda t: t[None]),  # modulated weights and the constant have a batch axis
     "scalar": (lambda t: t.reshape(()), lambda t: t.reshape(1)),
@@ -344,26 +343,6 @@ def _args_dict(args: Any) -> dict[str, Any]:
     return dict(args) if isinstance(args, Mapping) else {}
 
 
-def _network_records(
-    ckpt: Mapping[str, Any], args: Mapping[str, Any], latent_avg: Any, source: str
-) -> tuple[dict[str, NetworkRecord | None], list[str]]:
-    """Records of ``g``, ``d``, ``g_ema`` (None where absent) and the notes of their conversion."""
-    records: dict[str, NetworkRecord | None] = {}
-    notes: list[str] = []
-    for ros_name, name in (("g", "G"), ("d", "D"), ("g_ema", "G_ema")):
-        sd = ckpt.get(ros_name)
-        if sd is not None and not isinstance(sd, Mapping):
-            raise CheckpointError(f"`{ros_name}` in {source} is not a state dict")
-        if sd is None:
-            records[name] = None
-        elif name == "D":
-            records[name] = _discriminator_record(sd)
-        else:
-            records[name], more = _generator_record(sd, args, latent_avg)
-            notes += [f"{ros_name}: {n}" for n in more]
-    return records, notes
-
-
 def read_rosinality(
     ckpt: Mapping[str, Any], source: str = ""
 ) -> tuple[dict[str, NetworkRecord | None], dict[str, Any]]:
@@ -380,7 +359,19 @@ def read_rosinality(
     latent_avg = ckpt.get("latent_avg")
     if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
         raise CheckpointError(f"`latent_avg` in {source} is not a tensor")
-    records, notes = _network_records(ckpt, args, latent_avg, source)
+    records: dict[str, NetworkRecord | None] = {}
+    notes: list[str] = []
+    for ros_name, name in (("g", "G"), ("d", "D"), ("g_ema", "G_ema")):
+        sd = ckpt.get(ros_name)
+        if sd is not None and not isinstance(sd, Mapping):
+            raise CheckpointError(f"`{ros_name}` in {source} is not a state dict")
+        if sd is None:
+            records[name] = None
+        elif name == "D":
+            records[name] = _discriminator_record(sd)
+        else:
+            records[name], more = _generator_record(sd, args, latent_avg)
+            notes += [f"{ros_name}: {n}" for n in more]
     if records["G"] is None and records["G_ema"] is None:
         raise CheckpointError(f"{source} holds no generator (`g` or `g_ema`)")
     if latent_avg is None:
@@ -398,15 +389,6 @@ def read_rosinality(
 
 # ----------------------------------------------------------------------------------------------------------
 # The inverse: our (NVIDIA-layout) networks -> a rosinality checkpoint.
-
-
-def _rosinality_channel_multiplier(synthesis_kwargs: Mapping[str, Any]) -> int | None:
-    """rosinality's ``channel_multiplier`` for our width schedule, or None if stock rosinality has none."""
-    base = synthesis_kwargs.get("channel_base", 32768)
-    cmax = synthesis_kwargs.get("channel_max", 512)
-    if cmax == 512 and base % 16384 == 0 and base >= 16384:
-        return base // 16384
-    return None
 
 
 def _check_generator_for_rosinality(kw: Mapping[str, Any], name: str, notes: list[str]) -> None:
@@ -461,19 +443,6 @@ def _generator_to_rosinality(rec: NetworkRecord) -> dict[str, torch.Tensor]:
     return out
 
 
-def _latent_avg(records: Mapping[str, NetworkRecord | None], gen: NetworkRecord, notes: list[str]) -> Any:
-    """G_ema's ``w_avg`` (else G's): rosinality keeps one ``latent_avg``; a different one of G is noted."""
-    w_avg = gen.state_dict.get("mapping.w_avg")
-    if w_avg is None:
-        return None
-    w_avg = w_avg.detach().to("cpu", torch.float32).clone()
-    g = records.get("G")
-    if g is not None and g is not gen and "mapping.w_avg" in g.state_dict:
-        if not torch.equal(g.state_dict["mapping.w_avg"].float().cpu(), w_avg):
-            notes.append("G's own w_avg is not kept: rosinality stores one latent_avg (G_ema's)")
-    return w_avg
-
-
 def to_rosinality(
     records: Mapping[str, NetworkRecord | None], meta: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Any], list[str]]:
@@ -492,11 +461,17 @@ def to_rosinality(
         _check_discriminator_for_rosinality(d.init_kwargs, notes)
         table = _discriminator_table(d.init_kwargs["img_resolution"])
         ckpt["d"] = _to_rosinality(_Tensors(d.state_dict, "discriminator"), table, 1.0)
-    latent_avg = _latent_avg(records, gen, notes)
-    if latent_avg is not None:
-        ckpt["latent_avg"] = latent_avg
+    w_avg = gen.state_dict.get("mapping.w_avg")  # rosinality keeps one latent_avg: G_ema's, else G's
+    if w_avg is not None:
+        ckpt["latent_avg"] = w_avg.detach().to("cpu", torch.float32).clone()
+        g = records.get("G")
+        g_avg = None if g is None or g is gen else g.state_dict.get("mapping.w_avg")
+        if g_avg is not None and not torch.equal(g_avg.float().cpu(), ckpt["latent_avg"]):
+            notes.append("G's own w_avg is not kept: rosinality stores one latent_avg (G_ema's)")
     kw = gen.init_kwargs
-    multiplier = _rosinality_channel_multiplier(kw.get("synthesis_kwargs") or {})
+    syn = kw.get("synthesis_kwargs") or {}
+    base, cmax = syn.get("channel_base", 32768), syn.get("channel_max", 512)
+    multiplier = base // 16384 if cmax == 512 and base % 16384 == 0 and base >= 16384 else None
     if multiplier is None:
         notes.append(
             "the channel widths match no rosinality channel_multiplier (stock rosinality code fixes 512 "

@@ -33,11 +33,7 @@ def detect_format(path: str | os.PathLike[str]) -> str | None:
         if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
             return "nvidia-pkl"
         header_len = int.from_bytes(head[:8], "little")
-        if (
-            len(head) < 9
-            or head[8:9] != b"{"
-            or not 2 <= header_len <= min(_SAFETENSORS_MAX_HEADER, size - 8)
-        ):
+        if head[8:9] != b"{" or not 2 <= header_len <= min(_SAFETENSORS_MAX_HEADER, size - 8):
             return None
         f.seek(8)
         header = f.read(header_len)

@@ -7,7 +7,6 @@ array, dtype and scalar rebuilders are allowed, as value-only stand-ins; the var
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from rootedgan.checkpoints.records import (
     SHARED_GLOBALS,
     NetworkRecord,
     NumpyDType,
+    RestrictedUnpickler,
     check_init_kwargs,
     check_metadata,
     construct,
@@ -146,22 +146,11 @@ ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class TFUnpickler(pickle.Unpickler):
-    """Resolves only :data:`ALLOWED` (stand-ins that store values); refuses every other global."""
+class TFUnpickler(RestrictedUnpickler):
+    """Resolves only :data:`ALLOWED`."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        target = ALLOWED.get((module, name))
-        if target is None:
-            raise UnsafeCheckpointError(
-                f"the pickle references the global `{module}.{name}`, which is not on the allow-list of a "
-                "TensorFlow network pickle (unpickling it could run arbitrary code); the file was not loaded"
-            )
-        return target
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(
-            "the pickle uses persistent ids, which TensorFlow network pickles never contain; not loaded"
-        )
+    allowed = ALLOWED
+    allow_list = "a TensorFlow network pickle"
 
 
 def unpickle_tf(path: str | os.PathLike[str]) -> Any:
@@ -242,9 +231,7 @@ class _Settings:
         check_metadata(raw, f"{what}: static_kwargs")
         if not isinstance(raw, Mapping):
             raise CheckpointError(f"{what}: static_kwargs is not a dict (corrupt file?)")
-        self.raw = plain(dict(raw))
-        self.what = what
-        self.read: set[str] = set()
+        self.raw, self.what, self.read = plain(dict(raw)), what, set()
 
     def __call__(self, name: str, default: Any = None, none: Any = None) -> Any:
         self.read.add(name)
@@ -259,9 +246,8 @@ class _Settings:
 
     def refuse_unknown(self, *ignored: str) -> None:
         self.read.update(ignored)
-        unknown = sorted(set(self.raw) - self.read)
-        if unknown:
-            name = unknown[0]
+        name = min(set(self.raw) - self.read, default=None)
+        if name is not None:
             raise CheckpointError(
                 f"{self.what} was built with the TensorFlow setting {name} = {self.raw[name]!r}, which "
                 f"NVIDIA's converter does not support either. {SUPPORTED}"
@@ -345,8 +331,7 @@ class _Variables:
     """TensorFlow variables by name; a missing one is a one-line error naming it."""
 
     def __init__(self, arrays: dict[str, np.ndarray], what: str) -> None:
-        self.arrays = arrays
-        self.what = what
+        self.arrays, self.what = arrays, what
 
     def __getitem__(self, name: str) -> np.ndarray:
         value = self.arrays.get(name)

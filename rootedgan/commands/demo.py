@@ -2,7 +2,7 @@
 
 Runs ``rootedgan finetune --config configs/demo.yaml`` on the packaged assets, then composes
 ``before_after.png`` (G_ema on the same seeds before and after) and prints the outputs; ``--baseline`` runs
-the logistic and a rooted loss with the same seed and budget as ``rootedgan compare`` (README "The demo").
+the logistic and the rooted loss with the same seed and budget as ``rootedgan compare`` (README "The demo").
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ OUTPUTS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loss",
-        default="logistic",
-        help="model.loss of the demo run (default: logistic; rooted uses the config's k = 20)",
+        default="rooted",
+        help="model.loss of the demo run (default: rooted, the config's k = 20; or logistic, rooted:K)",
     )
     parser.add_argument(
         "--baseline",
         action="store_true",
-        help="compare with the logistic baseline, same seed/budget (the rooted loss with the config's k "
-        "when --loss is logistic)",
+        help="compare --loss with the logistic baseline, same seed and budget (rooted k = 20 when --loss "
+        "is logistic)",
     )
     parser.add_argument("--kimg", type=float, help="training length (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="model.seed (latents, noise, data order)")

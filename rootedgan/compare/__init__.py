@@ -1,7 +1,7 @@
 """Compare adversarial losses on the same finetune (``rootedgan compare``; README, "Comparing losses"):
 :mod:`.runner` runs the finetunes, :mod:`.curves` reads their logs, :mod:`.bootstrap` and :mod:`.analysis`
 compute the statistics, :mod:`.pairing` checks the paired design, :mod:`.report` writes the outputs and
-:mod:`.study` ties them together.
+:mod:`.study` ties them together. The functions the README and the tests use are importable from here.
 """
 
 from rootedgan.compare.analysis import arm_statistics, paired_statistics, run_summary, select_learning_rates
@@ -12,32 +12,19 @@ from rootedgan.compare.bootstrap import (
     bootstrap_ci,
     ci_band,
     crossing_kimg,
-    mean_std,
     paired_difference,
     sign_flip_p,
     spikes,
     summarize,
 )
 from rootedgan.compare.curves import Curve, collect_run, read_metric_jsonl, read_metrics_csv
-from rootedgan.compare.pairing import PairingRecorder, check_pairing
-from rootedgan.compare.report import (
-    analyze,
-    default_metric,
-    plot,
-    plot_forest,
-    render_markdown,
-    render_study_markdown,
-    select,
-    write_report,
-)
-from rootedgan.compare.runner import RunResult, RunSpec, parse_losses, parse_lrs, plan_runs, run_all
+from rootedgan.compare.pairing import check_pairing
+from rootedgan.compare.report import analyze, default_metric, render_markdown, select, write_report
+from rootedgan.compare.runner import plan_runs, run_all
 
 __all__ = [
     "Band",
     "Curve",
-    "PairingRecorder",
-    "RunResult",
-    "RunSpec",
     "analyze",
     "arm_statistics",
     "auc",
@@ -48,18 +35,12 @@ __all__ = [
     "collect_run",
     "crossing_kimg",
     "default_metric",
-    "mean_std",
     "paired_difference",
     "paired_statistics",
-    "parse_losses",
-    "parse_lrs",
     "plan_runs",
-    "plot",
-    "plot_forest",
     "read_metric_jsonl",
     "read_metrics_csv",
     "render_markdown",
-    "render_study_markdown",
     "run_all",
     "run_summary",
     "select",

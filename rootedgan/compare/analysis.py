@@ -20,17 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rootedgan.compare.bootstrap import (
-    BOOTSTRAP_SEED,
-    CONFIDENCE,
-    N_RESAMPLES,
-    auc,
-    best_value,
-    bootstrap_ci,
-    crossing_kimg,
-    paired_difference,
-    spikes,
-)
+from rootedgan.compare import bootstrap
 from rootedgan.compare.curves import Curve
 from rootedgan.training.losses import make_loss
 from rootedgan.training.settings import migrate
@@ -73,8 +63,6 @@ def run_summary(
     targets: Sequence[float] = (),
     span: tuple[float, float] | None = None,
     floors: tuple[float, float] = (0.0, 0.0),
-    spike_factor: float = SPIKE_FACTOR,
-    spike_window: int = SPIKE_WINDOW,
 ) -> dict[str, Any]:
     """The summary of one run (module docstring) from its curves ``{logged key: Curve}``. ``span``: the kimg
     range of the area (default: the metric's; give the planned length, so a run that stopped early is
@@ -83,21 +71,8 @@ def run_summary(
     if not len(curve):
         raise ValueError(f"run_summary: {metric} has no points")
     lo, hi = span if span is not None else (float(curve.kimg[0]), float(curve.kimg[-1]))
-    area = auc(curve, lo, hi)
-    best, best_kimg = best_value(curve, lower_is_better)
-    start, final, final_kimg = float(curve.value[0]), float(curve.value[-1]), float(curve.kimg[-1])
-    to_target = {target_key(t): crossing_kimg(curve, t, lower_is_better) for t in targets}
-    out: dict[str, Any] = {
-        "start": start,
-        "final": final,
-        "final_kimg": final_kimg,
-        "best": best,
-        "best_kimg": best_kimg,
-        "auc": area,
-        "auc_mean": area / (hi - lo) if hi > lo else start,
-        "span": [lo, hi],
-        "to_target": to_target,
-    }
+    area = bootstrap.auc(curve, lo, hi)
+    best, best_kimg = bootstrap.best_value(curve, lower_is_better)
     spike_info: dict[str, Any] = {}
     steps: set[float] = set()
     for name, key, floor in (("G", G_LOSS, floors[0]), ("D", D_LOSS, floors[1])):
@@ -105,21 +80,28 @@ def run_summary(
         if c is None or not len(c):
             spike_info[name] = None
             continue
-        hits = spikes(c, spike_factor, spike_window, floor=floor)
-        spike_info[name] = len(hits)
-        steps.update(float(k) for k in c.kimg[hits])
+        hits = [float(k) for k in c.kimg[bootstrap.spikes(c, SPIKE_FACTOR, SPIKE_WINDOW, floor=floor)]]
+        steps.update(hits)
         finite = c.value[np.isfinite(c.value)]
-        spike_info[f"max_{name}"] = float(finite.max()) if len(finite) else math.nan
-        spike_info[f"kimg_{name}"] = [float(k) for k in c.kimg[hits]]
-    spike_info["steps"] = len(steps)
-    out["spikes"] = spike_info
-    bad = sum(int(np.sum(~np.isfinite(curves[k].value))) for k in PHASE_LOSSES if k in curves)
+        spike_info.update({name: len(hits), f"max_{name}": float(finite.max()) if len(finite) else math.nan})
+        spike_info[f"kimg_{name}"] = hits
     frac = curves.get(NONFINITE_FRAC)
-    out["nonfinite"] = {
-        "phases": bad,
-        "frac": float(frac.value[-1]) if frac is not None and len(frac) else None,
+    return {
+        "start": float(curve.value[0]),
+        "final": float(curve.value[-1]),
+        "final_kimg": float(curve.kimg[-1]),
+        "best": best,
+        "best_kimg": best_kimg,
+        "auc": area,
+        "auc_mean": area / (hi - lo) if hi > lo else float(curve.value[0]),
+        "span": [lo, hi],
+        "to_target": {target_key(t): bootstrap.crossing_kimg(curve, t, lower_is_better) for t in targets},
+        "spikes": {**spike_info, "steps": len(steps)},
+        "nonfinite": {
+            "phases": sum(int(np.sum(~np.isfinite(curves[k].value))) for k in PHASE_LOSSES if k in curves),
+            "frac": float(frac.value[-1]) if frac is not None and len(frac) else None,
+        },
     }
-    return out
 
 
 def _censored(summary: Mapping[str, Any], target: float) -> tuple[float, bool]:
@@ -131,11 +113,7 @@ def _censored(summary: Mapping[str, Any], target: float) -> tuple[float, bool]:
 
 
 def arm_statistics(
-    summaries: Mapping[int, Mapping[str, Any]],
-    targets: Sequence[float] = (),
-    confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
+    summaries: Mapping[int, Mapping[str, Any]], targets: Sequence[float] = ()
 ) -> dict[str, Any]:
     """Means and bootstrap CIs over seeds of an arm's ``summaries[seed]``: ``values[key]`` (non-finite values
     left out, counted in ``dropped``), ``to_target[T]`` (censored; ``reached`` of ``n``), ``spikes`` (per
@@ -144,7 +122,7 @@ def arm_statistics(
 
     def ci(values: list[float]) -> dict[str, Any]:
         finite = [v for v in values if math.isfinite(v)]
-        out = bootstrap_ci(finite, confidence, n_resamples, seed)
+        out = bootstrap.bootstrap_ci(finite)
         out["dropped"] = len(values) - len(finite)
         return out
 
@@ -178,9 +156,6 @@ def paired_statistics(
     baseline: Mapping[int, Mapping[str, Any]],
     lower_is_better: bool = True,
     targets: Sequence[float] = (),
-    confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, Any]:
     """Paired differences ``arm - baseline`` per seed (:func:`rootedgan.compare.bootstrap.paired_difference`)
     of every :data:`VALUE_KEYS` value, of the censored kimg to each target (fewer kimg is better) and of
@@ -188,7 +163,7 @@ def paired_statistics(
 
     def paired(value: Callable[[Mapping[str, Any]], float], lower: bool = True) -> dict[str, Any]:
         a, b = ({s: float(value(v)) for s, v in by_seed.items()} for by_seed in (arm, baseline))
-        return paired_difference(a, b, lower, confidence, n_resamples, seed)
+        return bootstrap.paired_difference(a, b, lower)
 
     out: dict[str, Any] = {key: paired(lambda v, k=key: v[k], lower_is_better) for key in VALUE_KEYS}
     out["to_target"] = {target_key(t): paired(lambda v, t=t: _censored(v, t)[0]) for t in targets}
@@ -211,19 +186,17 @@ def select_learning_rates(
     for loss, by_lr in summaries.items():
         means: dict[float, float | None] = {}
         failed: dict[float, int] = {}
-        finished: dict[float, int] = {}
         for lr, by_seed in by_lr.items():
             vals = [r[primary] for r in by_seed.values() if r is not None]
             finite = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
             failed[lr] = len(by_seed) - len(finite)
-            finished[lr] = len(finite)
             means[lr] = float(np.mean(finite)) if finite else None
-        eligible = [lr for lr in by_lr if failed[lr] == 0 and means[lr] is not None]
-        scored = [lr for lr in by_lr if means[lr] is not None]
+        scored = {lr: m for lr, m in means.items() if m is not None}
+        eligible = [lr for lr in scored if failed[lr] == 0]
         if eligible:
-            best = min(eligible, key=lambda lr: (sign * means[lr], -lr))  # type: ignore[operator]
-        elif scored:
-            best = min(scored, key=lambda lr: (-finished[lr], sign * means[lr], -lr))  # type: ignore[operator]
+            best = min(eligible, key=lambda lr: (sign * scored[lr], -lr))
+        elif scored:  # the most finished runs, then the best mean
+            best = min(scored, key=lambda lr: (failed[lr] - len(by_lr[lr]), sign * scored[lr], -lr))
         else:
             best = max(by_lr)
         choice[loss] = {

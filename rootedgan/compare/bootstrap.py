@@ -27,29 +27,23 @@ class Band:
     n: int
 
 
-def common_grid(curves: Sequence[Curve]) -> np.ndarray:
-    """Union of the curves' kimg points inside the range all of them cover (``[0]``-length if none)."""
+def _on_grid(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """The common grid ``[T]`` of the non-empty curves (the union of their kimg inside the range all of them
+    cover) and those curves interpolated onto it, ``[n, T]``."""
     curves = [c for c in curves if len(c)]
     if not curves:
-        return np.zeros(0)
-    lo = max(float(c.kimg[0]) for c in curves)
-    hi = min(float(c.kimg[-1]) for c in curves)
+        return np.zeros(0), np.zeros((0, 0))
+    lo, hi = max(float(c.kimg[0]) for c in curves), min(float(c.kimg[-1]) for c in curves)
     points = np.unique(np.concatenate([c.kimg for c in curves]))
-    return points[(points >= lo) & (points <= hi)]
-
-
-def _on_grid(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
-    """The common grid ``[T]`` and the non-empty curves interpolated onto it, ``[n, T]``."""
-    curves = [c for c in curves if len(c)]
-    grid = common_grid(curves)
-    return grid, np.array([np.interp(grid, c.kimg, c.value) for c in curves] if len(grid) else [])
+    grid = points[(points >= lo) & (points <= hi)]
+    return grid, np.array([np.interp(grid, c.kimg, c.value) for c in curves])
 
 
 def band(curves: Sequence[Curve]) -> Band:
     """Per-kimg mean and sample std (ddof=1) of ``curves`` on their common grid (seeds logged at different
     kimg can be averaged)."""
     grid, stacked = _on_grid(curves)
-    n = sum(1 for c in curves if len(c))
+    n = len(stacked)
     if len(grid) == 0:
         return Band(grid, grid, grid, n)
     std = stacked.std(axis=0, ddof=1) if n > 1 else np.full(len(grid), math.nan)
@@ -96,40 +90,29 @@ def summarize(
     curves: Mapping[str, Mapping[int, Curve]],
     lower_is_better: bool = True,
     threshold: float | None = None,
-    baseline: str | None = None,
     wall_s: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Per loss, :func:`mean_std` over seeds of one metric's ``start``, ``final``, ``best`` values and the
     kimg of the final and best points, of ``wall_s`` per run, and of the kimg to reach the threshold
     (``values`` per seed, None for a seed that never did; ``reached`` of ``n``). The threshold is
-    ``threshold``, else the mean final value of ``baseline`` (default: the first loss)."""
+    ``threshold``, else the mean final value of the baseline (the first loss)."""
     if not curves:
         raise ValueError("summarize: no curves")
-    names = list(curves)
+    baseline, rule = None, "given"
     if threshold is None:
-        baseline = baseline if baseline is not None else names[0]
-        if baseline not in curves:
-            raise ValueError(f"baseline {baseline!r} is not among the losses {names}")
-        finals = [float(c.value[-1]) for c in curves[baseline].values() if len(c)]
-        threshold = mean_std(finals)["mean"]
+        baseline = next(iter(curves))
+        threshold = mean_std([float(c.value[-1]) for c in curves[baseline].values() if len(c)])["mean"]
         rule = f"the mean final value of the baseline `{baseline}`"
-    else:
-        baseline = None
-        rule = "given"
     losses: dict[str, Any] = {}
     for name, by_seed in curves.items():
         seeds = sorted(s for s, c in by_seed.items() if len(c))
         series = [by_seed[s] for s in seeds]
         bests = [best_value(c, lower_is_better) for c in series]
-        crossings = (
-            [crossing_kimg(c, threshold, lower_is_better) for c in series]
-            if math.isfinite(threshold)
-            else [None] * len(series)
-        )
+        finite = math.isfinite(threshold)
+        crossings = [crossing_kimg(c, threshold, lower_is_better) if finite else None for c in series]
         reached = [k for k in crossings if k is not None]
         to_threshold = mean_std(reached)
         to_threshold.update(values=crossings, reached=len(reached), n=len(series))
-        wall = mean_std(list(wall_s[name])) if wall_s and wall_s.get(name) else None
         losses[name] = {
             "seeds": seeds,
             "start": mean_std([float(c.value[0]) for c in series]),
@@ -138,7 +121,7 @@ def summarize(
             "best": mean_std([b[0] for b in bests]),
             "best_kimg": mean_std([b[1] for b in bests]),
             "kimg_to_threshold": to_threshold,
-            "wall_s": wall,
+            "wall_s": mean_std(wall_s[name]) if wall_s and wall_s.get(name) else None,
         }
     return {
         "lower_is_better": lower_is_better,
@@ -199,15 +182,11 @@ def bootstrap_ci(
     arr = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"bootstrap_ci: non-finite values {arr.tolist()}")
-    out: dict[str, Any] = {"n": len(arr), "values": [float(v) for v in arr]}
-    if len(arr) == 0:
-        return {**out, "mean": math.nan, "lo": math.nan, "hi": math.nan, "std": math.nan}
-    out["mean"] = float(arr.mean())
-    out["std"] = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
-    if len(arr) < 2:
-        return {**out, "lo": math.nan, "hi": math.nan}
-    lo, hi = _interval(arr, confidence, n_resamples, seed)
-    return {**out, "lo": float(lo), "hi": float(hi)}
+    out = {**mean_std(arr), "lo": math.nan, "hi": math.nan}
+    if len(arr) > 1:
+        lo, hi = _interval(arr, confidence, n_resamples, seed)
+        out.update(lo=float(lo), hi=float(hi))
+    return out
 
 
 def bootstrap_means(values: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Any:

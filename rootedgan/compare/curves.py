@@ -52,22 +52,18 @@ def _float(cell: str | None) -> float | None:
 
 
 def _step_to_kimg(steps: np.ndarray, kimgs: np.ndarray) -> Any:
-    """A function step -> kimg from rows that logged both (None when no row did)."""
+    """A function step -> kimg from rows that logged both (None when no row did; with one step, it maps
+    only that step)."""
     if len(steps) == 0:
         return None
-    order = np.argsort(steps, kind="stable")
-    steps, kimgs = steps[order], kimgs[order]
     unique_steps, first = np.unique(steps, return_index=True)
     unique_kimg = kimgs[first]
-    if len(unique_steps) == 1:
-        only_step, only_kimg = unique_steps[0], unique_kimg[0]
-        return lambda s: only_kimg if s == only_step else None
-    slope, intercept = np.polyfit(unique_steps, unique_kimg, 1)
+    slope, intercept = np.polyfit(unique_steps, unique_kimg, 1) if len(unique_steps) > 1 else (None, None)
 
-    def kimg_of(step: float) -> float:
+    def kimg_of(step: float) -> float | None:
         if unique_steps[0] <= step <= unique_steps[-1]:
             return float(np.interp(step, unique_steps, unique_kimg))
-        return float(slope * step + intercept)
+        return None if slope is None else float(slope * step + intercept)
 
     return kimg_of
 
@@ -76,8 +72,6 @@ def read_metrics_csv(path: str | Path) -> dict[str, Curve]:
     """Every logged key of a Lightning ``metrics.csv`` as a curve against kimg (module docstring)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows:
-        return {}
     pairs = [(_float(r.get("step")), _float(r.get("kimg"))) for r in rows]
     known = [(s, k) for s, k in pairs if s is not None and k is not None]
     kimg_of = _step_to_kimg(np.array([s for s, _ in known]), np.array([k for _, k in known]))

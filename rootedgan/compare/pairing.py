@@ -1,12 +1,8 @@
-"""The paired design of a comparison, recorded by each run and checked across arms.
-
-A comparison is paired when, for a seed, every arm sees the same data order and random draws and is
-evaluated on the same samples: ``rootedgan compare`` gives every run of a seed the same ``--model.seed``
-(a step's draws are a function of ``(seed, rank, step)``) and ``--data.seed``, and the metric callbacks
-have their own ``seed``. :class:`PairingRecorder` writes SHA-256 digests of the first batches, of the
-latents the steps drew in them (read, never drawn: the run is unchanged) and of the evaluation latents to
-``pairing.json``; :func:`check_pairing` compares them across arms.
-"""
+"""The paired design of a comparison (README, "Comparing losses"), recorded by each run and checked across
+arms: every run of a seed gets the same ``--model.seed`` (a step's draws are a function of ``(seed, rank,
+step)``) and ``--data.seed``, and the metric callbacks have their own ``seed``. :class:`PairingRecorder`
+writes digests of the first batches, of the latents the steps drew in them (read, never drawn: the run is
+unchanged) and of the evaluation latents to ``pairing.json``; :func:`check_pairing` compares them."""
 
 from __future__ import annotations
 
@@ -118,15 +114,13 @@ class PairingRecorder(L.Callback):
         if self._wrapped is not None and module.randomness is self._wrapped:
             module.randomness = self._wrapped._inner
         z_dim = int(getattr(getattr(module, "G_ema", None), "z_dim", 0) or 0)
-        evaluation = [
-            e for cb in trainer.callbacks if cb is not self and (e := evaluation_latents(cb, z_dim))
-        ]
+        evals = [e for cb in trainer.callbacks if cb is not self and (e := evaluation_latents(cb, z_dim))]
         record = {
             "steps": self._seen,
             "first_step": self._start_step,
             "data": self._data.hexdigest(),
             "latents": self._latents.hexdigest(),
-            "evaluation": evaluation,
+            "evaluation": evals,
         }
         if trainer.is_global_zero:
             out = run_dir(trainer)

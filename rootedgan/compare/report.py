@@ -1,9 +1,7 @@
-"""The comparison's outputs: ``compare.png``, ``forest.png``, ``compare.md``, ``compare.json``, ``runs.csv``.
-
-``runs[arm][seed]`` is a run's ``{logged key: Curve}`` (:func:`rootedgan.compare.collect_run`); an arm is a
-loss, or a loss at a learning-rate multiplier (``rooted:2@lr0.5``). The metric is always shown under its
-exact logged key (e.g. ``metrics/fid1k_full``), so the output names the feature space and sample count.
-"""
+"""The comparison's outputs (README, "Comparing losses"). ``runs[arm][seed]`` is a run's ``{logged key:
+Curve}`` (:func:`rootedgan.compare.collect_run`); an arm is a loss, or a loss at a learning-rate multiplier
+(``rooted:2@lr0.5``). The metric is always shown under its exact logged key (e.g. ``metrics/fid1k_full``),
+so the output names the feature space and sample count."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rootedgan.compare import analysis
+from rootedgan.compare import analysis, bootstrap
 from rootedgan.compare.bootstrap import band, ci_band, mean_std, summarize
 from rootedgan.compare.curves import Curve
 from rootedgan.errors import UserError
@@ -91,11 +89,7 @@ def _seconds(stats: Mapping[str, Any] | None) -> str:
     return f"{text} {unit}"
 
 
-def _wall(wall_s: Mapping[str, Sequence[float]] | None, arm: str) -> dict[str, Any] | None:
-    return mean_std(list(wall_s[arm])) if wall_s and wall_s.get(arm) else None
-
-
-def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) -> list[str]:
     """A markdown table from ``(header, alignment rule)`` columns and rows of cells, then a blank line."""
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "| " + " | ".join(a for _, a in columns) + " |"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
@@ -103,15 +97,14 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]) ->
 
 def _setup_lines(context: Mapping[str, Any]) -> list[str]:
     """The report's "Setup: config ...; N kimg per run; seeds ...; overrides ..." line (none if empty)."""
-    setup = []
-    if context.get("config"):
-        setup.append(f"config `{context['config']}`")
-    if context.get("kimg") is not None:
-        setup.append(f"{context['kimg']:g} kimg per run")
-    if context.get("seeds") is not None:
-        setup.append(f"seeds {', '.join(str(s) for s in context['seeds'])}")
-    if context.get("extra"):
-        setup.append("overrides `" + " ".join(context["extra"]) + "`")
+    c = context
+    setup = [
+        f"config `{c['config']}`" if c.get("config") else "",
+        f"{c['kimg']:g} kimg per run" if c.get("kimg") is not None else "",
+        f"seeds {', '.join(str(s) for s in c['seeds'])}" if c.get("seeds") is not None else "",
+        "overrides `" + " ".join(c["extra"]) + "`" if c.get("extra") else "",
+    ]
+    setup = [s for s in setup if s]
     return ["Setup: " + "; ".join(setup) + ".", ""] if setup else []
 
 
@@ -119,7 +112,6 @@ def render_markdown(
     summary: Mapping[str, Any],
     metric: str,
     context: Mapping[str, Any] | None = None,
-    figure: str | None = None,
 ) -> str:
     """The curve summary (:func:`rootedgan.compare.bootstrap.summarize`) as a table with its caption."""
     better = "lower is better" if summary["lower_is_better"] else "higher is better"
@@ -127,8 +119,6 @@ def render_markdown(
     reach = "<=" if summary["lower_is_better"] else ">="
     thr = summary["threshold"]
     lines = [f"### Loss comparison: `{metric}` ({better})", "", *_setup_lines(context or {})]
-    if figure:
-        lines += [f"![{metric} against kimg per loss]({figure})", ""]
     rows = []
     for name, row in summary["losses"].items():
         cross = row["kimg_to_threshold"]
@@ -137,7 +127,7 @@ def render_markdown(
         values = [_pm(row[k]) for k in ("start", "final", "best")]
         rows.append([f"`{name}`", str(len(row["seeds"])), *values, reached, _seconds(row["wall_s"])])
     heads = ["loss", "seeds", "start", "final", "best", f"kimg to reach T = {_fmt(thr['value'])}"]
-    lines += _table([(h, "---" if h == "loss" else "---:") for h in [*heads, "wall time per run"]], rows)
+    lines += md_table([(h, "---" if h == "loss" else "---:") for h in [*heads, "wall time per run"]], rows)
     lines += [
         f"Values of `{metric}` ({better}): mean ± sample standard deviation (ddof 1) over seeds; one seed "
         f"shows the value alone. *start*: the first logged value; *final*: the value at the end of the run; "
@@ -169,9 +159,10 @@ def _arm_table(result: Mapping[str, Any], wall_s: Any, arm_info: Any) -> list[st
         sp, nf = stats["spikes"], stats["nonfinite"]
         skipped = f"; skipped ≤ {100 * nf['max_frac']:.2g} %" if nf.get("max_frac") else ""
         row += [f"{sp['total']} ({sp['runs_with']})", _fmt(sp["max_G"], 3)]
-        row += [f"{nf['total']} ({nf['runs_with']}){skipped}", _seconds(_wall(wall_s, arm))]
+        wall = mean_std(wall_s[arm]) if wall_s and wall_s.get(arm) else None
+        row += [f"{nf['total']} ({nf['runs_with']}){skipped}", _seconds(wall)]
         rows.append(row)
-    return _table([(h, "---" if i < 2 else "---:") for i, h in enumerate(heads)], rows)
+    return md_table([(h, "---" if i < 2 else "---:") for i, h in enumerate(heads)], rows)
 
 
 def _paired_table(result: Mapping[str, Any], several: bool) -> list[str]:
@@ -192,33 +183,31 @@ def _paired_table(result: Mapping[str, Any], several: bool) -> list[str]:
             row += [_ci(diffs[k], 3, signed=True), f"{diffs[k]['better']}/{diffs[k]['n']}"]
         row += [_ci(diffs["to_target"][t], 3, signed=True) for t in targets]
         rows.append([*row, _ci(diffs["spikes"], 2, signed=True)])
-    return _table(columns, rows)
+    return md_table(columns, rows)
 
 
 def render_study_markdown(
     result: Mapping[str, Any],
     context: Mapping[str, Any] | None = None,
-    figure: str | None = "compare.png",
-    forest: str | None = "forest.png",
     wall_s: Mapping[str, Sequence[float]] | None = None,
     pairing: Mapping[str, Any] | None = None,
     arm_info: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The analysis (:func:`analyze`) as markdown: setup, figure, per-arm table with 95 % CIs, paired
-    differences against the baseline, the pairing check, and the definitions of every column."""
+    """The analysis (:func:`analyze`) as markdown: setup, ``compare.png``, per-arm table with 95 % CIs,
+    paired differences against the baseline with ``forest.png``, the pairing check, and the definitions of
+    every column."""
     metric, baseline = result["metric"], result["baseline"]
     better = "lower is better" if result["lower_is_better"] else "higher is better"
     lines = [f"### `{metric}` ({better}) per arm, and paired differences vs `{baseline}`", ""]
     lines += _setup_lines(context or {})
-    if figure:
-        lines += [f"![{metric} against kimg per arm, mean and 95 % CI]({figure})", ""]
+    lines += [f"![{metric} against kimg per arm, mean and 95 % CI](compare.png)", ""]
     lines += _arm_table(result, wall_s, arm_info)
     if result["paired"]:
         several = len({d["vs"] for d in result["paired"].values()}) > 1
         lines += _paired_table(result, several)
-        if forest:
-            lines += [f"![paired differences vs {baseline}, 95 % CI]({forest})", ""]
         lines += [
+            f"![paired differences vs {baseline}, 95 % CI](forest.png)",
+            "",
             f"Paired differences: per seed, arm minus {'its baseline' if several else f'`{baseline}`'} on "
             "the same seed (same data order, training latents and evaluation samples); "
             f"{'< 0' if result['lower_is_better'] else '> 0'} means the arm is better. *better*: seeds on "
@@ -252,7 +241,7 @@ def render_study_markdown(
 # -- figures (matplotlib is imported only when a figure is drawn) -----------------------------------------
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,13 +258,12 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
         with atomic_open(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi)
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
 def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -292,9 +280,7 @@ def _plot_metric(ax: Any, curves: Mapping[str, Mapping[int, Curve]], colors: Any
         if not len(b["kimg"]):
             continue
         marker = "o" if len(b["kimg"]) <= 30 else None  # evaluations (e.g. FID) are few: show them
-        ax.plot(
-            b["kimg"], b["mean"], color=color, linewidth=2.0, marker=marker, ms=3, label=f"{name} (n={n})"
-        )
+        ax.plot(b["kimg"], b["mean"], color=color, lw=2.0, marker=marker, ms=3, label=f"{name} (n={n})")
         if n > 1:
             ax.fill_between(b["kimg"], b["lo"], b["hi"], color=color, alpha=0.18, linewidth=0)
 
@@ -328,7 +314,7 @@ def plot(
 ) -> Path:
     """``compare.png``: ``metric`` against kimg per arm with ``threshold`` lines (:func:`_plot_metric`) and,
     when the runs logged them, the G/D losses in a second panel (:func:`_plot_losses`)."""
-    plt = _pyplot()
+    plt = pyplot()
     colors = plt.get_cmap("tab10")
     curves = select(runs, metric)
     with_losses = any(k in c for by_seed in runs.values() for c in by_seed.values() for k in LOSS_KEYS)
@@ -363,7 +349,7 @@ def plot_forest(path: str | Path, result: Mapping[str, Any], title: str = "") ->
     paired = result["paired"]
     if not paired:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     keys = [result["primary"]] + [k for k in analysis.VALUE_KEYS if k != result["primary"]]
     # (title, getter, lower difference is better)
     panels: list[tuple[str, Any, bool]] = [
@@ -413,56 +399,50 @@ def analyze(
     lower_is_better: bool = True,
     targets: Sequence[float] = (),
     primary: str = "auc_mean",
-    baseline: str | None = None,
     span: tuple[float, float] | None = None,
     floors: Mapping[str, tuple[float, float]] | None = None,
     baselines: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Per-run summaries, per-arm statistics and paired differences against ``baseline`` (default: the
-    first arm), as in :mod:`rootedgan.compare.analysis`. ``baselines[arm]`` overrides the baseline per
-    arm (e.g. the baseline loss at the same learning rate); arms that are a baseline are not compared.
-    ``floors[arm]``: lower bounds of its G/D losses."""
+    """Per-run summaries, per-arm statistics and paired differences against the baseline (the first arm), as
+    in :mod:`rootedgan.compare.analysis`. ``baselines[arm]`` overrides the baseline per arm (e.g. the
+    baseline loss at the same learning rate); arms that are a baseline are not compared. ``floors[arm]``:
+    lower bounds of its G/D losses."""
     if primary not in analysis.VALUE_KEYS:
         raise UserError(f"primary must be one of {', '.join(analysis.VALUE_KEYS)}, got {primary!r}")
     names = list(runs)
-    baseline = baseline if baseline is not None else names[0]
-    if baseline not in runs:
-        raise UserError(f"baseline {baseline!r} is not among the arms {names}")
     select(runs, metric)  # a clear error when a run did not log the metric
-    against = {arm: (baselines or {}).get(arm, baseline) for arm in names}
+    against = {arm: (baselines or {}).get(arm, names[0]) for arm in names}
     for arm, base in against.items():
         if base not in runs:
             raise UserError(f"baseline {base!r} of arm {arm!r} is not among the arms {names}")
-    per_run = {}
-    for arm, by_seed in runs.items():
-        floor = (floors or {}).get(arm, (0.0, 0.0))
-        per_run[arm] = {
-            seed: analysis.run_summary(curves, metric, lower_is_better, targets, span, floor)
+    per_run = {
+        arm: {
+            seed: analysis.run_summary(
+                curves, metric, lower_is_better, targets, span, (floors or {}).get(arm, (0.0, 0.0))
+            )
             for seed, curves in sorted(by_seed.items())
         }
-    paired = {}
-    for arm in [a for a in names if a not in set(against.values())]:  # a baseline is not compared
-        base = against[arm]
-        paired[arm] = {
-            **analysis.paired_statistics(per_run[arm], per_run[base], lower_is_better, targets),
-            "vs": base,
-        }
-    bootstrap = {
-        "method": "percentile",
-        "resamples": analysis.N_RESAMPLES,
-        "confidence": analysis.CONFIDENCE,
-        "seed": analysis.BOOTSTRAP_SEED,
+        for arm, by_seed in runs.items()
     }
-    spike_rule = {"factor": analysis.SPIKE_FACTOR, "window": analysis.SPIKE_WINDOW}
+    paired = {
+        arm: {**analysis.paired_statistics(per_run[arm], per_run[base], lower_is_better, targets), "vs": base}
+        for arm, base in against.items()
+        if arm not in against.values()  # a baseline is not compared
+    }
     return {
         "metric": metric,
         "lower_is_better": lower_is_better,
         "primary": primary,
-        "baseline": baseline,
+        "baseline": names[0],
         "targets": list(targets),
         "span": list(span) if span is not None else None,
-        "bootstrap": bootstrap,
-        "spike_rule": spike_rule,
+        "bootstrap": {
+            "method": "percentile",
+            "resamples": bootstrap.N_RESAMPLES,
+            "confidence": bootstrap.CONFIDENCE,
+            "seed": bootstrap.BOOTSTRAP_SEED,
+        },
+        "spike_rule": {"factor": analysis.SPIKE_FACTOR, "window": analysis.SPIKE_WINDOW},
         "runs": per_run,
         "arms": {arm: analysis.arm_statistics(s, targets) for arm, s in per_run.items()},
         "paired": paired,
@@ -513,31 +493,29 @@ def write_report(
     metric: str | None = None,
     lower_is_better: bool = True,
     threshold: float | None = None,
-    wall_s: Mapping[str, list[float]] | None = None,
     context: Mapping[str, Any] | None = None,
     pairing: Mapping[str, Any] | None = None,
     arm_info: Mapping[str, Mapping[str, Any]] | None = None,
     wall_by_seed: Mapping[str, Mapping[int, float]] | None = None,
-    **analysis: Any,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Summarise ``runs`` on ``metric`` (default: :func:`default_metric`; ``analysis``: the options of
-    :func:`analyze`) and write ``compare.png``, ``forest.png`` (with two or more arms), ``compare.md``,
-    ``compare.json`` and ``runs.csv`` into ``out_dir``; returns the JSON record: ``context`` (commands,
-    versions, ...), the curve summary, the analysis, the pairing check and the metric's and losses' curves.
-    """
+    """Summarise ``runs`` on ``metric`` (default: :func:`default_metric`; ``options``: :func:`analyze`'s;
+    ``wall_by_seed[arm][seed]``: wall times in s) and write ``compare.png``, ``forest.png`` (with two or
+    more arms), ``compare.md``, ``compare.json`` and ``runs.csv`` into ``out_dir``; returns the JSON record:
+    ``context`` (commands, versions, ...), the summaries, the pairing check and the metric's and losses'
+    curves."""
     out_dir = Path(out_dir)
-    context = dict(context or {})
+    context = context or {}
     metric = metric or default_metric(runs)
-    summary = summarize(
-        select(runs, metric), lower_is_better=lower_is_better, threshold=threshold, wall_s=wall_s
-    )
-    result = analyze(runs, metric, lower_is_better, **analysis)
+    wall_s = {arm: list(by_seed.values()) for arm, by_seed in (wall_by_seed or {}).items()}
+    summary = summarize(select(runs, metric), lower_is_better, threshold, wall_s)
+    result = analyze(runs, metric, lower_is_better, **options)
     title = context.get("title") or ""
     levels = result["targets"] or summary["threshold"]["value"]
     plot(out_dir / "compare.png", runs, metric, title, lower_is_better, levels)
-    forest = plot_forest(out_dir / "forest.png", result, title) and "forest.png"
-    markdown = render_study_markdown(result, context, "compare.png", forest, wall_s, pairing, arm_info)
-    markdown += "\n" + render_markdown(summary, metric, {}, figure=None).replace(
+    plot_forest(out_dir / "forest.png", result, title)
+    markdown = render_study_markdown(result, context, wall_s, pairing, arm_info)
+    markdown += "\n" + render_markdown(summary, metric).replace(
         "### Loss comparison", "#### Curve summary (mean ± std over seeds)", 1
     )
     with atomic_open(out_dir / "compare.md", "w") as fh:

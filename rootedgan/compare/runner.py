@@ -1,9 +1,6 @@
-"""Run the same finetune per (loss, learning rate, seed), each in a fresh ``rootedgan finetune`` process.
-
-A run lives in ``OUT/<loss>[/lr<M>]/seed<S>``, its output teed to ``finetune.log``. One that exits with
-status 0 writes ``run.json`` (arguments, wall time, log folder), and a later comparison with the same
-arguments skips it, so an interrupted comparison continues; any other run starts again in a new version.
-"""
+"""Run the same finetune per (loss, learning rate, seed), each in a fresh ``rootedgan finetune`` process, in
+``OUT/<loss>[/lr<M>]/seed<S>``; a run that exited 0 leaves ``run.json`` and is skipped when its arguments are
+the same (README, "Comparing losses"); any other run starts again in a new version."""
 
 from __future__ import annotations
 
@@ -130,7 +127,6 @@ def plan_runs(
     log_every: int | None = 1,
     lrs: Sequence[float] | None = None,
     base_lr: tuple[float, float] | None = None,
-    pairing: bool = True,
 ) -> list[RunSpec]:
     """One :class:`RunSpec` per (loss, lr, seed), losses outermost, then learning rates, then seeds.
 
@@ -156,9 +152,8 @@ def plan_runs(
                 args += ["--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
                 if log_every is not None:
                     args += ["--trainer.log_every_n_steps", str(log_every)]
-                args += list(extra)
-                if pairing:  # after extra: its --trainer.callbacks.init_args.* still reach the config's own
-                    args += [f"--trainer.callbacks+={PAIRING_CALLBACK}"]
+                # the recorder after extra: its --trainer.callbacks.init_args.* still reach the config's own
+                args += [*extra, f"--trainer.callbacks+={PAIRING_CALLBACK}"]
                 if lr is not None:
                     assert base_lr is not None
                     args += ["--model.optim.g_lr", f"{base_lr[0] * lr:.6g}"]
@@ -189,15 +184,11 @@ def base_learning_rates(config: str | Path, extra: Sequence[str] = ()) -> tuple[
     then ``extra`` in order (its ``--config`` files and ``--model.optim.g_lr``/``d_lr`` values)."""
     lrs = {"g_lr": OptimConfig().g_lr, "d_lr": OptimConfig().d_lr}
     lrs.update(_yaml_lrs(config))
-    items = list(extra)
-    i = 0
-    while i < len(items):
-        item = items[i]
+    items = iter(extra)
+    for item in items:
         key, eq, value = item.partition("=")
         if not eq:
-            value = items[i + 1] if i + 1 < len(items) else ""
-            i += 1
-        i += 1
+            value = next(items, "")
         if key == "--config":
             lrs.update(_yaml_lrs(value))
         elif key in ("--model.optim.g_lr", "--model.optim.d_lr"):
@@ -299,8 +290,6 @@ def run_all(
 ) -> list[RunResult]:
     """Run every spec (finished ones skipped unless ``force``), ``jobs`` at a time, each with ``threads`` CPU
     threads; a failure does not stop the rest. Results in spec order."""
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
 
     def one(i: int, spec: RunSpec) -> RunResult:
         def tell(message: str) -> None:

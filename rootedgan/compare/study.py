@@ -1,14 +1,12 @@
-"""The study behind ``rootedgan compare`` (README, "Comparing losses"): runs, then reports.
-
-:func:`plan_study` checks the options (errors name the option) and plans the runs; :func:`run_study` runs
-them (:mod:`.runner`) and writes the report (:mod:`.report`) into ``out``. With ``tune_seeds`` there are two
-stages: every (loss, lr) on the tuning seeds (``out/tune``), each loss's best lr (``out/selection.md`` and
-``.json``), then every loss at its own lr on the fresh ``seeds`` (``out/eval``).
-"""
+"""The study behind ``rootedgan compare`` (README, "Comparing losses", also for the two stages with
+``tune_seeds``): :func:`plan_study` checks the options (errors name the option) and plans the runs;
+:func:`run_study` runs them (:mod:`.runner`) and writes the reports (:mod:`.report`) into ``out``."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -30,19 +28,22 @@ from rootedgan import __version__
 from rootedgan.compare.analysis import loss_floors, run_loss, run_summary, select_learning_rates
 from rootedgan.compare.curves import collect_run
 from rootedgan.compare.pairing import check_pairing, read_pairing
-from rootedgan.compare.report import write_report
+from rootedgan.compare.report import md_table, write_report
 from rootedgan.compare.runner import (
     RunResult,
     RunSpec,
     arm_name,
     base_learning_rates,
+    finished_record,
     parse_losses,
     parse_lrs,
     plan_runs,
     run_all,
+    run_env,
 )
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
+from rootedgan.metrics.base import KimgMetricCallback
 from rootedgan.runs import run_log_dir
 from rootedgan.sampling import parse_seeds
 
@@ -78,7 +79,8 @@ class StudyOptions:
 
 @dataclass
 class StudyPlan:
-    """The checked options and the runs of the first stage (:func:`plan_study`)."""
+    """The checked options and the runs of the first stage (:func:`plan_study`); ``kimg``: the planned
+    length of a run (``--kimg``, else the config's ``model.total_kimg`` when it has one)."""
 
     options: StudyOptions
     config: Path
@@ -91,20 +93,18 @@ class StudyPlan:
     threads: int | None
     targets: list[float]
     threshold: float | None
-    specs: list[RunSpec]
+    kimg: float | None
+    specs: list[RunSpec] = field(default_factory=list)
+
+    @property
+    def span(self) -> tuple[float, float] | None:
+        """The kimg range of the areas under the curves: the planned length, when known."""
+        return (0.0, float(self.kimg)) if self.kimg is not None else None
 
     def runs(self, losses: Sequence[str], seeds: Sequence[int], lrs: Sequence[float] | None) -> list[RunSpec]:
         o = self.options
         return plan_runs(
-            self.config,
-            losses,
-            seeds,
-            self.out,
-            kimg=o.kimg,
-            extra=list(o.extra),
-            log_every=o.log_every,
-            lrs=lrs,
-            base_lr=self.base_lr,
+            self.config, losses, seeds, self.out, o.kimg, o.extra, o.log_every, lrs, self.base_lr
         )
 
 
@@ -138,14 +138,11 @@ def _seeds(value: str, option: str) -> list[int]:
     return seeds
 
 
-def _check_counts(o: StudyOptions) -> None:
-    if o.kimg is not None and not (math.isfinite(o.kimg) and o.kimg > 0):
-        raise UserError(f"--kimg must be > 0, got {o.kimg}")
-    for option, value in (("--log-every", o.log_every), ("--jobs", o.jobs), ("--threads", o.threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{option} must be >= 1, got {value}")
-    if o.primary not in PRIMARY:
-        raise UserError(f"--primary must be one of {', '.join(sorted(PRIMARY))}, got {o.primary!r}")
+def _config_kimg(config: Path) -> float | None:
+    try:
+        return float((yaml.safe_load(config.read_text()) or {})["model"]["total_kimg"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
 
 
 def plan_study(options: StudyOptions) -> StudyPlan:
@@ -154,36 +151,67 @@ def plan_study(options: StudyOptions) -> StudyPlan:
     losses = parse_losses(o.losses)
     seeds = _seeds(o.seeds, "--seeds")
     tune_seeds = _seeds(o.tune_seeds, "--tune-seeds") if o.tune_seeds else None
-    if tune_seeds and set(tune_seeds) & set(seeds):
-        overlap = sorted(set(tune_seeds) & set(seeds))
+    overlap = sorted(set(tune_seeds or ()) & set(seeds))
+    if overlap:
         raise UserError(f"--tune-seeds and --seeds must not overlap (both have {overlap})")
     lrs = parse_lrs(o.lrs)
     config = Path(o.config)
     if not config.is_file():
         raise UserError(f"--config {o.config}: no such file")
-    _check_counts(o)
+    if o.kimg is not None and not (math.isfinite(o.kimg) and o.kimg > 0):
+        raise UserError(f"--kimg must be > 0, got {o.kimg}")
+    for option, value in (("--log-every", o.log_every), ("--jobs", o.jobs), ("--threads", o.threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
+    if o.primary not in PRIMARY:
+        raise UserError(f"--primary must be one of {', '.join(sorted(PRIMARY))}, got {o.primary!r}")
     threads = o.threads
     if threads is None and o.jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // o.jobs)
     threshold = (
         None if o.threshold == "baseline" else _finite(o.threshold, "--threshold", "'baseline' or a number")
     )
-    items = [item for item in (x.strip() for x in o.targets.split(",")) if item]
-    targets = [_finite(item, "--targets", "a comma list of numbers") for item in items]
-    base_lr = base_learning_rates(config, list(o.extra)) if lrs is not None else None
+    items = [x.strip() for x in o.targets.split(",")]
+    targets = [_finite(item, "--targets", "a comma list of numbers") for item in items if item]
+    base_lr = base_learning_rates(config, o.extra) if lrs is not None else None
+    kimg = o.kimg if o.kimg is not None else _config_kimg(config)
     plan = StudyPlan(
-        o, config, Path(o.out), losses, seeds, tune_seeds, lrs, base_lr, threads, targets, threshold, []
+        o, config, Path(o.out), losses, seeds, tune_seeds, lrs, base_lr, threads, targets, threshold, kimg
     )
     plan.specs = plan.runs(losses, tune_seeds or seeds, lrs)
     return plan
 
 
-def _config_kimg(config: Path) -> float | None:
+def _logs_metrics(class_path: Any) -> bool:
+    """Whether a callback class named in a config logs ``metrics/*`` keys (FID, digits quality, ...)."""
+    module, _, name = str(class_path).rpartition(".")
     try:
-        data = yaml.safe_load(config.read_text()) or {}
-        return float(data["model"]["total_kimg"])
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-        return None
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, KimgMetricCallback)
+
+
+def preflight(spec: RunSpec, metric: str | None) -> None:
+    """Before any run, fail in one line unless the finetune settings of ``spec`` (every arm's, but for the
+    loss, lr and seed) resolve (``finetune --print_config``) and, unless ``metric`` names a key outside
+    ``metrics/``, hold a callback that logs a quality metric."""
+    proc = subprocess.run([*spec.command, "--print_config"], capture_output=True, text=True, env=run_env())
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise UserError(f"the runs' finetune settings are not valid (nothing was trained): {last}")
+    if metric is not None and not metric.startswith("metrics/"):
+        return
+    text = proc.stdout[max(proc.stdout.find("# lightning"), 0) :]  # after any NVIDIA-flag mapping lines
+    trainer = (yaml.safe_load(text) or {}).get("trainer") or {}
+    if not any(
+        isinstance(cb, dict) and _logs_metrics(cb.get("class_path")) for cb in trainer.get("callbacks") or []
+    ):
+        raise UserError(
+            f"{spec.args[1]} logs no quality metric, so there would be nothing to compare (nothing was "
+            "trained): add rootedgan.metrics.FIDCallback or rootedgan.digits.quality.DigitsQualityCallback "
+            "under trainer.callbacks, or name another logged key with --metric"
+        )
 
 
 def versions() -> dict[str, Any]:
@@ -191,20 +219,14 @@ def versions() -> dict[str, Any]:
     info: dict[str, Any] = {
         "rootedgan": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "numpy": numpy.__version__,
+        **{module.__name__: module.__version__ for module in (torch, lightning, numpy)},
         "platform": platform.platform(),
     }
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        git = ["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "HEAD"]
+        commit = subprocess.run(git, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
     return info
 
 
@@ -244,8 +266,20 @@ def _collect(results: list[RunResult], base_lr: tuple[float, float] | None) -> _
     return got
 
 
-def _run_records(results: list[RunResult]) -> list[dict[str, Any]]:
-    return [
+def _report(out: Path, got: _Stage, plan: StudyPlan, context: dict[str, Any]) -> dict[str, Any] | None:
+    """Write the stage's report into ``out``; None (nothing written) when none of its runs finished."""
+    if not got.runs:
+        return None
+    o = plan.options
+    out.mkdir(parents=True, exist_ok=True)
+    # a grid of learning rates: each arm against the baseline loss at the same lr
+    first = got.results[0].spec.loss
+    baselines = {
+        arm: arm_name(first, info["lr"])
+        for arm, info in got.arm_info.items()
+        if info["lr"] is not None and arm != info["loss"] and arm_name(first, info["lr"]) in got.runs
+    }
+    runs = [
         {
             "arm": r.spec.arm,
             "loss": r.spec.loss,
@@ -257,46 +291,21 @@ def _run_records(results: list[RunResult]) -> list[dict[str, Any]]:
             "returncode": r.returncode,
             "wall_s": r.wall_s,
         }
-        for r in results
+        for r in got.results
     ]
-
-
-def _report(out: Path, got: _Stage, plan: StudyPlan, context: dict[str, Any]) -> dict[str, Any] | None:
-    """Write the stage's report into ``out``; None (nothing written) when none of its runs finished."""
-    if not got.runs:
-        return None
-    o = plan.options
-    out.mkdir(parents=True, exist_ok=True)
-    kimg = context["kimg"]
-    # a grid of learning rates: each arm against the baseline loss at the same lr
-    first = got.results[0].spec.loss if got.results else None
-    baselines = {
-        arm: arm_name(first, info["lr"])
-        for arm, info in got.arm_info.items()
-        if info["lr"] is not None and arm != info["loss"] and arm_name(first, info["lr"]) in got.runs
-    }
-    run_context = {
-        **context,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "runs": _run_records(got.results),
-    }
-    span = (0.0, float(kimg)) if kimg is not None else None
-    pairing = check_pairing(got.pairing) if len(got.runs) > 1 else None
-    wall = {arm: list(by_seed.values()) for arm, by_seed in got.wall_by_seed.items()}
     return write_report(
         out,
         got.runs,
         o.metric,
         o.lower_is_better,
         threshold=plan.threshold,
-        wall_s=wall,
-        context=run_context,
-        pairing=pairing,
+        context={**context, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs},
+        pairing=check_pairing(got.pairing) if len(got.runs) > 1 else None,
         arm_info=got.arm_info,
         wall_by_seed=got.wall_by_seed,
         targets=plan.targets,
         primary=PRIMARY[o.primary],
-        span=span,
+        span=plan.span,
         floors=got.floors,
         baselines=baselines or None,
     )
@@ -305,63 +314,66 @@ def _report(out: Path, got: _Stage, plan: StudyPlan, context: dict[str, Any]) ->
 def selection_markdown(selection: dict[str, Any], primary: str, metric: str, tune_seeds: list[int]) -> str:
     """``selection.md``: per loss the mean ``primary`` value per lr multiplier, the chosen one in bold."""
     lrs = sorted({float(lr) for entry in selection.values() for lr in entry["means"]})
-    lines = [
-        f"### Learning rate per loss, chosen on tuning seeds {', '.join(map(str, tune_seeds))}",
-        "",
-        f"Mean `{metric}` {primary} over the tuning seeds per lr multiplier (chosen: bold; an lr with a "
-        "failed run is not eligible).",
-        "",
-        "| loss | " + " | ".join(f"lr x{lr:g}" for lr in lrs) + " | chosen |",
-        "| --- | " + " | ".join("---:" for _ in lrs) + " | ---: |",
-    ]
+    rows = []
     for loss, entry in selection.items():
         cells = []
         for lr in lrs:
-            mean = entry["means"].get(f"{lr:g}")
-            text = "–" if mean is None else f"{mean:.4g}"
-            if entry["failed"].get(f"{lr:g}"):
-                text += f" ({entry['failed'][f'{lr:g}']} failed)"
+            mean, failed = entry["means"].get(f"{lr:g}"), entry["failed"].get(f"{lr:g}")
+            text = ("–" if mean is None else f"{mean:.4g}") + (f" ({failed} failed)" if failed else "")
             cells.append(f"**{text}**" if lr == entry["lr"] else text)
         note = "" if entry["eligible"] else " (no lr without failures)"
-        lines.append(f"| `{loss}` | " + " | ".join(cells) + f" | x{entry['lr']:g}{note} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"`{loss}`", *cells, f"x{entry['lr']:g}{note}"])
+    columns = [("loss", "---"), *((f"lr x{lr:g}", "---:") for lr in lrs), ("chosen", "---:")]
+    return "\n".join(
+        [
+            f"### Learning rate per loss, chosen on tuning seeds {', '.join(map(str, tune_seeds))}",
+            "",
+            f"Mean `{metric}` {primary} over the tuning seeds per lr multiplier (chosen: bold; an lr with a "
+            "failed run is not eligible).",
+            "",
+            *md_table(columns, rows),
+        ]
+    )
 
 
-def _select(plan: StudyPlan, got: _Stage, metric: str, kimg: float | None) -> tuple[dict[str, Any], str]:
+def _select(plan: StudyPlan, got: _Stage, metric: str) -> tuple[dict[str, Any], str]:
     """Each loss's lr on the tuning runs, written to ``selection.json`` and (the markdown returned)
     ``selection.md``."""
     o = plan.options
-    span = (0.0, float(kimg)) if kimg is not None else None
     by_loss: dict[str, dict[float, dict[int, Any]]] = {}
     for r in got.results:
-        lr = r.spec.lr if r.spec.lr is not None else 1.0
         curves = got.runs.get(r.spec.arm, {}).get(r.spec.seed) if r.ok else None
         finished = curves is not None and metric in curves
-        summary = run_summary(curves, metric, o.lower_is_better, plan.targets, span) if finished else None
+        summary = (
+            run_summary(curves, metric, o.lower_is_better, plan.targets, plan.span) if finished else None
+        )
+        lr = r.spec.lr if r.spec.lr is not None else 1.0
         by_loss.setdefault(r.spec.loss, {}).setdefault(lr, {})[r.spec.seed] = summary
     selection = select_learning_rates(by_loss, PRIMARY[o.primary], o.lower_is_better)
     assert plan.tune_seeds is not None
     markdown = selection_markdown(selection, o.primary, metric, plan.tune_seeds)
     with atomic_open(plan.out / "selection.md", "w") as fh:
         fh.write(markdown)
-    record = {
-        "metric": metric,
-        "primary": PRIMARY[o.primary],
-        "tune_seeds": plan.tune_seeds,
-        "losses": selection,
-    }
+    record = {"metric": metric, "primary": PRIMARY[o.primary], "tune_seeds": plan.tune_seeds}
     with atomic_open(plan.out / "selection.json", "w") as fh:
-        json.dump(record, fh, indent=1)
+        json.dump({**record, "losses": selection}, fh, indent=1)
     return selection, markdown
 
 
-def _context(plan: StudyPlan, kimg: float | None) -> dict[str, Any]:
-    o, base_lr = plan.options, list(plan.base_lr) if plan.base_lr else None
-    return {
+def run_study(options: StudyOptions, say: Callable[[str], None] = print) -> StudyResult:
+    """Plan (:func:`plan_study`), run and report the study; ``say`` gets the progress lines and, between
+    the two stages, the learning-rate selection table."""
+    plan = plan_study(options)
+    o, out, kimg, started = plan.options, plan.out, plan.kimg, time.time()
+    if o.force or any(finished_record(spec) is None for spec in plan.specs):
+        preflight(plan.specs[0], o.metric)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = f"{kimg:g} kimg per run" if kimg is not None else "the config's total_kimg"
+    context = {
         "config": str(plan.config),
         "losses": plan.losses,
         "lrs": plan.lrs,
-        "base_lr": base_lr,
+        "base_lr": list(plan.base_lr) if plan.base_lr else None,
         "kimg": kimg,
         "targets": plan.targets,
         "primary": o.primary,
@@ -373,20 +385,8 @@ def _context(plan: StudyPlan, kimg: float | None) -> dict[str, Any]:
         "versions": versions(),
     }
 
-
-def run_study(options: StudyOptions | StudyPlan, say: Callable[[str], None] = print) -> StudyResult:
-    """Plan (:func:`plan_study`), run and report the study; ``say`` gets the progress lines and, between
-    the two stages, the learning-rate selection table."""
-    plan = options if isinstance(options, StudyPlan) else plan_study(options)
-    o, out, started = plan.options, plan.out, time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    kimg = o.kimg if o.kimg is not None else _config_kimg(plan.config)
-    budget = f"{kimg:g} kimg per run" if kimg is not None else "the config's total_kimg"
-    context = _context(plan, kimg)
-
     def stage(specs: list[RunSpec]) -> _Stage:
-        kw = dict(force=o.force, echo=not o.quiet, jobs=o.jobs, threads=plan.threads, say=say)
-        return _collect(run_all(specs, **kw), plan.base_lr)
+        return _collect(run_all(specs, o.force, not o.quiet, say, o.jobs, plan.threads), plan.base_lr)
 
     got = stage(plan.specs)
     name, seeds = ("tune", o.tune_seeds) if plan.tune_seeds else ("compare", o.seeds)
@@ -400,7 +400,7 @@ def run_study(options: StudyOptions | StudyPlan, say: Callable[[str], None] = pr
         return StudyResult(None, stage_out, failed, time.time() - started, name, error)
     if not plan.tune_seeds:
         return StudyResult(record, stage_out, failed, time.time() - started, name)
-    selection, markdown = _select(plan, got, record["metric"], kimg)
+    selection, markdown = _select(plan, got, record["metric"])
     say(markdown)
     specs: list[RunSpec] = []
     for loss in plan.losses:

@@ -1,10 +1,7 @@
-"""A small CNN digit classifier, trained by our own code; its penultimate layer is the digits-FID space.
-
-Digit GANs are customarily scored with a classifier trained on the digits (ImageNet's Inception features
-say little about 8x8-pixel handwriting, and its weights cannot be fetched offline). The shipped
-``assets/digits-classifier.safetensors`` is trained on a seeded 80 % split of the 1,797 UCI digits (all ten
-classes) with small random shifts, its held-out accuracy in the file's metadata; rebuild it with
-``python -m rootedgan.digits.classifier`` (about a minute on a CPU).
+"""A small CNN digit classifier, trained by our own code; its penultimate layer is the digits-FID space
+(README, "The demo"; Inception's features say little about 8x8-pixel handwriting). The shipped file is
+trained on a seeded 80 % split of the 1,797 UCI digits (all ten classes) with small random shifts, its
+held-out accuracy in the file's metadata; ``python -m rootedgan.digits.classifier`` rebuilds it (a minute).
 """
 
 from __future__ import annotations

@@ -60,15 +60,13 @@ def write_domain_zip(
     path: Path, images: np.ndarray, labels: np.ndarray, digits: Iterable[int], resolution: int = RESOLUTION
 ) -> int:
     """Write the images whose label is in ``digits`` to a zip (atomically); returns how many."""
-    keep = [i for i in range(len(labels)) if int(labels[i]) in set(digits)]
+    digits = set(digits)
+    keep = [i for i in range(len(labels)) if int(labels[i]) in digits]
     if not keep:
         raise UserError(f"no digits with labels {sorted(digits)}")
-    entries: list[tuple[str, bytes]] = []
-    names_labels: list[list[object]] = []
-    for i in keep:
-        name = f"{int(labels[i])}/img{i:04d}.png"
-        entries.append((name, _png_bytes(upsample_digit(images[i], resolution))))
-        names_labels.append([name, int(labels[i])])
+    names = {i: f"{int(labels[i])}/img{i:04d}.png" for i in keep}
+    entries = [(names[i], _png_bytes(upsample_digit(images[i], resolution))) for i in keep]
+    names_labels = [[names[i], int(labels[i])] for i in keep]
     entries.append(("dataset.json", json.dumps({"labels": names_labels}).encode()))
     with atomic_open(path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
         for name, data in entries:

@@ -1,12 +1,8 @@
-"""Train the demo's pretrained model: a small StyleGAN2 on the source digits (0-4), from scratch, on a CPU.
-
-The result, ``assets/digits-source-G.safetensors`` (G_ema and D, the settings in its metadata), plays the
-role of NVIDIA's pretrained pickles: the demo finetunes it to the target digits (5-9). It is an ordinary
-StyleGAN2 at 32x32 with reduced widths, trained by :class:`~rootedgan.training.module.FinetuneModule` with
-the logistic loss and NVIDIA's CIFAR-style settings (2 mapping layers, no path-length regularization or
-style mixing). ``python -m rootedgan.digits.pretrain`` reproduces it (70 kimg at batch 32, seed 0: the same
-weights on the same machine and library versions); the shipped file took 43 minutes on one core of the
-project's 2-core Xeon, as a 40 kimg run resumed (exactly) to 70 kimg with ``--resume``.
+"""Train the demo's pretrained model (README, "The demo"): a small StyleGAN2 at 32x32 on the source digits
+(0-4), from scratch, on a CPU, by :class:`~rootedgan.training.module.FinetuneModule` with the logistic loss
+and NVIDIA's CIFAR-style settings (2 mapping layers, no path-length regularization or style mixing).
+``python -m rootedgan.digits.pretrain`` reproduces ``assets/digits-source-G.safetensors`` (the same weights
+on the same machine and library versions); the shipped file is a 40 kimg run resumed (exactly) to 70 kimg.
 """
 
 from __future__ import annotations
@@ -108,27 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Train the digits demo's pretrained StyleGAN2 (source digits)."
     )
-    parser.add_argument("--out", default=str(PRETRAINED))
+    parser.add_argument("--out", type=Path, default=PRETRAINED)
     parser.add_argument("--kimg", type=float, default=70.0)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", dest="batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-dir", default=None, help="where logs and grids go (default: a temp dir)")
-    parser.add_argument("--resume", default=None, help="continue from an earlier run's checkpoints/last.ckpt")
-    parser.add_argument("--r1-gamma", type=float, default=None, help="override the R1 weight")
-    parser.add_argument("--lr", type=float, default=None, help="override both learning rates")
-    args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir) if args.run_dir else None
-    path = pretrain(
-        Path(args.out),
-        args.kimg,
-        args.batch,
-        args.seed,
-        run_dir=run_dir,
-        resume=args.resume,
-        r1_gamma=args.r1_gamma,
-        lr=args.lr,
-    )
-    print(f"wrote {path}")
+    parser.add_argument("--run-dir", type=Path, help="where logs and grids go (default: a temp dir)")
+    parser.add_argument("--resume", type=Path, help="continue from an earlier run's checkpoints/last.ckpt")
+    parser.add_argument("--r1-gamma", type=float, help="override the R1 weight")
+    parser.add_argument("--lr", type=float, help="override both learning rates")
+    print(f"wrote {pretrain(**vars(parser.parse_args(argv)))}")
     return 0
 
 

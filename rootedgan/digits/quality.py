@@ -1,27 +1,26 @@
-"""The digits FID: a domain FID in the feature space of our digits classifier, while training.
-
-``DigitsQualityCallback`` evaluates ``G_ema`` every ``every_kimg`` thousand images on ``num_gen`` seeded
-samples (the same latents every time) and logs ``metrics/fid{N}_digits`` (Frechet distance of the
-classifier's 128-d penultimate features of the samples and of the reference images: **not** comparable
-with Inception FIDs) and ``metrics/target_frac{N}`` (the share of samples classified as a class present in
-the reference set, e.g. digits 5-9). With NVIDIA's Inception weights on disk (never downloaded unless
-``inception=True``) the real FID of the same samples is logged too, as ``metrics/fid{N}_full``. Records go
-to ``metric-digits.jsonl``, and at the end ``quality.json`` and ``report.png`` to the run folder. The digits
-part is cheap (1,000 samples at 32x32: about a second on a CPU), so every rank computes it identically
-without a collective; the Inception part is collective, as in FIDCallback.
+"""The digits FID (README, "The demo"): a domain FID in the feature space of our digits classifier, while
+training, logged as ``metrics/fid{N}_digits`` with ``metrics/target_frac{N}`` (the share of samples
+classified as a class present in the reference set) and, with NVIDIA's Inception weights on disk (never
+downloaded unless ``inception=True``), ``metrics/fid{N}_full``; records go to ``metric-digits.jsonl``, at
+the end ``quality.json`` and ``report.png``. The digits part is cheap (1,000 samples at 32x32: about a
+second on a CPU), so every rank computes it identically without a collective; the Inception part is
+collective, as in FIDCallback.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
+from rootedgan.compare.report import pyplot, save_figure
 from rootedgan.digits.classifier import DigitsClassifier, load_classifier
 from rootedgan.errors import UserError
 from rootedgan.fileio import atomic_open
@@ -40,16 +39,20 @@ _LOSS_KEYS = ("Loss/G/loss", "Loss/D/loss")
 
 
 @torch.no_grad()
-def reference_features(classifier: DigitsClassifier, dataset: Any, batch_size: int = 256) -> tuple:
-    """Features ``[N, 128]`` (float64 numpy) and class ids ``[N]`` of every image of ``dataset``."""
+def _classify(classifier: DigitsClassifier, batches: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``[N, 128]`` (float64 numpy) and predicted classes ``[N]`` of uint8 image batches."""
     device = next(classifier.parameters()).device
     feats, classes = [], []
-    for start in range(0, len(dataset), batch_size):
-        stop = min(start + batch_size, len(dataset))
-        f = classifier.features(torch.stack([dataset[i][0] for i in range(start, stop)]).to(device))
+    for images in batches:
+        f = classifier.features(images.to(device))
         feats.append(f.double().cpu())
         classes.append(classifier.head(f).argmax(dim=1).cpu())
     return torch.cat(feats).numpy(), torch.cat(classes).numpy()
+
+
+def reference_features(classifier: DigitsClassifier, dataset: Any, batch_size: int = 256) -> tuple:
+    """Features ``[N, 128]`` (float64 numpy) and class ids ``[N]`` of every image of ``dataset``."""
+    return _classify(classifier, (images for images, _ in DataLoader(dataset, batch_size)))
 
 
 @torch.no_grad()
@@ -65,36 +68,23 @@ def digits_fid(
     """Digits FID of ``G`` against ``reference`` and the share of samples in ``target_classes``."""
     was_training = G.training
     G.eval()
-    feats, hits = [], 0
     try:
-        for images in generated_uint8(G, num_gen, seed=seed, batch_size=batch_size):
-            f = classifier.features(images.to(next(classifier.parameters()).device))
-            feats.append(f.double().cpu())
-            if target_classes is not None:
-                pred = classifier.head(f).argmax(dim=1).cpu().tolist()
-                hits += sum(int(p) in target_classes for p in pred)
+        feats, classes = _classify(classifier, generated_uint8(G, num_gen, seed=seed, batch_size=batch_size))
     finally:
         G.train(was_training)
-    gen = GaussianStats.from_features(torch.cat(feats).numpy())
+    gen = GaussianStats.from_features(feats)
     out = {"fid": frechet_distance(reference.mu, reference.sigma, gen.mu, gen.sigma)}
     if target_classes is not None:
-        out["target_frac"] = hits / num_gen
+        out["target_frac"] = sum(int(c) in target_classes for c in classes) / num_gen
     return out
 
 
 class DigitsQualityCallback(KimgMetricCallback):
-    """Digits FID and target-class share of ``G_ema`` every ``every_kimg`` (module docstring).
-
-    Args:
-        every_kimg: interval in thousands of real images (0: only at the start and the end).
-        num_gen: samples per evaluation.
-        data_path: reference images (default: the datamodule's data set).
-        classifier: classifier file (default: the shipped ``assets/digits-classifier.safetensors``).
-        seed: seed of the evaluation latents.
-        plot: write ``report.png`` at the end.
-        inception: also compute the Inception FID: ``None`` when the weights are found locally (no
-            download), ``True`` always (download if needed), ``False`` never.
-    """
+    """Digits FID and target-class share of ``G_ema`` every ``every_kimg`` thousand images (0: only at the
+    start and the end) on ``num_gen`` samples of latents seeded with ``seed``. ``data_path``: the reference
+    images (default: the datamodule's data set); ``classifier``: its file (default: the shipped one);
+    ``plot``: write ``report.png`` at the end; ``inception``: also the Inception FID (None: when the weights
+    are on disk, no download; True: always, downloading if needed; False: never)."""
 
     def __init__(
         self,
@@ -128,9 +118,7 @@ class DigitsQualityCallback(KimgMetricCallback):
         if self._reference is not None:
             return
         self._classifier = load_classifier(self.classifier_path, device=module.device)
-        dataset = reference_dataset(
-            trainer, module, self.data_path, mirror=False, who="DigitsQualityCallback"
-        )
+        dataset = reference_dataset(trainer, module, self.data_path, False, "DigitsQualityCallback")
         self._setup_inception(module, dataset)
         feats, classes = reference_features(self._classifier, dataset)
         self._reference = GaussianStats.from_features(feats)
@@ -147,9 +135,7 @@ class DigitsQualityCallback(KimgMetricCallback):
             if self.inception:
                 raise
             return  # auto: no local Inception weights, digits FID only
-        self._evaluator = Evaluator(
-            found, device=module.device, num_workers=0, progress=False, download=False
-        )
+        self._evaluator = Evaluator(found, module.device, num_workers=0, progress=False, download=False)
         self._inception_reference = self._evaluator.reference_stats(DatasetImages(dataset))
 
     def evaluate(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
@@ -161,9 +147,10 @@ class DigitsQualityCallback(KimgMetricCallback):
         res = digits_fid(
             module.G_ema, self._reference, self._classifier, self.num_gen, self.seed, self._targets
         )
+        inception: dict[str, float] = {}
         if self._evaluator is not None:
             gen = self._evaluator.generator_stats(module.G_ema, self.num_gen, seed=self.seed)
-            res["inception_fid"] = self._evaluator.fid(self._inception_reference, gen)
+            inception[self.inception_key] = self._evaluator.fid(self._inception_reference, gen)
         record = {
             "kimg": float(module.cur_nimg) / 1000,
             self.fid_key: res["fid"],
@@ -171,20 +158,22 @@ class DigitsQualityCallback(KimgMetricCallback):
             "seconds": time.time() - start,
             "feature_space": FEATURE_SPACE,
             "target_classes": sorted(self._targets),
+            **inception,
         }
-        if "inception_fid" in res:
-            record[self.inception_key] = res["inception_fid"]
         self.history.append(record)
         if trainer.is_global_zero:
             append_metric_record(self._out or Path(trainer.default_root_dir), "digits", record)
         return {k: v for k, v in record.items() if k.startswith("metrics/")}
 
-    def on_step(self, trainer: L.Trainer, module: Any, kimg: float) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
         metrics = trainer.callback_metrics
         if all(k in metrics for k in _LOSS_KEYS):  # tensors: converted when plotted, so no GPU sync here
+            kimg = float(module.cur_nimg) / 1000
             self.losses.append({"kimg": kimg, **{k: metrics[k].detach().clone() for k in _LOSS_KEYS}})
+        super().on_train_batch_end(trainer, module, *args)
 
-    def on_finish(self, trainer: L.Trainer, module: Any) -> None:
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        super().on_train_end(trainer, module)  # the final evaluation
         if not trainer.is_global_zero or not self.history:
             return
         out = self._out or Path(trainer.default_root_dir)
@@ -208,7 +197,7 @@ class DigitsQualityCallback(KimgMetricCallback):
         ]
         if self.inception_key in last:
             self._summary.append(
-                f"FID ({self._evaluator.inception_label}, {self.inception_key}): "
+                f"FID ({self._evaluator.extractor.inception.label}, {self.inception_key}): "
                 f"{first[self.inception_key]:.2f} -> {last[self.inception_key]:.2f}"
             )
 
@@ -219,12 +208,7 @@ class DigitsQualityCallback(KimgMetricCallback):
 
     def write_report(self, path: Path, title: str = "") -> None:
         """Quality (digits FID, target share) and the G/D losses against kimg, as one PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.6))
         kimg = [h["kimg"] for h in self.history]
         axes[0].plot(kimg, [h[self.fid_key] for h in self.history], marker="o")
         axes[0].set(xlabel="kimg", ylabel=f"{self.fid_key}\n(digits-classifier features)", title="digits FID")
@@ -238,7 +222,4 @@ class DigitsQualityCallback(KimgMetricCallback):
             axes[2].legend()
         axes[2].set(xlabel="kimg", title="losses")
         fig.suptitle(title)
-        fig.tight_layout()
-        with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=90)
-        plt.close(fig)
+        save_figure(fig, path, dpi=90)

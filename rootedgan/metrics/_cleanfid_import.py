@@ -66,10 +66,8 @@ def install_torchvision_standin() -> types.ModuleType:
     )
     root.__version__ = "0.0.0+rootedgan.standin"
     root.__path__ = models.__path__ = []  # packages, so that `import torchvision.models.utils` fails cleanly
-    for cls_name in ("InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE", "Inception3"):
-        setattr(
-            inception, cls_name, type(cls_name, (_LegacyInceptionBlock,), {"__module__": inception.__name__})
-        )
+    for name in ("InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE", "Inception3"):
+        setattr(inception, name, type(name, (_LegacyInceptionBlock,), {"__module__": inception.__name__}))
     inception.inception_v3 = models.inception_v3 = _legacy_only
     models.inception, models.Inception3 = inception, inception.Inception3
     transforms.ToTensor = _ToTensor
@@ -82,9 +80,6 @@ def install_torchvision_standin() -> types.ModuleType:
 
 class _CompatLinalg(types.ModuleType):
     """``scipy.linalg`` with a ``sqrtm`` that accepts the ``disp`` argument SciPy 1.18 removed."""
-
-    def __init__(self) -> None:
-        super().__init__("scipy.linalg")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(scipy.linalg, name)
@@ -115,7 +110,7 @@ def patch_sqrtm(fid_module: types.ModuleType, force: bool = False) -> bool:
                 return False
         except (TypeError, ValueError):
             return False
-    fid_module.linalg = _CompatLinalg()
+    fid_module.linalg = _CompatLinalg("scipy.linalg")
     return True
 
 

@@ -30,7 +30,6 @@ class KimgMetricCallback(L.Callback):
         self._schedule = KimgSchedule(every_kimg)
         self._last_nimg: int | None = None
         self._out: Path | None = None  # the run folder (version_N), known from the start of training
-        self._in_batch_end = False
 
     def prepare(self, trainer: L.Trainer, module: Any) -> None:
         """Load and check what an evaluation needs (every rank; random state is preserved)."""
@@ -39,25 +38,19 @@ class KimgMetricCallback(L.Callback):
         """Compute the metrics of ``module.G_ema`` now (every rank calls); ``{logged key: value}``."""
         raise NotImplementedError
 
-    def on_step(self, trainer: L.Trainer, module: Any, kimg: float) -> None:
-        """Called after every training batch, before a due evaluation."""
-
-    def on_finish(self, trainer: L.Trainer, module: Any) -> None:
-        """Called at the end of training, after the final evaluation."""
-
     def _fork_rng(self, module: Any) -> Any:
         return torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else [])
 
-    def _evaluate_and_log(self, trainer: L.Trainer, module: Any) -> dict[str, float]:
+    def _evaluate_and_log(self, trainer: L.Trainer, module: Any, in_batch: bool = False) -> dict[str, float]:
         """Evaluate (the training's random stream untouched) and write the values to every logger now (rank
-        0) at the step Lightning writes this batch's values under, so metric curves line up with the losses:
-        ``LightningModule.log`` is not allowed outside the loop, and in it reaches the loggers only every
-        ``log_every_n_steps`` steps."""
+        0) at the step Lightning writes this batch's values under (``in_batch``: at a batch's end), so metric
+        curves line up with the losses: ``LightningModule.log`` is not allowed outside the loop, and in it
+        reaches the loggers only every ``log_every_n_steps`` steps."""
         with self._fork_rng(module):
             values = self.evaluate(trainer, module)
         self._last_nimg = int(module.cur_nimg)
         if trainer.is_global_zero and values:
-            step = int(module.step_idx) - (1 if self._in_batch_end else 0)  # batches trained before this one
+            step = int(module.step_idx) - int(in_batch)  # the batches trained before this one
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=step)
         return values
@@ -74,19 +67,12 @@ class KimgMetricCallback(L.Callback):
             self._evaluate_and_log(trainer, module)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
-        kimg = float(module.cur_nimg) / 1000
-        self._in_batch_end = True
-        try:
-            self.on_step(trainer, module, kimg)
-            if self._schedule.due(kimg):
-                values = self._evaluate_and_log(trainer, module)
-                for key, value in values.items():  # callback_metrics (ModelCheckpoint): same on every rank
-                    value64 = torch.tensor(value, dtype=torch.float64)
-                    module.log(key, value64, on_step=True, on_epoch=False, sync_dist=False, logger=False)
-        finally:
-            self._in_batch_end = False
+        if self._schedule.due(float(module.cur_nimg) / 1000):
+            values = self._evaluate_and_log(trainer, module, in_batch=True)
+            for key, value in values.items():  # callback_metrics (ModelCheckpoint): same on every rank
+                value64 = torch.tensor(value, dtype=torch.float64)
+                module.log(key, value64, on_step=True, on_epoch=False, sync_dist=False, logger=False)
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.at_end and self._last_nimg != int(module.cur_nimg):
             self._evaluate_and_log(trainer, module)
-        self.on_finish(trainer, module)

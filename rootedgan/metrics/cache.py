@@ -25,11 +25,6 @@ _SCHEMA = "rootedgan-fid-stats-v1"
 _CHECKED = ("protocol", "mode", "dtype", "inception_sha256")
 
 
-def stats_cache_dir() -> Path:
-    """``$ROOTEDGAN_CACHE/fid-stats`` (default ``~/.cache/rootedgan/fid-stats``), beside the networks."""
-    return cache_dir().parent / "fid-stats"
-
-
 def cache_key(content_key: str, protocol: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(key, meta)`` for a data set's content key and the feature protocol (mode, dtype, Inception)."""
     try:
@@ -42,7 +37,7 @@ def cache_key(content_key: str, protocol: dict[str, Any]) -> tuple[str, dict[str
 
 
 def _paths(key: str, folder: Path | None) -> tuple[Path, Path]:
-    folder = folder or stats_cache_dir()
+    folder = folder or cache_dir().parent / "fid-stats"  # beside the networks' folder
     return folder / f"{key}.npz", folder / f"{key}.features.npy"
 
 

@@ -134,13 +134,10 @@ class FIDCallback(KimgMetricCallback):
             results[self.kid_name] = ev.kid(self._reference, gen, seed=self.seed)
         seconds, out = time.time() - start, self._out or Path(trainer.default_root_dir)
         snapshot = snapshot_path(out, int(module.cur_nimg))
-        fields = dict(
-            kimg=float(module.cur_nimg) / 1000, num_gen=self.num_gen, reference=self._reference_path
-        )
+        gpus = rank_world()[1] if module.device.type == "cuda" else 0  # NVIDIA's field: GPUs, not ranks
+        info = dict(kimg=float(module.cur_nimg) / 1000, num_gen=self.num_gen, reference=self._reference_path)
         for name, value in results.items():
-            snapshot_name = snapshot.name if snapshot is not None else None
-            gpus = rank_world()[1] if module.device.type == "cuda" else 0  # NVIDIA's field: GPUs, not ranks
-            record = ev.metric_record(name, value, seconds, snapshot_name, gpus, **fields)
+            record = ev.metric_record(name, value, seconds, snapshot and snapshot.name, gpus, **info)
             self.history.append(record)
             if trainer.is_global_zero:
                 append_metric_record(out, name, record)

@@ -1,19 +1,12 @@
 """FID / KID of generators and image sets against a reference: protocols, metric names, ranks, caching.
 
-The protocols (``mode``; README, "FID / KID") follow clean-fid's definitions with NVIDIA's Inception file:
-``legacy_tensorflow`` (NVIDIA's, the default: ``fid50k_full``), ``clean`` (clean-fid's PIL resize on the
-CPU: ``clean_fid50k_full``) and ``fast`` (that filter in torch, not exact: ``approx_clean_fid50k_full``).
-
-**Why ``legacy_tensorflow`` is the default.** The FIDs rootedgan's users compare against (the StyleGAN2 /
-StyleGAN2-ADA papers, MetFaces, FFHQ, AFHQ, every paper reporting ``fid50k_full``) were computed with
-NVIDIA's code, i.e. this protocol, and the resize alone changes FID (clean-fid's paper lists different
-values for the same networks), so a value under NVIDIA's name must be NVIDIA's value. It is also the
-cheapest (no CPU resize). ``clean`` resizes better (antialiased; its authors recommend it for new
-comparisons) and is one ``mode`` away, under names that say so.
-
-The protocol and the Inception file's sha256 are part of every metric name, ``metric-*.jsonl`` record and
-cache key: statistics made otherwise are refused. Under ``torch.distributed`` every rank calls the same
-methods in the same order; each extracts its share and the float64 statistics are summed over ranks.
+The protocols (``mode``; README, "FID / KID", also why NVIDIA's is the default) follow clean-fid's
+definitions with NVIDIA's Inception file: ``legacy_tensorflow`` (NVIDIA's: ``fid50k_full``), ``clean``
+(clean-fid's PIL resize on the CPU: ``clean_fid50k_full``) and ``fast`` (that filter in torch, not exact:
+``approx_clean_fid50k_full``). The protocol and the Inception file's sha256 are part of every metric name,
+``metric-*.jsonl`` record and cache key: statistics made otherwise are refused. Under ``torch.distributed``
+every rank calls the same methods in the same order; each extracts its share and the float64 statistics
+are summed over ranks.
 """
 
 from __future__ import annotations
@@ -206,11 +199,6 @@ class Evaluator:
                 print(f"Inception: {net.describe()}", flush=True)
         return self._extractor
 
-    @property
-    def inception_label(self) -> str:
-        """How this network's FIDs are named in summaries (``Inception``, or that they are not comparable)."""
-        return self.extractor.inception.label
-
     def protocol(self) -> dict[str, Any]:
         """What determines the features besides the images (part of the key and ``meta`` of cached
         statistics): the protocol, dtype and the Inception file's sha256."""
@@ -360,35 +348,26 @@ class Evaluator:
     def metrics(
         self, reference: GaussianStats, other: GaussianStats, specs: list[MetricSpec], kid_seed: int = 0
     ) -> dict[str, float]:
-        """``{spec.name: value}`` for FID/KID specs evaluated on the same two sets."""
-        for s in specs:
-            if s.mode != self.mode:
-                raise ValueError(f"metric {s.name} is for protocol {s.mode}, this evaluator uses {self.mode}")
+        """``{spec.name: value}`` for FID/KID specs (of this evaluator's protocol) on the same two sets."""
         fid_or_kid = {"fid": self.fid, "kid": lambda a, b: self.kid(a, b, seed=kid_seed)}
         return {s.name: fid_or_kid[s.kind](reference, other) for s in specs}
 
     def evaluate_generator(
         self,
         G: torch.nn.Module,
-        reference: ImageSource | GaussianStats,
+        reference: GaussianStats,
         specs: list[MetricSpec],
         seed: int = 0,
         **generate: Any,
     ) -> dict[str, float]:
-        """All ``specs`` for a generator; one generated set per distinct count (KID keeps its features).
-        ``generate``: ``labels``, ``truncation_psi``, ``noise_mode`` (:meth:`generator_stats`)."""
-        need_feats = any(s.kind == "kid" for s in specs)
-        ref = (
-            reference if isinstance(reference, GaussianStats) else self.reference_stats(reference, need_feats)
-        )
-        if need_feats and ref.features is None:
-            raise UserError("KID needs reference features; these reference statistics hold only mu/sigma")
+        """All ``specs`` for a generator against ``reference`` (with features for KID), one generated set per
+        distinct count; ``generate``: ``labels``, ``truncation_psi``, ``noise_mode``."""
         results: dict[str, float] = {}
         for count in dict.fromkeys(s.num_gen for s in specs):
             group = [s for s in specs if s.num_gen == count]
             keep = any(s.kind == "kid" for s in group)
             gen = self.generator_stats(G, count, keep_features=keep, seed=seed, **generate)
-            results.update(self.metrics(ref, gen, group, kid_seed=seed))
+            results.update(self.metrics(reference, gen, group, kid_seed=seed))
         return results
 
 

@@ -1,9 +1,6 @@
 """NVIDIA's Inception torchscript (the network of every FID protocol): finding, loading, calling.
 
-The file is an explicit path, else ``$ROOTEDGAN_INCEPTION``, else in rootedgan's cache (where it is
-downloaded) or clean-fid's ``/tmp``; without internet the :class:`UserError` names the URL and these places.
-Its path, sha256 and origin are printed before every evaluation (:meth:`InceptionFeatures.describe`):
-statistics made with another Inception file give meaningless FIDs.
+Its path, sha256 and origin are printed before every evaluation (:meth:`InceptionFeatures.describe`).
 
 :class:`InceptionFeatures` calls the file as clean-fid's ``InceptionV3W`` does: images resized to 299x299
 beforehand (``clean``, ``fast``) are mapped with ``(x - 128) / 128`` and go to ``model.layers``; with
@@ -67,7 +64,8 @@ def _check_shared_folder(path: Path) -> None:
 
 
 def locate_inception(path: str | os.PathLike[str] | None = None, download: bool = True) -> InceptionFile:
-    """The local Inception torchscript file and its origin (module docstring), else a :class:`UserError`."""
+    """The local Inception torchscript file and its origin: ``path``, else ``$ROOTEDGAN_INCEPTION``, else in
+    rootedgan's cache or clean-fid's ``/tmp``, else downloaded; else a :class:`UserError` naming them all."""
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():

@@ -60,10 +60,9 @@ class ScoreOptions:
 
 @dataclass
 class Scores:
-    """``results``: ``{metric name: value}``; ``records``: the JSON lines appended, per metric name."""
+    """``results``: ``{metric name: value}``, appended to ``outdir/metric-<name>.jsonl``."""
 
     results: dict[str, float]
-    records: dict[str, dict[str, Any]]
     outdir: Path
     seconds: float
 
@@ -153,16 +152,8 @@ def score(options: ScoreOptions, say: Callable[[str], None] = print) -> Scores:
     if images is not None:
         check_image_count(images)
     dtype = torch.bfloat16 if o.bf16 else torch.float32
-    evaluator = Evaluator(
-        o.inception,
-        device,
-        mode,
-        dtype,
-        o.batch,
-        o.workers,
-        download=not o.no_download,
-        use_cache=not o.no_cache,
-    )
+    flags = dict(download=not o.no_download, use_cache=not o.no_cache)
+    evaluator = Evaluator(o.inception, device, mode, dtype, o.batch, o.workers, **flags)
     # load Inception first: a missing file fails before any work, and the file is named before any work
     evaluator.extractor  # noqa: B018
     G = None
@@ -179,10 +170,8 @@ def score(options: ScoreOptions, say: Callable[[str], None] = print) -> Scores:
         scored = o.images
     seconds = time.time() - start
     num_gpus = 1 if device.type == "cuda" else 0
-    records = {}
     for name, value in results.items():
-        records[name] = evaluator.metric_record(
-            name, value, seconds, scored, num_gpus, num_gen=counts[name], reference=ref_desc
-        )
-        append_metric_record(outdir, name, records[name])
-    return Scores(results, records, outdir, seconds)
+        info = dict(num_gen=counts[name], reference=ref_desc)
+        record = evaluator.metric_record(name, value, seconds, scored, num_gpus, **info)
+        append_metric_record(outdir, name, record)
+    return Scores(results, outdir, seconds)

@@ -16,6 +16,7 @@ from rootedgan.networks.layers import (
     DEFAULT_RESAMPLE_KERNEL,
     Conv2dLayer,
     FullyConnectedLayer,
+    Module,
     ResolutionBlock,
     conv_weight,
     modulated_conv2d,
@@ -42,8 +43,10 @@ def captured_kwargs(local_vars: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy({k: v for k, v in local_vars.items() if k not in ("self", "__class__")})
 
 
-class MappingNetwork(nn.Module):
+class MappingNetwork(Module):
     """z (and label c) -> w, broadcast to ``num_ws`` copies, with ``w_avg`` tracking and truncation."""
+
+    repr_fields = ("z_dim", "c_dim", "w_dim", "num_ws")
 
     def __init__(
         self,
@@ -111,12 +114,11 @@ class MappingNetwork(nn.Module):
                 x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
         return x
 
-    def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
 
-
-class SynthesisLayer(nn.Module):
+class SynthesisLayer(Module):
     """Modulated 3x3 conv (optionally upsampling x2) + noise + bias + lrelu."""
+
+    repr_fields = ("in_channels", "out_channels", "resolution", "up")
 
     def __init__(
         self,
@@ -176,12 +178,6 @@ class SynthesisLayer(nn.Module):
         )
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
-            f"resolution={self.resolution}, up={self.up}"
-        )
 
 
 class ToRGBLayer(nn.Module):
@@ -291,8 +287,10 @@ class SynthesisBlock(ResolutionBlock):
         return x, img
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(Module):
     """ws ``[N, num_ws, w_dim]`` -> image ``[N, img_channels, R, R]`` in about [-1, 1]."""
+
+    repr_fields = ("w_dim", "num_ws", "img_resolution")
 
     def __init__(
         self,
@@ -340,9 +338,6 @@ class SynthesisNetwork(nn.Module):
             w_idx += block.num_conv
             x, img = block(x, img, block_ws, **block_kwargs)
         return img
-
-    def extra_repr(self) -> str:
-        return f"w_dim={self.w_dim}, num_ws={self.num_ws}, img_resolution={self.img_resolution}"
 
 
 class Generator(nn.Module):

@@ -16,16 +16,18 @@ from stylegan_ops.upfirdn2d import centered_padding, parse_padding
 DEFAULT_RESAMPLE_KERNEL = (1, 3, 3, 1)
 
 
+class Module(nn.Module):
+    """An ``nn.Module`` whose ``extra_repr`` lists the attributes named in ``repr_fields``."""
+
+    repr_fields: tuple[str, ...] = ()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.repr_fields)
+
+
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     """``x / sqrt(mean(x^2 over dim) + eps)``."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
-
-
-def _grouped_weight_for_transpose(w: torch.Tensor, groups: int) -> torch.Tensor:
-    """conv2d weight ``[O, I/g, kh, kw]`` -> conv_transpose2d weight ``[I, O/g, kh, kw]``."""
-    out_ch, in_per_group, kh, kw = w.shape
-    w = w.reshape(groups, out_ch // groups, in_per_group, kh, kw).transpose(1, 2)
-    return w.reshape(groups * in_per_group, out_ch // groups, kh, kw)
 
 
 def conv2d_resample(
@@ -37,7 +39,6 @@ def conv2d_resample(
     padding: int | Sequence[int] = 0,
     groups: int = 1,
     flip_weight: bool = True,
-    flip_filter: bool = False,
 ) -> torch.Tensor:
     """Convolution with FIR up/downsampling (``STYLEGAN2-SPEC.md``): ``x [N, I, H, W]``, ``w [O, I / groups,
     kh, kw]`` -> ``[N, O, H', W']``.
@@ -49,36 +50,35 @@ def conv2d_resample(
     """
     if up > 1 and down > 1:
         raise ValueError("conv2d_resample: up and down at once is not supported")
-    _, _, kh, kw = w.shape
+    out_ch, in_per_group, kh, kw = w.shape
     factor = max(up, down)
     pad = centered_padding(f, padding, (factor, factor), up > 1) if factor > 1 else parse_padding(padding)
     px0, px1, py0, py1 = pad
 
     if kh == 1 and kw == 1 and (up > 1 or down > 1):  # a 1x1 conv commutes with spatial operations
         if down > 1:
-            x = upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter)
-            return F.conv2d(x, w, groups=groups)
-        x = F.conv2d(x, w, groups=groups)
-        return upfirdn2d(x, f, up=up, padding=pad, gain=up * up, flip_filter=flip_filter)
+            return F.conv2d(upfirdn2d(x, f, down=down, padding=pad), w, groups=groups)
+        return upfirdn2d(F.conv2d(x, w, groups=groups), f, up=up, padding=pad, gain=up * up)
 
     if down > 1:  # pad + filter, then a strided conv (filtering commutes with the conv)
-        x = upfirdn2d(x, f, padding=pad, flip_filter=flip_filter)
         w_corr = w if flip_weight else w.flip([2, 3])
-        return F.conv2d(x, w_corr, stride=down, groups=groups)
+        return F.conv2d(upfirdn2d(x, f, padding=pad), w_corr, stride=down, groups=groups)
 
     if up > 1:
         # conv_transpose2d = zero insertion followed by a full *true* convolution with its weight.
         # Its output is the full-support result; the FIR pass then crops it to the definition's window.
+        # The grouped conv2d weight [O, I/g, kh, kw] becomes the conv_transpose2d weight [I, O/g, kh, kw].
         w_true = w.flip([2, 3]) if flip_weight else w
-        x = F.conv_transpose2d(x, _grouped_weight_for_transpose(w_true, groups), stride=up, groups=groups)
+        w_true = w_true.reshape(groups, out_ch // groups, in_per_group, kh, kw).transpose(1, 2)
+        w_true = w_true.reshape(groups * in_per_group, out_ch // groups, kh, kw)
+        x = F.conv_transpose2d(x, w_true, stride=up, groups=groups)
         crop = [px0 - kw + 1, up + px1 - kw, py0 - kh + 1, up + py1 - kh]
-        return upfirdn2d(x, f, padding=crop, gain=up * up, flip_filter=flip_filter)
+        return upfirdn2d(x, f, padding=crop, gain=up * up)
 
     w_corr = w if flip_weight else w.flip([2, 3])
     if px0 == px1 == py0 == py1 and px0 >= 0:
         return F.conv2d(x, w_corr, padding=px0, groups=groups)
-    x = upfirdn2d(x, None, padding=pad)
-    return F.conv2d(x, w_corr, groups=groups)
+    return F.conv2d(upfirdn2d(x, None, padding=pad), w_corr, groups=groups)
 
 
 def conv_weight(out_channels: int, in_channels: int, kernel_size: int, channels_last: bool) -> torch.Tensor:
@@ -87,9 +87,11 @@ def conv_weight(out_channels: int, in_channels: int, kernel_size: int, channels_
     return weight.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-class FullyConnectedLayer(nn.Module):
+class FullyConnectedLayer(Module):
     """Equalized-lr linear layer ``act(x @ (W * m / sqrt(in)).T + b * m)``; ``weight [out, in]`` is stored as
     ``N(0, 1) / lr_multiplier``, ``bias [out]`` as ``bias_init``."""
+
+    repr_fields = ("in_features", "out_features", "activation")
 
     def __init__(
         self,
@@ -119,16 +121,13 @@ class FullyConnectedLayer(nn.Module):
             return torch.addmm(b.unsqueeze(0), x, w.t())
         return bias_act(x.matmul(w.t()), b, act=self.activation)
 
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
-        )
 
-
-class Conv2dLayer(nn.Module):
+class Conv2dLayer(Module):
     """Equalized-lr convolution (``weight / sqrt(in * k * k)``, weight ~ N(0, 1)) with optional FIR
     up/downsampling, bias, activation and clamp. When not ``trainable`` (frozen D layers) weight and bias
     are buffers under the same names."""
+
+    repr_fields = ("in_channels", "out_channels", "activation", "up", "down")
 
     def __init__(
         self,
@@ -169,16 +168,12 @@ class Conv2dLayer(nn.Module):
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
-    def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
-            f"activation={self.activation}, up={self.up}, down={self.down}"
-        )
 
-
-class ResolutionBlock(nn.Module):
+class ResolutionBlock(Module):
     """What a synthesis and a discriminator block share: one resolution, its architecture (``orig``, ``skip``,
     ``resnet``), fp16 use and the resampling filter."""
+
+    repr_fields = ("resolution", "architecture", "use_fp16")
 
     def __init__(
         self,
@@ -203,9 +198,6 @@ class ResolutionBlock(nn.Module):
         memory_format = torch.channels_last if self.channels_last and fp16 else torch.contiguous_format
         return (torch.float16 if fp16 else torch.float32), memory_format
 
-    def extra_repr(self) -> str:
-        return f"resolution={self.resolution}, architecture={self.architecture}, use_fp16={self.use_fp16}"
-
 
 def modulated_conv2d(
     x: torch.Tensor,
@@ -213,7 +205,6 @@ def modulated_conv2d(
     styles: torch.Tensor,
     noise: torch.Tensor | None = None,
     up: int = 1,
-    down: int = 1,
     padding: int = 0,
     resample_filter: torch.Tensor | None = None,
     demodulate: bool = True,
@@ -236,7 +227,7 @@ def modulated_conv2d(
             1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
         )
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-    resample = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
+    resample = dict(f=resample_filter, up=up, padding=padding, flip_weight=flip_weight)
 
     if fused_modconv:
         w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1)  # [N, O, I, k, k]
@@ -246,27 +237,31 @@ def modulated_conv2d(
         x = conv2d_resample(x, w.reshape(batch * out_ch, in_ch, kh, kw).to(x.dtype), groups=batch, **resample)
         x = x.reshape(batch, out_ch, *x.shape[2:])
     else:
-        x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)
-        x = conv2d_resample(x, weight.to(x.dtype), **resample)
         if demodulate:
             # The same sums factored, sum_i s[n,i]^2 * sum_k weight[o,i,k]^2, without the [N, O, I, k, k]
-            # weights (equal up to rounding; fp32 even under autocast, like the per-sample weights).
+            # weights (equal up to rounding; fp32 even under autocast, like the per-sample weights). Built
+            # before the conv, as NVIDIA's: the graph's order is the order in which autograd sums weight's
+            # and styles' gradients, and another order rounds differently (tests/test_nvidia_iterations.py).
             dtype = torch.promote_types(weight.dtype, styles.dtype)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 w_sq = weight.to(dtype).square().sum(dim=[2, 3])  # [O, I]
                 dcoefs = (styles.to(dtype).square() @ w_sq.t() + 1e-8).rsqrt()  # [N, O]
+        x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)
+        x = conv2d_resample(x, weight.to(x.dtype), **resample)
+        if demodulate:
             x = x * dcoefs.to(x.dtype).reshape(batch, out_ch, 1, 1)
     return x + noise.to(x.dtype) if noise is not None else x
 
 
-class MinibatchStdLayer(nn.Module):
+class MinibatchStdLayer(Module):
     """Appends the per-group standard deviation of the features as extra channels (groups by stride: with
     ``n = N / G``, sample i is in group ``i % n``)."""
 
+    repr_fields = ("group_size", "num_channels")
+
     def __init__(self, group_size: int | None, num_channels: int = 1) -> None:
         super().__init__()
-        self.group_size = group_size
-        self.num_channels = num_channels
+        self.group_size, self.num_channels = group_size, num_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W] -> [N, C + num_channels, H, W]``."""
@@ -280,6 +275,3 @@ class MinibatchStdLayer(nn.Module):
         std = (var + 1e-8).sqrt().mean(dim=[2, 3, 4])  # [n, F]
         std = std.reshape(-1, feats, 1, 1).repeat(size, 1, h, w)  # back to [N, F, H, W]
         return torch.cat([x, std], dim=1)
-
-    def extra_repr(self) -> str:
-        return f"group_size={self.group_size}, num_channels={self.num_channels}"

@@ -1,19 +1,11 @@
-"""Landscape probe: the alpha-beta condition of arXiv 2410.12455 measured along a training trajectory.
+"""Landscape probe: the alpha-beta condition of arXiv 2410.12455 along a training trajectory (the README's
+"Loss-landscape probe" defines A, B, C and T). T is linear in ``(alpha, beta)``, so the feasible region, a
+min-T heatmap and the smallest feasible alpha are computed offline from A, B, C.
 
-For iterates ``x_0 .. x_K`` and a deterministic per-step loss ``f_k`` we log ``A_k = <grad f_k(x_k),
-x_k - x_K>``, ``B_k = f_k(x_k) - f_k(x_K)``, ``C_k = f_k(x_k) - f_lb`` (``f_lb``: a lower bound of
-``f_k``), the "aiming" cosine ``cos(grad f_k(x_k), x_k - x_K)`` and ``||grad f_k(x_k)||^2`` (for a PL-style
-constant). The condition holds for ``alpha > beta > 0`` iff ``T_k = A_k - alpha*B_k + beta*C_k >= 0`` for
-every k; T is linear in ``(alpha, beta)``, so the feasible region, a min-T heatmap and the smallest feasible
-alpha are computed offline from A, B, C.
-
-GAN replay (:func:`replay_generator_objective`): the generator objective ``mean phi(-D(G_x(z)))`` depends
-on D, which moves during training, so ``f_k(x_K)`` would be ill-defined; D is therefore **frozen** at one
-snapshot (the last by default). Latents are seeded per step and the synthesis uses ``noise_mode='const'``
-(no style mixing or augmentation), so the *same* function is evaluated at ``x_k`` and ``x_K``. The iterates
-are the saved snapshots, not every optimizer step (a generator is tens of MB per copy; the condition is
-about any points against the end point, so a sub-sampled trajectory is a valid, coarser probe);
-``steps_per_snapshot > 1`` evaluates several mini-batches per snapshot.
+GAN replay: D moves during training, so ``f_k(x_K)`` would be ill-defined; D is frozen at one snapshot and
+the same function is evaluated at ``x_k`` and ``x_K``. The iterates are the saved snapshots, not every
+optimizer step (a generator is tens of MB per copy; the condition is about any points against the end
+point, so a sub-sampled trajectory is a valid, coarser probe).
 """
 
 from __future__ import annotations
@@ -42,6 +34,10 @@ LossFn = Callable[[torch.Tensor], torch.Tensor]
 _FIELDS = ("A", "B", "C", "cos", "grad_sq")  # the per-step arrays of a LandscapeLog
 
 
+def _vec(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
 @dataclass
 class LandscapeLog:
     """Per-step quantities of one trajectory (float64 arrays of equal length)."""
@@ -55,7 +51,7 @@ class LandscapeLog:
 
     def __post_init__(self) -> None:
         for name in _FIELDS:
-            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
+            setattr(self, name, _vec(getattr(self, name)))
         if any(len(getattr(self, k)) != len(self.A) for k in _FIELDS):
             raise ValueError("A, B, C, cos and grad_sq must have the same length")
 
@@ -64,20 +60,8 @@ class LandscapeLog:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; NaN/inf become ``None`` (strict JSON has no NaN)."""
-
-        def clean(a: np.ndarray) -> list[float | None]:
-            return [float(v) if math.isfinite(v) else None for v in a.tolist()]
-
-        return {**{k: clean(getattr(self, k)) for k in _FIELDS}, "meta": self.meta}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LandscapeLog:
-        """Inverse of :meth:`to_dict` (``None`` reads back as NaN)."""
-
-        def arr(key: str) -> np.ndarray:
-            return np.array([np.nan if v is None else v for v in data[key]], dtype=np.float64)
-
-        return cls(*(arr(k) for k in _FIELDS), dict(data.get("meta", {})))
+        arrays = {k: [v if math.isfinite(v) else None for v in getattr(self, k).tolist()] for k in _FIELDS}
+        return {**arrays, "meta": self.meta}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the log as JSON (atomically)."""
@@ -85,8 +69,9 @@ class LandscapeLog:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LandscapeLog:
-        """Read a log written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a log written by :meth:`save` (``None`` reads back as NaN)."""
+        data = json.loads(Path(path).read_text())
+        return cls(*([np.nan if v is None else v for v in data[k]] for k in _FIELDS), data.get("meta", {}))
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
@@ -115,45 +100,36 @@ def probe_trajectory(
     iterates: Sequence[torch.Tensor],
     final: torch.Tensor,
     losses: Sequence[LossFn],
-    f_lb: float | Sequence[float] = 0.0,
+    f_lb: float = 0.0,
     meta: dict[str, Any] | None = None,
 ) -> LandscapeLog:
     """Log A, B, C, cos per step for flat parameter vectors ``iterates[k]`` with the deterministic loss
-    ``losses[k]`` (evaluated at ``iterates[k]`` and at ``final``); ``f_lb``: one lower bound or one a step."""
+    ``losses[k]`` (evaluated at ``iterates[k]`` and at ``final``); ``f_lb``: a lower bound of every loss."""
     if len(iterates) != len(losses):
         raise ValueError(f"{len(iterates)} iterates but {len(losses)} losses")
-    lbs = [float(f_lb)] * len(iterates) if isinstance(f_lb, (int, float)) else [float(v) for v in f_lb]
-    if len(lbs) != len(iterates):
-        raise ValueError("f_lb must be one value or one per step")
-    rows = [probe_step(x, final, fn, lb) for x, fn, lb in zip(iterates, losses, lbs, strict=True)]
+    rows = [probe_step(x, final, fn, float(f_lb)) for x, fn in zip(iterates, losses, strict=True)]
     return LandscapeLog(*(np.array([r[k] for r in rows]) for k in _FIELDS), meta=dict(meta or {}))
-
-
-def _abc(A: Any, B: Any, C: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return tuple(np.asarray(v, dtype=np.float64).reshape(-1) for v in (A, B, C))  # type: ignore[return-value]
 
 
 def t_values(A: Any, B: Any, C: Any, alpha: float, beta: float) -> np.ndarray:
     """``T_k = A_k - alpha*B_k + beta*C_k`` for one ``(alpha, beta)``."""
-    a, b, c = _abc(A, B, C)
+    a, b, c = map(_vec, (A, B, C))
     return a - alpha * b + beta * c
 
 
 def min_T_grid(A: Any, B: Any, C: Any, alphas: Any, betas: Any) -> np.ndarray:
     """``min_k T_k`` on a grid: ``[len(alphas), len(betas)]``, ``[i, j]`` at ``(alphas[i], betas[j])``."""
-    a, b, c = _abc(A, B, C)
-    al = np.asarray(alphas, dtype=np.float64).reshape(-1, 1)
-    be = np.asarray(betas, dtype=np.float64).reshape(-1, 1)
+    a, b, c = map(_vec, (A, B, C))
+    al, be = _vec(alphas), _vec(betas)[:, None]
     out = np.empty((len(al), len(be)))
-    for i, alpha in enumerate(al[:, 0]):  # one row at a time keeps memory at O(len(betas) * K)
-        out[i] = np.min(a[None, :] - alpha * b[None, :] + be * c[None, :], axis=1)
+    for i, alpha in enumerate(al):  # one row at a time keeps memory at O(len(betas) * K)
+        out[i] = np.min(a - alpha * b + be * c, axis=1)
     return out
 
 
 def _cone(alphas: Any, betas: Any) -> np.ndarray:
     """Boolean ``[len(alphas), len(betas)]``: ``alpha > beta > 0``."""
-    al = np.asarray(alphas, dtype=np.float64).reshape(-1, 1)
-    be = np.asarray(betas, dtype=np.float64).reshape(1, -1)
+    al, be = _vec(alphas)[:, None], _vec(betas)[None, :]
     return (al > be) & (be > 0)
 
 
@@ -186,7 +162,7 @@ class AlphaInterval:
 def alpha_interval(A: Any, B: Any, C: Any, beta: float, margin: float = 0.0) -> AlphaInterval:
     """Feasible alphas for a fixed ``beta``: ``T_k >= margin`` is ``alpha*B_k <= A_k + beta*C_k - margin``:
     an upper bound where ``B_k > 0``, a lower one where ``B_k < 0``, all or none where ``B_k == 0``."""
-    a, b, c = _abc(A, B, C)
+    a, b, c = map(_vec, (A, B, C))
     r = a + beta * c - margin
     pos, neg, zero = b > 0, b < 0, b == 0
     hi = float(np.min(r[pos] / b[pos])) if pos.any() else math.inf
@@ -205,8 +181,7 @@ def pl_constants(grad_sq: Any, C: Any, eps: float = 1e-12) -> np.ndarray:
     """Per-step PL-style constant ``mu_k = ||grad f_k(x_k)||^2 / (2 * C_k)`` (NaN where ``C_k <= eps``): the
     largest ``mu`` of the Polyak-Lojasiewicz inequality at the visited point, with the loss's lower bound in
     place of the unknown mini-batch minimum (a conservative estimate)."""
-    g = np.asarray(grad_sq, dtype=np.float64).reshape(-1)
-    c = np.asarray(C, dtype=np.float64).reshape(-1)
+    g, c = _vec(grad_sq), _vec(C)
     out = np.full_like(g, np.nan)
     ok = c > eps
     out[ok] = g[ok] / (2 * c[ok])
@@ -226,8 +201,7 @@ def default_grid(alpha_max: float = 50.0, n: int = 201) -> np.ndarray:
 def summarize(log: LandscapeLog, alphas: Any, betas: Any, margin: float = 0.0) -> dict[str, Any]:
     """JSON-able summary: feasible-region size, smallest feasible alpha, PL constant, aiming cosine."""
     region = feasible_region(log.A, log.B, log.C, alphas, betas, margin)
-    betas_pos = np.asarray(betas, dtype=np.float64)
-    betas_pos = betas_pos[betas_pos > 0]
+    betas_pos = _vec(betas)[_vec(betas) > 0]
     small = smallest_feasible_alpha(log.A, log.B, log.C, betas_pos, margin)
     best: dict[str, float] | None = None
     if np.isfinite(small).any():
@@ -316,21 +290,14 @@ def recorded_loss(meta: dict[str, Any]) -> AdversarialLoss | None:
 
 
 def _flat(module: torch.nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor]:
-    names, shapes, parts = [], [], []
-    for name, p in module.named_parameters():
-        names.append(name)
-        shapes.append(p.shape)
-        parts.append(p.detach().reshape(-1).to(torch.float32))
-    return names, shapes, torch.cat(parts)
+    named = list(module.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1).to(torch.float32) for _, p in named])
+    return [name for name, _ in named], [p.shape for _, p in named], flat
 
 
 def _unflatten(x: torch.Tensor, names: list[str], shapes: list[torch.Size]) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for name, shape in zip(names, shapes, strict=True):
-        n = math.prod(shape)
-        out[name] = x[i : i + n].reshape(shape)
-        i += n
-    return out
+    parts = x.split([math.prod(shape) for shape in shapes])
+    return {name: part.reshape(shape) for name, part, shape in zip(names, parts, shapes, strict=True)}
 
 
 def _replay_loss(

@@ -1,15 +1,13 @@
 """GAN inversion into W, as NVIDIA's stylegan2-ada-pytorch ``projector.py`` does it (``rootedgan project``).
 
-One ``w`` (the same for every layer) is optimised from the mean of mapped latents so that ``G.synthesis``
-reproduces a target under the LPIPS distance of NVIDIA's VGG16 torchscript, together with the generator's
-noise maps (penalised for autocorrelation at several scales, renormalised after every step). NVIDIA's
-schedule and settings: lr 0.1 ramped up over the first 5 % of the steps and down (cosine) over the last
-25 %; ``w`` jitter scaled by the spread of W, decaying to zero over the first 75 %; noise weight 1e5; W
-statistics from 10000 latents of ``RandomState(123)``. All randomness comes from one CPU generator seeded
-with ``seed``, so a seed gives the same projection on any device up to floating-point differences.
-
-``vgg16.pt`` (NVIDIA's download) is looked for in ``--vgg16 PATH``, ``$ROOTEDGAN_VGG16`` and the network
-cache, else downloaded into it; ``python bench/standins.py vgg16 PATH`` writes a tiny stand-in for tests.
+NVIDIA's method and settings: one ``w`` (the same for every layer), started at the mean of 10000 mapped
+latents of ``RandomState(123)``, and the generator's noise maps (renormalised after every step) are
+optimised with Adam against the LPIPS distance of NVIDIA's VGG16 torchscript plus 1e5 times the noise
+autocorrelation penalty; lr 0.1, ramped up over the first 5 % of the steps and down (cosine) over the last
+25 %; ``w`` jitter 0.05 times the spread of W, decaying (squared) to zero over the first 75 %. All
+randomness comes from one CPU generator seeded with ``seed``, so a seed gives the same projection on any
+device up to floating-point differences. ``python bench/standins.py vgg16 PATH`` writes a tiny VGG16
+stand-in for tests.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from tqdm import tqdm
 
 from rootedgan.checkpoints.download import VGG16_URL, cache_path, sha256_of
 from rootedgan.checkpoints.download import download as fetch
-from rootedgan.errors import UserError
+from rootedgan.errors import UserError, one_line
 from rootedgan.fileio import atomic_open
 from rootedgan.imaging import ensure_writable_dir, save_image_atomic, to_uint8
 from rootedgan.sampling import check_ops_setting, class_labels, load_generator, resolve_device
@@ -54,7 +52,7 @@ def _missing_message(reason: str) -> str:
     )
 
 
-def resolve_vgg16(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+def resolve_vgg16(path: str | os.PathLike[str] | None = None) -> Path:
     """The local VGG16 file: ``path``, else ``$ROOTEDGAN_VGG16``, else the cache, else downloaded into it; a
     one-line :class:`UserError` (never a urllib traceback) when it is missing and cannot be fetched."""
     env = os.environ.get(VGG16_ENV)
@@ -67,8 +65,6 @@ def resolve_vgg16(path: str | os.PathLike[str] | None = None, download: bool = T
     cached = cache_path(VGG16_URL)
     if cached.is_file():
         return cached
-    if not download:
-        raise UserError(_missing_message("the VGG16 network was not found and downloading is off"))
     try:
         return fetch(VGG16_URL)
     except Exception as err:  # DownloadError, or anything else urllib/http may raise: still one line
@@ -76,23 +72,19 @@ def resolve_vgg16(path: str | os.PathLike[str] | None = None, download: bool = T
 
 
 def load_vgg16(
-    path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu", download: bool = True
+    path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu"
 ) -> torch.jit.ScriptModule:
     """Find (:func:`resolve_vgg16`) and load the VGG16 torchscript on ``device``, in eval mode."""
-    file = resolve_vgg16(path, download=download)
+    file = resolve_vgg16(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
             return torch.jit.load(str(file), map_location=torch.device(device)).eval()
     except Exception as err:
         raise UserError(
-            f"cannot load the VGG16 torchscript {file}: {_brief(err)}. It should be {VGG16_FILENAME} from "
-            f"{VGG16_URL}; delete a damaged copy and fetch it again"
+            f"cannot load the VGG16 torchscript {file}: {one_line(err, 200)}. It should be {VGG16_FILENAME} "
+            f"from {VGG16_URL}; delete a damaged copy and fetch it again"
         ) from None
-
-
-def _brief(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]
 
 
 def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -103,8 +95,8 @@ def lpips_features(vgg: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         return vgg(images, resize_images=False, return_lpips=True)
     except RuntimeError as err:
         raise UserError(
-            f"the VGG16 torchscript does not take images as NVIDIA's vgg16.pt does ({_brief(err)}); use "
-            f"{VGG16_FILENAME} from {VGG16_URL}"
+            "the VGG16 torchscript does not take images as NVIDIA's vgg16.pt does "
+            f"({one_line(err, 200)}); use {VGG16_FILENAME} from {VGG16_URL}"
         ) from None
 
 
@@ -114,13 +106,11 @@ def lpips_distance(vgg: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def w_statistics(
-    G: torch.nn.Module, c: torch.Tensor | None = None, num_samples: int = 10000, seed: int = 123
-) -> tuple[torch.Tensor, float]:
-    """``(w_avg [1, 1, w_dim], w_std)``: the mean of ``num_samples`` mapped latents (``RandomState(seed)``,
-    NVIDIA's 123) and their root-mean-square distance from it."""
+def w_statistics(G: torch.nn.Module, c: torch.Tensor | None, num_samples: int) -> tuple[torch.Tensor, float]:
+    """``(w_avg [1, 1, w_dim], w_std)``: the mean of ``num_samples`` mapped latents (NVIDIA's
+    ``RandomState(123)``) and their root-mean-square distance from it."""
     device = next(G.parameters()).device
-    z = torch.from_numpy(np.random.RandomState(seed).randn(num_samples, G.z_dim).astype(np.float32))
+    z = torch.from_numpy(np.random.RandomState(123).randn(num_samples, G.z_dim).astype(np.float32))
     ws = []
     for start in range(0, num_samples, 1000):
         zz = z[start : start + 1000].to(device)
@@ -176,18 +166,13 @@ def project(
     *,
     num_steps: int = 1000,
     w_avg_samples: int = 10000,
-    initial_learning_rate: float = 0.1,
-    initial_noise_factor: float = 0.05,
-    lr_rampdown_length: float = 0.25,
-    lr_rampup_length: float = 0.05,
-    noise_ramp_length: float = 0.75,
-    regularize_noise_weight: float = 1e5,
     seed: int = 303,
     c: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     callback: Callable[[int, float, float], None] | None = None,
 ) -> ProjectionResult:
-    """Project ``target`` (``[C, H, W]`` in [0, 255], H = W = ``G.img_resolution``) into W (module docstring).
+    """Project ``target`` (``[C, H, W]`` in [0, 255], H = W = ``G.img_resolution``) into W with NVIDIA's
+    settings (module docstring).
 
     ``G`` is not modified (a copy is optimised); ``c``: ``[1, c_dim]`` label of a conditional generator;
     ``callback(step, dist, loss)`` is called after every step (1-based)."""
@@ -209,22 +194,21 @@ def project(
     w_opt = w_avg.clone().to(device).requires_grad_(True)
     for buf in noise_maps:
         buf.copy_(torch.randn(buf.shape, generator=gen)).requires_grad_(True)
-    optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=initial_learning_rate)
+    optimizer = torch.optim.Adam([w_opt, *noise_maps], betas=(0.9, 0.999), lr=0.1)
 
     w_steps = torch.zeros([num_steps, G.w_dim], dtype=torch.float32)
     result = ProjectionResult(w_steps=w_steps)
     for step in range(num_steps):
         t = step / num_steps
-        w_noise_scale = w_std * initial_noise_factor * max(0.0, 1.0 - t / noise_ramp_length) ** 2
-        lr = _learning_rate(step, num_steps, initial_learning_rate, lr_rampdown_length, lr_rampup_length)
+        w_noise_scale = w_std * 0.05 * max(0.0, 1.0 - t / 0.75) ** 2
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = _learning_rate(step, num_steps, 0.1, 0.25, 0.05)
 
         w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * w_noise_scale
         ws = (w_opt + w_noise).repeat([1, G.num_ws, 1])
         images = (G.synthesis(ws, noise_mode="const") + 1) * (255 / 2)
         dist = (target_features - lpips_features(vgg, images)).square().sum()
-        loss = dist + noise_regularization(noise_maps) * regularize_noise_weight
+        loss = dist + noise_regularization(noise_maps) * 1e5
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -219,13 +219,13 @@ class RootedStepLogistic(AdversarialLoss):
 
 
 LOSSES: dict[str, type[AdversarialLoss]] = {cls.name: cls for cls in (Logistic, Rooted, RootedStepLogistic)}
-DEFAULT_LOSS = "logistic"
+DEFAULT_LOSS = "rooted"  # the product's loss, at DEFAULT_ROOT; logistic is one option away
 
 
 def make_loss(spec: str | Mapping[str, Any] | AdversarialLoss | None = None) -> AdversarialLoss:
     """The loss of a setting: an instance, a mapping (``{name: rooted, k: 20}``: YAML, checkpoints), None
-    (logistic) or a short form: ``logistic``, ``rooted``, ``rooted:K``, each with an optional constant scale
-    ``*C``, or ``logistic*rooted:K`` (the step-size control)."""
+    (``DEFAULT_LOSS``: rooted, k = 20) or a short form: ``logistic``, ``rooted``, ``rooted:K``, each with an
+    optional constant scale ``*C``, or ``logistic*rooted:K`` (the step-size control)."""
     if isinstance(spec, AdversarialLoss):
         return spec
     if spec is None or isinstance(spec, str):

@@ -38,7 +38,7 @@ from rootedgan.training.losses import DEFAULT_LOSS, make_loss, path_length, path
 from rootedgan.training.optim import build_optimizer, describe, group_settings
 from rootedgan.training.orthogonal import OrthogonalConfig, OrthogonalFinetune
 from rootedgan.training.randomness import SeededRandomness, StepRandomness
-from rootedgan.training.resume import check_resume_state
+from rootedgan.training.resume import COUNTERS, check_resume_state
 from rootedgan.training.settings import (
     AugmentConfig,
     EmaConfig,
@@ -130,7 +130,7 @@ class FinetuneModule(L.LightningModule):
         self.automatic_optimization = False
         self.adv_loss = make_loss(loss)
         self.optim, self.reg = OptimConfig.from_any(optim), RegConfig.from_any(reg)
-        self.ema, self.augment_cfg = EmaConfig.from_any(ema), AugmentConfig.from_any(augment)
+        self.ema, augment_cfg = EmaConfig.from_any(ema), AugmentConfig.from_any(augment)
         self.guard, self.speed = GuardConfig.from_any(guard), SpeedConfig.from_any(speed)
         orth_cfg = None if orthogonal is None else OrthogonalConfig.from_any(orthogonal)
         check_number("model.total_kimg", total_kimg, 0, open_low=True)
@@ -144,7 +144,7 @@ class FinetuneModule(L.LightningModule):
                 "d_kwargs": d_kwargs,
                 "loss": self.adv_loss.spec(),
                 **{name: getattr(self, name).to_dict() for name in ("optim", "reg", "ema")},
-                "augment": self.augment_cfg.to_dict(),
+                "augment": augment_cfg.to_dict(),
                 "orthogonal": None if orth_cfg is None else orth_cfg.to_dict(),
                 "freeze_d": freeze_d,
                 "total_kimg": self.total_kimg,
@@ -163,14 +163,11 @@ class FinetuneModule(L.LightningModule):
         if self.speed.channels_last:
             use_channels_last(self.G, self.D, self.G_ema)
         self.register_buffer("pl_mean", torch.zeros([]))
-        self.register_buffer("cur_nimg", torch.zeros([], dtype=torch.long))
-        self.register_buffer("step_idx", torch.zeros([], dtype=torch.long))
-        self.register_buffer("bad_phases", torch.zeros([], dtype=torch.long))
-        self.register_buffer("total_phases", torch.zeros([], dtype=torch.long))
-        self.register_buffer("bad_streak", torch.zeros([], dtype=torch.long))
+        for name in COUNTERS:  # cur_nimg, step_idx, bad_phases, total_phases, bad_streak
+            self.register_buffer(name, torch.zeros([], dtype=torch.long))
         self.register_buffer("worst_streak", torch.zeros([], dtype=torch.long), persistent=False)
         self.phase_counts: dict[str, int] = {"Gmain": 0, "Greg": 0, "Dmain": 0, "Dreg": 0}
-        self.augment_pipe, self.ada = build_augment(self.augment_cfg)  # (None, None) for kind none
+        self.augment_pipe, self.ada = build_augment(augment_cfg)  # (None, None) for kind none
         self.randomness: StepRandomness = SeededRandomness(self.seed, rank=0)
         self._host_counters: tuple[int, int] | None = None  # (step, cur_nimg), see _counters
         self._bad_streak = 0
@@ -188,29 +185,23 @@ class FinetuneModule(L.LightningModule):
     def _build_networks(
         network: str | None, g_kwargs: dict | None, d_kwargs: dict | None
     ) -> tuple[nn.Module, nn.Module, nn.Module, dict]:
-        if network is not None:
-            nets = load_network(network)
-            G, D = nets.get("G"), nets.get("D")
-            G_ema = nets.get("G_ema")
-            if D is None:
+        if network is None:
+            if not g_kwargs or not d_kwargs:
                 raise UserError(
-                    f"{network} holds no discriminator: finetuning needs one (NVIDIA pickles and "
-                    "rosinality checkpoints have it; a G-only export does not)"
+                    "set model.network (a pretrained checkpoint) or both model.g_kwargs and model.d_kwargs"
                 )
-            if G is None:
-                G = copy.deepcopy(G_ema)
-            if G_ema is None:
-                G_ema = copy.deepcopy(G)
-            meta = dict(nets.get("meta") or {})
-            meta.setdefault("source", network)
-            return G, D, G_ema.eval(), meta
-        if not g_kwargs or not d_kwargs:
+            G = Generator(**g_kwargs)
+            return G, Discriminator(**d_kwargs), copy.deepcopy(G).eval(), {"source": None}
+        nets = load_network(network)
+        G, D, G_ema = nets.get("G"), nets.get("D"), nets.get("G_ema")
+        if D is None:
             raise UserError(
-                "set model.network (a pretrained checkpoint) or both model.g_kwargs and model.d_kwargs"
+                f"{network} holds no discriminator: finetuning needs one (NVIDIA pickles and "
+                "rosinality checkpoints have it; a G-only export does not)"
             )
-        G = Generator(**g_kwargs)
-        D = Discriminator(**d_kwargs)
-        return G, D, copy.deepcopy(G).eval(), {"source": None}
+        G = copy.deepcopy(G_ema) if G is None else G
+        G_ema = copy.deepcopy(G) if G_ema is None else G_ema
+        return G, D, G_ema.eval(), {"source": network, **(nets.get("meta") or {})}
 
     def _freeze_d_layers(self, count: int) -> set[str]:
         layers = d_layers_from_input(self.D)
@@ -218,12 +209,10 @@ class FinetuneModule(L.LightningModule):
             raise UserError(
                 f"model.freeze_d must be in [0, {len(layers)}] for this discriminator, got {count}"
             )
-        frozen = set()
         ids = {id(p) for layer in layers[:count] for p in layer.parameters()}
-        for name, p in self.D.named_parameters():
-            if id(p) in ids:
-                p.requires_grad_(False)
-                frozen.add(name)
+        frozen = {name for name, p in self.D.named_parameters() if id(p) in ids}
+        for layer in layers[:count]:
+            layer.requires_grad_(False)
         return frozen
 
     @property
@@ -252,12 +241,6 @@ class FinetuneModule(L.LightningModule):
         if self.orth is not None:  # the rotations (+ magnitudes, train_extra); the base stays frozen
             return self.orth.parameters(self.G)
         return list(self.G.parameters())
-
-    def _g_requires_grad(self, flag: bool) -> None:
-        if self.orth is not None:
-            self.orth.set_requires_grad(self.G, flag)
-        else:
-            self.G.requires_grad_(flag)
 
     def export_networks(self) -> dict[str, nn.Module]:
         """G, D, G_ema as plain networks for ``save_network`` (orthogonal mode: merged copies)."""
@@ -314,20 +297,14 @@ class FinetuneModule(L.LightningModule):
             self._bad_streak = int(self.bad_streak)
         return self._host_counters
 
-    def _augment(self, img: torch.Tensor) -> torch.Tensor:
-        return self.augment_pipe(img) if self.augment_pipe is not None else img
-
-    def _real_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (the data module's) to float32 in [-1, 1]; float images are taken as they are."""
-        img, c = batch
-        img = img.to(torch.float32) / 127.5 - 1 if img.dtype == torch.uint8 else img.to(torch.float32)
-        return img, c
-
     def _requires_grad(self, g: bool, d: bool) -> None:
         """Which network's parameters take gradients (G: the trainable ones; D: all but the frozen)."""
         if self._grad_state == (g, d):
             return
-        self._g_requires_grad(g)
+        if self.orth is not None:
+            self.orth.set_requires_grad(self.G, g)
+        else:
+            self.G.requires_grad_(g)
         for name, p in self.D.named_parameters():
             p.requires_grad_(d and name not in self.d_frozen)
         self._grad_state = (g, d)
@@ -347,7 +324,7 @@ class FinetuneModule(L.LightningModule):
         return self.G.synthesis(ws, noise_mode=rnd.noise_mode), ws
 
     def _run_D(self, img: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.D(self._augment(img), c)
+        return self.D(self.augment_pipe(img) if self.augment_pipe is not None else img, c)
 
     @staticmethod
     def _rank_mean(value: torch.Tensor) -> torch.Tensor:
@@ -396,35 +373,21 @@ class FinetuneModule(L.LightningModule):
             flags = torch.cat([loss_bad, grads_bad])
         self.total_phases += 1
         self.phase_counts[name] += 1
+        # fp16 loss scaling: inf gradients are expected while the scale is searched. The scaler skips those
+        # steps and lowers the scale itself (opt.step() must run for that): only a non-finite loss is bad.
+        scaled = self._grad_scaler() is not None
+        bad = flags[0] > 0 if scaled else flags.sum() > 0  # flags: [loss bad, grads bad], each >= 0
         if self.speed.sync_free:
-            return self._step_on_device(flags, opt)
-        loss_flag, grads_flag = flags.tolist()  # the phase's one host synchronisation
-        loss_ok, grads_ok = loss_flag == 0, grads_flag == 0
-        if self._grad_scaler() is not None:
-            # fp16 loss scaling: inf gradients are expected while the scale is searched. The scaler
-            # skips those steps and lowers the scale itself (opt.step() must run for that), so only a
-            # non-finite loss counts as a bad step here.
-            finite = loss_ok
+            if not scaled:
+                opt.optimizer.found_inf = bad.float()
             opt.step()
         else:
-            finite = loss_ok and grads_ok
-            if finite:
+            bad = bool(bad)  # the phase's one host synchronisation
+            if scaled or not bad:
                 opt.step()
-        if not finite:
-            self.bad_phases += 1
-        opt.zero_grad(set_to_none=True)
-        return finite
-
-    def _step_on_device(self, flags: torch.Tensor, opt: Any) -> torch.Tensor:
-        """The optimizer step of a phase without reading its flags ``[loss bad, grads bad]`` on the host."""
-        scaled = self._grad_scaler() is not None  # the scaler skips inf gradients itself
-        bad = flags[0] > 0 if scaled else flags.sum() > 0
-        if not scaled:
-            opt.optimizer.found_inf = bad.float()
-        opt.step()
         self.bad_phases += bad
         opt.zero_grad(set_to_none=True)
-        return ~bad
+        return ~bad if self.speed.sync_free else not bad
 
     # Each phase is NVIDIA's (training/loss.py of stylegan2-ada-pytorch): its own draws, backward with
     # gain = its interval, and its own optimizer step.
@@ -510,13 +473,16 @@ class FinetuneModule(L.LightningModule):
         reg = self.reg
         self._grad_state = None  # requires_grad flags may have been changed outside the step
         self._opt_g, self._opt_d = self.optimizers()
-        real, self._real_c = self._real_batch(batch)
+        img, self._real_c = batch  # uint8 images (the data module's) to [-1, 1]; float images as they are
+        real = img.to(torch.float32) / 127.5 - 1 if img.dtype == torch.uint8 else img.to(torch.float32)
         batch_size = real.shape[0]
         _, world = rank_world()
         step, nimg = self._counters()
         logs: dict[str, Any] = {}  # tensors, not floats: reading each one back would stall the GPU
         ok = True
-        guarded = self._guard_buffers()
+        # the running statistics the phases update: a skipped phase must not leave them non-finite
+        w_avg = getattr(self.G.mapping, "w_avg", None)
+        guarded = [(b, b.detach().clone()) for b in (self.pl_mean, w_avg) if b is not None]
         with self.randomness.step(step, real.device):
             ok &= self._phase_gmain(batch_size, logs)
             if reg.pl_weight > 0 and step % max(reg.pl_interval, 1) == 0:
@@ -525,7 +491,8 @@ class FinetuneModule(L.LightningModule):
             if reg.r1_gamma > 0 and step % max(reg.r1_interval, 1) == 0:
                 ok &= self._phase_dreg(real, logs)
         self._real_c = None
-        self._restore_nonfinite(guarded)
+        for buffer, before in guarded:  # no host sync
+            buffer.copy_(torch.where(torch.isfinite(buffer), buffer, before))
 
         if world > 1:  # keep running statistics identical on every rank
             self.G.mapping.w_avg.copy_(self._rank_mean(self.G.mapping.w_avg))
@@ -546,24 +513,8 @@ class FinetuneModule(L.LightningModule):
         if self.ada is not None:  # ADA: move p every ada_interval D steps (all-reduced: same p on every rank)
             logs.update(self.ada.update(self.augment_pipe, batch_size * world, self._rank_mean))
         self._log_step(logs, batch_size, real.device)
-        if nimg >= self.total_kimg * 1000:
+        if self.finished():
             self.trainer.should_stop = True
-
-    def _guard_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The running statistics a step updates in its forward passes (``w_avg``, ``pl_mean``), with a copy
-        of their values before the step: a skipped phase must not leave them non-finite."""
-        buffers = [self.pl_mean]
-        w_avg = getattr(self.G.mapping, "w_avg", None)
-        if w_avg is not None:
-            buffers.append(w_avg)
-        return [(b, b.detach().clone()) for b in buffers]
-
-    @staticmethod
-    @torch.no_grad()
-    def _restore_nonfinite(guarded: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Put back the previous value of every guarded element that is no longer finite (no host sync)."""
-        for buffer, before in guarded:
-            buffer.copy_(torch.where(torch.isfinite(buffer), buffer, before))
 
     def _log_step(self, logs: dict[str, Any], batch_size: int, device: torch.device) -> None:
         """Hand the step's values to Lightning's loggers on the steps they write (``log_every_n_steps``)
@@ -575,7 +526,7 @@ class FinetuneModule(L.LightningModule):
         self._last_step_time = now
         step, nimg = self._counters()
         every = self.trainer.log_every_n_steps if self._trainer is not None else 1
-        if step % max(every, 1) != 0 and nimg < self.total_kimg * 1000:
+        if step % max(every, 1) != 0 and not self.finished():
             return
         if device.type == "cuda":
             logs["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -647,9 +598,8 @@ class FinetuneModule(L.LightningModule):
             self.logger.log_hyperparams({"optimizer/G": describe(opt_g), "optimizer/D": describe(opt_d)})
         # trainer.log_dir is a collective under DDP: resolve it on every rank now, not on rank 0 later.
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        rank, _ = rank_world()
         if isinstance(self.randomness, SeededRandomness):
-            self.randomness.rank = rank
+            self.randomness.rank = rank_world()[0]
         self._host_counters = None
         if self.speed.tf32 is not None:  # TF32 for fp32 matmuls and convolutions (NVIDIA's loop: off)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.speed.tf32

@@ -26,6 +26,9 @@ SAME = {
     "--nhwc": "--model.speed.channels_last",
     "--allow-tf32": "--model.speed.tf32",
     "--workers": "--data.num_workers",
+    "--glr": "--model.optim.g_lr",  # stylegan3's train.py
+    "--dlr": "--model.optim.d_lr",
+    "--tick": "--progress.tick_kimg",
 }
 #: NVIDIA's --cfg presets (its cfg_specs): global batch, lr, R1 gamma, G_ema half-life (kimg), ramp-up.
 PRESETS = {
@@ -39,6 +42,12 @@ AUG = {"noaug": "none", "ada": "ada", "fixed": "fixed"}
 OTHER = {
     "--metrics": "add rootedgan.metrics.FIDCallback under trainer.callbacks (README 'FID / KID')",
     "--fp32": "fp16 layers come with the network (num_fp16_res); --trainer.precision 32-true for the rest",
+    "--batch-gpu": "there is no gradient accumulation: --batch is split over --gpus",
+    "--desc": "runs are numbered lightning_logs/version_N under --outdir; name a run with --outdir",
+    "--cbase": "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs",
+    "--cmax": "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs",
+    "--map": "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs",
+    "--mbstd-group": "the architecture comes with the network (--resume), or model.d_kwargs",
     "--nobench": "cuDNN autotuning is --trainer.benchmark true|false",
     "--dry-run": "use --print_config",
     "-n": "use --print_config",
@@ -74,17 +83,6 @@ def _pairs(argv: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def _preset(name: str, given: dict[str, str]) -> list[str]:
-    if name not in PRESETS:
-        raise UserError(f"--cfg {name}: use one of {', '.join(PRESETS)} (auto depends on NVIDIA's data)")
-    batch, lr, gamma, ema, ramp = PRESETS[name]
-    given.setdefault("--batch", str(batch))
-    return [
-        *("--model.optim.g_lr", str(lr), "--model.optim.d_lr", str(lr), "--model.reg.r1_gamma", str(gamma)),
-        *("--model.ema.kimg", str(ema), "--model.ema.rampup", "null" if ramp is None else str(ramp)),
-    ]
-
-
 def _one(flag: str, value: str, given: dict[str, str]) -> list[str]:
     """Our arguments for one of NVIDIA's flags (``--batch`` is applied last, by :func:`translate`)."""
     if flag in SAME:
@@ -100,9 +98,18 @@ def _one(flag: str, value: str, given: dict[str, str]) -> list[str]:
         return ["--trainer.accelerator", "gpu", "--trainer.devices", value]
     if flag == "--snap":  # NVIDIA counts snapshots in ticks of 4 kimg
         return ["--snapshot.snap_kimg", f"{4 * float(value):g}"]
-    if flag == "--cfg":
-        return _preset(value, given)
-    return []
+    if value.startswith("stylegan3"):  # --cfg
+        raise UserError(
+            f"--cfg {value}: rootedgan trains StyleGAN2 networks; use one of {', '.join(PRESETS)}"
+        )
+    if value not in PRESETS:
+        raise UserError(f"--cfg {value}: use one of {', '.join(PRESETS)} (auto depends on NVIDIA's data)")
+    batch, lr, gamma, ema, ramp = PRESETS[value]
+    given.setdefault("--batch", str(batch))
+    return [
+        *("--model.optim.g_lr", str(lr), "--model.optim.d_lr", str(lr), "--model.reg.r1_gamma", str(gamma)),
+        *("--model.ema.kimg", str(ema), "--model.ema.rampup", "null" if ramp is None else str(ramp)),
+    ]
 
 
 def translate(argv: list[str]) -> tuple[list[str], list[str]]:

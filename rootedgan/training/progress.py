@@ -95,40 +95,24 @@ class TrainingProgress(L.Callback):
             raise ValueError(f"progress.tick_kimg must be > 0, got {tick_kimg}")
         if bar not in ("auto", "on", "off"):
             raise ValueError(f"progress.bar must be auto, on or off, got {bar!r}")
-        self.tick_kimg = tick_kimg
-        self.bar = bar
-        self.log_file = log_file
+        self.tick_kimg, self.bar, self.log_file = tick_kimg, bar, log_file
         self._bar: Any = None
         self._log: TextIO | None = None
-        self._stream: TextIO | None = None
-        self._start_time = 0.0
-        self._tick = 0
-        self._tick_time = 0.0
-        self._tick_nimg = 0
-        self._shown_nimg = 0
-        self._refresh_time = 0.0
-        self._rate: tuple[float, int] = (0.0, 0)  # (time, nimg) at the last rate update
-        self._total_kimg = 0.0
-        self._every = 4.0
-        self._next_tick = 0.0
+        # the run's state, set by on_train_start (rank 0)
+        self._start_time = self._tick_time = self._next_tick = 0.0
+        self._tick = self._tick_nimg = self._shown_nimg = 0
+        self._rate: tuple[float, int] = (0.0, 0)  # (time, nimg) at the last refresh of the bar's rates
+        self._total_kimg, self._every = 0.0, 4.0
         self._run: Path | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _nimg(module: Any) -> int:
-        counters = getattr(module, "_counters", None)
-        return counters()[1] if counters is not None else int(module.cur_nimg)
-
-    @staticmethod
-    def _losses(module: Any) -> dict[str, float]:
-        logs = getattr(module, "last_step_logs", None) or {}
-        out = {}
-        for short, key in LOSS_KEYS.items():
-            value = logs.get(key)
-            if value is not None:
-                out[short] = float(value)  # one host read per refresh, not per step
-        return out
+    def _values(trainer: L.Trainer, module: Any) -> dict[str, str]:
+        """The latest G and D losses (one host read per refresh, not per step) and metrics, formatted."""
+        logs = module.last_step_logs
+        losses = {short: f"{float(logs[key]):.3f}" for short, key in LOSS_KEYS.items() if key in logs}
+        return {**losses, **{k: f"{v:.4g}" for k, v in latest_metrics(trainer).items()}}
 
     def _kimg(self, nimg: int) -> str:
         """kimg with the precision the run needs (tiny runs: to the image)."""
@@ -138,10 +122,8 @@ class TrainingProgress(L.Callback):
         if self._log is not None:
             self._log.write(line + "\n")
             self._log.flush()
-        if self._bar is not None:
-            return  # the bar shows the same; the line is in log.txt
-        if self._stream is not None:
-            print(line, file=self._stream, flush=True)
+        if self._bar is None:  # else the bar shows the same, and the line is in log.txt
+            print(line, flush=True)
 
     def tick_line(self, trainer: L.Trainer, module: Any, now: float, nimg: int) -> str:
         """NVIDIA's tick line for the images since the previous tick."""
@@ -150,12 +132,11 @@ class TrainingProgress(L.Callback):
             f"tick {self._tick:<5d}",
             f"kimg {self._kimg(nimg):<8s}",
             f"time {format_duration(now - self._start_time):<12s}",
+            f"sec/tick {dt:<7.1f}",
         ]
-        fields.append(f"sec/tick {dt:<7.1f}")
         if dn > 0:
             fields += [f"sec/kimg {dt / dn * 1000:<7.2f}", f"img/s {dn / max(dt, 1e-9):<8.1f}"]
-        fields += [f"{k} {v:.3f}" for k, v in self._losses(module).items()]
-        fields += [f"{k} {v:.4g}" for k, v in latest_metrics(trainer).items()]
+        fields += [f"{k} {v}" for k, v in self._values(trainer, module).items()]
         if torch.cuda.is_available() and module.device.type == "cuda":
             fields.append(f"gpumem {torch.cuda.max_memory_allocated(module.device) / 2**30:.1f}")
         return "  ".join(f.rstrip() for f in fields)
@@ -171,42 +152,31 @@ class TrainingProgress(L.Callback):
         run = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
-        now = time.monotonic()
-        nimg = self._nimg(module)
-        self._start_time = self._tick_time = self._refresh_time = now
+        now, nimg = time.monotonic(), module._counters()[1]
+        self._start_time = self._tick_time = now
         self._tick_nimg = self._shown_nimg = nimg
         self._rate = (now, nimg)
         total = self._total_kimg = float(module.hparams.total_kimg)
         self._every = self.tick_kimg or _nice(min(4.0, total / 10))
         self._tick = int(nimg / 1000 // self._every)  # tick lines are numbered on from a resumed run's
         self._next_tick = self._next_tick_after(nimg)
-        self._stream = sys.stdout
+        self._run = run
         if self.log_file:
             run.mkdir(parents=True, exist_ok=True)
             self._log = open(run / "log.txt", "a")
-        show_bar = self.bar == "on" or (self.bar == "auto" and _sized_terminal(sys.stderr))
-        if show_bar:
+        if self.bar == "on" or (self.bar == "auto" and _sized_terminal(sys.stderr)):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
-                total=total,
-                initial=nimg / 1000,
-                unit="kimg",
-                dynamic_ncols=True,
-                bar_format=BAR_FORMAT,
-                desc="finetune",
+                total=total, initial=nimg / 1000, dynamic_ncols=True, bar_format=BAR_FORMAT, desc="finetune"
             )
         per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if per_device:  # NVIDIA's --batch is global; data.batch_size is per device
-            ranks = trainer.world_size
-            self._write(
-                f"batch: {per_device} per device x {ranks} device(s) = {per_device * ranks} images a step"
-            )
+            n = trainer.world_size
+            self._write(f"batch: {per_device} per device x {n} device(s) = {per_device * n} images a step")
+        resumed = f" (resumed from {trainer.ckpt_path})" if trainer.ckpt_path else ""
+        self._write(f"run folder: {run}{resumed}")
         verb = "resuming at" if nimg else "starting at"
-        self._run = run
-        self._write(
-            f"run folder: {run}" + (f" (resumed from {trainer.ckpt_path})" if trainer.ckpt_path else "")
-        )
         self._write(
             f"training {verb} kimg {self._kimg(nimg)} of {total:g}; tick lines every {self._every:g} kimg"
         )
@@ -214,21 +184,18 @@ class TrainingProgress(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
         if not trainer.is_global_zero:
             return
-        now = time.monotonic()
-        nimg = self._nimg(module)
+        now, nimg = time.monotonic(), module._counters()[1]
         if self._bar is not None:
             self._bar.update((nimg - self._shown_nimg) / 1000)
             self._shown_nimg = nimg
-            if now - self._refresh_time >= 1.0:
-                t0, n0 = self._rate
+            t0, n0 = self._rate
+            if now - t0 >= 1.0:
                 postfix = {}
                 if nimg > n0:
                     rate = (nimg - n0) / max(now - t0, 1e-9)
                     postfix = {"img/s": f"{rate:.1f}", "sec/kimg": f"{1000 / rate:.2f}"}
-                postfix.update({k: f"{v:.3f}" for k, v in self._losses(module).items()})
-                postfix.update({k: f"{v:.4g}" for k, v in latest_metrics(trainer).items()})
-                self._bar.set_postfix(postfix, refresh=True)
-                self._refresh_time, self._rate = now, (now, nimg)
+                self._bar.set_postfix({**postfix, **self._values(trainer, module)}, refresh=True)
+                self._rate = (now, nimg)
         if nimg >= self._next_tick:
             self._tick += 1
             self._next_tick = self._next_tick_after(nimg)
@@ -238,8 +205,7 @@ class TrainingProgress(L.Callback):
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        now = time.monotonic()
-        nimg = self._nimg(module)
+        now, nimg = time.monotonic(), module._counters()[1]
         if nimg > self._tick_nimg:
             self._tick += 1
             self._write(self.tick_line(trainer, module, now, nimg))

@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def check_resume_state(checkpoint: dict[str, Any], module: torch.nn.Module, opti
     optimizers' parameters (``optimizers``: G's and D's parameter lists), before anything is loaded."""
     ours, theirs = module.state_dict(), checkpoint["state_dict"]
     if set(ours) != set(theirs):
-        diff = sorted(set(ours) ^ set(theirs))
+        diff = sorted(map(str, set(ours) ^ set(theirs)))
         raise UserError(
             f"--ckpt_path: the checkpoint's weights do not fit this config's networks ({diff[:3]})"
         )
@@ -149,20 +150,15 @@ def check_resume_state(checkpoint: dict[str, Any], module: torch.nn.Module, opti
         raise UserError("--ckpt_path: the checkpoint's optimizer states are not G's and D's")
     for opt_state, params in zip(states, optimizers, strict=True):
         per_param = opt_state.get("state") if isinstance(opt_state, dict) else None
-        groups = opt_state.get("param_groups") if isinstance(opt_state, dict) else None
-        if not isinstance(per_param, dict) or not isinstance(groups, list):
+        if not isinstance(per_param, dict) or not isinstance(opt_state.get("param_groups"), list):
             raise UserError("--ckpt_path: an optimizer state of the checkpoint is malformed")
         for index, entry in per_param.items():
             if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
                 raise UserError(
                     f"--ckpt_path: the checkpoint's optimizer state has an unknown entry {index!r}"
                 )
-            for name, value in entry.items():
-                fits = isinstance(value, torch.Tensor) and value.shape in (
-                    params[index].shape,
-                    torch.Size([]),
-                )
-                if not fits:
+            for name, value in entry.items():  # a tensor of its parameter's shape, or a scalar (Adam's step)
+                if not isinstance(value, torch.Tensor) or value.shape not in (params[index].shape, ()):
                     raise UserError(f"--ckpt_path: the checkpoint's optimizer state {name} does not fit")
 
 
@@ -191,12 +187,8 @@ def resume_changes(saved: dict[str, Any], given: dict[str, Any], what: str = "--
 
 
 SECTIONS = {
-    "optim": OptimConfig,
-    "reg": RegConfig,
-    "ema": EmaConfig,
-    "augment": AugmentConfig,
-    "guard": GuardConfig,
-    "speed": SpeedConfig,
+    cls.where.removeprefix("model."): cls
+    for cls in (OptimConfig, RegConfig, EmaConfig, AugmentConfig, GuardConfig, SpeedConfig)
 }
 
 
@@ -239,8 +231,6 @@ def _plain(value: Any) -> Any:
 def remove_stale_temp_files(folder: str | os.PathLike[str], min_age_s: float = 60.0) -> list[Path]:
     """Delete the temp files that a killed run's atomic writes left in ``folder`` (``.NAME.XXXX.tmp``, see
     :func:`rootedgan.fileio.atomic_open`), when older than ``min_age_s``; returns what was removed."""
-    import time
-
     removed = []
     now = time.time()
     for path in Path(folder).glob(".*.tmp"):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from rootedgan.errors import SettingError
-from rootedgan.training.losses import DEFAULT_LOSS, make_loss
+from rootedgan.training.losses import make_loss
 
 OPTIMIZERS = ("adam", "golden")
 AUGMENT_KINDS = ("none", "ada", "fixed", "diffaugment")
@@ -45,16 +45,11 @@ def check_number(
     ok = ok and (low is None or value > low or (value == low and not open_low))
     ok = ok and (high is None or value < high or (value == high and not open_high))
     if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if open_low else '>='} {low:g}")
-        if high is not None:
-            bounds.append(f"{'<' if open_high else '<='} {high:g}")
+        signs = ((">" if open_low else ">=", low), ("<" if open_high else "<=", high))
+        bounds = " and ".join(f"{sign} {bound:g}" for sign, bound in signs if bound is not None)
         what = "an integer" if integer else "a finite number"
         also = " or null" if optional else ""
-        raise SettingError(
-            f"{where} must be {what} {' and '.join(bounds)}{also}, got {value!r}".replace("  ", " ")
-        )
+        raise SettingError(f"{where} must be {what} {bounds}{also}, got {value!r}".replace("  ", " "))
 
 
 def check_choice(where: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -313,7 +308,7 @@ def migrate(hparams: Mapping[str, Any]) -> dict[str, Any]:
             out.setdefault(section, {})[name] = hparams[key]
     out["augment"] = {**out.get("augment", {}), "kind": hparams.get("augment", "none")}
     out["orthogonal"] = (hparams.get("orthogonal") or {}) if hparams.get("mode") == "orthogonal" else None
-    loss = make_loss(hparams.get("loss", DEFAULT_LOSS)).spec()
+    loss = make_loss(hparams.get("loss", "logistic")).spec()  # the default of those versions
     if loss["name"] == "rooted":
         loss.update({k: hparams[k] for k in ("subtract_k", "max_grad") if k in hparams})
         if ":" not in str(hparams.get("loss")) and "k" in hparams:

@@ -57,16 +57,12 @@ class NetworkSnapshot(L.Callback):
             raise UserError(f"snapshot.snap_kimg must be >= 0 (0: only at the end), got {snap_kimg}")
         if grid_seeds < 1:
             raise UserError(f"snapshot.grid_seeds must be >= 1, got {grid_seeds}")
-        self.snap_kimg = snap_kimg
-        self.grid_seeds = grid_seeds
-        self.grid = grid
-        self.truncation_psi = truncation_psi
-        self.save_final = save_final
+        self.snap_kimg, self.grid_seeds, self.grid = snap_kimg, grid_seeds, grid
+        self.truncation_psi, self.save_final = truncation_psi, save_final
         self.keep_checkpoints = keep_checkpoints
         self._schedule = KimgSchedule(snap_kimg)
         self._out: Path | None = None
         self._last_snapshot_nimg: int | None = None  # same on every rank: decides collective saves
-        self.written: list[Path] = []
 
     def _grid(self, module: Any) -> np.ndarray:
         G = module.G_ema
@@ -80,10 +76,16 @@ class NetworkSnapshot(L.Callback):
         rows, cols = parse_grid(self.grid, self.grid_seeds)
         return make_grid(to_uint8(torch.cat(images)), rows, cols)
 
-    def _snapshot(self, trainer: L.Trainer, module: Any, tag: str) -> None:
-        out = self._out or run_dir(trainer)
+    def _snapshot(self, trainer: L.Trainer, module: Any) -> None:
+        out, tag = self._out or run_dir(trainer), snapshot_tag(int(module.cur_nimg), self.snap_kimg)
+        self._last_snapshot_nimg = int(module.cur_nimg)
         try:
-            self._write_snapshot(trainer, module, tag, out)
+            # Lightning checkpoints are collective: every rank calls, rank 0 writes.
+            trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+            if self.keep_checkpoints:
+                trainer.save_checkpoint(out / "checkpoints" / f"kimg{tag}.ckpt", weights_only=False)
+            if trainer.is_global_zero:
+                self.write_files(module, out, tag)
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -93,25 +95,13 @@ class NetworkSnapshot(L.Callback):
                 f"{out / 'checkpoints' / 'last.ckpt'}"
             ) from None
 
-    def _write_snapshot(self, trainer: L.Trainer, module: Any, tag: str, out: Path) -> None:
-        self._last_snapshot_nimg = int(module.cur_nimg)
-        # Lightning checkpoints are collective: every rank calls, rank 0 writes.
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
-        if self.keep_checkpoints:
-            trainer.save_checkpoint(out / "checkpoints" / f"kimg{tag}.ckpt", weights_only=False)
-        if trainer.is_global_zero:
-            self.written.append(self.write_files(module, out, tag))
-
     def write_files(self, module: Any, out: Path, tag: str) -> Path:
         """``network-snapshot-TAG.safetensors`` (orthogonal mode: merged weights, plus the adapter file) and
         ``fakesTAG.png`` of ``module`` in ``out``; returns the snapshot's path."""
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"network-snapshot-{tag}.safetensors"
-        export = getattr(module, "export_networks", None)  # orthogonal mode: merged plain weights
-        nets = export() if export is not None else {"G": module.G, "D": module.D, "G_ema": module.G_ema}
-        save_network(path, **nets, meta=module.provenance())
-        if getattr(module, "save_adapter", None) is not None:  # orthogonal mode: the small deltas alone
-            module.save_adapter(out / f"network-snapshot-{tag}.adapter.safetensors")
+        save_network(path, **module.export_networks(), meta=module.provenance())
+        module.save_adapter(out / f"network-snapshot-{tag}.adapter.safetensors")  # orthogonal mode only
         save_image_atomic(self._grid(module), out / f"fakes{tag}.png")
         return path
 
@@ -149,8 +139,8 @@ class NetworkSnapshot(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
         if self._schedule.due(module.cur_kimg):
-            self._snapshot(trainer, module, snapshot_tag(int(module.cur_nimg), self.snap_kimg))
+            self._snapshot(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.save_final and self._last_snapshot_nimg != int(module.cur_nimg):
-            self._snapshot(trainer, module, snapshot_tag(int(module.cur_nimg), self.snap_kimg))
+            self._snapshot(trainer, module)
