@@ -218,7 +218,7 @@ def test_demo_reduced(tmp_path, capsys):
     assert combined.shape == (before.shape[0], 2 * before.shape[1] + 8, 3)
     assert np.array_equal(combined[:, : before.shape[1]], before[..., :3])
     assert (run / "report.png").is_file()
-    loss = yaml.safe_load((run / "hparams.yaml").read_text())["loss"]
+    loss = yaml.load((run / "hparams.yaml").read_text(), Loader=yaml.FullLoader)["loss"]  # tuples in it
     assert loss["name"] == "rooted" and loss["k"] == 20.0  # the demo's default loss
     printed = capsys.readouterr().out
     assert "digits FID (digits-classifier" in printed and "not Inception" in printed
