@@ -21,6 +21,10 @@ nice -n 19 rootedgan compare --config docs/study/demo-study.yaml --losses 'logis
 
 # ---- study 2 (docs/study/PLAN-2.md): from scratch on 200 images and few-shot ADA finetune on 100 images;
 #      logistic, rooted:2, rooted:20; each at its lr (x1 or x2) chosen on seeds 100-101; 8 evaluation seeds.
+#      Runs finished in an earlier session are kept (their logs and curves, no snapshots) in
+#      docs/study/study2-runs/; copy them back first so compare skips them (their run.json records the cwd
+#      /work/main and the exact arguments: a run is skipped only when both match).
+[ -d docs/study/study2-runs ] && cp -rn docs/study/study2-runs/. runs/study2/
 nice -n 19 rootedgan compare --config docs/study/scratch200.yaml --losses 'logistic,rooted:2,rooted:20' \
     --lrs 1,2 --tune-seeds 100,101 --seeds 0-7 --kimg 8 --targets 1500,1000,700 --primary auc \
     --jobs 2 --threads 1 --quiet --out runs/study2/scratch
