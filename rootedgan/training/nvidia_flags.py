@@ -39,14 +39,13 @@ PRESETS = {
     "cifar": (64, 0.0025, 0.01, 500.0, 0.05),
 }
 AUG = {"noaug": "none", "ada": "ada", "fixed": "fixed"}
+_ARCHITECTURE = "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs"
 OTHER = {
     "--metrics": "add rootedgan.metrics.FIDCallback under trainer.callbacks (README 'FID / KID')",
     "--fp32": "fp16 layers come with the network (num_fp16_res); --trainer.precision 32-true for the rest",
     "--batch-gpu": "there is no gradient accumulation: --batch is split over --gpus",
     "--desc": "runs are numbered lightning_logs/version_N under --outdir; name a run with --outdir",
-    "--cbase": "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs",
-    "--cmax": "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs",
-    "--map": "the architecture comes with the network (--resume), or model.g_kwargs / model.d_kwargs",
+    **dict.fromkeys(("--cbase", "--cmax", "--map"), _ARCHITECTURE),
     "--mbstd-group": "the architecture comes with the network (--resume), or model.d_kwargs",
     "--nobench": "cuDNN autotuning is --trainer.benchmark true|false",
     "--dry-run": "use --print_config",
