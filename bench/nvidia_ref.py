@@ -999,9 +999,11 @@ def nvidia_cpu_step_times(
     preset: str = "smoke",
     seed: int = 0,
     phase_context: Callable[[str], Any] | None = None,
+    batch: int | None = None,
 ) -> dict[str, Any]:
     """Time NVIDIA's training-loop inner loop on the CPU with our ``preset`` (see the module docstring).
-    ``phase_context(name)``, when given, is entered around every phase and the EMA (``bench/opcount.py``).
+    ``phase_context(name)``, when given, is entered around every phase and the EMA (``bench/opcount.py``);
+    ``batch`` replaces the preset's.
 
     Puts ``ref`` on ``sys.path`` and sets torch's thread count: call it in a fresh process.
     """
@@ -1033,7 +1035,7 @@ def nvidia_cpu_step_times(
     from training import networks_stylegan2
     from training.loss import StyleGAN2Loss
 
-    cfg = preset_config(preset, None)
+    cfg = preset_config(preset, batch)
     gk, dk, hp, batch = cfg["g_kwargs"], cfg["d_kwargs"], cfg["hparams"], cfg["batch"]
     device = torch.device("cpu")
     # What NVIDIA's training_loop sets up front (cudnn/TF32 flags are no-ops on a CPU).
