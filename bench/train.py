@@ -88,6 +88,7 @@ PHASES = ("Gmain", "Greg", "Dmain", "Dreg", "ema+log", "loop")
 #: Speed levers (module options and backend flags), each measured alone on top of the baseline.
 LEVERS: dict[str, dict[str, Any]] = {
     "channels_last": {"channels_last": True},
+    "channels_last_d": {"channels_last_d": True},  # D's fp16 blocks only (issue 25: G's modulated convs lose)
     "tf32": {"tf32": True},
     "no_tf32": {"tf32": False},
     "fused_optimizer": {"fused_optimizer": True},
@@ -211,7 +212,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the module, train ``warmup + steps`` steps through a Trainer, return the measurements."""
     import lightning as L
 
-    from rootedgan.training.module import FinetuneModule
+    from rootedgan.training.module import FinetuneModule, use_channels_last
     from rootedgan.training.settings import migrate
 
     device = spec["device"]
@@ -233,6 +234,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     set_ops_hooks(levers.pop("filter_impl", None), levers.pop("upfirdn2d_kernel", "auto"))
     if levers.get("tf32") is not None:  # the module applies it at fit start; set here for the record too
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(levers["tf32"])
+    channels_last_d = bool(levers.pop("channels_last_d", False))
     unknown = set(levers) - set(MODULE_LEVERS)
     if unknown:
         raise ValueError(f"unknown levers {sorted(unknown)}")
@@ -265,6 +267,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         **migrate({"loss": spec["loss"], **cfg["hparams"]}),  # NVIDIA-style flat settings -> sections
         speed=levers,
     )
+    if channels_last_d:
+        use_channels_last(module.D)
     hp = module.reg
     res = cfg["g_kwargs"]["img_resolution"]
 
