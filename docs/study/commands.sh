@@ -23,7 +23,8 @@ nice -n 19 rootedgan compare --config docs/study/demo-study.yaml --losses 'logis
 #      logistic, rooted:2, rooted:20; each at its lr (x1 or x2) chosen on seeds 100-101; 8 evaluation seeds.
 #      Runs finished in an earlier session are kept (their logs and curves, no snapshots) in
 #      docs/study/study2-runs/; copy them back first so compare skips them (their run.json records the cwd
-#      /work/main and the exact arguments: a run is skipped only when both match).
+#      /work/main and the exact arguments: a run is skipped only when both match). docs/study/keep-runs.sh
+#      keeps the finished ones there at the end of a session.
 [ -d docs/study/study2-runs ] && cp -rn docs/study/study2-runs/. runs/study2/
 nice -n 19 rootedgan compare --config docs/study/scratch200.yaml --losses 'logistic,rooted:2,rooted:20' \
     --lrs 1,2 --tune-seeds 100,101 --seeds 0-7 --kimg 8 --targets 1500,1000,700 --primary auc \

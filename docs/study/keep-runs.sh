@@ -1,0 +1,17 @@
+#!/bin/bash
+# Keep the finished Study 2 runs (their logs and curves; no snapshots) in docs/study/study2-runs/, so a later
+# session's commands.sh copies them back and compare skips them. A run is finished when its run.json exists.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+find runs/study2 -name run.json | while read -r record; do
+    run=$(dirname "$record")
+    keep="docs/study/study2-runs/${run#runs/study2/}"
+    mkdir -p "$keep"
+    cp "$record" "$run/finetune.log" "$keep/"
+    for version in "$run"/lightning_logs/version_*; do
+        mkdir -p "$keep/lightning_logs/$(basename "$version")"
+        for name in metrics.csv metric-digits.jsonl pairing.json hparams.yaml config.yaml log.txt quality.json; do
+            [ -f "$version/$name" ] && cp "$version/$name" "$keep/lightning_logs/$(basename "$version")/"
+        done
+    done
+done
