@@ -6,6 +6,12 @@ kernel modes of ``csrc/bias_act_math.h``: forward ``y = clamp(gain * act(z))`` (
 ``d(dx)/d(dy)`` by mode 1 again and ``d(dx)/dz = dy * gain * act''(z) * m`` (mode 2). Third-order
 derivatives with respect to ``x``/``b`` raise (the reference supports any order).
 
+Linear, relu and lrelu with ``gain > 0`` and ``alpha >= 0`` (every call of the StyleGAN networks) keep the
+output ``y`` instead of ``x`` for the backward pass and take ``dx`` from it (modes 4 and 3), as NVIDIA's
+plugin does: the next layer keeps ``y`` anyway, while ``x`` (the convolution's output) would be held only
+for this op, one activation tensor per layer. The gradient is mode 1's (the mask included: an output inside
+the clamp that would be stored as ``+-clamp`` is stored one step inside instead); differentiable to any order.
+
 ``plugin``: the compiled extension (:func:`stylegan_ops.build.get_plugin`) or, in tests, the CPU emulation.
 """
 
@@ -22,6 +28,8 @@ if TYPE_CHECKING:  # a type only: importing bias_act here would make an import c
 MODE_FORWARD = 0
 MODE_GRAD = 1
 MODE_GRAD2 = 2
+MODE_GRAD_Y = 3
+MODE_FORWARD_KEEP = 4
 
 #: Activations whose second derivative is zero almost everywhere (mode 2 would return zeros).
 _PIECEWISE_LINEAR = {1, 2, 3}  # linear, relu, lrelu
@@ -121,6 +129,44 @@ class _BiasAct(torch.autograd.Function):
         return (dx if ctx.needs_input_grad[0] else None), db, None
 
 
+class _BiasActGradFromOutput(torch.autograd.Function):
+    """``dy * gain * act'(y) * [|y| < clamp]`` (mode 3): linear in ``dy``, with a derivative with respect to
+    ``y`` that is zero almost everywhere, so any order of derivative is this op again."""
+
+    @staticmethod
+    def forward(ctx: Any, dy: torch.Tensor, y: torch.Tensor, cfg: _Config) -> torch.Tensor:
+        ctx.save_for_backward(y)
+        ctx.cfg = cfg
+        return cfg.run(MODE_GRAD_Y, y, None, dy.contiguous())
+
+    @staticmethod
+    def backward(ctx: Any, ddx: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (y,) = ctx.saved_tensors
+        grad = _BiasActGradFromOutput.apply(ddx, y, ctx.cfg) if ctx.needs_input_grad[0] else None
+        return grad, None, None
+
+
+class _BiasActKeepOutput(torch.autograd.Function):
+    """``y = clamp(gain * act(x + b))`` (mode 4), keeping only ``y`` for the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, b: torch.Tensor | None, cfg: _Config) -> torch.Tensor:
+        y = cfg.run(MODE_FORWARD_KEEP, x, b, None)
+        ctx.save_for_backward(y)
+        ctx.cfg = cfg
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        (y,) = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None
+        dx = _BiasActGradFromOutput.apply(dy, y, cfg)
+        db = _sum_to_bias(dx, cfg.dim) if ctx.needs_input_grad[1] else None
+        return (dx if ctx.needs_input_grad[0] else None), db, None
+
+
 def bias_act_cuda(
     x: torch.Tensor,
     b: torch.Tensor | None,
@@ -145,4 +191,7 @@ def bias_act_cuda(
         plugin = get_plugin("bias_act", required=True)
     b = b.to(dtype=x.dtype).contiguous() if b is not None else None
     cfg = _Config(plugin, int(dim), int(spec.cuda_idx), float(alpha), float(gain), float(clamp))
+    keep_output = cfg.gain > 0 and cfg.alpha >= 0 and cfg.clamp != 0 and cfg.clamp < torch.finfo(x.dtype).max
+    if cfg.act in _PIECEWISE_LINEAR and keep_output:  # y's sign is z's, and the stored clamp is finite
+        return _BiasActKeepOutput.apply(x.contiguous(), b, cfg)
     return _BiasAct.apply(x.contiguous(), b, cfg)

@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylegan_ops._bias_act_cuda import MODE_FORWARD, MODE_GRAD, MODE_GRAD2, bias_act_cuda
+from stylegan_ops._bias_act_cuda import (
+    MODE_FORWARD,
+    MODE_FORWARD_KEEP,
+    MODE_GRAD,
+    MODE_GRAD2,
+    MODE_GRAD_Y,
+    bias_act_cuda,
+)
 from stylegan_ops._upfirdn2d_cuda import adjoint_params, upfirdn2d_cuda
 from stylegan_ops.bias_act import ACTIVATIONS, bias_act_ref, resolve_bias_act_args
 from stylegan_ops.upfirdn2d import output_size, upfirdn2d_ref
@@ -175,6 +182,59 @@ def test_bias_act_half_storage(emu, dtype: torch.dtype) -> None:
         y_ref, g1_ref, _ = _ref_derivs(x.float(), b.float(), 1, act, 2.0, dy.float(), dy.float())
         torch.testing.assert_close(y.float(), y_ref, **_tol(dtype))
         torch.testing.assert_close(g1.float(), g1_ref, **_tol(dtype))
+
+
+KEEP_CASES = [  # (act, alpha, gain, clamp): linear/relu/lrelu, whose backward pass keeps the output
+    ("linear", None, 1.0, 1.0),
+    ("relu", None, 1.0, 1.0),
+    ("lrelu", None, 1.0, 1.0),
+    ("lrelu", None, None, 2.0),
+    ("lrelu", 0.1, 0.5, 0.8),
+    ("lrelu", 0.0, 1.0, None),
+    ("relu", None, None, None),
+]
+INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+            torch.bfloat16: torch.int16}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", list(INT_VIEW), ids=["f64", "f32", "f16", "bf16"])
+def test_bias_act_gradient_from_kept_output_is_mode_1s(emu, dtype: torch.dtype) -> None:
+    """Modes 4 and 3 (forward keeping y, gradient from y) give mode 1's gradient bit for bit, at the clamp,
+    just inside it (an unclamped output rounding onto it in storage) and at NaN too; the kept y is mode 0's
+    except there, where it is the next storage value toward zero."""
+    for act, alpha, gain, clamp in KEEP_CASES:
+        spec, a, g, c = resolve_bias_act_args(act, alpha, gain, clamp)
+        x, b, dy, _ = _ba_case((3, 5, 4, 4), 1, True, dtype, seed=5)
+        b[1] = 0.5  # channel 1: exactly at the clamp (1.0), rounding onto it, and NaN
+        x[0, 1, 0, :3] = torch.tensor([0.5, 0.5 - torch.finfo(dtype).eps / 4, float("nan")], dtype=dtype)
+        args = (spec.cuda_idx, a, g, c, 1)
+        y0 = emu.bias_act(x, b, None, MODE_FORWARD, *args)
+        y = emu.bias_act(x, b, None, MODE_FORWARD_KEEP, *args)
+        g1 = emu.bias_act(x, b, dy, MODE_GRAD, *args)
+        g3 = emu.bias_act(y, None, dy, MODE_GRAD_Y, *args)
+        what = f"{act} alpha={alpha} gain={gain} clamp={clamp}"
+        torch.testing.assert_close(g3, g1, rtol=0, atol=0, equal_nan=True, msg=lambda m, w=what: f"{w}: {m}")
+        moved = (y != y0) & ~y0.isnan()
+        if c >= 0 and g == 1.0:
+            assert moved[0, 1, 0, :2].all(), f"{what}: the outputs at the clamp were not kept inside"
+        stored_clamp = torch.tensor(c, dtype=dtype)
+        assert (y0[moved].abs() == stored_clamp).all() and (y[moved].abs() < stored_clamp).all(), what
+        step = y0[moved].view(INT_VIEW[dtype]).long() - y[moved].view(INT_VIEW[dtype]).long()
+        assert (step.abs() == 1).all(), f"{what}: kept outputs more than one step inside"
+
+
+@pytest.mark.slow
+def test_bias_act_wrapper_keeps_the_output_not_the_input(emu) -> None:
+    """Linear/relu/lrelu keep only y for the backward pass (the next layer keeps it anyway); tanh x and b."""
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    for act in ("lrelu", "linear", "relu", "tanh"):
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t, lambda t: t):
+            y = _wrapped(emu, act, 1, 256.0)(x, b)
+        ptrs = [t.data_ptr() for t in saved]
+        assert ptrs == ([x.data_ptr(), b.data_ptr()] if act == "tanh" else [y.data_ptr()]), act
 
 
 def _wrapped(emu, act: str, dim: int, clamp: float | None, alpha: float | None = None):

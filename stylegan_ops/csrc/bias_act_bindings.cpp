@@ -18,7 +18,8 @@ void check_like(const torch::Tensor& t, const torch::Tensor& x, const char* name
 
 }  // namespace
 
-// out = bias_act kernel in `mode` (0 forward, 1 first derivative, 2 second derivative), see
+// out = bias_act kernel in `mode` (0 forward, 1 first derivative, 2 second derivative, 3 first derivative
+// from the kept output y passed as x, 4 forward keeping y for mode 3), see
 // bias_act_math.h. x: any shape, contiguous CUDA tensor; b: [x.shape[dim]] or None; dy: like x, or
 // None in forward mode. act is ActivationSpec.cuda_idx; clamp < 0 means no clamping.
 torch::Tensor bias_act(const torch::Tensor& x, const std::optional<torch::Tensor>& b,
@@ -26,7 +27,7 @@ torch::Tensor bias_act(const torch::Tensor& x, const std::optional<torch::Tensor
                        double gain, double clamp, int64_t dim) {
   TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
   TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "bias_act: mode must be 0, 1 or 2, got ", mode);
+  TORCH_CHECK(mode >= 0 && mode <= 4, "bias_act: mode must be 0 to 4, got ", mode);
   TORCH_CHECK(act >= 1 && act <= 9, "bias_act: unknown activation id ", act);
   const int dtype = sgops::dtype_code(x, "bias_act");
   int64_t b_inner = 1;
@@ -43,7 +44,7 @@ torch::Tensor bias_act(const torch::Tensor& x, const std::optional<torch::Tensor
     b_ptr = b->data_ptr();
   }
   const void* dy_ptr = nullptr;
-  if (mode != 0) {
+  if (mode != 0 && mode != 4) {  // 4: forward, keeping y
     TORCH_CHECK(dy.has_value() && dy->defined(), "bias_act: dy is required in gradient modes");
     check_like(*dy, x, "dy");
     TORCH_CHECK(dy->sizes() == x.sizes(), "bias_act: dy has shape ", dy->sizes(), " but x has ", x.sizes());

@@ -14,7 +14,7 @@ at::Tensor bias_act_emulation(const at::Tensor& x_in, const std::optional<at::Te
                               const std::optional<at::Tensor>& dy, int64_t mode, int64_t act, double alpha,
                               double gain, double clamp, int64_t dim) {
   TORCH_CHECK(x_in.device().is_cpu(), "bias_act emulation: x must be a CPU tensor");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "bias_act emulation: mode must be 0, 1 or 2, got ", mode);
+  TORCH_CHECK(mode >= 0 && mode <= 4, "bias_act emulation: mode must be 0 to 4, got ", mode);
   TORCH_CHECK(act >= 1 && act <= 9, "bias_act emulation: unknown activation id ", act);
   const at::Tensor x = x_in.contiguous();
   at::Tensor bc;
@@ -29,7 +29,7 @@ at::Tensor bias_act_emulation(const at::Tensor& x_in, const std::optional<at::Te
     b_size = x.size(dim);
   }
   at::Tensor dyc;
-  if (mode != 0) {
+  if (mode != 0 && mode != 4) {  // 4: forward, keeping y
     TORCH_CHECK(dy.has_value() && dy->defined(), "bias_act emulation: dy is required in gradient modes");
     TORCH_CHECK(dy->sizes() == x.sizes() && dy->scalar_type() == x.scalar_type(),
                 "bias_act emulation: dy must match x");

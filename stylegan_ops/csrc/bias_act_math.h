@@ -7,8 +7,13 @@
 //   kForward: out = clamp(gain * a)                       (the op itself)
 //   kGrad:    out = dy * gain * act'(z) * m                (d out / d x, i.e. the first derivative)
 //   kGrad2:   out = dy * gain * act''(z) * m               (derivative of kGrad w.r.t. z)
-// The clamp mask follows torch.clamp's gradient: it passes where the unclamped value lies in the
-// closed interval [-clamp, clamp]. Its own derivative is zero almost everywhere.
+//   kGradY:   out = dy * gain * act'(y) * [|y| < clamp]    (kGrad from the kept output y, passed as x)
+//   kForwardKeep: kForward, except that a value inside [-clamp, clamp] that would be stored as +-clamp is
+//             stored one step toward zero, so that the stored y tells inside from clamped exactly.
+// kForwardKeep/kGradY serve linear, relu and lrelu with gain > 0 and alpha >= 0, where y > 0 exactly where
+// z > 0: the backward pass then keeps y (which the next layer keeps anyway) instead of x, as NVIDIA's
+// plugin does, and the gradient equals kGrad's. The price: an output exactly at the clamp, or rounding
+// onto it in half precision, is stored one step inside.
 #pragma once
 
 #include "sg_common.h"
@@ -28,7 +33,7 @@ enum BiasActKind : int {
   kActSwish = 9,
 };
 
-enum BiasActMode : int { kForward = 0, kGrad = 1, kGrad2 = 2 };
+enum BiasActMode : int { kForward = 0, kGrad = 1, kGrad2 = 2, kGradY = 3, kForwardKeep = 4 };
 
 // SELU constants (Klambauer et al. 2017), as used by torch.nn.functional.selu.
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
@@ -166,6 +171,57 @@ SG_HD inline T bias_act_element(const BiasActParams<T>& p, T x, T b, T dy) {
   return dy * (d * p.gain);
 }
 
+// kGradY for a kept output y; `stored_clamp` is the clamp as the storage type holds it (< 0: none).
+template <typename T>
+SG_HD inline T bias_act_grad_from_output(const BiasActParams<T>& p, T y, T dy, T stored_clamp) {
+  if (stored_clamp >= T(0) && !(y > -stored_clamp && y < stored_clamp)) return T(0);
+  T d = T(1);
+  if (p.act == kActRelu && y <= T(0)) d = T(0);  // NaN keeps slope 1, as kGrad from a NaN z
+  if (p.act == kActLrelu && !(y > T(0))) d = p.alpha;
+  return dy * (d * p.gain);
+}
+
+// v rounded to the storage type and back.
+template <typename scalar_t, typename T>
+SG_HD inline T stored_value(T v) {
+  scalar_t s;
+  sg_store(&s, v);
+  return sg_load(&s);
+}
+
+// The largest storage value below the stored clamp c (> 0, finite when stored): halving steps toward it
+// round to it exactly when the step falls between half and one spacing of the storage type.
+template <typename scalar_t, typename T>
+SG_HD inline T below_stored_clamp(T c) {
+  const T top = stored_value<scalar_t>(c);
+  T below = T(0);
+  T step = top;
+  for (int k = 0; k < 64; ++k) {
+    step *= T(0.5);
+    const T candidate = stored_value<scalar_t>(top - step);
+    if (!(candidate < top)) break;
+    below = candidate;
+  }
+  return below;
+}
+
+// kForwardKeep for one element (see the modes above).
+template <typename scalar_t, typename T>
+SG_HD inline T bias_act_keep_element(const BiasActParams<T>& p, T x, T b) {
+  BiasActParams<T> q = p;
+  q.mode = kForward;
+  q.clamp = T(-1);
+  const T v = bias_act_element<T>(q, x, b, T(0));
+  if (!(p.clamp >= T(0))) return v;
+  if (v > p.clamp) return p.clamp;
+  if (v < -p.clamp) return -p.clamp;
+  const T top = stored_value<scalar_t>(p.clamp);
+  const T s = stored_value<scalar_t>(v);
+  if (!(s >= top || s <= -top)) return v;  // inside after rounding, or NaN
+  const T inside = below_stored_clamp<scalar_t>(p.clamp);
+  return s > T(0) ? inside : -inside;
+}
+
 // Element i of a contiguous tensor: loads x[i], the bias entry of i's position along `dim` and
 // dy[i], evaluates, stores out[i]. b and dy may be null (no bias / forward mode).
 template <typename scalar_t>
@@ -176,7 +232,14 @@ SG_HD inline void bias_act_linear_element(int64_t i, scalar_t* out, const scalar
   const acc_t xv = sg_load(x + i);
   const acc_t bv = b != nullptr ? sg_load(b + (i / p.b_inner) % p.b_size) : acc_t(0);
   const acc_t dyv = dy != nullptr ? sg_load(dy + i) : acc_t(0);
-  sg_store(out + i, bias_act_element<acc_t>(p, xv, bv, dyv));
+  if (p.mode == kForwardKeep) {
+    sg_store(out + i, bias_act_keep_element<scalar_t>(p, xv, bv));
+  } else if (p.mode == kGradY) {
+    const acc_t top = p.clamp >= acc_t(0) ? stored_value<scalar_t>(p.clamp) : p.clamp;
+    sg_store(out + i, bias_act_grad_from_output<acc_t>(p, xv, dyv, top));
+  } else {
+    sg_store(out + i, bias_act_element<acc_t>(p, xv, bv, dyv));
+  }
 }
 
 }  // namespace sgops
