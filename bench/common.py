@@ -65,12 +65,17 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     print(f"\nwrote {path}")
 
 
-def set_ops_hooks(filter_impl: str | None = None, kernel: str = "auto") -> None:
+def set_ops_hooks(
+    filter_impl: str | None = None, kernel: str = "auto", bias_act_keep_input: bool = False
+) -> None:
     """Set stylegan_ops' benchmark hooks (private module attributes, not settings); the defaults reset them.
 
     ``filter_impl`` runs plain filtering (upfirdn2d with up = down = 1, ``impl=None``) on that implementation
     (``'ref'``: a cuDNN depthwise convolution on a GPU); ``kernel='gather'`` runs upfirdn2d's CUDA kernel as
-    the one-thread-per-output gather everywhere instead of the shared-memory tiles (``'auto'``)."""
+    the one-thread-per-output gather everywhere instead of the shared-memory tiles (``'auto'``);
+    ``bias_act_keep_input`` makes the CUDA bias_act keep its input for the backward pass, as before it kept
+    its output (memory and speed of that change)."""
     # import_module: the package exports a function named upfirdn2d, which hides the module of that name
     importlib.import_module("stylegan_ops.upfirdn2d")._FILTER_IMPL = filter_impl
     importlib.import_module("stylegan_ops._upfirdn2d_cuda")._TILED = {"auto": -1, "gather": 0}[kernel]
+    importlib.import_module("stylegan_ops._bias_act_cuda")._KEEP_OUTPUT = not bias_act_keep_input

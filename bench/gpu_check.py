@@ -57,8 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 NVIDIA_REF = REPO / ".ref" / "stylegan3"
 LEVERS_GPU = (  # the candidates first: the budget may end the list
-    "sync_free,winners,channels_last_d,channels_last,cudnn_benchmark,fused_optimizer,gather_kernel,ref_filter,"
-    "ref_ops,tf32,no_tf32,nvidia_flags"
+    "sync_free,winners,bias_act_keep_input,channels_last_d,channels_last,cudnn_benchmark,fused_optimizer,"
+    "gather_kernel,ref_filter,ref_ops,tf32,no_tf32,nvidia_flags"
 )
 
 

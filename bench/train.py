@@ -97,6 +97,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "ref_ops": {"ops_impl": "ref"},  # the plain reference ops (no CUDA kernel, no fused CPU bias_act)
     "ref_filter": {"filter_impl": "ref"},  # the reference for plain filtering only (set_ops_hooks)
     "gather_kernel": {"upfirdn2d_kernel": "gather"},  # upfirdn2d on our gather kernel, not the tiles
+    "bias_act_keep_input": {"bias_act_keep_input": True},  # the CUDA bias_act as before it kept its output
     "sync_free": {"sync_free": True},  # no host synchronisation inside a step (model.speed.sync_free)
     # the candidates together (none changes the step beyond rounding; TF32 is left as NVIDIA's loop sets it)
     "winners": {"sync_free": True, "channels_last": True, "cudnn_benchmark": True},
@@ -231,7 +232,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if levers.get("ops_impl"):  # read by every op call (run_worker_specs restores the environment)
         os.environ["STYLEGAN_OPS_IMPL"] = levers.pop("ops_impl")
     # stylegan_ops' benchmark hooks, set for every row (so a lever's choice never outlives its row)
-    set_ops_hooks(levers.pop("filter_impl", None), levers.pop("upfirdn2d_kernel", "auto"))
+    set_ops_hooks(
+        levers.pop("filter_impl", None),
+        levers.pop("upfirdn2d_kernel", "auto"),
+        bool(levers.pop("bias_act_keep_input", False)),
+    )
     if levers.get("tf32") is not None:  # the module applies it at fit start; set here for the record too
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(levers["tf32"])
     channels_last_d = bool(levers.pop("channels_last_d", False))

@@ -31,6 +31,8 @@ MODE_GRAD2 = 2
 MODE_GRAD_Y = 3
 MODE_FORWARD_KEEP = 4
 
+_KEEP_OUTPUT = True  # benchmark hook (bench/common.py set_ops_hooks): False keeps x, as before 2026-12-07
+
 #: Activations whose second derivative is zero almost everywhere (mode 2 would return zeros).
 _PIECEWISE_LINEAR = {1, 2, 3}  # linear, relu, lrelu
 
@@ -192,6 +194,8 @@ def bias_act_cuda(
     b = b.to(dtype=x.dtype).contiguous() if b is not None else None
     cfg = _Config(plugin, int(dim), int(spec.cuda_idx), float(alpha), float(gain), float(clamp))
     keep_output = cfg.gain > 0 and cfg.alpha >= 0 and cfg.clamp != 0 and cfg.clamp < torch.finfo(x.dtype).max
-    if cfg.act in _PIECEWISE_LINEAR and keep_output:  # y's sign is z's, and the stored clamp is finite
+    if (
+        cfg.act in _PIECEWISE_LINEAR and keep_output and _KEEP_OUTPUT
+    ):  # y's sign is z's, and the stored clamp is finite
         return _BiasActKeepOutput.apply(x.contiguous(), b, cfg)
     return _BiasAct.apply(x.contiguous(), b, cfg)
