@@ -52,7 +52,13 @@ at::Tensor bias_act_emulation(const at::Tensor& x_in, const std::optional<at::Te
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* bp = bc.defined() ? bc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* dyp = dyc.defined() ? dyc.data_ptr<scalar_t>() : nullptr;
-    for (int64_t i = 0; i < n; ++i) sgops::bias_act_linear_element<scalar_t>(i, o, xp, bp, dyp, p);
+    if (n <= 0x7fffffff) {  // the index types of the CUDA kernel
+      for (uint32_t i = 0; i < uint32_t(n); ++i) {
+        sgops::bias_act_linear_element<scalar_t, uint32_t>(i, o, xp, bp, dyp, p);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) sgops::bias_act_linear_element<scalar_t, int64_t>(i, o, xp, bp, dyp, p);
+    }
   });
   return out;
 }

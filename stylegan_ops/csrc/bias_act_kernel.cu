@@ -10,14 +10,16 @@ namespace {
 
 constexpr int kBlock = 256;
 constexpr int64_t kMaxGrid = 65535;
+constexpr int64_t kMaxIndex32 = 0x7fffffff;
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
-                                const scalar_t* __restrict__ b, const scalar_t* __restrict__ dy, int64_t n,
+                                const scalar_t* __restrict__ b, const scalar_t* __restrict__ dy, index_t n,
                                 BiasActParams<typename AccType<scalar_t>::type> p) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    bias_act_linear_element<scalar_t>(i, out, x, b, dy, p);
+  // uint32_t cannot wrap: n < 2^31 and the stride is below 2^24 (kMaxGrid * kBlock)
+  const index_t stride = index_t(gridDim.x) * blockDim.x;
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    bias_act_linear_element<scalar_t, index_t>(i, out, x, b, dy, p);
   }
 }
 
@@ -37,9 +39,16 @@ const char* launch_typed(void* out, const void* x, const void* b, const void* dy
   if (n <= 0) return nullptr;
   int64_t blocks = (n + kBlock - 1) / kBlock;
   if (blocks > kMaxGrid) blocks = kMaxGrid;
-  bias_act_kernel<scalar_t><<<unsigned(blocks), kBlock, 0, stream>>>(
-      static_cast<scalar_t*>(out), static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(b),
-      static_cast<const scalar_t*>(dy), n, p);
+  auto* o = static_cast<scalar_t*>(out);
+  const auto* xp = static_cast<const scalar_t*>(x);
+  const auto* bp = static_cast<const scalar_t*>(b);
+  const auto* dyp = static_cast<const scalar_t*>(dy);
+  if (n <= kMaxIndex32) {
+    bias_act_kernel<scalar_t, uint32_t>
+        <<<unsigned(blocks), kBlock, 0, stream>>>(o, xp, bp, dyp, uint32_t(n), p);
+  } else {
+    bias_act_kernel<scalar_t, int64_t><<<unsigned(blocks), kBlock, 0, stream>>>(o, xp, bp, dyp, n, p);
+  }
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }

@@ -223,14 +223,16 @@ SG_HD inline T bias_act_keep_element(const BiasActParams<T>& p, T x, T b) {
 }
 
 // Element i of a contiguous tensor: loads x[i], the bias entry of i's position along `dim` and
-// dy[i], evaluates, stores out[i]. b and dy may be null (no bias / forward mode).
-template <typename scalar_t>
-SG_HD inline void bias_act_linear_element(int64_t i, scalar_t* out, const scalar_t* x, const scalar_t* b,
+// dy[i], evaluates, stores out[i]. b and dy may be null (no bias / forward mode). index_t: uint32_t when
+// the tensor has fewer than 2^31 elements (the bias index then costs two 32-bit divisions per element, not
+// two 64-bit ones, which on a GPU take several times the element's memory time), else int64_t.
+template <typename scalar_t, typename index_t>
+SG_HD inline void bias_act_linear_element(index_t i, scalar_t* out, const scalar_t* x, const scalar_t* b,
                                           const scalar_t* dy,
                                           const BiasActParams<typename AccType<scalar_t>::type>& p) {
   using acc_t = typename AccType<scalar_t>::type;
   const acc_t xv = sg_load(x + i);
-  const acc_t bv = b != nullptr ? sg_load(b + (i / p.b_inner) % p.b_size) : acc_t(0);
+  const acc_t bv = b != nullptr ? sg_load(b + (i / index_t(p.b_inner)) % index_t(p.b_size)) : acc_t(0);
   const acc_t dyv = dy != nullptr ? sg_load(dy + i) : acc_t(0);
   if (p.mode == kForwardKeep) {
     sg_store(out + i, bias_act_keep_element<scalar_t>(p, xv, bv));
