@@ -193,9 +193,9 @@ def bias_act_cuda(
         plugin = get_plugin("bias_act", required=True)
     b = b.to(dtype=x.dtype).contiguous() if b is not None else None
     cfg = _Config(plugin, int(dim), int(spec.cuda_idx), float(alpha), float(gain), float(clamp))
+    # y's sign is z's and the stored clamp is finite; without a backward pass, mode 0's output exactly
     keep_output = cfg.gain > 0 and cfg.alpha >= 0 and cfg.clamp != 0 and cfg.clamp < torch.finfo(x.dtype).max
-    if (
-        cfg.act in _PIECEWISE_LINEAR and keep_output and _KEEP_OUTPUT
-    ):  # y's sign is z's, and the stored clamp is finite
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    if cfg.act in _PIECEWISE_LINEAR and keep_output and needs_grad and _KEEP_OUTPUT:
         return _BiasActKeepOutput.apply(x.contiguous(), b, cfg)
     return _BiasAct.apply(x.contiguous(), b, cfg)

@@ -242,6 +242,17 @@ def test_bias_act_wrapper_keeps_the_output_not_the_input(emu, monkeypatch: pytes
             assert ptrs == ([y.data_ptr()] if keeps_y else [x.data_ptr(), b.data_ptr()]), (act, keep_output)
 
 
+@pytest.mark.slow
+def test_bias_act_wrapper_without_backward_gives_mode_0s_output(emu) -> None:
+    """An output exactly at the clamp stays there when no backward pass follows (generation, FID)."""
+    x = torch.tensor([[1.0, 0.5, 3.0]], dtype=torch.float16)
+    b = torch.tensor([0.0], dtype=torch.float16)
+    fn = _wrapped(emu, "linear", 0, 1.0)
+    with torch.no_grad():
+        assert fn(x.requires_grad_(), b).tolist() == [[1.0, 0.5, 1.0]]
+    assert fn(x, b).tolist() == [[1.0 - 2**-11, 0.5, 1.0]]  # with one: kept one step inside
+
+
 def _wrapped(emu, act: str, dim: int, clamp: float | None, alpha: float | None = None):
     spec, a, g, c = resolve_bias_act_args(act, alpha, None, clamp)
     return lambda x, b: bias_act_cuda(x, b, dim=dim, spec=spec, alpha=a, gain=g, clamp=c, plugin=emu)
