@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from stylegan_ops._bias_act_fused import grads_from_output
+
 if TYPE_CHECKING:  # a type only: importing bias_act here would make an import cycle
     from stylegan_ops.bias_act import ActivationSpec
 
@@ -160,13 +162,7 @@ class _BiasActKeepOutput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        (y,) = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return None, None, None
-        dx = _BiasActGradFromOutput.apply(dy, y, cfg)
-        db = _sum_to_bias(dx, cfg.dim) if ctx.needs_input_grad[1] else None
-        return (dx if ctx.needs_input_grad[0] else None), db, None
+        return grads_from_output(ctx, dy, _BiasActGradFromOutput.apply)
 
 
 def bias_act_cuda(

@@ -8,6 +8,7 @@ reference (like NVIDIA's plugin), no gradient passes where the unclamped output 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -119,13 +120,21 @@ class _BiasAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        (y,) = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
-        dx = _BiasActGrad.apply(dy, y, cfg, False)
-        db = None
-        if ctx.needs_input_grad[1]:
-            db = dx.sum(dim=[d for d in range(dx.ndim) if d != cfg.dim])
-        return (dx if ctx.needs_input_grad[0] else None), db, None
+        return grads_from_output(ctx, dy, lambda dy, y, cfg: _BiasActGrad.apply(dy, y, cfg, False))
+
+
+def grads_from_output(
+    ctx: Any, dy: torch.Tensor, grad: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    """The backward pass of a bias_act node that kept only its output ``y``: ``dx = grad(dy, y, cfg)`` and
+    ``db``, its sum over every axis but ``cfg.dim`` (each when its input needs it; ``None`` for cfg)."""
+    (y,) = ctx.saved_tensors
+    cfg = ctx.cfg
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return None, None, None
+    dx = grad(dy, y, cfg)
+    db = dx.sum(dim=[d for d in range(dx.ndim) if d != cfg.dim]) if ctx.needs_input_grad[1] else None
+    return (dx if ctx.needs_input_grad[0] else None), db, None
 
 
 def bias_act_fused(
