@@ -33,8 +33,10 @@ nice -n 19 rootedgan compare --config docs/study/fewshot100.yaml --losses 'logis
     --lrs 1,2 --tune-seeds 100,101 --seeds 0-7 --kimg 6 --targets 1000,700,500 --primary auc \
     --jobs 2 --threads 1 --quiet --out runs/study2/fewshot
 # the alpha-beta landscape along every evaluation run (its snapshots every 2 kimg, its recorded loss, D frozen
-# at its last snapshot); skipped when done
+# at its last snapshot); skipped when done. Runs kept from an earlier session have no snapshots: run this loop
+# in the session that finished them (keep-runs.sh keeps the landscape.json files)
 for run in runs/study2/*/*/lr*/seed[0-7]; do
+    [ -f "$run/run.json" ] || continue  # unfinished: a later session runs it (and then this)
     version=$(ls -d "$run"/lightning_logs/version_* | sort -t_ -k3 -n | tail -n 1)
     out="$(dirname "$(dirname "$(dirname "$run")")")/landscape/$(basename "$(dirname "$(dirname "$run")")")-$(basename "$run")"
     [ -f "$out/landscape.json" ] || nice -n 19 rootedgan landscape --snapshots "$version/network-snapshot-*.safetensors" \

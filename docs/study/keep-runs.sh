@@ -1,6 +1,7 @@
 #!/bin/bash
-# Keep the finished Study 2 runs (their logs and curves; no snapshots) in docs/study/study2-runs/, so a later
-# session's commands.sh copies them back and compare skips them. A run is finished when its run.json exists.
+# Keep the finished Study 2 runs (their logs and curves; no snapshots) and their landscape summaries in
+# docs/study/study2-runs/, so a later session's commands.sh copies them back and skips them (compare: a run
+# is finished when its run.json exists; the landscape loop: when its landscape.json exists).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 find runs/study2 -name run.json | while read -r record; do
@@ -14,4 +15,9 @@ find runs/study2 -name run.json | while read -r record; do
             [ -f "$version/$name" ] && cp "$version/$name" "$keep/lightning_logs/$(basename "$version")/"
         done
     done
+done
+find runs/study2 -path '*/landscape/*/landscape.json' | while read -r probe; do
+    keep="docs/study/study2-runs/${probe#runs/study2/}"
+    mkdir -p "$(dirname "$keep")"
+    cp "$probe" "$keep"
 done
