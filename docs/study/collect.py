@@ -6,19 +6,30 @@ Per study (``demo``, ``scratch``): the reports (``compare.md``, ``compare.json``
 command, ``compare.png``, ``forest.png``, ``runs.csv``) of each stage (``tune``/``eval``, or the single
 comparison) and the lr ``selection.md``/``.json``; no checkpoints, snapshots or logs. ``cost.json`` and
 ``cost.md``: runs, kimg, the summed run wall time and the span from the first start to the last finish
-(from each run's ``run.json``).
+(from each run's ``run.json``). Study 2: the landscape summaries of the evaluation runs and
+``landscape.md``, the landscape measures per arm and paired against logistic (:func:`landscape_table`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 
+from rootedgan.compare.bootstrap import bootstrap_ci, paired_difference
+
 REPORT_FILES = ("compare.md", "compare.json", "compare.png", "forest.png", "runs.csv")
 TOP_FILES = ("selection.md", "selection.json")
+# landscape summary key -> column heading (rootedgan.tools.landscape.summarize)
+LANDSCAPE_MEASURES = {
+    "feasible_fraction": "feasible share of the (alpha, beta) grid",
+    "holds_alpha1_beta0": "(1, 0) holds",
+    "pl_mu_min": "PL constant, min",
+    "cos_median": "aiming cosine, median",
+}
 
 
 def _stamp(text: str) -> float:
@@ -48,6 +59,50 @@ def cost(study: Path) -> dict:
     }
 
 
+def landscape_values(study: Path) -> dict[str, dict[str, dict[int, float]]]:
+    """``{arm: {measure: {seed: value}}}`` from ``<study>/landscape/<arm>-seed<N>/landscape.json`` (one run
+    per file); a measure the probe could not compute (``None``) is left out for that seed."""
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    for probe in sorted(study.glob("landscape/*-seed*/landscape.json")):
+        arm, _, seed = probe.parent.name.rpartition("-seed")
+        (run,) = json.loads(probe.read_text())["runs"].values()
+        for key in LANDSCAPE_MEASURES:
+            if run["summary"].get(key) is not None:
+                values.setdefault(arm, {}).setdefault(key, {})[int(seed)] = float(run["summary"][key])
+    return values
+
+
+def landscape_table(values: dict[str, dict[str, dict[int, float]]], baseline: str = "logistic") -> list[str]:
+    """Markdown: per arm the mean [95 % bootstrap CI] of each landscape measure over its seeds, then per
+    rooted arm the paired difference arm - baseline (mean [CI], exact sign-flip p, seeds where larger)."""
+
+    def cell(stats: dict) -> str:
+        bounds = "" if math.isnan(stats["lo"]) else f" [{stats['lo']:.3g}, {stats['hi']:.3g}]"
+        return f"{stats['mean']:.3g}{bounds}"
+
+    heads = list(LANDSCAPE_MEASURES.values())
+    lines = ["| arm | runs | " + " | ".join(heads) + " |", "| --- | ---: |" + " ---: |" * len(heads)]
+    for arm, measures in values.items():
+        runs = max(len(v) for v in measures.values())
+        cells = [
+            cell(bootstrap_ci(list(measures[k].values()))) if k in measures else "–"
+            for k in LANDSCAPE_MEASURES
+        ]
+        lines.append(f"| `{arm}` | {runs} | " + " | ".join(cells) + " |")
+    lines += ["", f"| arm - {baseline} | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    for arm, measures in values.items():
+        if arm == baseline or baseline not in values:
+            continue
+        cells = []
+        for key in LANDSCAPE_MEASURES:
+            d = paired_difference(measures.get(key, {}), values[baseline].get(key, {}), lower_is_better=False)
+            cells.append(
+                f"{cell(d)}, p = {d['p_sign_flip']:.3g}, larger on {d['better']}/{d['n']}" if d["n"] else "–"
+            )
+        lines.append(f"| `{arm}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/study")
@@ -69,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             dst = target / "landscape" / f"{probe.parent.name}.json"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(probe, dst)
+        if values := landscape_values(study):
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "landscape.md").write_text("\n".join(landscape_table(values)) + "\n")
         for name in TOP_FILES:
             if (study / name).is_file():
                 target.mkdir(parents=True, exist_ok=True)
