@@ -32,9 +32,8 @@ def test_landscape_values_and_table_match_numpy(collect, tmp_path):
     frac = {"logistic": rng.uniform(0, 1, 4), "rooted-k2": rng.uniform(0, 1, 4)}
     for arm, values in frac.items():
         for seed, v in enumerate(values):
-            mu = (
-                None if (arm, seed) == ("rooted-k2", 3) else float(seed + 1)
-            )  # the probe could not compute it
+            # seed 3 of rooted-k2: a measure the probe could not compute
+            mu = None if (arm, seed) == ("rooted-k2", 3) else float(seed + 1)
             _probe(
                 tmp_path,
                 arm,

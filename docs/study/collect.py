@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from rootedgan.compare.bootstrap import bootstrap_ci, paired_difference
+from rootedgan.compare.report import md_table
 
 REPORT_FILES = ("compare.md", "compare.json", "compare.png", "forest.png", "runs.csv")
 TOP_FILES = ("selection.md", "selection.json")
@@ -81,17 +82,19 @@ def landscape_table(values: dict[str, dict[str, dict[int, float]]], baseline: st
         return f"{stats['mean']:.3g}{bounds}"
 
     heads = list(LANDSCAPE_MEASURES.values())
-    lines = ["| arm | runs | " + " | ".join(heads) + " |", "| --- | ---: |" + " ---: |" * len(heads)]
+    rows = []
     for arm, measures in values.items():
-        runs = max(len(v) for v in measures.values())
         cells = [
             cell(bootstrap_ci(list(measures[k].values()))) if k in measures else "–"
             for k in LANDSCAPE_MEASURES
         ]
-        lines.append(f"| `{arm}` | {runs} | " + " | ".join(cells) + " |")
-    lines += ["", f"| arm - {baseline} | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+        rows.append([f"`{arm}`", str(max(len(v) for v in measures.values())), *cells])
+    lines = md_table([("arm", "---"), ("runs", "---:"), *((h, "---:") for h in heads)], rows)
+    if baseline not in values:
+        return lines
+    rows = []
     for arm, measures in values.items():
-        if arm == baseline or baseline not in values:
+        if arm == baseline:
             continue
         cells = []
         for key in LANDSCAPE_MEASURES:
@@ -99,8 +102,8 @@ def landscape_table(values: dict[str, dict[str, dict[int, float]]], baseline: st
             cells.append(
                 f"{cell(d)}, p = {d['p_sign_flip']:.3g}, larger on {d['better']}/{d['n']}" if d["n"] else "–"
             )
-        lines.append(f"| `{arm}` | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([f"`{arm}`", *cells])
+    return lines + md_table([(f"arm - {baseline}", "---"), *((h, "---:") for h in heads)], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(probe, dst)
         if values := landscape_values(study):
             target.mkdir(parents=True, exist_ok=True)
-            (target / "landscape.md").write_text("\n".join(landscape_table(values)) + "\n")
+            (target / "landscape.md").write_text("\n".join(landscape_table(values)))
         for name in TOP_FILES:
             if (study / name).is_file():
                 target.mkdir(parents=True, exist_ok=True)
