@@ -7,17 +7,22 @@ command, ``compare.png``, ``forest.png``, ``runs.csv``) of each stage (``tune``/
 comparison) and the lr ``selection.md``/``.json``; no checkpoints, snapshots or logs. ``cost.json`` and
 ``cost.md``: runs, kimg, the summed run wall time and the span from the first start to the last finish
 (from each run's ``run.json``). Study 2: the landscape summaries of the evaluation runs and
-``landscape.md``, the landscape measures per arm and paired against logistic (:func:`landscape_table`).
+``landscape.md``, the landscape measures per arm and paired against logistic (:func:`measure_table`); for a
+scenario with ADA, ``ada.md``, how far each evaluation run's augmentation probability p rose and how often D's
+overfitting heuristic r_t was above ADA's target (:func:`ada_values`, from each run's ``metrics.csv``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import shutil
 import time
 from pathlib import Path
+
+import yaml
 
 from rootedgan.compare.bootstrap import bootstrap_ci, paired_difference
 from rootedgan.compare.report import md_table
@@ -30,6 +35,11 @@ LANDSCAPE_MEASURES = {
     "holds_alpha1_beta0": "(1, 0) holds",
     "pl_mu_min": "PL constant, min",
     "cos_median": "aiming cosine, median",
+}
+# ada_values key -> column heading
+ADA_MEASURES = {
+    "p_peak": "peak augmentation probability p",
+    "rt_above_target": "share of adjustments with r_t above the target",
 }
 
 
@@ -73,21 +83,45 @@ def landscape_values(study: Path) -> dict[str, dict[str, dict[int, float]]]:
     return values
 
 
-def landscape_table(values: dict[str, dict[str, dict[int, float]]], baseline: str = "logistic") -> list[str]:
-    """Markdown: per arm the mean [95 % bootstrap CI] of each landscape measure over its seeds, then per
-    rooted arm the paired difference arm - baseline (mean [CI], exact sign-flip p, seeds where larger)."""
+def ada_values(study: Path) -> dict[str, dict[str, dict[int, float]]]:
+    """``{arm: {measure: {seed: value}}}`` of the evaluation runs listed in ``<study>/eval/compare.json``,
+    from the ``Progress/augment_p`` and ``Progress/ada_rt`` columns of each run's last ``metrics.csv`` and the
+    ``model.augment.ada_target`` of its ``config.yaml``; runs without ADA (no p logged) are left out."""
+    report = study / "eval" / "compare.json"
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    for run in json.loads(report.read_text())["runs"] if report.is_file() else []:
+        logs = sorted(Path(run["run_dir"]).glob("lightning_logs/version_*"), key=lambda v: int(v.name[8:]))
+        if not logs or not (logs[-1] / "metrics.csv").is_file():
+            continue
+        with open(logs[-1] / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        p = [float(r["Progress/augment_p"]) for r in rows if r.get("Progress/augment_p")]
+        rt = [float(r["Progress/ada_rt"]) for r in rows if r.get("Progress/ada_rt")]
+        if not p or not rt:
+            continue
+        config = yaml.safe_load((logs[-1] / "config.yaml").read_text())
+        target = float(config["model"]["augment"]["ada_target"])
+        arm = values.setdefault(run["arm"], {})
+        arm.setdefault("p_peak", {})[int(run["seed"])] = max(p)
+        arm.setdefault("rt_above_target", {})[int(run["seed"])] = sum(r > target for r in rt) / len(rt)
+    return values
+
+
+def measure_table(
+    values: dict[str, dict[str, dict[int, float]]], headings: dict[str, str], baseline: str = "logistic"
+) -> list[str]:
+    """Markdown: per arm the mean [95 % bootstrap CI] over its seeds of each measure in ``headings`` (key ->
+    column heading), then per other arm the paired difference arm - baseline (mean [CI], exact sign-flip p,
+    seeds where larger)."""
 
     def cell(stats: dict) -> str:
         bounds = "" if math.isnan(stats["lo"]) else f" [{stats['lo']:.3g}, {stats['hi']:.3g}]"
         return f"{stats['mean']:.3g}{bounds}"
 
-    heads = list(LANDSCAPE_MEASURES.values())
+    heads = list(headings.values())
     rows = []
     for arm, measures in values.items():
-        cells = [
-            cell(bootstrap_ci(list(measures[k].values()))) if k in measures else "–"
-            for k in LANDSCAPE_MEASURES
-        ]
+        cells = [cell(bootstrap_ci(list(measures[k].values()))) if k in measures else "–" for k in headings]
         rows.append([f"`{arm}`", str(max(len(v) for v in measures.values())), *cells])
     lines = md_table([("arm", "---"), ("runs", "---:"), *((h, "---:") for h in heads)], rows)
     if baseline not in values:
@@ -97,7 +131,7 @@ def landscape_table(values: dict[str, dict[str, dict[int, float]]], baseline: st
         if arm == baseline:
             continue
         cells = []
-        for key in LANDSCAPE_MEASURES:
+        for key in headings:
             d = paired_difference(measures.get(key, {}), values[baseline].get(key, {}), lower_is_better=False)
             cells.append(
                 f"{cell(d)}, p = {d['p_sign_flip']:.3g}, larger on {d['better']}/{d['n']}" if d["n"] else "–"
@@ -129,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(probe, dst)
         if values := landscape_values(study):
             target.mkdir(parents=True, exist_ok=True)
-            (target / "landscape.md").write_text("\n".join(landscape_table(values)))
+            (target / "landscape.md").write_text("\n".join(measure_table(values, LANDSCAPE_MEASURES)))
+        if values := ada_values(study):
+            (target / "ada.md").write_text("\n".join(measure_table(values, ADA_MEASURES)))
         for name in TOP_FILES:
             if (study / name).is_file():
                 target.mkdir(parents=True, exist_ok=True)
