@@ -70,9 +70,12 @@ def _ada_run(root: Path, name: str, p: list[float], rt: list[float], target: flo
         folder = run / "lightning_logs" / version
         folder.mkdir(parents=True)
         (folder / "config.yaml").write_text(f"model:\n  augment:\n    kind: ada\n    ada_target: {target}\n")
-        lines = ["step,Loss/G/loss,Progress/augment_p,Progress/ada_rt"]
+        lines = ["step,kimg,Loss/G/loss,Progress/augment_p,Progress/ada_rt"]
         for i, (pi, ri) in enumerate(zip(p, rt, strict=True)):
-            lines += [f"{2 * i},1.0,,", f"{2 * i + 1},,{pi * scale},{ri * scale}"]
+            lines += [
+                f"{2 * i},{0.064 * i},1.0,,",
+                f"{2 * i + 1},{0.064 * i + 0.032},,{pi * scale},{ri * scale}",
+            ]
         (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
     return str(run)
 
@@ -88,7 +91,7 @@ def test_ada_values_and_table_match_numpy(collect, tmp_path):
     ]
     no_ada = tmp_path / "no-ada" / "lightning_logs" / "version_0"
     no_ada.mkdir(parents=True)
-    (no_ada / "metrics.csv").write_text("step,Loss/G/loss\n0,1.0\n")
+    (no_ada / "metrics.csv").write_text("step,kimg,Loss/G/loss\n0,0.0,1.0\n")
     runs.append({"arm": "plain", "seed": 0, "run_dir": str(no_ada.parents[1])})
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "compare.json").write_text(json.dumps({"runs": runs}))
@@ -102,4 +105,9 @@ def test_ada_values_and_table_match_numpy(collect, tmp_path):
     diff_row = next(line for line in lines if line.startswith("| `rooted:2` |") and "p = " in line)
     diffs = p["rooted:2"].max(axis=1) - p["logistic"].max(axis=1)
     assert diff_row.split(" | ")[1].startswith(f"{diffs.mean():.3g} [")
+    runs.append(
+        {"arm": "logistic", "seed": 9, "run_dir": str(tmp_path / "never-started")}
+    )  # no logs: left out
+    (tmp_path / "eval" / "compare.json").write_text(json.dumps({"runs": runs}))
+    assert collect.ada_values(tmp_path) == values
     assert collect.ada_values(tmp_path / "missing") == {}

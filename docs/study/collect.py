@@ -15,7 +15,6 @@ overfitting heuristic r_t was above ADA's target (:func:`ada_values`, from each 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import shutil
@@ -25,7 +24,10 @@ from pathlib import Path
 import yaml
 
 from rootedgan.compare.bootstrap import bootstrap_ci, paired_difference
+from rootedgan.compare.curves import read_metrics_csv
 from rootedgan.compare.report import md_table
+from rootedgan.errors import UserError
+from rootedgan.runs import run_log_dir
 
 REPORT_FILES = ("compare.md", "compare.json", "compare.png", "forest.png", "runs.csv")
 TOP_FILES = ("selection.md", "selection.json")
@@ -85,25 +87,26 @@ def landscape_values(study: Path) -> dict[str, dict[str, dict[int, float]]]:
 
 def ada_values(study: Path) -> dict[str, dict[str, dict[int, float]]]:
     """``{arm: {measure: {seed: value}}}`` of the evaluation runs listed in ``<study>/eval/compare.json``,
-    from the ``Progress/augment_p`` and ``Progress/ada_rt`` columns of each run's last ``metrics.csv`` and the
-    ``model.augment.ada_target`` of its ``config.yaml``; runs without ADA (no p logged) are left out."""
+    from the ``Progress/augment_p`` and ``Progress/ada_rt`` curves of each run's ``metrics.csv`` (its log
+    folder as :func:`rootedgan.runs.run_log_dir` finds it) and the ``model.augment.ada_target`` of the
+    ``config.yaml`` beside it; runs without logs or without ADA (no p logged) are left out."""
     report = study / "eval" / "compare.json"
     values: dict[str, dict[str, dict[int, float]]] = {}
     for run in json.loads(report.read_text())["runs"] if report.is_file() else []:
-        logs = sorted(Path(run["run_dir"]).glob("lightning_logs/version_*"), key=lambda v: int(v.name[8:]))
-        if not logs or not (logs[-1] / "metrics.csv").is_file():
+        try:
+            log_dir = run_log_dir(run["run_dir"])
+        except UserError:
             continue
-        with open(logs[-1] / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        p = [float(r["Progress/augment_p"]) for r in rows if r.get("Progress/augment_p")]
-        rt = [float(r["Progress/ada_rt"]) for r in rows if r.get("Progress/ada_rt")]
-        if not p or not rt:
+        curves = read_metrics_csv(log_dir / "metrics.csv") if (log_dir / "metrics.csv").is_file() else {}
+        if "Progress/augment_p" not in curves or "Progress/ada_rt" not in curves:
             continue
-        config = yaml.safe_load((logs[-1] / "config.yaml").read_text())
+        config = yaml.safe_load((log_dir / "config.yaml").read_text())
         target = float(config["model"]["augment"]["ada_target"])
         arm = values.setdefault(run["arm"], {})
-        arm.setdefault("p_peak", {})[int(run["seed"])] = max(p)
-        arm.setdefault("rt_above_target", {})[int(run["seed"])] = sum(r > target for r in rt) / len(rt)
+        arm.setdefault("p_peak", {})[int(run["seed"])] = float(curves["Progress/augment_p"].value.max())
+        arm.setdefault("rt_above_target", {})[int(run["seed"])] = float(
+            (curves["Progress/ada_rt"].value > target).mean()
+        )
     return values
 
 
